@@ -1,0 +1,32 @@
+# make demo  - run the embedded end-to-end demo (creates .venv and installs what it needs)
+# make test  - run the test suite (creates .venv and installs what it needs)
+VENV := .venv
+STAMP_TEST := $(VENV)/.stamp-test
+STAMP_DEMO := $(VENV)/.stamp-demo
+DEMO_OUT ?= exp/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo demo-quick test lint clean
+
+$(STAMP_TEST): pyproject.toml tools/setup-env.sh
+	tools/setup-env.sh test
+	touch $@
+
+$(STAMP_DEMO): pyproject.toml tools/setup-env.sh
+	tools/setup-env.sh demo
+	touch $@
+
+demo: $(STAMP_DEMO)
+	$(VENV)/bin/slimdiar demo --out $(DEMO_OUT)
+
+demo-quick: $(STAMP_DEMO)
+	$(VENV)/bin/slimdiar demo --quick --out $(DEMO_OUT)-quick
+
+test: $(STAMP_TEST)
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP_TEST)
+	$(VENV)/bin/ruff check src tests
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

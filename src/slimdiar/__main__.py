@@ -1,0 +1,5 @@
+import sys
+
+from slimdiar.cli import main
+
+sys.exit(main())

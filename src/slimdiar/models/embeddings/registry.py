@@ -1,0 +1,266 @@
+"""Speaker embedding models by name or checkpoint path, behind one inference interface.
+
+``load_embedding_model("ge2e")`` gives Resemblyzer's pretrained GE2E encoder (offline, the
+default); ``load_embedding_model("path/to/avg_model.pt")`` gives WeSpeaker's ResNet34 (or any
+WeSpeaker BasicBlock ResNet) from a WeSpeaker or pyannote checkpoint, the layout detected from
+the key names. Checkpoints are read with ``torch.load(weights_only=True)`` (or safetensors):
+a file that would need to run code to load is refused.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slimdiar.errors import AudioError, CheckpointError, ConfigError
+from slimdiar.models.embeddings.ge2e import GE2EEmbedding, find_pretrained_ge2e
+from slimdiar.models.embeddings.resnet import ResNetEmbedding, to_wespeaker_layout
+
+logger = logging.getLogger(__name__)
+
+#: The model used when none is named: the only one whose trained weights are available offline.
+DEFAULT_EMBEDDING = "ge2e"
+#: Names :func:`load_embedding_model` knows, with what each needs.
+MODEL_NAMES = {
+    "ge2e": "Resemblyzer's GE2E encoder; weights from `pip install --no-deps resemblyzer`",
+    "wespeaker-resnet34": "WeSpeaker ResNet34; pass the path of its avg_model.pt or "
+    "pyannote's pytorch_model.bin instead of the name",
+}
+#: File names looked for, in order, when a directory is given.
+CHECKPOINT_FILE_NAMES = ("avg_model.pt", "pytorch_model.bin", "model.safetensors", "pretrained.pt")
+#: Containers in which training frameworks nest the state dict.
+NESTED_STATE_DICT_KEYS = ("state_dict", "model_state", "model")
+#: Harmless non-tensor objects that checkpoints carry (torch.__version__ in metadata).
+SAFE_GLOBALS = [torch.torch_version.TorchVersion]
+
+
+class SpeakerEmbedding:
+    """Inference wrapper: numpy or torch audio in, L2-normalised numpy embeddings out.
+
+    Parameters
+    ----------
+    model
+        A :class:`~slimdiar.models.embeddings.resnet.ResNetEmbedding` or
+        :class:`~slimdiar.models.embeddings.ge2e.GE2EEmbedding`.
+    name
+        What the model was loaded from (for messages).
+    device
+        Where to run it.
+    """
+
+    def __init__(self, model: nn.Module, name: str, device: str | torch.device = "cpu"):
+        self.model = model.eval().to(device)
+        self.name = name
+        self.device = torch.device(device)
+
+    @property
+    def dimension(self) -> int:
+        """Size of the embedding."""
+        return self.model.dimension
+
+    @property
+    def sample_rate(self) -> int:
+        """Sampling rate in Hz the audio must have."""
+        return self.model.sample_rate
+
+    @property
+    def min_num_samples(self) -> int:
+        """Fewest samples (per waveform, or selected by a mask for GE2E) the model takes."""
+        return self.model.min_num_samples
+
+    def __repr__(self) -> str:
+        return (
+            f"SpeakerEmbedding({self.name!r}, dimension={self.dimension}, "
+            f"sample_rate={self.sample_rate}, device={str(self.device)!r})"
+        )
+
+    def __call__(self, waveforms, weights=None) -> np.ndarray:
+        """Embed a batch of waveforms.
+
+        Parameters
+        ----------
+        waveforms : (batch, num_samples) np.ndarray or torch.Tensor
+            float32 audio in [-1, 1] at :attr:`sample_rate`; a single (num_samples,) waveform
+            is taken as a batch of one.
+        weights : (batch, num_weight_frames) np.ndarray or torch.Tensor, optional
+            Where each speaker talks: per-sample or per-frame weights (a 0/1 mask) at any
+            resolution spread uniformly over the waveform. The ResNet pools statistics over the
+            weighted frames; GE2E embeds the samples where the mask is above 0.5.
+
+        Returns
+        -------
+        embeddings : (batch, dimension) np.ndarray, float32
+            Unit L2 norm; a row is NaN when its selection is empty (or, for GE2E, shorter than
+            :attr:`min_num_samples`).
+        """
+        waveforms = torch.as_tensor(np.asarray(waveforms) if not torch.is_tensor(waveforms)
+                                    else waveforms)
+        if waveforms.ndim == 1:
+            waveforms = waveforms[None]
+        if waveforms.ndim != 2:
+            raise AudioError(
+                f"expected waveforms of shape (batch, num_samples), got {tuple(waveforms.shape)}"
+            )
+        if not torch.isfinite(waveforms).all():
+            raise AudioError("waveforms contain NaN or infinite samples")
+        waveforms = waveforms.to(self.device, torch.float32)
+        if weights is not None:
+            weights = torch.as_tensor(
+                np.asarray(weights) if not torch.is_tensor(weights) else weights
+            )
+            if weights.ndim == 1:
+                weights = weights[None]
+            if weights.ndim != 2 or weights.shape[0] != waveforms.shape[0]:
+                raise AudioError(
+                    f"weights of shape {tuple(weights.shape)} do not match waveforms of shape "
+                    f"{tuple(waveforms.shape)}: expected (batch, num_weight_frames)"
+                )
+            weights = weights.to(self.device, torch.float32)
+        with torch.inference_mode():
+            embeddings = self.model(waveforms, weights)
+            # (batch, dimension)
+            embeddings = F.normalize(embeddings, dim=-1)
+        return embeddings.cpu().numpy().astype(np.float32)
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read the tensors of a checkpoint file without running any code from it.
+
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(weights_only=True)``. A state dict nested under ``state_dict`` (Lightning,
+    pyannote), ``model_state`` (Resemblyzer) or ``model`` is unwrapped.
+
+    Raises
+    ------
+    CheckpointError
+        When the file is missing, unreadable, would need code execution to load, or holds no
+        state dict.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as error:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        what = f"the Python object {found.group(1)}" if found else "Python objects"
+        raise CheckpointError(
+            f"{path}: refusing to load it: it holds {what}, and loading that would run code "
+            "from the file. Only plain tensors are read. Where you trust the file, save its "
+            "state dict alone, e.g. torch.save(torch.load(src, weights_only=False)"
+            "['state_dict'], dst), and pass that file"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({error})") from None
+    for key in NESTED_STATE_DICT_KEYS:
+        if isinstance(content, dict) and isinstance(content.get(key), dict):
+            content = content[key]
+            break
+    if not isinstance(content, dict) or not content:
+        raise CheckpointError(f"{path}: holds no state dict (a dict of tensors)")
+    not_tensors = sorted(str(k) for k, v in content.items() if not torch.is_tensor(v))
+    if not_tensors:
+        raise CheckpointError(
+            f"{path}: not a state dict: entries that are not tensors: {', '.join(not_tensors)}"
+        )
+    return content
+
+
+def detect_architecture(state_dict: dict[str, torch.Tensor]) -> str:
+    """Which embedding model a state dict belongs to: ``"ge2e"`` or ``"resnet"``.
+
+    Raises
+    ------
+    CheckpointError
+        Listing some keys when neither fits.
+    """
+    if "lstm.weight_ih_l0" in state_dict:
+        return "ge2e"
+    renamed, _ = to_wespeaker_layout(state_dict)
+    if "conv1.weight" in renamed and "seg_1.weight" in renamed:
+        return "resnet"
+    shown = ", ".join(sorted(state_dict)[:8])
+    raise CheckpointError(
+        "not a known speaker embedding checkpoint: expected GE2E keys (lstm.*, linear.*) or "
+        f"WeSpeaker ResNet keys ([resnet.]conv1.weight, ..., seg_1.weight); found {shown}"
+        + (", ..." if len(state_dict) > 8 else "")
+    )
+
+
+def load_embedding_checkpoint(path: str | Path) -> nn.Module:
+    """Build and strictly load the embedding model a checkpoint file (or directory) holds."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / name for name in CHECKPOINT_FILE_NAMES if (path / name).is_file()]
+        if not candidates:
+            raise CheckpointError(
+                f"{path}: directory holds none of {', '.join(CHECKPOINT_FILE_NAMES)}"
+            )
+        path = candidates[0]
+    state_dict = read_state_dict(path)
+    if detect_architecture(state_dict) == "ge2e":
+        return GE2EEmbedding.from_state_dict(state_dict, str(path))
+    return ResNetEmbedding.from_state_dict(state_dict, str(path))
+
+
+def load_embedding_model(
+    name_or_path: str | Path = DEFAULT_EMBEDDING, device: str | torch.device = "cpu"
+) -> SpeakerEmbedding:
+    """Load a speaker embedding model for inference.
+
+    Parameters
+    ----------
+    name_or_path
+        ``"ge2e"`` (Resemblyzer's pretrained weights, installed with
+        ``pip install --no-deps resemblyzer``), or the path of a checkpoint file or directory
+        (WeSpeaker ``avg_model.pt``, pyannote ``pytorch_model.bin``, a safetensors file, or a
+        GE2E ``pretrained.pt``); the architecture and key layout are detected.
+    device
+        Where to run the model.
+
+    Returns
+    -------
+    SpeakerEmbedding
+        Callable as ``model(waveforms, weights=None)`` with ``dimension``, ``sample_rate`` and
+        ``min_num_samples``.
+
+    Raises
+    ------
+    ConfigError
+        For ``"wespeaker-resnet34"`` without a path, or an unknown name that is not a file.
+    CheckpointError
+        When the weights are missing, unsafe or do not match the model.
+    """
+    name = str(name_or_path)
+    if name == "ge2e":
+        path = find_pretrained_ge2e()
+        model = GE2EEmbedding.from_state_dict(read_state_dict(path), str(path))
+        return SpeakerEmbedding(model, name, device)
+    if name == "wespeaker-resnet34":
+        raise ConfigError(
+            "the WeSpeaker ResNet34 weights are not shipped: pass the path of its checkpoint "
+            "(WeSpeaker's avg_model.pt or pyannote/wespeaker-voxceleb-resnet34-LM's "
+            "pytorch_model.bin) instead of the name"
+        )
+    path = Path(name_or_path)
+    if not path.exists():
+        known = "; ".join(f"{k}: {v}" for k, v in MODEL_NAMES.items())
+        raise ConfigError(
+            f"{name!r} is neither a known embedding model nor an existing path. Known: {known}"
+        )
+    return SpeakerEmbedding(load_embedding_checkpoint(path), str(path), device)

@@ -1,0 +1,143 @@
+"""``slimdiar score``: DER and JER of hypothesis RTTMs against reference RTTMs.
+
+Usage::
+
+    slimdiar score --ref data/ami/test --hyp exp/ami/test/rttm --collar 0.25 --json der.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from slimdiar.data import Turn, read_rttm, read_uem, write_text_atomic
+from slimdiar.errors import ConfigError, DataFormatError
+from slimdiar.scoring import (
+    ScoreReport,
+    annotations_from_turns,
+    score_diarization,
+    timelines_from_regions,
+)
+
+DESCRIPTION = """\
+Score speaker diarization: DER (missed speech + false alarm + speaker confusion, divided by the
+total reference speech) per file and in total, and JER, with pyannote.metrics.
+
+--collar is the no-score collar on EACH side of every reference boundary, as NIST md-eval's -c
+counts it (0.25 removes 0.5 s around each boundary). Without a UEM, each file is scored over the
+extent of its reference (first reference onset to last offset), as md-eval does. Files present
+only in the reference are all missed speech; files present only in the hypothesis are scored where
+a UEM covers them and reported as not scored otherwise.
+"""
+
+EPILOG = """\
+RTTM_OR_DIR is an RTTM file, a data directory (its 'rttm' file, and its 'uem' file when --uem is
+not given), or a directory of *.rttm files (one per recording).
+"""
+
+
+def add_parser(subparsers) -> None:
+    """Register ``slimdiar score``."""
+    parser = subparsers.add_parser(
+        "score",
+        help="DER/JER of hypothesis RTTMs against reference RTTMs",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--ref", required=True, metavar="RTTM_OR_DIR", help="reference")
+    parser.add_argument("--hyp", required=True, metavar="RTTM_OR_DIR", help="hypothesis")
+    parser.add_argument("--uem", metavar="UEM", help="scored regions (UEM file)")
+    parser.add_argument(
+        "--collar", type=float, default=0.0, metavar="SECONDS",
+        help="no-score collar on each side of reference boundaries (default: 0.0)",
+    )
+    parser.add_argument(
+        "--skip-overlap", action="store_true", help="do not score overlapped reference speech"
+    )
+    parser.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    parser.set_defaults(func=run)
+
+
+def read_turns(path: str | Path) -> tuple[list[Turn], Path | None]:
+    """Read turns from an RTTM file or directory; also return a data directory's UEM, if any."""
+    path = Path(path)
+    if path.is_file():
+        return read_rttm(path), None
+    if not path.is_dir():
+        raise DataFormatError(path, None, None, "no such RTTM file or directory")
+    if (path / "rttm").is_file():
+        uem = path / "uem"
+        return read_rttm(path / "rttm"), uem if uem.is_file() else None
+    files = sorted(path.glob("*.rttm"))
+    if not files:
+        raise DataFormatError(
+            path, None, None, "directory holds neither an 'rttm' file nor any *.rttm file"
+        )
+    return [turn for file in files for turn in read_rttm(file)], None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Score, print the table and write the JSON; exit status 0."""
+    if args.collar < 0:
+        raise ConfigError(f"--collar must be >= 0 seconds, got {args.collar}")
+    console = Console()
+    ref_turns, dir_uem = read_turns(args.ref)
+    hyp_turns, _ = read_turns(args.hyp)
+    uem_path = Path(args.uem) if args.uem else dir_uem
+    uem = timelines_from_regions(read_uem(uem_path)) if uem_path else None
+    report = score_diarization(
+        annotations_from_turns(ref_turns),
+        annotations_from_turns(hyp_turns),
+        uem=uem,
+        collar_s=args.collar,
+        skip_overlap=args.skip_overlap,
+    )
+    print_report(report, uem_path, console)
+    if args.json:
+        data = report.to_dict()
+        data["uem_file"] = str(uem_path) if uem_path else None
+        write_text_atomic(args.json, json.dumps(data, indent=2) + "\n")
+        console.print(f"wrote {args.json}")
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}"
+
+
+def print_report(report: ScoreReport, uem_path: Path | None, console: Console) -> None:
+    """Print the per-file and total table, and how the files were scored."""
+    table = Table(title="diarization error (times in seconds)")
+    for name in ("file", "DER %", "missed", "false alarm", "confusion", "total", "JER %", "note"):
+        table.add_column(name, justify="left" if name in ("file", "note") else "right")
+    for uri, score in report.files.items():
+        c = score.components
+        note = {"ref_only": "no hypothesis", "hyp_only": "no reference"}.get(score.status, "")
+        table.add_row(
+            uri, _percent(c.der), f"{c.missed_s:.2f}", f"{c.false_alarm_s:.2f}",
+            f"{c.confusion_s:.2f}", f"{c.total_s:.2f}", _percent(score.jer), note,
+        )
+    t = report.total
+    table.add_row(
+        "TOTAL", _percent(t.der), f"{t.missed_s:.2f}", f"{t.false_alarm_s:.2f}",
+        f"{t.confusion_s:.2f}", f"{t.total_s:.2f}", _percent(report.jer),
+        f"{len(report.files)} files", style="bold",
+    )
+    console.print(table)
+    if uem_path:
+        console.print(f"scored regions: UEM {uem_path}")
+    else:
+        console.print(
+            "scored regions: no UEM, each file scored over the extent of its reference "
+            "(md-eval convention)"
+        )
+    overlap = "skipped" if report.skip_overlap else "scored"
+    console.print(f"collar: {report.collar_s:g} s on each side of reference boundaries; "
+                  f"overlap {overlap}")
+    for uri, reason in report.unscored.items():
+        console.print(f"not scored: {uri} ({reason})")

@@ -1,0 +1,29 @@
+"""Scoring: DER (missed speech, false alarm, confusion) and JER with md-eval conventions.
+
+Depends on numpy and pyannote.core/pyannote.metrics only; inputs are pyannote annotations, or any
+turn/region records converted with :func:`annotations_from_turns` / :func:`timelines_from_regions`.
+"""
+
+from slimdiar.scoring.der import (
+    DERComponents,
+    FileScore,
+    ScoreReport,
+    annotations_from_turns,
+    pyannote_collar,
+    reference_extent,
+    score_diarization,
+    score_file,
+    timelines_from_regions,
+)
+
+__all__ = [
+    "DERComponents",
+    "FileScore",
+    "ScoreReport",
+    "annotations_from_turns",
+    "pyannote_collar",
+    "reference_extent",
+    "score_diarization",
+    "score_file",
+    "timelines_from_regions",
+]

@@ -50,6 +50,9 @@ class WavLMConfig:
         Pre-norm transformer with a final LayerNorm (Large) instead of post-norm (Base+).
     normalize_waveform
         Normalise each input waveform to zero mean and unit variance (Large).
+    dropout, attention_dropout
+        Dropout after the feature projection, residual branches and FFN, and on attention
+        probabilities (training only).
     """
 
     conv_layers: list[tuple[int, int, int]]
@@ -69,6 +72,8 @@ class WavLMConfig:
     num_buckets: int = 320
     max_distance: int = 800
     layer_norm_eps: float = 1e-5
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
     name: str = field(default="wavlm", compare=False)
 
     def __post_init__(self) -> None:

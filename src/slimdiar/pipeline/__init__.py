@@ -1,0 +1,62 @@
+"""Diarization pipeline (inference).
+
+Sliding windows → segmentation → speaker count → embeddings → clustering → reconstruction →
+turns. Each stage is a function on numpy arrays, tested on its own; :class:`DiarizationPipeline`
+chains them with the segmentation and embedding models.
+"""
+
+from slimdiar.pipeline.clustering import (
+    CLUSTERING_METHODS,
+    AgglomerativeClustering,
+    OracleClustering,
+    SpeakerBounds,
+    constrained_assignment,
+    make_clustering,
+)
+from slimdiar.pipeline.embeddings import embed_speakers, embedding_masks
+from slimdiar.pipeline.pipeline import DiarizationPipeline, PipelineConfig
+from slimdiar.pipeline.reconstruction import (
+    activity_to_segments,
+    aggregate_clusters,
+    exclusive_activity,
+    select_speakers,
+)
+from slimdiar.pipeline.result import DiarizationResult
+from slimdiar.pipeline.segmentation import (
+    binarize_powerset,
+    chunk_reference,
+    oracle_chunk_activities,
+    overlap_add,
+    recording_num_frames,
+    reference_frame_activity,
+    speaker_count,
+)
+from slimdiar.pipeline.windows import FrameGrid, Windows, sliding_windows
+
+__all__ = [
+    "CLUSTERING_METHODS",
+    "AgglomerativeClustering",
+    "DiarizationPipeline",
+    "DiarizationResult",
+    "FrameGrid",
+    "OracleClustering",
+    "PipelineConfig",
+    "SpeakerBounds",
+    "Windows",
+    "activity_to_segments",
+    "aggregate_clusters",
+    "binarize_powerset",
+    "chunk_reference",
+    "constrained_assignment",
+    "embed_speakers",
+    "embedding_masks",
+    "exclusive_activity",
+    "make_clustering",
+    "oracle_chunk_activities",
+    "overlap_add",
+    "recording_num_frames",
+    "reference_frame_activity",
+    "select_speakers",
+    "sliding_windows",
+    "speaker_count",
+]

@@ -1,0 +1,577 @@
+"""The diarization pipeline: audio in, speaker turns out.
+
+::
+
+    audio (num_samples,) at 16 kHz
+      └─ 1. sliding windows of 8 s every 0.8 s, read by offset, in batches
+      └─ 2. segmentation model → powerset → local speaker activities → median filter
+                                              (num_chunks, num_frames, num_local_speakers)
+      └─ 3. speaker count per global frame    (num_global_frames,)
+      └─ 4. one embedding per (chunk, local speaker)
+                                              (num_chunks, num_local_speakers, dimension)
+      └─ 5. clustering into global speakers   (num_chunks, num_local_speakers)
+      └─ 6. reconstruction                    (num_global_frames, num_speakers) → turns
+
+Each stage is a function of :mod:`slimdiar.pipeline` on numpy arrays; this module only reads the
+audio, runs the models and chains the stages. Oracle variants replace stages 1-3 (reference
+segmentation) or stage 5 (reference clustering) with the reference turns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from slimdiar.data.audio import audio_info, load_audio, read_audio
+from slimdiar.data.records import Turn
+from slimdiar.errors import ConfigError
+from slimdiar.models.config import SAMPLE_RATE
+from slimdiar.pipeline.clustering import CLUSTERING_METHODS, SpeakerBounds, make_clustering
+from slimdiar.pipeline.embeddings import embed_speakers, embedding_masks
+from slimdiar.pipeline.reconstruction import (
+    activity_to_segments,
+    aggregate_clusters,
+    exclusive_activity,
+    select_speakers,
+)
+from slimdiar.pipeline.result import DiarizationResult
+from slimdiar.pipeline.segmentation import (
+    as_turn_triples,
+    binarize_powerset,
+    chunk_reference,
+    oracle_chunk_activities,
+    recording_num_frames,
+    reference_frame_activity,
+    speaker_count,
+)
+from slimdiar.pipeline.windows import FrameGrid, Windows, batches, sliding_windows
+
+logger = logging.getLogger(__name__)
+
+#: ``hook(stage_name, payload, completed=..., total=...)``: called while a stage runs (payload
+#: ``None``) and once when it ends (payload: the stage's output).
+Hook = Callable[..., Any]
+SEGMENTATION_SOURCES = ("model", "oracle")
+STAGES = ("segmentation", "speaker_counting", "embeddings", "clustering", "reconstruction")
+
+
+@dataclass
+class PipelineConfig:
+    """Options of the diarization pipeline.
+
+    Parameters
+    ----------
+    window_duration_s
+        Length of the sliding windows in seconds (the segmentation model's chunk length).
+    step_s
+        Seconds between the starts of two windows.
+    batch_size
+        Windows per segmentation batch, and (chunk, speaker) pairs per embedding batch.
+    median_filter_frames
+        Length of the median filter applied to each local speaker's activity (1: none).
+    segmentation
+        ``"model"``, or ``"oracle"`` to take the local speakers of every window from the
+        reference turns.
+    num_local_speakers
+        Local speakers per window for oracle segmentation without a model (a model fixes it).
+    clustering
+        Name of the clustering method (:data:`~slimdiar.pipeline.clustering.CLUSTERING_METHODS`).
+    clustering_threshold
+        Distance threshold of agglomerative clustering.
+    min_cluster_size
+        Agglomerative clusters with fewer members join the closest large cluster.
+    min_active_ratio
+        Fraction of a window a local speaker must talk alone for its embedding to shape the
+        agglomerative clusters (it is assigned to one in any case).
+    channel
+        0-based channel to diarize, or ``None`` to average all channels.
+    """
+
+    window_duration_s: float = 8.0
+    step_s: float = 0.8
+    batch_size: int = 32
+    median_filter_frames: int = 11
+    segmentation: str = "model"
+    num_local_speakers: int = 4
+    clustering: str = "agglomerative"
+    clustering_threshold: float = 0.70
+    min_cluster_size: int = 30
+    min_active_ratio: float = 0.2
+    channel: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.window_duration_s > 0:
+            raise ConfigError(f"window_duration_s must be positive, got {self.window_duration_s}")
+        if not 0 < self.step_s <= self.window_duration_s:
+            raise ConfigError(
+                f"step_s must be in (0, window_duration_s={self.window_duration_s}], "
+                f"got {self.step_s}"
+            )
+        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size}")
+        if self.median_filter_frames < 1:
+            raise ConfigError(
+                f"median_filter_frames must be >= 1, got {self.median_filter_frames}"
+            )
+        if self.segmentation not in SEGMENTATION_SOURCES:
+            raise ConfigError(
+                f"segmentation must be one of {SEGMENTATION_SOURCES}, got {self.segmentation!r}"
+            )
+        if self.num_local_speakers < 1:
+            raise ConfigError(f"num_local_speakers must be >= 1, got {self.num_local_speakers}")
+        if self.clustering not in CLUSTERING_METHODS:
+            raise ConfigError(
+                f"unknown clustering method {self.clustering!r}; known: "
+                f"{', '.join(sorted(CLUSTERING_METHODS))}"
+            )
+        self.make_clustering()  # validates the clustering options
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_duration_s * SAMPLE_RATE))
+
+    @property
+    def step_samples(self) -> int:
+        return int(round(self.step_s * SAMPLE_RATE))
+
+    def make_clustering(self):
+        """The configured clustering method."""
+        if self.clustering == "agglomerative":
+            return make_clustering(
+                "agglomerative",
+                threshold=self.clustering_threshold,
+                min_cluster_size=self.min_cluster_size,
+                min_active_ratio=self.min_active_ratio,
+            )
+        return make_clustering(self.clustering)
+
+
+class _AudioReader:
+    """Windows of a recording at 16 kHz mono, read by offset from a file when possible."""
+
+    def __init__(self, audio, channel: int | None):
+        self.channel = channel
+        self.path: Path | None = None
+        self.waveform: np.ndarray | None = None
+        if isinstance(audio, str | Path):
+            self.path = Path(audio)
+            info = audio_info(self.path)
+            self.num_samples = int(round(info.num_frames * SAMPLE_RATE / info.sample_rate))
+            self.name = str(self.path)
+        else:
+            self.waveform = load_audio(audio, channel=channel)
+            self.num_samples = len(self.waveform)
+            self.name = getattr(audio, "name", None) or "<waveform>"
+
+    @property
+    def duration_s(self) -> float:
+        return self.num_samples / SAMPLE_RATE
+
+    def read(self, start_sample: int, num_samples: int) -> np.ndarray:
+        """``(num_samples,)`` float32 from ``start_sample``, zero-padded past the end."""
+        stop = min(start_sample + num_samples, self.num_samples)
+        if self.waveform is not None:
+            part = self.waveform[start_sample:stop]
+        elif stop > start_sample:
+            part = read_audio(
+                self.path,
+                start_s=start_sample / SAMPLE_RATE,
+                duration_s=(stop - start_sample) / SAMPLE_RATE,
+                channel=self.channel,
+            )
+        else:
+            part = np.zeros(0, dtype=np.float32)
+        part = part[:num_samples]
+        if len(part) < num_samples:
+            part = np.pad(part, (0, num_samples - len(part)))
+        return np.asarray(part, dtype=np.float32)
+
+    def read_windows(self, start_samples: np.ndarray, window_samples: int) -> np.ndarray:
+        """``(len(start_samples), window_samples)`` float32 window waveforms."""
+        return np.stack([self.read(int(s), window_samples) for s in start_samples])
+
+
+def _notify(hook: Hook | None, stage: str, payload, completed: int, total: int) -> None:
+    if hook is not None:
+        hook(stage, payload, completed=completed, total=total)
+
+
+def default_frame_grid() -> FrameGrid:
+    """The WavLM frame grid (20 ms step, 25 ms receptive field), from the Base+ preset."""
+    from slimdiar.models.config import wavlm_base_plus
+
+    return FrameGrid.from_config(wavlm_base_plus(), SAMPLE_RATE)
+
+
+class DiarizationPipeline:
+    """Speaker diarization with a powerset segmentation model and speaker embeddings.
+
+    Parameters
+    ----------
+    segmentation_model
+        An :class:`~slimdiar.models.eend.EEND` (anything with ``powerset.mapping``,
+        ``frame_step_samples``, ``receptive_field_samples``, ``num_frames`` and a
+        ``(batch, num_samples) -> (batch, num_frames, num_classes)`` forward); ``None`` only with
+        oracle segmentation.
+    embedding_model
+        A speaker embedding model (``dimension``, ``min_num_samples`` and
+        ``__call__(waveforms (batch, num_samples), weights (batch, num_frames)) -> (batch,
+        dimension)``); ``None`` only with a clustering method that needs no embeddings.
+    config
+        Pipeline options.
+    device
+        Where the segmentation model runs.
+    segmentation_name, embedding_name
+        What the models were loaded from, recorded in every result.
+    """
+
+    def __init__(
+        self,
+        segmentation_model=None,
+        embedding_model=None,
+        config: PipelineConfig | None = None,
+        device: str = "cpu",
+        segmentation_name: str | None = None,
+        embedding_name: str | None = None,
+    ):
+        self.config = config or PipelineConfig()
+        self.clustering = self.config.make_clustering()
+        if self.config.segmentation == "model" and segmentation_model is None:
+            raise ConfigError("model segmentation needs a segmentation model (or use 'oracle')")
+        if self.clustering.needs_embeddings and embedding_model is None:
+            raise ConfigError(
+                f"{self.config.clustering} clustering needs a speaker embedding model"
+            )
+        self.device = device
+        self.segmentation_model = segmentation_model
+        self.embedding_model = embedding_model
+        self.segmentation_name = segmentation_name
+        self.embedding_name = embedding_name or (
+            getattr(embedding_model, "name", None) if embedding_model is not None else None
+        )
+        if segmentation_model is not None:
+            self.grid = FrameGrid(
+                int(segmentation_model.frame_step_samples),
+                int(segmentation_model.receptive_field_samples),
+                SAMPLE_RATE,
+            )
+            self.mapping = segmentation_model.powerset.mapping.detach().cpu().numpy()
+            self.num_local_speakers = int(self.mapping.shape[1])
+            segmentation_model.eval().to(device)
+        else:
+            self.grid = default_frame_grid()
+            self.mapping = None
+            self.num_local_speakers = self.config.num_local_speakers
+        self.chunk_num_frames = self.grid.num_frames(self.config.window_samples)
+        if self.chunk_num_frames < 1:
+            raise ConfigError(
+                f"windows of {self.config.window_duration_s} s are shorter than one frame"
+            )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path | None,
+        embedding: str | Path | None = "ge2e",
+        device: str = "cpu",
+        step_s: float = 0.8,
+        batch_size: int = 32,
+        **options,
+    ) -> DiarizationPipeline:
+        """Load the segmentation model from a checkpoint directory and an embedding model.
+
+        Parameters
+        ----------
+        path
+            EEND checkpoint directory (``None`` only with ``segmentation="oracle"``).
+        embedding
+            Embedding model name or checkpoint path (see
+            :func:`~slimdiar.models.embeddings.load_embedding_model`); ``None`` only with a
+            clustering method that needs no embeddings.
+        device
+            ``"cpu"`` or ``"cuda"`` (or any torch device string).
+        step_s, batch_size
+            See :class:`PipelineConfig`.
+        **options
+            Further :class:`PipelineConfig` fields.
+        """
+        config = PipelineConfig(step_s=step_s, batch_size=batch_size, **options)
+        segmentation_model = None
+        if path is not None and config.segmentation == "model":
+            from slimdiar.models.eend import EEND
+
+            segmentation_model = EEND.from_pretrained(path)
+        embedding_model = None
+        if embedding is not None and config.make_clustering().needs_embeddings:
+            from slimdiar.models.embeddings import load_embedding_model
+
+            embedding_model = load_embedding_model(embedding, device=device)
+        return cls(
+            segmentation_model,
+            embedding_model,
+            config,
+            device=device,
+            segmentation_name=None if path is None else str(path),
+            embedding_name=None if embedding is None else str(embedding),
+        )
+
+    # ------------------------------------------------------------------ the algorithm
+    def __call__(
+        self,
+        audio,
+        *,
+        num_speakers: int | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+        hook: Hook | None = None,
+        reference: Sequence | None = None,
+        uri: str | None = None,
+    ) -> DiarizationResult:
+        """Diarize one recording.
+
+        Parameters
+        ----------
+        audio
+            Audio file path (read window by window), binary file-like object, or
+            ``(waveform, sample_rate)`` tuple (see :func:`slimdiar.data.load_audio`).
+        num_speakers
+            Exact number of speakers, if known.
+        min_speakers, max_speakers
+            Bounds on the number of speakers, if known.
+        hook
+            ``hook(stage_name, payload, completed=..., total=...)``, called with ``payload=None``
+            as a stage progresses and with the stage's output when it ends.
+        reference
+            Reference turns of this recording (:class:`~slimdiar.data.Turn` records or
+            ``(onset_s, offset_s, speaker)`` triples); needed by oracle segmentation/clustering.
+        uri
+            Recording id of the result (default: the file name without extension, or
+            ``"audio"``).
+
+        Returns
+        -------
+        DiarizationResult
+
+        Raises
+        ------
+        ConfigError
+            Before any work, for impossible speaker counts or a missing reference.
+        AudioError
+            If the audio cannot be read.
+        """
+        bounds = SpeakerBounds(num_speakers, min_speakers, max_speakers)
+        needs_reference = self.config.segmentation == "oracle" or self.clustering.needs_reference
+        if needs_reference and reference is None:
+            raise ConfigError(
+                "oracle segmentation/clustering needs the reference turns of the recording"
+            )
+        if uri is None:
+            uri = Path(audio).stem if isinstance(audio, str | Path) else "audio"
+        timings_s: dict[str, float] = {}
+        warnings: list[str] = []
+        reader = _AudioReader(audio, self.config.channel)
+
+        windows = sliding_windows(
+            reader.num_samples, self.config.window_samples, self.config.step_samples
+        )
+        start_frames = windows.start_frames(self.grid)
+        num_frames = min(
+            recording_num_frames(self.grid, reader.num_samples),
+            int(start_frames[-1]) + self.chunk_num_frames,
+        )
+        reference_chunks = None
+        if needs_reference:
+            ref_activity, ref_labels = reference_frame_activity(
+                as_turn_triples(reference), num_frames, self.grid
+            )
+            reference_chunks = chunk_reference(ref_activity, start_frames, self.chunk_num_frames)
+            # (num_chunks, chunk_num_frames, num_reference_speakers)
+
+        # 1-2. segmentation
+        tic = time.perf_counter()
+        activities = self.segment(reader, windows, reference_chunks, hook)
+        # (num_chunks, chunk_num_frames, num_local_speakers) uint8
+        timings_s["segmentation"] = time.perf_counter() - tic
+
+        # 3. speaker count
+        count = speaker_count(activities, start_frames, num_frames, bounds.max_clusters)
+        # (num_frames,) uint8
+        _notify(hook, "speaker_counting", count, 1, 1)
+
+        if not count.any():
+            message = f"{reader.name}: no speech found; the result is empty"
+            logger.warning(message)
+            warnings.append(message)
+            return self._result(uri, reader, np.zeros((num_frames, 0)), np.zeros((num_frames, 0)),
+                                [], bounds, timings_s, warnings, windows)
+
+        # 4. embeddings
+        tic = time.perf_counter()
+        embeddings = None
+        if self.clustering.needs_embeddings:
+            embeddings = self.embed(reader, windows, activities, hook)
+            # (num_chunks, num_local_speakers, dimension) float32, NaN for silent speakers
+        timings_s["embeddings"] = time.perf_counter() - tic
+
+        # 5. clustering
+        tic = time.perf_counter()
+        hard_clusters = self.clustering(activities, embeddings, reference_chunks, bounds)
+        # (num_chunks, num_local_speakers) int64, -1 for silent/unassigned local speakers
+        timings_s["clustering"] = time.perf_counter() - tic
+        _notify(hook, "clustering", hard_clusters, 1, 1)
+        num_clusters = int(hard_clusters.max()) + 1 if hard_clusters.size else 0
+        self._check_bounds(num_clusters, bounds, warnings)
+
+        # 6. reconstruction
+        tic = time.perf_counter()
+        scores = aggregate_clusters(
+            activities, hard_clusters, start_frames, num_frames, num_clusters
+        )
+        # (num_frames, num_clusters) float64
+        binary = select_speakers(scores, count)
+        # (num_frames, num_clusters) uint8
+        timings_s["reconstruction"] = time.perf_counter() - tic
+        _notify(hook, "reconstruction", binary, 1, 1)
+        labels = ref_labels if self.clustering.needs_reference else None
+        return self._result(
+            uri, reader, binary, scores, labels, bounds, timings_s, warnings, windows
+        )
+
+    # ------------------------------------------------------------------ stages with models
+    def segment(
+        self,
+        reader: _AudioReader,
+        windows: Windows,
+        reference_chunks: np.ndarray | None,
+        hook: Hook | None = None,
+    ) -> np.ndarray:
+        """Stages 1-2: local speaker activities of every window.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(num_chunks, chunk_num_frames, num_local_speakers)`` uint8.
+        """
+        if self.config.segmentation == "oracle":
+            activities, _ = oracle_chunk_activities(reference_chunks, self.num_local_speakers)
+            _notify(hook, "segmentation", activities, windows.num_chunks, windows.num_chunks)
+            return activities
+        import torch
+
+        shape = (windows.num_chunks, self.chunk_num_frames, self.num_local_speakers)
+        activities = np.zeros(shape, dtype=np.uint8)
+        for part in batches(windows.num_chunks, self.config.batch_size):
+            waveforms = reader.read_windows(windows.start_samples[part], windows.window_samples)
+            # (batch, window_samples)
+            with torch.inference_mode():
+                log_probs = self.segmentation_model(torch.from_numpy(waveforms).to(self.device))
+            # (batch, chunk_num_frames, num_classes)
+            log_probs = log_probs.float().cpu().numpy()
+            if log_probs.shape[1] != self.chunk_num_frames:
+                raise RuntimeError(
+                    f"the segmentation model gave {log_probs.shape[1]} frames per window, "
+                    f"its frame grid says {self.chunk_num_frames}"
+                )
+            activities[part] = binarize_powerset(
+                log_probs, self.mapping, self.config.median_filter_frames
+            )
+            _notify(hook, "segmentation", None, part.stop, windows.num_chunks)
+        _notify(hook, "segmentation", activities, windows.num_chunks, windows.num_chunks)
+        return activities
+
+    def embed(
+        self,
+        reader: _AudioReader,
+        windows: Windows,
+        activities: np.ndarray,
+        hook: Hook | None = None,
+    ) -> np.ndarray:
+        """Stage 4: an embedding per active (window, local speaker).
+
+        Windows without any active speaker are not read.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(num_chunks, num_local_speakers, dimension)`` float32, NaN for silent speakers.
+        """
+        model = self.embedding_model
+        min_clean_frames = math.ceil(
+            self.chunk_num_frames * getattr(model, "min_num_samples", 0) / windows.window_samples
+        )
+        shape = (windows.num_chunks, self.num_local_speakers, int(model.dimension))
+        embeddings = np.full(shape, np.nan, dtype=np.float32)
+        speaking = np.flatnonzero(activities.any(axis=(1, 2)))
+        for part in batches(len(speaking), self.config.batch_size):
+            chunks = speaking[part]
+            waveforms = reader.read_windows(windows.start_samples[chunks], windows.window_samples)
+            # (batch, window_samples)
+            masks = embedding_masks(activities[chunks], min_clean_frames)
+            # (batch, num_local_speakers, chunk_num_frames)
+            embeddings[chunks] = embed_speakers(
+                waveforms, masks, model, self.config.batch_size, int(model.dimension)
+            )
+            _notify(hook, "embeddings", None, part.stop, len(speaking))
+        _notify(hook, "embeddings", embeddings, len(speaking), len(speaking))
+        return embeddings
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _check_bounds(num_clusters: int, bounds: SpeakerBounds, warnings: list[str]) -> None:
+        low, high = bounds.min_clusters, bounds.max_clusters
+        if num_clusters < low or (high is not None and num_clusters > high):
+            message = (
+                f"found {num_clusters} speakers, outside the requested range "
+                f"[{low}, {high if high is not None else 'any'}]"
+            )
+            logger.warning(message)
+            warnings.append(message)
+
+    def _result(
+        self,
+        uri: str,
+        reader: _AudioReader,
+        binary: np.ndarray,
+        scores: np.ndarray,
+        labels: list[str] | None,
+        bounds: SpeakerBounds,
+        timings_s: dict[str, float],
+        warnings: list[str],
+        windows: Windows,
+    ) -> DiarizationResult:
+        duration_s = reader.duration_s
+        segments = activity_to_segments(binary, self.grid, duration_s)
+        exclusive = activity_to_segments(exclusive_activity(binary, scores), self.grid, duration_s)
+        # name the speakers with speech in order of first appearance
+        order: list[int] = []
+        for _, _, speaker in segments:
+            if speaker not in order:
+                order.append(speaker)
+        names = {
+            k: (labels[k] if labels is not None else f"SPEAKER_{i:02d}")
+            for i, k in enumerate(order)
+        }
+
+        def turns(items) -> list[Turn]:
+            return [Turn(uri, on, off - on, names[k]) for on, off, k in items if k in names]
+
+        info = {
+            "segmentation_model": self.segmentation_name,
+            "embedding_model": self.embedding_name if self.clustering.needs_embeddings else None,
+            "config": asdict(self.config),
+            "speaker_bounds": bounds.to_dict(),
+            "num_chunks": windows.num_chunks,
+            "frame_step_s": self.grid.frame_step_s,
+            "timings_s": {k: round(v, 4) for k, v in timings_s.items()},
+            "warnings": warnings,
+        }
+        return DiarizationResult(
+            uri, duration_s, turns(segments), turns(exclusive), [names[k] for k in order], info
+        )

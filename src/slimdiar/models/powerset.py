@@ -240,13 +240,15 @@ class Powerset(torch.nn.Module):
         pred_multilabel: torch.Tensor,
         target_multilabel: torch.Tensor,
         mask: torch.Tensor | None = None,
+        soft_pred_multilabel: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Permute the target speakers of each chunk to best agree with the prediction.
 
         The permutation minimises the number of valid (frame, speaker) cells where prediction and
-        permuted target disagree; among equally good permutations the first in lexicographic
-        order (the identity first) wins. The target is first brought to ``num_speakers`` speakers
-        with :func:`pad_or_select_speakers`.
+        permuted target disagree. Among equally good permutations, the one closest to the soft
+        prediction (sum of absolute differences) wins when ``soft_pred_multilabel`` is given,
+        then the first in lexicographic order (the identity first). The target is first brought
+        to ``num_speakers`` speakers with :func:`pad_or_select_speakers`.
 
         Parameters
         ----------
@@ -256,6 +258,8 @@ class Powerset(torch.nn.Module):
             ``(batch, num_frames, any_num_speakers)`` 0/1 reference activities.
         mask
             ``(batch, num_frames)``, ``True`` on valid frames; ``None`` means all are valid.
+        soft_pred_multilabel
+            ``(batch, num_frames, num_speakers)`` speaker probabilities, used to break ties.
 
         Returns
         -------
@@ -273,27 +277,47 @@ class Powerset(torch.nn.Module):
                 f"prediction {tuple(pred_multilabel.shape)} and target {tuple(target.shape)} "
                 "differ in shape"
             )
-        permutation = _best_permutation(pred_multilabel, target, mask)
+        permutation = _best_permutation(pred_multilabel, target, mask, soft_pred_multilabel)
         index = permutation.unsqueeze(1).expand(-1, target.shape[1], -1)
         return torch.gather(target, 2, index), permutation
 
 
+def _disagreement(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``(batch, speakers, speakers)``: sum over valid frames of ``|pred_i - target_j|``.
+
+    ``target`` is 0/1, ``pred`` in [0, 1]; both are already zero on invalid frames.
+    """
+    pred_total = pred.sum(dim=1).unsqueeze(2)  # (batch, speakers, 1)
+    target_total = target.sum(dim=1).unsqueeze(1)  # (batch, 1, speakers)
+    return pred_total + target_total - 2.0 * (pred.transpose(1, 2) @ target)
+
+
 def _best_permutation(
-    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None,
+    soft_pred: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``(batch, speakers)`` permutation of ``target`` speakers minimising disagreement."""
+    """``(batch, speakers)`` permutation of ``target`` speakers minimising disagreement.
+
+    The cost is the number of (valid frame, speaker) cells where the hard prediction ``pred``
+    and the permuted target differ. Ties are broken by the same distance measured on
+    ``soft_pred`` (speaker probabilities) when given, then by the order of enumeration (identity
+    first).
+    """
     valid = _valid_mask(mask, pred)
-    pred = pred.float() * valid
-    target_float = target.float() * valid
-    # disagreement[b, i, j]: valid frames where predicted speaker i and target speaker j differ
-    agree_on = pred.transpose(1, 2) @ target_float
-    agree_off = (valid - pred).transpose(1, 2) @ (valid - target_float)
-    disagreement = valid.sum(dim=1, keepdim=True) - agree_on - agree_off
+    target = target.float() * valid
     num_speakers = pred.shape[-1]
     perms = _permutations(num_speakers, pred.device)  # (num_perms, speakers)
     rows = torch.arange(num_speakers, device=pred.device)
-    cost = disagreement[:, rows, perms].sum(dim=-1)  # (batch, num_perms)
-    # argmin returns the first minimum: the identity wins ties
+    hard = _disagreement(pred.float() * valid, target)
+    cost = hard[:, rows, perms].sum(dim=-1)  # (batch, num_perms), integer valued
+    if soft_pred is not None:
+        soft = _disagreement(soft_pred.float() * valid, target)
+        soft_cost = soft[:, rows, perms].sum(dim=-1)
+        best = cost == cost.min(dim=-1, keepdim=True).values
+        cost = torch.where(best, soft_cost, torch.full_like(soft_cost, math.inf))
+    # argmin returns the first minimum: the identity wins remaining ties
     return perms[torch.argmin(cost, dim=-1)]
 
 
@@ -306,7 +330,8 @@ def permutation_invariant_powerset_loss(
     """Permutation-invariant powerset cross-entropy.
 
     The prediction is decoded to hard multilabel activities, the target speakers are permuted to
-    best match it (:meth:`Powerset.match_speakers`), the permuted target is encoded as powerset
+    best match it (:meth:`Powerset.match_speakers`; ties between equally good permutations go to
+    the one closest to the soft speaker probabilities), the permuted target is encoded as powerset
     classes (:meth:`Powerset.to_powerset`, which resolves frames with too many speakers) and the
     cross-entropy is averaged over the valid frames.
 
@@ -334,7 +359,8 @@ def permutation_invariant_powerset_loss(
         powerset = Powerset().to(log_probs.device)
     with torch.no_grad():
         pred = powerset.to_multilabel(log_probs)
-        permuted, _ = powerset.match_speakers(pred, target_multilabel, mask)
+        soft_pred = powerset.to_multilabel(log_probs, soft=True)
+        permuted, _ = powerset.match_speakers(pred, target_multilabel, mask, soft_pred)
         classes = powerset.to_powerset(permuted, mask)
     nll = F.nll_loss(log_probs.transpose(1, 2), classes, reduction="none")  # (batch, frames)
     if mask is None:

@@ -24,8 +24,8 @@ from slimdiar.models.config import SAMPLE_RATE
 logger = logging.getLogger(__name__)
 
 # Extra input read on each side of an offset read so that the resampling filter sees real
-# context; the margin is rounded to whole resampling blocks so the output stays on the 16 kHz
-# grid of the whole file.
+# context there; the read starts on a whole resampling block so that the output stays on the
+# 16 kHz grid of the whole file.
 RESAMPLE_MARGIN_S = 0.05
 # A request may end this much past the end of the file (rounding of RTTM/UEM times).
 END_TOLERANCE_S = 0.01
@@ -155,13 +155,6 @@ def _check_finite(waveform: np.ndarray, name: str) -> None:
         raise AudioError(f"{name}: the audio holds {bad} NaN/Inf sample(s)")
 
 
-def _margin_frames(sample_rate: int, available: int) -> int:
-    """Largest margin <= RESAMPLE_MARGIN_S and <= available made of whole resampling blocks."""
-    block = sample_rate // math.gcd(sample_rate, SAMPLE_RATE)
-    wanted = max(1, math.ceil(RESAMPLE_MARGIN_S * sample_rate / block)) * block
-    return (min(wanted, available) // block) * block
-
-
 def read_audio(
     path: str | Path | BinaryIO,
     start_s: float | None = None,
@@ -204,38 +197,40 @@ def read_audio(
         rate, total = int(sound.samplerate), int(sound.frames)
         if total == 0:
             raise AudioError(f"{name}: the audio is empty (0 samples)")
-        first = int(round(start_s * rate))
-        if duration_s is None:
-            last = total
-        else:
-            last = int(round((start_s + duration_s) * rate))
-            if last > total + int(math.ceil(END_TOLERANCE_S * rate)):
-                raise AudioError(
-                    f"{name}: requested [{start_s:.3f}, {start_s + duration_s:.3f}] s but the "
-                    f"audio lasts {total / rate:.3f} s"
-                )
-            last = min(last, total)
-        if first >= last:
+        total_s = total / rate
+        end_s = total_s if duration_s is None else start_s + float(duration_s)
+        if end_s > total_s + END_TOLERANCE_S:
+            raise AudioError(
+                f"{name}: requested [{start_s:.3f}, {end_s:.3f}] s but the audio lasts "
+                f"{total_s:.3f} s"
+            )
+        if start_s >= total_s:
             raise AudioError(
                 f"{name}: requested start {start_s:.3f} s is at or after the end of the audio "
-                f"({total / rate:.3f} s)"
+                f"({total_s:.3f} s)"
             )
-        before = _margin_frames(rate, first) if rate != SAMPLE_RATE else 0
-        after = _margin_frames(rate, total - last) if rate != SAMPLE_RATE else 0
+        # Work on the 16 kHz grid of the whole file: output sample j is at time j / 16000.
+        out_first = int(round(start_s * SAMPLE_RATE))
+        if duration_s is None:
+            num_samples = int(round(total * SAMPLE_RATE / rate)) - out_first
+        else:
+            num_samples = int(round(float(duration_s) * SAMPLE_RATE))
+        # Read from a frame that lies on that grid (a multiple of the resampling block), with
+        # some context on both sides for the resampling filter.
+        block = rate // math.gcd(rate, SAMPLE_RATE)
+        margin = 0 if rate == SAMPLE_RATE else int(math.ceil(RESAMPLE_MARGIN_S * rate))
+        read_first = max(0, (out_first * rate // SAMPLE_RATE - margin) // block * block)
+        read_last = min(total, -(-(out_first + num_samples) * rate // SAMPLE_RATE) + margin)
         try:
-            sound.seek(first - before)
-            data = sound.read(last - first + before + after, dtype="float32", always_2d=True)
+            sound.seek(read_first)
+            data = sound.read(read_last - read_first, dtype="float32", always_2d=True)
         except (soundfile.LibsndfileError, RuntimeError) as error:
             raise AudioError(f"{name}: cannot read audio ({error})") from None
     if data.shape[0] == 0:
         raise AudioError(f"{name}: no samples could be read (truncated file?)")
     _check_finite(data, name)
     mono = resample(_apply_channel_policy(data, channel, name), rate)
-    skip = before * SAMPLE_RATE // rate
-    if duration_s is None:
-        num_samples = int(round((last - first) * SAMPLE_RATE / rate))
-    else:
-        num_samples = int(round(duration_s * SAMPLE_RATE))
+    skip = out_first - read_first * SAMPLE_RATE // rate
     out = mono[skip : skip + num_samples]
     if out.shape[0] < num_samples:
         out = np.pad(out, (0, num_samples - out.shape[0]))

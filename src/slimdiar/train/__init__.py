@@ -1,0 +1,25 @@
+"""The one training loop: a :class:`Trainer` runs any :class:`Objective`.
+
+A new stage plugs in by subclassing :class:`Objective` (modules, parameter groups, loss,
+validation statistics, state) and handing it to :class:`Trainer` with its datasets.
+"""
+
+from slimdiar.train.averaging import average_checkpoints
+from slimdiar.train.clipping import PercentileClipper
+from slimdiar.train.distributed import DistContext, init_distributed, shutdown_distributed
+from slimdiar.train.objective import Objective, ParamGroup
+from slimdiar.train.trainer import Trainer, TrainerConfig, TrainResult, last_checkpoint
+
+__all__ = [
+    "DistContext",
+    "Objective",
+    "ParamGroup",
+    "PercentileClipper",
+    "TrainResult",
+    "Trainer",
+    "TrainerConfig",
+    "average_checkpoints",
+    "init_distributed",
+    "last_checkpoint",
+    "shutdown_distributed",
+]

@@ -1,0 +1,82 @@
+"""Averaging checkpoint directories (the final model of fine-tuning)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from slimdiar.errors import CheckpointError
+from slimdiar.models.checkpoint import CONFIG_NAME, load_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def average_checkpoints(
+    directories: list[str | Path], output: str | Path, metadata: dict | None = None
+) -> Path:
+    """Average the weights of checkpoint directories into a new checkpoint directory.
+
+    Floating-point tensors are averaged (in float64, stored in their own dtype); other tensors
+    (integer buffers such as BatchNorm's ``num_batches_tracked``) are taken from the first
+    directory. Every directory must hold a checkpoint of the same kind, config and keys.
+
+    Parameters
+    ----------
+    directories
+        One or more slimdiar checkpoint directories.
+    output
+        The directory to write (replaced atomically if it exists).
+    metadata
+        Metadata of the result; ``averaged_from`` (the source directories) is added to it.
+
+    Returns
+    -------
+    Path
+        ``output``.
+    """
+    if not directories:
+        raise CheckpointError("no checkpoints to average")
+    first_state, config, first_metadata = load_checkpoint(directories[0])
+    kind = _kind(directories[0])
+    sums = {
+        k: v.to(torch.float64) if v.is_floating_point() else v for k, v in first_state.items()
+    }
+    for directory in directories[1:]:
+        state, other_config, _ = load_checkpoint(directory, kind=kind)
+        if other_config != config:
+            raise CheckpointError(
+                f"{directory}: its config differs from that of {directories[0]}; only "
+                "checkpoints of one architecture can be averaged"
+            )
+        if set(state) != set(sums):
+            raise CheckpointError(
+                f"{directory}: keys differ from those of {directories[0]}: "
+                f"{sorted(set(state) ^ set(sums))[:20]}"
+            )
+        for key, value in state.items():
+            if value.shape != sums[key].shape:
+                raise CheckpointError(
+                    f"{directory}: {key} has shape {tuple(value.shape)}, "
+                    f"{tuple(sums[key].shape)} in {directories[0]}"
+                )
+            if value.is_floating_point():
+                sums[key] += value.to(torch.float64)
+    count = len(directories)
+    averaged = {
+        k: (v / count).to(first_state[k].dtype) if first_state[k].is_floating_point() else v
+        for k, v in sums.items()
+    }
+    info = dict(metadata or {})
+    info["averaged_from"] = [str(d) for d in directories]
+    for key in ("stage",):
+        if key in first_metadata and key not in info:
+            info[key] = first_metadata[key]
+    logger.info("averaged %d checkpoints into %s", count, output)
+    return save_checkpoint(output, averaged, kind, config, info)
+
+
+def _kind(directory: str | Path) -> str:
+    return json.loads((Path(directory) / CONFIG_NAME).read_text())["kind"]

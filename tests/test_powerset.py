@@ -220,6 +220,9 @@ def test_loss_ignores_masked_frames_and_backpropagates():
         for i, n in [(0, 20), (1, 12)]
     ]
     assert torch.allclose(loss.detach(), (per_chunk[0] * 20 + per_chunk[1] * 12) / 32)
+    nothing_valid = torch.zeros(2, 20, dtype=torch.bool)
+    empty, _ = permutation_invariant_powerset_loss(F.log_softmax(logits, -1), target, nothing_valid)
+    assert empty.item() == 0.0
 
 
 # ---------------------------------------------------------------------- chunk DER

@@ -30,6 +30,7 @@ from slimdiar.models.config import WavLMConfig, preset
 from slimdiar.models.conformer import Conformer
 from slimdiar.models.frontend import FRONTENDS, FbankConfig, build_backbone
 from slimdiar.models.powerset import Powerset
+from slimdiar.models.wavlm import WavLM
 
 logger = logging.getLogger(__name__)
 
@@ -354,8 +355,6 @@ class EEND(nn.Module):
             Head configuration (``frontend`` must be ``"wavlm"``; its ``wavlm`` field is replaced
             by the loaded backbone's config). Defaults to :class:`EENDConfig`.
         """
-        from slimdiar.models.wavlm import WavLM
-
         config = config or EENDConfig()
         if config.frontend != "wavlm":
             raise ConfigError(

@@ -18,6 +18,7 @@ from torch import nn
 
 from slimdiar.errors import AudioError, ConfigError
 from slimdiar.models.config import SAMPLE_RATE, WavLMConfig
+from slimdiar.models.wavlm import WavLM
 
 FRONTENDS = ("wavlm", "fbank")
 
@@ -236,8 +237,6 @@ def build_backbone(
     if frontend == "wavlm":
         if wavlm is None:
             raise ConfigError("the wavlm front-end needs a WavLM config (e.g. a preset name)")
-        from slimdiar.models.wavlm import WavLM
-
         return WavLM(wavlm)
     if frontend == "fbank":
         return Fbank(fbank)

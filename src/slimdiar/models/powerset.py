@@ -23,6 +23,7 @@ Masks are boolean tensors of shape ``(batch, num_frames)`` that are ``True`` on 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ import torch.nn.functional as F
 MAX_EXHAUSTIVE_SPEAKERS = 8
 
 
+@functools.lru_cache(maxsize=32)
 def _permutations(num_speakers: int, device: torch.device) -> torch.Tensor:
     """Every permutation of ``range(num_speakers)``, identity first: ``(num_perms, speakers)``."""
     if num_speakers > MAX_EXHAUSTIVE_SPEAKERS:

@@ -243,23 +243,11 @@ def build_backbone(
     raise ConfigError(f"unknown front-end {frontend!r}; valid front-ends: {', '.join(FRONTENDS)}")
 
 
-def frame_duration_s(config: WavLMConfig | FbankConfig) -> float:
-    """Frame step of a front-end in seconds (0.02 for WavLM and the default filterbank).
-
-    Parameters
-    ----------
-    config
-        The front-end configuration.
-    """
-    return config.frame_step_samples / SAMPLE_RATE
-
-
 __all__ = [
     "FRONTENDS",
     "Fbank",
     "FbankConfig",
     "build_backbone",
-    "frame_duration_s",
     "mel_filterbank",
 ]
 

@@ -70,7 +70,8 @@ def _no_subcommand(parser: argparse.ArgumentParser) -> int:
 def run_check(args: argparse.Namespace) -> int:
     """Validate ``args.directory`` and print its summary; exit status 0."""
     datadir = DataDir.load(args.directory, channel=args.channel)
-    print_summary(datadir, datadir.summary(), args.channel, args.max_rows, Console())
+    console = Console(soft_wrap=True, markup=False, highlight=False)
+    print_summary(datadir, datadir.summary(), args.channel, args.max_rows, console)
     return 0
 
 
@@ -109,9 +110,11 @@ def print_summary(
     overview.add_row("channel policy", policy)
     console.print(overview)
 
-    table = Table(title="recordings")
-    for name in ("recording", "duration s", "scored s", "speakers", "turns", "speech %",
-                 "overlap %", "rate Hz", "channels"):
+    table = Table(
+        title="recordings", caption="spk: speakers, ovl: overlap (% of speech), ch: channels"
+    )
+    for name in ("recording", "dur s", "scored s", "spk", "turns", "speech %", "ovl %", "Hz",
+                 "ch"):
         table.add_column(name, justify="left" if name == "recording" else "right")
     for row in summary.recordings[:max_rows]:
         speech = 100 * row["speech_s"] / row["scored_s"] if row["scored_s"] else 0.0

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     """Score, print the table and write the JSON; exit status 0."""
     if args.collar < 0:
         raise ConfigError(f"--collar must be >= 0 seconds, got {args.collar}")
-    console = Console()
+    console = Console(soft_wrap=True, markup=False, highlight=False)
     ref_turns, dir_uem = read_turns(args.ref)
     hyp_turns, _ = read_turns(args.hyp)
     uem_path = Path(args.uem) if args.uem else dir_uem

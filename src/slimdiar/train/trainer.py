@@ -132,6 +132,7 @@ class TrainResult:
     steps: int
     stopped_early: bool
     history: list[dict] = field(default_factory=list)
+    best_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -183,6 +184,12 @@ def _set_rng_state(rng: dict) -> None:
     torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(torch.tensor(rng["cuda"], dtype=torch.uint8))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _seed_everything(seed: int) -> None:
@@ -305,7 +312,7 @@ class Trainer:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut by a kill
-            if record.get("epoch", math.inf) <= epochs_done:
+            if record.get("type") != "best" and record.get("epoch", math.inf) <= epochs_done:
                 kept.append(line)
         fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=self.exp_dir)
         with os.fdopen(fd, "w") as stream:
@@ -344,6 +351,7 @@ class Trainer:
                 state_tmp = tmp / f".{STATE_NAME}.tmp"
                 torch.save(self._training_state(rng_states), state_tmp)
                 os.replace(state_tmp, tmp / STATE_NAME)
+                os.chmod(tmp, 0o777 & ~_umask())
                 if final.exists():
                     shutil.rmtree(final)
                 os.replace(tmp, final)
@@ -396,8 +404,10 @@ class Trainer:
             self._end_epoch(train_loss, metrics)
             self.save_checkpoint()
         best_epochs = self._average_best()
+        best_metrics = self._validate_best()
         return TrainResult(
-            self.best_dir, best_epochs, self.epoch, self.step, self.stopped_early, self.history
+            self.best_dir, best_epochs, self.epoch, self.step, self.stopped_early, self.history,
+            best_metrics,
         )
 
     def _loader(self, data: Dataset, batch_sampler, generator_seed: int) -> DataLoader:
@@ -549,6 +559,19 @@ class Trainer:
             )
         barrier(self.ctx)
         return epochs
+
+
+    def _validate_best(self) -> dict[str, float]:
+        """Validate the averaged model (left loaded in the objective) and log a "best" record."""
+        self.objective.restore(self.best_dir)
+        metrics = self._validate()
+        record = {"type": "best", "epoch": self.epoch, "step": self.step}
+        record.update({f"val/{k}": v for k, v in metrics.items()})
+        self._log(record)
+        logger.info(
+            "averaged model: %s", ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
+        )
+        return metrics
 
 
 def _nan_last(value: float) -> float:

@@ -1,0 +1,105 @@
+r"""``slimdiar finetune``: train the diarization model (WavLM + Conformer, powerset loss).
+
+Usage::
+
+    slimdiar finetune --config configs/wavlm-base-plus.toml \
+        --train data/train --dev data/dev --out exp/base-plus \
+        --backbone checkpoints/wavlm-base-plus
+    torchrun --nproc_per_node 4 -m slimdiar finetune --config ... --out exp/base-plus
+    slimdiar finetune --config ... --out exp/base-plus --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from slimdiar.train.config import load_config
+from slimdiar.train.distributed import init_distributed, shutdown_distributed
+from slimdiar.train.finetune import FinetuneConfig, finetune
+
+DESCRIPTION = """\
+Fine-tune WavLM inside the end-to-end diarization model (stage 0; with a pruned backbone and
+20 epochs / patience 5 it is also stage 3).
+
+Training chunks come from the UEM regions of --train, validation chunks from --dev. Every epoch
+writes OUT/checkpoints/epoch-NNN (a loadable checkpoint plus the training state) and appends to
+OUT/metrics.jsonl; at the end OUT/best holds the average of the best checkpoints by validation
+loss: the model every later command loads. The same command runs on several GPUs under
+'torchrun --nproc_per_node N' or 'accelerate launch' (trainer.batch_size is the global batch).
+"""
+
+EPILOG = """\
+configuration:
+  A TOML file with sections [model], [data], [optim] and [trainer] (see configs/*.toml); any
+  value can be overridden with --set SECTION.KEY=VALUE, e.g. --set trainer.batch_size=32,
+  --set model.frontend=wavlm-frozen, --set optim.lr_head=5e-4.
+
+front-ends (model.frontend):
+  wavlm          WavLM updated with lr optim.lr_backbone (default)
+  wavlm-frozen   WavLM fixed, only the head trains
+  fbank          log-mel filterbank, no self-supervised model
+
+examples:
+  slimdiar finetune --config configs/tiny.toml --train data/toy/train --dev data/toy/dev \\
+      --out exp/tiny
+  torchrun --nproc_per_node 4 -m slimdiar finetune --config configs/wavlm-large.toml \\
+      --train data/compound/train --dev data/compound/dev --out exp/large \\
+      --backbone models/wavlm-large
+"""
+
+
+def add_parser(subparsers) -> None:
+    """Register ``slimdiar finetune``."""
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune WavLM + Conformer for diarization",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, metavar="TOML", help="run configuration")
+    parser.add_argument("--train", required=True, metavar="DIR", help="training data directory")
+    parser.add_argument("--dev", required=True, metavar="DIR", help="validation data directory")
+    parser.add_argument("--out", required=True, metavar="EXP_DIR", help="experiment directory")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override one configuration value (repeatable)",
+    )
+    parser.add_argument(
+        "--backbone", metavar="CKPT_OR_PRESET",
+        help="WavLM checkpoint (Hugging Face dir, original .pt, slimdiar dir) or preset name "
+        "(random init); overrides model.backbone",
+    )
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in EXP_DIR from its last complete checkpoint",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, then print where the final model is."""
+    config = load_config(FinetuneConfig, args.config, args.overrides)
+    ctx = init_distributed(config.trainer.device)
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        result = finetune(
+            config, args.train, args.dev, args.out, ctx=ctx, backbone=args.backbone,
+            resume=args.resume,
+        )
+    finally:
+        shutdown_distributed()
+    if ctx.is_main:
+        best = min(result.history, key=lambda h: h["val_loss"]) if result.history else None
+        how = "stopped early" if result.stopped_early else "done"
+        print(f"{how} after {result.epochs_run} epochs ({result.steps} steps)")
+        if best is not None:
+            print(f"best validation loss {best['val_loss']:.4f} at epoch {best['epoch']}")
+        print(f"final model (average of epochs {result.best_epochs}): {result.best_dir}")
+        if result.best_metrics:
+            print("its validation metrics: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in sorted(result.best_metrics.items())
+            ))
+    return 0

@@ -158,3 +158,18 @@ def test_dataset_uses_uem_regions(tmp_path):
     assert [(c.start_s, c.valid_duration_s) for c in dataset.chunks] == [(0.5, 2.5), (6.5, 3.5)]
     with pytest.raises(ConfigError, match="max_speakers"):
         ChunkDataset(DataDir.load(root), wavlm_base_plus(), max_speakers=0)
+
+
+def test_data_layer_does_not_import_later_stages():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, slimdiar.data\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('slimdiar.train', "
+        "'slimdiar.pipeline', 'slimdiar.cli', 'slimdiar.scoring', 'pyannote')))\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == ""

@@ -160,3 +160,18 @@ def test_der_and_jer_match_pyannote_on_random_pairs(with_uem, collar_s, skip_ove
     assert report.total.der == pytest.approx(abs(der))
     assert report.jer == pytest.approx(abs(jer))
     assert report.total.total_s > 0 and report.total.der > 0
+
+
+def test_scoring_depends_on_numpy_and_pyannote_only():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, slimdiar.scoring\n"
+        "bad = sorted(m for m in ('torch', 'soundfile', 'soxr', 'slimdiar.data', 'slimdiar.models')"
+        " if m in sys.modules)\n"
+        "print(','.join(bad))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == ""

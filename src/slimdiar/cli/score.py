@@ -117,7 +117,7 @@ def print_report(report: ScoreReport, uem_path: Path | None, console: Console) -
         table.add_column(name, justify="left" if name in ("file", "note") else "right")
     for uri, score in report.files.items():
         c = score.components
-        note = {"ref_only": "no hypothesis", "hyp_only": "no reference"}.get(score.status, "")
+        note = {"ref_only": "no hyp", "hyp_only": "no ref"}.get(score.status, "")
         table.add_row(
             uri, _percent(c.der), f"{c.missed_s:.2f}", f"{c.false_alarm_s:.2f}",
             f"{c.confusion_s:.2f}", f"{c.total_s:.2f}", _percent(score.jer), note,

@@ -294,7 +294,7 @@ def score_diarization(
         files[uri] = FileScore(uri, components, jer, status, scored_s)
         total = total + components
     for uri, reason in unscored.items():
-        logger.warning("%s: not scored (%s)", uri, reason)
+        logger.info("%s: not scored (%s)", uri, reason)
     return ScoreReport(
         files=files,
         total=total,

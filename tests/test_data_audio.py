@@ -138,7 +138,11 @@ def test_load_audio_accepts_paths_file_objects_and_tuples(tmp_path):
     from_tensor = load_audio((torch.from_numpy(data.T.copy()), 22050), channel=1)
     assert from_tuple.shape == from_tensor.shape == (8000,)
     np.testing.assert_allclose(from_tensor, resample(data[:, 1], 22050), atol=1e-6)
-    np.testing.assert_allclose(load_audio((data[:, 0], 16000)), data[:, 0])
+    mono = data[:, 0].copy()
+    loaded = load_audio((mono, 16000))
+    np.testing.assert_allclose(loaded, mono)
+    loaded[:] = 1.0  # the result never shares memory with the caller's array
+    assert not np.allclose(mono, 1.0)
     with pytest.raises(AudioError, match="must be \\(num_samples,\\) or"):
         load_audio((np.zeros((1, 2, 3)), 16000))
     with pytest.raises(AudioError, match="NaN/Inf"):

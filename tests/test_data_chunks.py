@@ -156,6 +156,10 @@ def test_dataset_uses_uem_regions(tmp_path):
     root, _ = make_dir(tmp_path, uem="r 1 0.5 3\nr 1 6.5 10\n")
     dataset = ChunkDataset(DataDir.load(root), wavlm_base_plus())
     assert [(c.start_s, c.valid_duration_s) for c in dataset.chunks] == [(0.5, 2.5), (6.5, 3.5)]
+    assert len(DataDir.load(root).all_regions()) == 2
+    assert [t.speaker for t in DataDir.load(root).all_turns()] == ["A", "B"]
+    with pytest.raises(ConfigError, match="channel 1 requested but 1 recording"):
+        ChunkDataset(DataDir.load(root), wavlm_base_plus(), channel=1)
     with pytest.raises(ConfigError, match="max_speakers"):
         ChunkDataset(DataDir.load(root), wavlm_base_plus(), max_speakers=0)
 

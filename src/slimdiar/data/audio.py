@@ -283,7 +283,9 @@ def load_audio(audio: AudioSource, channel: int | None = None) -> np.ndarray:
         except (TypeError, ValueError):
             raise AudioError(f"sample_rate must be an integer, got {sample_rate!r}") from None
         _check_finite(data, "<waveform>")
-        return np.ascontiguousarray(
-            resample(_apply_channel_policy(data, channel, "<waveform>"), sample_rate)
+        # A copy: the caller's array is never shared with (or changed by) what follows.
+        return np.array(
+            resample(_apply_channel_policy(data, channel, "<waveform>"), sample_rate),
+            dtype=np.float32, copy=True,
         )
     return read_audio(audio, channel=channel)

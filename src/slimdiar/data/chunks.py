@@ -224,6 +224,17 @@ class ChunkDataset(Dataset):
     ):
         if max_speakers < 1:
             raise ConfigError(f"max_speakers must be >= 1, got {max_speakers}")
+        if channel is not None:
+            lacking = [
+                uri for uri, rec in datadir.recordings.items()
+                if rec.num_channels is not None and not 0 <= channel < rec.num_channels
+            ]
+            if lacking:
+                raise ConfigError(
+                    f"channel {channel} requested but {len(lacking)} recording(s) lack it "
+                    f"(e.g. {lacking[0]!r}); run 'slimdiar data check {datadir.path} "
+                    f"--channel {channel}'"
+                )
         self.datadir = datadir
         self.max_speakers = int(max_speakers)
         self.channel = channel
@@ -235,7 +246,7 @@ class ChunkDataset(Dataset):
             )
         self.centers_s = frame_centers_s(frame_grid, self.num_frames)
         self.chunks = chunk_regions(
-            [region for uri in datadir.recordings for region in datadir.uem[uri]],
+            datadir.all_regions(),
             chunk_duration_s=chunk_duration_s,
             shift_s=shift_s,
         )

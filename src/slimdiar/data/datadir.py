@@ -279,6 +279,14 @@ class DataDir:
             [(r.start_s, r.end_s) for r in self.uem[uri]], dtype=np.float64
         ).reshape(-1, 2)
 
+    def all_turns(self) -> list[Turn]:
+        """Every turn, recording by recording (``wav.scp`` order), each sorted by onset."""
+        return [turn for uri in self.recordings for turn in self.turns[uri]]
+
+    def all_regions(self) -> list[UEMRegion]:
+        """Every UEM region (whole recordings when there is no ``uem`` file)."""
+        return [region for uri in self.recordings for region in self.uem[uri]]
+
     def summary(self) -> DataSummary:
         """Count recordings, hours, speakers, speech and overlap (inside the UEM)."""
         speakers_per_recording, turns_per_speaker = {}, Counter()

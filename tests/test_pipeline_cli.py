@@ -124,3 +124,14 @@ def test_cli_rejects_missing_inputs(tmp_path, capsys):
     ])
     assert status == 1
     assert "no such audio file, directory or wav.scp" in capsys.readouterr().err
+
+
+def test_cli_rejects_recording_ids_with_spaces(tmp_path, capsys):
+    soundfile.write(tmp_path / "my talk.wav", np.zeros(1600, dtype=np.float32), SAMPLE_RATE)
+    reference = write_reference(tmp_path / "ref.rttm")
+    status = main([
+        "diarize", str(tmp_path / "my talk.wav"), "--out", str(tmp_path / "out"),
+        "--oracle-segmentation", str(reference), "--oracle-clustering", str(reference),
+    ])
+    assert status == 1
+    assert "cannot be written to RTTM" in capsys.readouterr().err

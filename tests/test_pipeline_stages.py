@@ -412,3 +412,10 @@ def test_activity_to_segments_frame_intervals():
     expected = [(0.0025, 0.0425, 1), (0.0425, 0.1025, 0), (0.1225, 0.16, 1)]
     assert [s[2] for s in segments] == [e[2] for e in expected]
     np.testing.assert_allclose([s[:2] for s in segments], [e[:2] for e in expected])
+
+
+def test_more_speakers_asked_than_embeddings_gives_all_and_warns(caplog):
+    with caplog.at_level("WARNING"):
+        labels = AgglomerativeClustering().cluster_embeddings(np.eye(2), min_clusters=3)
+    assert sorted(labels.tolist()) == [0, 1]
+    assert "only 2 speaker embeddings" in caplog.text

@@ -113,6 +113,8 @@ def collect_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
             raise ConfigError(f"{path}: no such audio file, directory or wav.scp")
     seen: dict[str, Path] = {}
     for uri, path in recordings:
+        if not uri or any(c.isspace() for c in uri):
+            raise ConfigError(f"{path}: recording id {uri!r} cannot be written to RTTM (spaces)")
         if uri in seen:
             raise ConfigError(f"recording id {uri!r} is given twice ({seen[uri]} and {path})")
         seen[uri] = path

@@ -239,10 +239,13 @@ class AgglomerativeClustering:
             ``(num_embeddings,)`` int64 cluster indices ``0 .. num_clusters - 1``.
         """
         num_points = len(embeddings)
-        if num_points == 0:
-            return np.zeros(0, dtype=np.int64)
-        if num_points == 1:
-            return np.zeros(1, dtype=np.int64)
+        if min_clusters > num_points:
+            logger.warning(
+                "asked for at least %d speakers but only %d speaker embeddings are usable; "
+                "using %d", min_clusters, num_points, num_points
+            )
+        if num_points <= 1:
+            return np.zeros(num_points, dtype=np.int64)
         points = _normalize(np.asarray(embeddings, dtype=np.float64))
         merges = linkage(points, method="centroid", metric="euclidean")
         min_size = min(self.min_cluster_size, max(1, round(0.1 * num_points)))
@@ -251,11 +254,6 @@ class AgglomerativeClustering:
         num_large = int(np.sum(sizes >= min_size)) or len(sizes)
 
         high = num_points if max_clusters is None else min(max_clusters, num_points)
-        if min_clusters > num_points:
-            logger.warning(
-                "asked for at least %d speakers but only %d speaker embeddings are usable; "
-                "using %d", min_clusters, num_points, num_points
-            )
         wanted = int(np.clip(num_large, min(min_clusters, high), high))
         if wanted != num_large:
             labels = _cut_with_large_clusters(merges, num_points, wanted, min_size)

@@ -8,39 +8,14 @@ NIST comment lines starting with ``;;``.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from slimdiar.data.records import Recording, Turn, UEMRegion
 from slimdiar.errors import DataFormatError
+from slimdiar.fileio import write_text_atomic
 
 RTTM_NUM_FIELDS = 10
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temporary file in the same directory, then rename).
-
-    Parameters
-    ----------
-    path
-        Destination file; its directory must exist.
-    text
-        Full content of the file.
-    """
-    path = Path(path)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
 
 
 def _lines(path: Path, *, comments: bool) -> Iterator[tuple[int, str, list[str]]]:

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from slimdiar.errors import CheckpointError
+from slimdiar.fileio import write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -45,21 +46,6 @@ def is_checkpoint_dir(path: str | Path) -> bool:
     """Whether ``path`` is a slimdiar checkpoint directory."""
     path = Path(path)
     return (path / WEIGHTS_NAME).is_file() and (path / CONFIG_NAME).is_file()
-
-
-def write_json_atomic(path: str | Path, data) -> None:
-    """Write ``data`` as JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as stream:
-            json.dump(data, stream, indent=1)
-            stream.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(

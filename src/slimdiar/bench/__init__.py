@@ -1,0 +1,5 @@
+"""Benchmarks: parameter and MAC counts, latency and real-time factor, measured honestly."""
+
+from slimdiar.bench.backbone import BackboneResult, benchmark_backbones, load_backbone_for_bench
+
+__all__ = ["BackboneResult", "benchmark_backbones", "load_backbone_for_bench"]

@@ -1,0 +1,42 @@
+"""Atomic file writes shared by every part of slimdiar (standard library only).
+
+An output is written to a temporary file in its destination directory and renamed over the
+destination, so a reader never sees a half-written file and a crash never leaves one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temporary file in the same directory, then rename).
+
+    Parameters
+    ----------
+    path
+        Destination file; missing parent directories are created.
+    text
+        Full content of the file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_json_atomic(path: str | Path, data) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")

@@ -158,10 +158,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        what = f"the Python object {found.group(1)}" if found else "Python objects"
+        if found is None:
+            detail = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+            reason = detail.group(1).strip() if detail else str(error).splitlines()[0]
+            raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason})") from None
         raise CheckpointError(
-            f"{path}: refusing to load it: it holds {what}, and loading that would run code "
-            "from the file. Only plain tensors are read. Where you trust the file, save its "
+            f"{path}: refusing to load it: it holds the Python object {found.group(1)}, and "
+            "loading that would run code from the file. Only plain tensors are read. Where you "
+            "trust the file, save its "
             "state dict alone, e.g. torch.save(torch.load(src, weights_only=False)"
             "['state_dict'], dst), and pass that file"
         ) from None

@@ -16,6 +16,7 @@ from slimdiar.simulate.simulator import (
     assign_speakers,
     parse_splits,
     simulate_data_dirs,
+    turn_taking_from_rttm,
 )
 from slimdiar.simulate.sources import CorpusSource, SpeakerSource, ToneSource, Utterance
 from slimdiar.simulate.turns import (
@@ -48,4 +49,5 @@ __all__ = [
     "parse_splits",
     "simulate_data_dirs",
     "speech_and_overlap_s",
+    "turn_taking_from_rttm",
 ]

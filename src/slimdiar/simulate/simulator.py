@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from slimdiar.data.formats import write_rttm, write_text_atomic, write_uem
+from slimdiar.data.formats import read_rttm, write_rttm, write_text_atomic, write_uem
 from slimdiar.data.records import Turn, UEMRegion
-from slimdiar.errors import ConfigError
+from slimdiar.errors import ConfigError, DataFormatError
 from slimdiar.simulate import acoustics
 from slimdiar.simulate.config import SimulationConfig
 from slimdiar.simulate.sources import SpeakerSource, Utterance
@@ -81,6 +81,31 @@ class SimulatedRecording:
     def num_samples(self) -> int:
         """Length in samples."""
         return int(self.audio.shape[0])
+
+
+def turn_taking_from_rttm(path: str | Path) -> TurnTakingStats:
+    """Turn-taking statistics of the recordings of an RTTM file (all recordings pooled).
+
+    Parameters
+    ----------
+    path
+        RTTM file, e.g. the reference of a real meeting corpus.
+
+    Raises
+    ------
+    DataFormatError
+        When the file is malformed or holds no turns.
+    """
+    turns = read_rttm(path)
+    if not turns:
+        raise DataFormatError(path, None, None, "holds no SPEAKER lines to estimate from")
+    by_uri: dict[str, list[tuple[str, float, float]]] = {}
+    for turn in turns:
+        by_uri.setdefault(turn.uri, []).append((turn.speaker, turn.onset_s, turn.offset_s))
+    stats = TurnTakingStats()
+    for uri in sorted(by_uri):
+        stats = stats + measure_turn_taking(by_uri[uri])
+    return stats
 
 
 def parse_splits(text: str) -> dict[str, int]:
@@ -551,12 +576,14 @@ def simulate_data_dirs(
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
         report = SimulationReport(results, simulator.overlap_probability, config)
+        write_text_atomic(staging / SUMMARY_NAME, json.dumps(report.to_dict(), indent=1) + "\n")
         for split in report.splits:
             final = out_dir / split.name
             if final.exists():
                 shutil.rmtree(final)
             os.replace(split.path, final)
             split.path = final
+        os.replace(staging / SUMMARY_NAME, out_dir / SUMMARY_NAME)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return report

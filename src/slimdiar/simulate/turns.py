@@ -24,6 +24,9 @@ from slimdiar.simulate.config import GapDistribution, TurnTakingConfig
 
 logger = logging.getLogger(__name__)
 
+#: Shortest gap between two turns of one speaker when an overlap is cut, in seconds.
+MIN_SELF_GAP_S = 0.1
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -93,6 +96,8 @@ def layout_conversation(
     num_speakers = len(speaker_segments)
     lengths = [[int(s[-1, 1]) for s in segments] for segments in speaker_segments]
     used = [0] * num_speakers
+    last_end = [-sample_rate] * num_speakers  # end of each speaker's latest turn
+    self_gap = round(MIN_SELF_GAP_S * sample_rate)
     placements: list[Placement] = []
     draws = _TransitionDraws(turns, sample_rate, rng)
 
@@ -118,14 +123,17 @@ def layout_conversation(
                 other = int(other * (num_speakers - 1))
                 speaker = other if other < current_speaker else other + 1
                 if overlap_uniform < overlap_probability:
-                    # Never start before the current turn, never overlap a third speaker.
-                    onset = max(max_end - overlap, current_onset, previous_end)
+                    # Never start before the current turn, never overlap a third speaker, never
+                    # touch one's own previous turn.
+                    onset = max(max_end - overlap, current_onset, previous_end,
+                                last_end[speaker] + self_gap)
                 else:
                     onset = max_end + pause_other
         utterance = used[speaker] % len(lengths[speaker])
         used[speaker] += 1
         placements.append(Placement(speaker, utterance, onset))
         end = onset + lengths[speaker][utterance]
+        last_end[speaker] = end
         if end >= max_end:
             previous_end = max_end
             max_end, current_speaker, current_onset = end, speaker, onset

@@ -1,0 +1,283 @@
+#!/usr/bin/env python
+"""Measure candidate text-to-speech voices and choose the distinct ones for the voice pool.
+
+Usage::
+
+    .venv/bin/python tools/voice_pool.py [--cache DIR] [--workers 2]
+        [--min-distance 2.0] [--check-only]
+
+Every candidate voice (engine voice x sox pitch shift, with a tempo) says the same probe
+sentences; each utterance is described by its long-term log-mel envelope and median pitch
+(slimdiar.simulate.similarity), and voices are compared in within-speaker standard deviations
+(the sentence-to-sentence spread of one voice). Voices are chosen greedily so that every pair is
+at least ``--min-distance`` such deviations apart (default 2). As checks, the JSON records the
+split-half distance of each voice with itself (two halves of its sentences: the noise floor of
+the measure), the leave-one-out accuracy of identifying single utterances among the chosen voices
+by the nearest mean, and, where the GE2E speaker embedding model is available, GE2E cosine
+similarities between the chosen voices.
+
+Writes:
+
+- ``docs/voice-pool.json``: candidates, split-half distances, threshold, the chosen voices, the
+  smallest distance among them (and, where the GE2E speaker embedding model is available, its
+  cosine similarities as a cross-check);
+- ``src/slimdiar/simulate/voice_pool.py``: the chosen voices, in the order chosen;
+- the table between the ``voice-pool`` markers of ``docs/simulate.md``.
+
+With ``--check-only`` it measures the current pool again and only writes the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from slimdiar.simulate.sentences import SENTENCES  # noqa: E402
+from slimdiar.simulate.similarity import (  # noqa: E402
+    select_distinct,
+    utterance_features,
+    voice_distances,
+)
+from slimdiar.simulate.sources import read_mono  # noqa: E402
+from slimdiar.simulate.tts import (  # noqa: E402
+    VoiceSpec,
+    available_engines,
+    engine_version,
+    synthesize,
+)
+
+ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-029")
+ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
+                   "klatt", "klatt3", "croak")
+FLITE_VOICES = ("slt", "rms", "awb", "kal16", "kal")
+FESTIVAL_VOICES = ("kal_diphone",)
+PITCH_SHIFTS_CENTS = (-300, 0, 300)
+TEMPOS = (0.92, 1.0, 1.08)
+# Probe sentences: varied lengths and sounds; not the whole list, to keep the measurement quick.
+PROBE_SENTENCES = (2, 6, 10, 17, 24, 41, 62, 88)
+
+JSON_PATH = ROOT / "docs" / "voice-pool.json"
+POOL_MODULE = ROOT / "src" / "slimdiar" / "simulate" / "voice_pool.py"
+DOCS_PATH = ROOT / "docs" / "simulate.md"
+BEGIN, END = "<!-- voice-pool:begin -->", "<!-- voice-pool:end -->"
+
+
+def candidates(engines: list[str]) -> list[VoiceSpec]:
+    bases = []
+    if "espeak-ng" in engines:
+        bases += [("espeak-ng", f"{a}+{v}") for v in ESPEAK_VARIANTS for a in ESPEAK_ACCENTS]
+    if "flite" in engines:
+        bases += [("flite", v) for v in FLITE_VOICES]
+    if "festival" in engines:
+        bases += [("festival", v) for v in FESTIVAL_VOICES]
+    return [
+        VoiceSpec(engine, voice, pitch, TEMPOS[(i + j) % len(TEMPOS)])
+        for i, (engine, voice) in enumerate(bases)
+        for j, pitch in enumerate(PITCH_SHIFTS_CENTS)
+    ]
+
+
+def measure(specs: list[VoiceSpec], work: Path, workers: int) -> list[np.ndarray]:
+    texts = [SENTENCES[i] for i in PROBE_SENTENCES]
+
+    def features(spec: VoiceSpec) -> np.ndarray:
+        paths = [work / spec.label / f"{i:03d}.wav" for i in PROBE_SENTENCES]
+        if not all(p.is_file() for p in paths):
+            synthesize(spec, texts, paths)
+        return np.stack([utterance_features(read_mono(p, 16000), 16000) for p in paths])
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(features, specs))
+
+
+def identification_accuracy(features: list[np.ndarray]) -> float:
+    """Leave-one-out accuracy of naming the voice of single utterances by the nearest voice mean.
+
+    Features are scaled by the pooled within-speaker standard deviation, as for the distances.
+    """
+    deviations = np.concatenate([f - f.mean(axis=0) for f in features])
+    dof = sum(f.shape[0] - 1 for f in features)
+    scale = np.sqrt((deviations**2).sum(axis=0) / dof) + 1e-6
+    scaled = [f / scale for f in features]
+    sums = [f.sum(axis=0) for f in scaled]
+    correct = total = 0
+    for voice, utterances in enumerate(scaled):
+        for utterance in utterances:
+            means = np.stack([
+                (sums[k] - utterance) / (len(scaled[k]) - 1) if k == voice
+                else sums[k] / len(scaled[k])
+                for k in range(len(scaled))
+            ])
+            guess = int(np.argmin(np.sum((means - utterance) ** 2, axis=1)))
+            correct += guess == voice
+            total += 1
+    return correct / total
+
+
+def ge2e_similarities(specs: list[VoiceSpec], work: Path) -> dict | None:
+    """Cosine similarities of GE2E voice embeddings (mean of the probe utterances), if available."""
+    try:
+        from slimdiar.models.embeddings import load_embedding_model
+
+        model = load_embedding_model("ge2e")
+    except Exception as error:  # the model or its weights are optional here
+        logging.warning("GE2E cross-check skipped: %s", error)
+        return None
+    voices = []
+    for spec in specs:
+        waves = [read_mono(work / spec.label / f"{i:03d}.wav", 16000) for i in PROBE_SENTENCES]
+        mean = np.mean([model(wave)[0] for wave in waves], axis=0)
+        voices.append(mean / np.linalg.norm(mean))
+    voices = np.stack(voices)
+    similarity = voices @ voices.T
+    off = similarity[~np.eye(len(specs), dtype=bool)]
+    return {
+        "model": "ge2e",
+        "max_cosine_between_chosen": round(float(off.max()), 4),
+        "mean_cosine_between_chosen": round(float(off.mean()), 4),
+    }
+
+
+def write_pool_module(specs: list[VoiceSpec]) -> None:
+    lines = [
+        '"""The voices of the built-in pool, chosen by ``tools/voice_pool.py`` (do not edit).',
+        "",
+        "Measured pairwise distinct; see docs/simulate.md and docs/voice-pool.json.",
+        '"""',
+        "",
+        "from slimdiar.simulate.tts import VoiceSpec",
+        "",
+        "VOICE_POOL: tuple[VoiceSpec, ...] = (",
+    ]
+    lines += [
+        f"    VoiceSpec({s.engine!r}, {s.voice!r}, {s.pitch_cents}, {s.tempo!r}),"
+        for s in specs
+    ]
+    lines += [")", ""]
+    POOL_MODULE.write_text("\n".join(lines), encoding="utf-8")
+
+
+def markdown_table(report: dict) -> str:
+    chosen = report["chosen"]
+    engines: dict[str, int] = {}
+    for voice in chosen:
+        engines[voice["engine"]] = engines.get(voice["engine"], 0) + 1
+    rows = [
+        "| quantity | value |",
+        "|---|---|",
+        f"| candidate voices measured | {report['num_candidates']} |",
+        f"| probe sentences per voice | {report['num_probe_sentences']} |",
+        f"| split-half distance (same voice), median / max | "
+        f"{report['split_half']['median']:.2f} / {report['split_half']['max']:.2f} |",
+        f"| threshold: smallest distance allowed between pool voices | "
+        f"{report['threshold']:.2f} |",
+        f"| **distinct voices in the pool** | **{len(chosen)}** |",
+        "| by engine | " + ", ".join(f"{k} {v}" for k, v in sorted(engines.items())) + " |",
+        f"| smallest distance between two pool voices | "
+        f"{report['min_distance_between_chosen']:.2f} |",
+        f"| median distance between two pool voices | "
+        f"{report['median_distance_between_chosen']:.2f} |",
+        f"| single-utterance identification among pool voices (leave-one-out, nearest mean) | "
+        f"{100 * report['identification_accuracy']:.1f} % |",
+    ]
+    ge2e = report.get("ge2e")
+    if ge2e:
+        rows.append(
+            f"| GE2E cosine similarity between pool voices, max / mean | "
+            f"{ge2e['max_cosine_between_chosen']:.2f} / {ge2e['mean_cosine_between_chosen']:.2f} |"
+        )
+    rows.append(f"| engines | {'; '.join(report['engine_versions'])} |")
+    return "\n".join(rows)
+
+
+def update_docs(table: str) -> None:
+    text = DOCS_PATH.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{DOCS_PATH} lacks the {BEGIN} ... {END} markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    DOCS_PATH.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}", encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="keep the probe utterances here (default: a temporary directory)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--min-distance", type=float, default=2.0,
+                        help="smallest distance between two pool voices, in within-speaker "
+                        "standard deviations")
+    parser.add_argument("--check-only", action="store_true",
+                        help="measure the current pool and write only the JSON")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    engines = available_engines()
+    if not engines:
+        raise SystemExit("no text-to-speech engine installed: run tools/setup-env.sh demo")
+    if args.check_only:
+        from slimdiar.simulate.voice_pool import VOICE_POOL
+
+        specs = [s for s in VOICE_POOL if s.engine in engines]
+    else:
+        specs = candidates(engines)
+    with tempfile.TemporaryDirectory() as temporary:
+        work = args.cache or Path(temporary)
+        logging.info("measuring %d voices with %d probe sentences each", len(specs),
+                     len(PROBE_SENTENCES))
+        features = measure(specs, work, args.workers)
+        distances, split_half = voice_distances(features)
+        threshold = args.min_distance
+        chosen = list(range(len(specs))) if args.check_only else select_distinct(distances,
+                                                                                 threshold)
+        sub = distances[np.ix_(chosen, chosen)]
+        off = sub[~np.eye(len(chosen), dtype=bool)]
+        report = {
+            "measure": "RMS difference of mean (24 level-normalised log-mel bands + log2 median "
+                       "F0) in within-speaker standard deviations",
+            "num_candidates": len(specs),
+            "num_probe_sentences": len(PROBE_SENTENCES),
+            "identification_accuracy": round(identification_accuracy(
+                [features[i] for i in chosen]), 4),
+            "split_half": {"median": round(float(np.median(split_half)), 4),
+                           "max": round(float(split_half.max()), 4)},
+            "threshold": round(threshold, 4),
+            "engine_versions": [f"{e}: {engine_version(e)}" for e in engines],
+            "chosen": [
+                {"label": specs[i].label, "engine": specs[i].engine, "voice": specs[i].voice,
+                 "pitch_cents": specs[i].pitch_cents, "tempo": specs[i].tempo,
+                 "nearest_distance": round(float(np.min(np.delete(distances[i], i))), 4)}
+                for i in chosen
+            ],
+            "min_distance_between_chosen": round(float(off.min()), 4) if off.size else None,
+            "median_distance_between_chosen": round(float(np.median(off)), 4)
+            if off.size else None,
+            "candidates": [
+                {"label": s.label, "split_half": round(float(split_half[i]), 4)}
+                for i, s in enumerate(specs)
+            ],
+        }
+        report["ge2e"] = ge2e_similarities([specs[i] for i in chosen], work)
+    JSON_PATH.parent.mkdir(parents=True, exist_ok=True)
+    JSON_PATH.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    logging.info("%d of %d voices are distinct (threshold %.2f); wrote %s", len(chosen),
+                 len(specs), threshold, JSON_PATH)
+    if not args.check_only:
+        write_pool_module([specs[i] for i in chosen])
+        update_docs(markdown_table(report))
+        logging.info("wrote %s and the table of %s", POOL_MODULE, DOCS_PATH)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -279,13 +279,34 @@ def test_early_stopping_and_gradient_ascent(tmp_path):
     trainer.objective.validate = rising
     result = trainer.fit()
     assert result.stopped_early and result.epochs_run == 3 and result.best_epochs == [1]
-    # loss = mse + lambda * 1: ascent raises lambda by about lr per step (Adam step ~ lr)
-    lam = trainer.objective.extra.lam.item()
-    assert lam == pytest.approx(0.1 * result.steps, rel=0.05)
+    # loss = mse + lambda * 1: ascent raises lambda by about lr per step (an Adam step ~ lr)
+    last = load_checkpoint(tmp_path / "exp/checkpoints/epoch-003")[0]["lam"].item()
+    assert last == pytest.approx(0.1 * result.steps, rel=0.05)
+    # the objective is left holding best/ (epoch 1, after 6 steps)
+    assert trainer.objective.extra.lam.item() == pytest.approx(0.1 * 6, rel=0.05)
     # resuming a finished run trains nothing more and rebuilds best/
     again = make_trainer(tmp_path / "exp", with_lambda=True, max_epochs=50, patience=2,
                          average_best=1)
     assert again.fit(resume=True).steps == result.steps
+
+
+def test_unselectable_epochs_are_never_best(tmp_path):
+    trainer = make_trainer(tmp_path / "exp", max_epochs=50, patience=2, average_best=2)
+    losses = iter([1.0, 2.0, 3.0, 5.0, 4.0, 6.0, 7.0, 8.0])
+
+    def rising(batches):
+        for _ in batches:
+            pass
+        return {"loss": (next(losses), 1.0)}
+
+    trainer.objective.validate = rising
+    trainer.objective.selectable = lambda epoch: epoch >= 3
+    result = trainer.fit()
+    # epochs 1-2 have the lowest losses but may not be chosen; patience counts from epoch 3
+    assert result.epochs_run == 5 and result.best_epochs == [3, 5]
+    epochs = [r for r in read_metrics(tmp_path / "exp") if r["type"] == "epoch"]
+    assert [r["best_epoch"] for r in epochs] == [None, None, 3, 3, 3]
+    assert [r["improved"] for r in epochs] == [False, False, True, False, False]
 
 
 def test_invalid_settings_are_config_errors():

@@ -92,11 +92,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         shutdown_distributed()
     if ctx.is_main:
-        best = min(result.history, key=lambda h: h["val_loss"]) if result.history else None
         how = "stopped early" if result.stopped_early else "done"
         print(f"{how} after {result.epochs_run} epochs ({result.steps} steps)")
-        if best is not None:
-            print(f"best validation loss {best['val_loss']:.4f} at epoch {best['epoch']}")
         print(f"final model (average of epochs {result.best_epochs}): {result.best_dir}")
         if result.best_metrics:
             print("its validation metrics: " + ", ".join(

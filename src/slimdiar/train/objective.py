@@ -165,6 +165,15 @@ class Objective(abc.ABC):
         """
         return None
 
+    def selectable(self, epoch: int) -> bool:
+        """Whether the checkpoint after ``epoch`` (1-based) may become the final model.
+
+        Epochs that are not selectable are validated and checkpointed but never averaged into
+        ``best/`` and do not count towards early stopping (e.g. while a pruning objective's
+        target sparsity is still rising, its validation losses are not comparable).
+        """
+        return True
+
     def buffers_to_sync(self) -> list[torch.Tensor]:
         """Floating buffers that must be identical on every process (BatchNorm statistics).
 

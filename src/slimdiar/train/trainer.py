@@ -514,20 +514,30 @@ class Trainer:
             for i, k in enumerate(names)
         }
 
+    def _best_entry(self) -> dict | None:
+        """The selectable epoch with the lowest validation loss (earliest on ties), if any."""
+        candidates = [h for h in self.history if h["selectable"]]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda h: (_nan_last(h["val_loss"]), h["epoch"]))
+
     def _end_epoch(self, train_loss: float, metrics: dict[str, float]) -> None:
         self.epoch += 1
         val_loss = metrics["loss"]
-        previous_best = min((h["val_loss"] for h in self.history), default=math.inf)
-        self.history.append({"epoch": self.epoch, "val_loss": val_loss})
-        best_epoch = min(self.history, key=lambda h: (h["val_loss"], h["epoch"]))["epoch"]
-        since_best = self.epoch - best_epoch
+        previous = self._best_entry()
+        selectable = bool(self.objective.selectable(self.epoch))
+        self.history.append({"epoch": self.epoch, "val_loss": val_loss, "selectable": selectable})
+        best = self._best_entry()
+        # patience counts from the first epoch that may be selected
+        since_best = 0 if best is None else self.epoch - best["epoch"]
         if self.config.patience and since_best >= self.config.patience:
             self.stopped_early = True
         record = {"type": "epoch", "epoch": self.epoch, "step": self.step, "train_loss": train_loss}
         record.update({f"val/{k}": v for k, v in metrics.items()})
         record.update(
-            improved=val_loss < previous_best,
-            best_epoch=best_epoch,
+            selectable=selectable,
+            improved=best is not None and best is not previous and best["epoch"] == self.epoch,
+            best_epoch=None if best is None else best["epoch"],
             epochs_without_improvement=since_best,
             stopped_early=self.stopped_early,
         )
@@ -542,7 +552,11 @@ class Trainer:
             logger.info("no improvement for %d epochs: stopping", since_best)
 
     def _average_best(self) -> list[int]:
-        ranked = sorted(self.history, key=lambda h: (_nan_last(h["val_loss"]), h["epoch"]))
+        candidates = [h for h in self.history if h["selectable"]]
+        if not candidates and self.history:
+            logger.warning("no epoch was selectable: the final model is the last epoch's")
+            candidates = self.history[-1:]
+        ranked = sorted(candidates, key=lambda h: (_nan_last(h["val_loss"]), h["epoch"]))
         chosen = ranked[: self.config.average_best]
         epochs = [h["epoch"] for h in chosen]
         if self.ctx.is_main and epochs:
@@ -559,7 +573,6 @@ class Trainer:
             )
         barrier(self.ctx)
         return epochs
-
 
     def _validate_best(self) -> dict[str, float]:
         """Validate the averaged model (left loaded in the objective) and log a "best" record."""

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 if [ "$target" = demo ]; then
-    for tool in espeak-ng sox; do command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool"); done
+    for tool in espeak-ng sox flite festival; do command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool"); done
 fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"

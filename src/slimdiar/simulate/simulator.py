@@ -531,7 +531,8 @@ def simulate_data_dirs(
     config
         Simulation settings.
     splits
-        Number of recordings per split (speakers of different splits are disjoint).
+        Number of recordings per split (speakers of different splits are disjoint); a split
+        with no recordings is not written.
     seed
         Seed of everything random.
     num_workers
@@ -570,6 +571,9 @@ def simulate_data_dirs(
         pool = ProcessPoolExecutor(num_workers) if num_workers > 1 else None
         try:
             for split_index, (name, count) in enumerate(splits.items()):
+                if count == 0:
+                    logger.info("split %s has no recordings: not written", name)
+                    continue
                 results.append(_simulate_split(simulator, staging / name, name, split_index,
                                                count, assignment, pool, progress))
         finally:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -88,15 +89,18 @@ def available_engines() -> list[str]:
 
 @cache
 def engine_version(engine: str) -> str:
-    """First line of the engine's version output (part of the cache key)."""
+    """The line of the engine's version output that holds its version (part of the cache key)."""
     flag = {"espeak-ng": "--version", "flite": "--version", "festival": "--version"}[engine]
     try:
         result = subprocess.run([ENGINE_COMMANDS[engine], flag], capture_output=True, text=True,
                                 timeout=30, check=False)
     except OSError:
         return "unknown"
-    lines = (result.stdout or result.stderr).strip().splitlines()
-    return lines[0] if lines else "unknown"
+    lines = [line.strip() for line in (result.stdout or result.stderr).splitlines()]
+    for line in lines:
+        if re.search(r"\d+\.\d+", line):
+            return line.split("Data at:")[0].strip()
+    return "unknown"
 
 
 def _run(command: list[str], what: str, stdin: str | None = None) -> None:

@@ -1,0 +1,72 @@
+r"""``slimdiar distill``: further distillation of a pruned WavLM (stage 2).
+
+Usage::
+
+    slimdiar distill --student exp/prune80/pruned --teacher exp/finetune/best \
+        --train data/train --dev data/dev --out exp/distill80
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from slimdiar.train.config import load_config
+from slimdiar.train.distributed import init_distributed, shutdown_distributed
+
+DESCRIPTION = """\
+Further distillation of a pruned WavLM from the teacher, without gates (stage 2): the same
+L1 - cosine loss on the same hidden states as 'slimdiar prune'. OUT/best is the distilled
+student (the average of the best checkpoints by validation loss), a plain WavLM checkpoint that
+'slimdiar finetune --backbone' takes for stage 3.
+"""
+
+EPILOG = """\
+configuration (optional TOML with [data], [optim], [trainer] and distill_layers):
+  defaults: 20 epochs, lr 2e-4, weight decay 0.
+
+example:
+  slimdiar distill --student exp/prune80/pruned --teacher exp/ft/best \\
+      --train data/train --dev data/dev --out exp/distill80
+"""
+
+
+def add_parser(subparsers) -> None:
+    """Register ``slimdiar distill``."""
+    parser = subparsers.add_parser(
+        "distill", help="further distillation of a pruned WavLM (stage 2)",
+        description=DESCRIPTION, epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--student", required=True, metavar="CKPT",
+                        help="pruned WavLM (e.g. EXP_DIR/pruned of slimdiar prune)")
+    parser.add_argument("--teacher", required=True, metavar="CKPT",
+                        help="the teacher used for pruning")
+    parser.add_argument("--train", required=True, metavar="DIR", help="training data directory")
+    parser.add_argument("--dev", required=True, metavar="DIR", help="validation data directory")
+    parser.add_argument("--out", required=True, metavar="EXP_DIR", help="experiment directory")
+    parser.add_argument("--config", metavar="TOML", help="run configuration (optional)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override one value (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in EXP_DIR from its last complete checkpoint")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Distil and print where the result is."""
+    from slimdiar.train.prune import DistillConfig, distill
+
+    config = load_config(DistillConfig, args.config, args.overrides)
+    ctx = init_distributed(config.trainer.device)
+    if not ctx.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        result = distill(config, args.student, args.teacher, args.train, args.dev, args.out,
+                         ctx=ctx, resume=args.resume)
+    finally:
+        shutdown_distributed()
+    if ctx.is_main:
+        print(f"done after {result.epochs_run} epochs ({result.steps} steps)")
+        print(f"distilled student (average of epochs {result.best_epochs}): {result.best_dir}")
+    return 0

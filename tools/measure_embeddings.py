@@ -13,8 +13,9 @@ equal error rate, for
 
 - ``ge2e``: Resemblyzer's pretrained GE2E encoder (the offline default), on whole utterances;
 - ``ge2e-masked``: the same encoder where each utterance is followed, in one recording, by an
-  utterance of another voice, and a frame mask (one value per 20 ms, as a segmentation model
-  gives) selects the first utterance back: the way the diarization pipeline calls the model;
+  utterance of another voice (a different one for each sentence), and a frame mask (one value
+  per 20 ms, as a segmentation model gives) selects the first utterance back: the way the
+  diarization pipeline calls the model;
 - ``ge2e-unmasked-mixture``: the same two-voice recordings embedded whole, without the mask,
   to show what the mask is worth;
 - ``mean-log-mel``: the per-utterance mean of 80-bin log mel filterbanks (no learning at all),
@@ -144,13 +145,16 @@ def measure() -> dict:
     results["ge2e"] = trial_statistics(whole, voice_index)
     results["ge2e"]["seconds"] = time.perf_counter() - start
 
-    # each utterance followed by the next voice's utterance of the same sentence
+    # each utterance followed by another voice's utterance of the same sentence; the other
+    # voice changes with the sentence, so that two utterances of one voice have different company
     start = time.perf_counter()
     masked, mixtures = [], []
-    num_sentences = len(SENTENCES)
+    num_sentences, num_voices = len(SENTENCES), len(VOICES)
     frame_num_samples = SAMPLE_RATE * MASK_FRAME_MS // 1000
     for i, utterance in enumerate(utterances):
-        other = utterances[(i + num_sentences) % len(utterances)]
+        voice, sentence = divmod(i, num_sentences)
+        other_voice = (voice + 1 + sentence % (num_voices - 1)) % num_voices
+        other = utterances[other_voice * num_sentences + sentence]
         recording = np.concatenate([utterance, other])[None]
         num_frames = recording.shape[1] // frame_num_samples
         frame_centres = (np.arange(num_frames) + 0.5) * frame_num_samples
@@ -171,9 +175,9 @@ def measure() -> dict:
     durations_s = [len(u) / SAMPLE_RATE for u in utterances]
     espeak_version = subprocess.run(
         ["espeak-ng", "--version"], capture_output=True, text=True
-    ).stdout.strip()
+    ).stdout.split("Data at")[0].strip()
     return {
-        "command": "python tools/measure_embeddings.py",
+        "command": "python " + " ".join(["tools/measure_embeddings.py", *sys.argv[1:]]),
         "audio": {
             "synthesizer": espeak_version,
             "voices": VOICES,

@@ -16,7 +16,9 @@ from slimdiar import __version__
 from slimdiar.errors import SlimdiarError
 
 # Module names under slimdiar.cli, in the order ``slimdiar --help`` lists them.
-COMMANDS: list[str] = ["data", "simulate", "finetune", "prune", "distill", "diarize", "score", "bench"]
+COMMANDS: list[str] = [
+    "data", "prepare", "simulate", "finetune", "prune", "distill", "diarize", "score", "bench",
+]
 
 DESCRIPTION = """\
 slimdiar: compact WavLM models for speaker diarization.

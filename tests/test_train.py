@@ -340,10 +340,16 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"ddp/params-rank{r}.pt") for r in range(2)]
-    single = load_checkpoint(tmp_path / "single/checkpoints/epoch-002")[0]
+    # every process ends holding best/ (the average of the two epochs)
+    single = load_checkpoint(tmp_path / "single/best")[0]
     for key in ranks[0]:
         assert torch.equal(ranks[0][key], ranks[1][key]), key
         assert torch.allclose(ranks[0][key], single[key], atol=1e-5), key
+    last = load_checkpoint(tmp_path / "single/checkpoints/epoch-002")[0]
+    last_ddp = load_checkpoint(tmp_path / "ddp/checkpoints/epoch-002")[0]
+    for key in last:
+        assert torch.allclose(last_ddp[key], last[key], atol=1e-5), key
+    assert not torch.allclose(last["net.0.weight"], single["net.0.weight"], atol=1e-5)
     a, b = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "ddp")
     assert len(a) == len(b)
     for ra, rb in zip(a, b):

@@ -26,7 +26,13 @@ from slimdiar.models.eend import EEND
 from slimdiar.models.powerset import chunk_der
 from slimdiar.models.wavlm import WavLM
 from slimdiar.train.config import load_config
-from slimdiar.train.finetune import FinetuneConfig, FinetuneObjective, ModelSection, build_model
+from slimdiar.train.finetune import (
+    FinetuneConfig,
+    FinetuneObjective,
+    ModelSection,
+    build_model,
+    finetune,
+)
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 PITCHES_HZ = {"alice": 220.0, "bob": 520.0, "carol": 1100.0}
@@ -164,6 +170,7 @@ def test_frozen_pretrained_backbone_is_loaded_and_kept(tmp_path):
     assert config["model_config"]["freeze_backbone"] is True
 
 
+@pytest.mark.slow
 def test_tiny_model_learns_to_diarize_tones(tmp_path):
     data = make_datadir(tmp_path / "data")
     exp = tmp_path / "exp"
@@ -190,3 +197,28 @@ def test_tiny_model_learns_to_diarize_tones(tmp_path):
         log_probs = model(batch["waveform"], batch["mask"])
     counts = chunk_der(model.powerset.to_multilabel(log_probs), batch["labels"], batch["mask"])
     assert counts.speech_frames > 0 and counts.der < 0.05
+
+
+def test_resumed_finetuning_matches_the_uninterrupted_run(tmp_path):
+    data = make_datadir(tmp_path / "data", num_recordings=1, duration_s=6.0)
+    overrides = ["model.dropout=0.2", "trainer.batch_size=2", "trainer.max_steps_per_epoch=2",
+                 "trainer.progress=false", "trainer.average_best=1"]
+    two = load_config(FinetuneConfig, CONFIGS / "tiny.toml", overrides + ["trainer.max_epochs=2"])
+    one = load_config(FinetuneConfig, CONFIGS / "tiny.toml", overrides + ["trainer.max_epochs=1"])
+    finetune(two, data, data, tmp_path / "straight")
+    finetune(one, data, data, tmp_path / "resumed")
+    finetune(two, data, data, tmp_path / "resumed", resume=True)
+
+    def losses(exp):
+        lines = (exp / "metrics.jsonl").read_text().splitlines()
+        return [(r["type"], r.get("loss", r.get("val/loss"))) for r in map(json.loads, lines)]
+
+    straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert [t for t, _ in straight] == [t for t, _ in resumed]
+    assert len(straight) == 2 * 2 + 2 + 1
+    for (_, a), (_, b) in zip(straight, resumed):
+        assert b == pytest.approx(a, abs=1e-6)
+    a = EEND.from_pretrained(tmp_path / "straight/best").state_dict()
+    b = EEND.from_pretrained(tmp_path / "resumed/best").state_dict()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key

@@ -393,7 +393,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self, resume: bool = False) -> TrainResult:
-        """Train until ``max_epochs``, early stopping, or (on resume) the end of a finished run."""
+        """Train until ``max_epochs`` or early stopping, then build and validate ``best/``.
+
+        Parameters
+        ----------
+        resume
+            Continue from the last complete checkpoint of ``exp_dir`` (a finished run only
+            rebuilds ``best/``); without it, ``exp_dir`` must not hold a run.
+
+        Returns
+        -------
+        TrainResult
+            On return the objective holds the averaged model of ``best/``.
+        """
         checkpoint = self._prepare_exp_dir(resume)
         _seed_everything(self.config.seed + self.ctx.rank)
         if checkpoint is not None:

@@ -321,6 +321,27 @@ def test_invalid_settings_are_config_errors():
         ParamGroup("empty", [], lr=1.0)
 
 
+def test_a_failed_checkpoint_write_leaves_no_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path / "exp", max_epochs=1)
+    original = trainer.objective.save
+
+    def dies_midway(directory, metadata):
+        original(directory, metadata)
+        raise OSError("disk full")
+
+    trainer.objective.save = dies_midway
+    with pytest.raises(OSError, match="disk full"):
+        trainer.fit()
+    assert last_checkpoint(tmp_path / "exp") is None
+    assert list((tmp_path / "exp/checkpoints").iterdir()) == []
+
+
+def test_bf16_autocast_trains(tmp_path):
+    result = make_trainer(tmp_path / "exp", max_epochs=1, precision="bf16").fit()
+    records = read_metrics(tmp_path / "exp")
+    assert result.steps == 6 and all(np.isfinite(r["loss"]) for r in records if "loss" in r)
+
+
 # ---------------------------------------------------------------------- DDP
 def _ddp_worker(out: str, global_batch: int) -> None:
     ctx = init_distributed("cpu")

@@ -4,12 +4,14 @@
 Usage::
 
     .venv/bin/python tools/simulate_agreement.py [--recordings 30] [--duration-s 200]
-        [--sources TONES TTS] [--cache DIR]
+        [--layouts 300] [--sources TONES TTS] [--cache DIR]
 
 For each source it simulates ``--recordings`` recordings of ``--duration-s`` seconds with the
 default turn-taking settings (the default overlap ratio target of 0.12) into a temporary
 directory, re-reads the written RTTM, measures it with
-``slimdiar.simulate.turn_taking_from_rttm`` and compares with the configuration. Writes
+``slimdiar.simulate.turn_taking_from_rttm`` and compares with the configuration. As a check of
+the calibration itself (free of the sampling noise of a few hours of material) it also lays out
+``--layouts`` recordings without making audio and measures their overall overlap ratio. Writes
 ``docs/simulate-agreement.json`` and the table between the ``agreement`` markers of
 ``docs/simulate.md``. The tone source runs at 1 kHz (the statistics do not depend on the sample
 rate); the voice pool at 16 kHz.
@@ -30,9 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from slimdiar.simulate import (  # noqa: E402
+    ConversationSimulator,
     SimulationConfig,
     ToneSource,
     simulate_data_dirs,
+    speech_and_overlap_s,
     turn_taking_from_rttm,
 )
 
@@ -54,9 +58,17 @@ def measure(name: str, args) -> dict:
         report = simulate_data_dirs(source, out, config, {"train": args.recordings}, seed=0,
                                     num_workers=args.workers)
         stats = turn_taking_from_rttm(Path(out) / "train" / "rttm")
+    simulator = ConversationSimulator(source, config, seed=0)
+    speech_s = overlap_s = 0.0
+    for index in range(args.layouts):
+        plan = simulator.plan(source.speakers(), np.random.default_rng([1, index]))
+        speech, overlap = speech_and_overlap_s(plan.segments())
+        speech_s, overlap_s = speech_s + speech, overlap_s + overlap
     turns = config.turns
     rows = [
         ("overlap ratio", turns.overlap_ratio, stats.overlap_ratio),
+        (f"overlap ratio of {args.layouts} layouts without audio (calibration check)",
+         turns.overlap_ratio, overlap_s / speech_s),
         ("overlap probability at a change of speaker (calibrated)",
          report.overlap_probability, stats.overlap_probability),
         ("same-speaker probability", turns.same_speaker_probability,
@@ -99,6 +111,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recordings", type=int, default=30)
     parser.add_argument("--duration-s", type=float, default=200.0)
+    parser.add_argument("--layouts", type=int, default=300)
     parser.add_argument("--sources", nargs="+", default=["TONES", "TTS"],
                         choices=["TONES", "TTS"])
     parser.add_argument("--cache", type=Path, default=None, help="voice pool cache")

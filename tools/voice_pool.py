@@ -124,28 +124,40 @@ def identification_accuracy(features: list[np.ndarray]) -> float:
     return correct / total
 
 
-def ge2e_similarities(specs: list[VoiceSpec], work: Path) -> dict | None:
-    """Cosine similarities of GE2E voice embeddings (mean of the probe utterances), if available."""
+def ge2e_embeddings(specs: list[VoiceSpec], work: Path) -> np.ndarray | None:
+    """GE2E embeddings of the probe utterances, shape (num_voices, num_probes, 256), if available.
+
+    Each voice's embeddings are kept in ``work/<label>/ge2e.npy``.
+    """
     try:
         from slimdiar.models.embeddings import load_embedding_model
 
         model = load_embedding_model("ge2e")
-    except Exception as error:  # the model or its weights are optional here
-        logging.warning("GE2E cross-check skipped: %s", error)
+    except Exception as error:  # the model and its weights are optional here
+        logging.warning("GE2E measurements skipped: %s", error)
         return None
     voices = []
     for spec in specs:
+        cached = work / spec.label / "ge2e.npy"
+        if cached.is_file():
+            voices.append(np.load(cached))
+            continue
         waves = [read_mono(work / spec.label / f"{i:03d}.wav", 16000) for i in PROBE_SENTENCES]
-        mean = np.mean([model(wave)[0] for wave in waves], axis=0)
-        voices.append(mean / np.linalg.norm(mean))
-    voices = np.stack(voices)
-    similarity = voices @ voices.T
-    off = similarity[~np.eye(len(specs), dtype=bool)]
-    return {
-        "model": "ge2e",
-        "max_cosine_between_chosen": round(float(off.max()), 4),
-        "mean_cosine_between_chosen": round(float(off.mean()), 4),
-    }
+        embeddings = np.stack([model(wave)[0] for wave in waves])
+        np.save(cached, embeddings)
+        voices.append(embeddings)
+    return np.stack(voices)
+
+
+def ge2e_cosines(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarities of voice means, shape (V, V), and of each voice's two halves, (V,)."""
+
+    def unit(x: np.ndarray) -> np.ndarray:
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    means = unit(embeddings.mean(axis=1))
+    halves = (unit(embeddings[:, 0::2].mean(axis=1)) * unit(embeddings[:, 1::2].mean(axis=1)))
+    return means @ means.T, halves.sum(axis=-1)
 
 
 def write_pool_module(specs: list[VoiceSpec]) -> None:
@@ -193,8 +205,16 @@ def markdown_table(report: dict) -> str:
     ge2e = report.get("ge2e")
     if ge2e:
         rows.append(
+            f"| GE2E cosine similarity of one voice's two sentence halves, median / min | "
+            f"{ge2e['split_half_cosine_median']:.3f} / {ge2e['split_half_cosine_min']:.3f} |"
+        )
+        if ge2e["max_cosine_allowed"] is not None:
+            rows.append(f"| GE2E cosine allowed between pool voices, at most | "
+                        f"{ge2e['max_cosine_allowed']:.2f} |")
+        rows.append(
             f"| GE2E cosine similarity between pool voices, max / mean | "
-            f"{ge2e['max_cosine_between_chosen']:.2f} / {ge2e['mean_cosine_between_chosen']:.2f} |"
+            f"{ge2e['max_cosine_between_chosen']:.3f} / "
+            f"{ge2e['mean_cosine_between_chosen']:.3f} |"
         )
     rows.append(f"| engines | {'; '.join(report['engine_versions'])} |")
     return "\n".join(rows)
@@ -217,6 +237,9 @@ def main() -> int:
     parser.add_argument("--min-distance", type=float, default=2.0,
                         help="smallest distance between two pool voices, in within-speaker "
                         "standard deviations")
+    parser.add_argument("--max-ge2e-cosine", type=float, default=None,
+                        help="also keep apart voices whose GE2E embeddings (mean over the probe "
+                        "sentences) have at least this cosine similarity")
     parser.add_argument("--check-only", action="store_true",
                         help="measure the current pool and write only the JSON")
     args = parser.parse_args()
@@ -238,8 +261,14 @@ def main() -> int:
         features = measure(specs, work, args.workers)
         distances, split_half = voice_distances(features)
         threshold = args.min_distance
-        chosen = list(range(len(specs))) if args.check_only else select_distinct(distances,
-                                                                                 threshold)
+        embeddings = ge2e_embeddings(specs, work)
+        also_close = None
+        if embeddings is not None:
+            cosines, ge2e_split_half = ge2e_cosines(embeddings)
+            if args.max_ge2e_cosine is not None:
+                also_close = cosines >= args.max_ge2e_cosine
+        chosen = list(range(len(specs))) if args.check_only else select_distinct(
+            distances, threshold, also_close)
         sub = distances[np.ix_(chosen, chosen)]
         off = sub[~np.eye(len(chosen), dtype=bool)]
         report = {
@@ -267,7 +296,16 @@ def main() -> int:
                 for i, s in enumerate(specs)
             ],
         }
-        report["ge2e"] = ge2e_similarities([specs[i] for i in chosen], work)
+        if embeddings is not None:
+            chosen_cosines = cosines[np.ix_(chosen, chosen)][~np.eye(len(chosen), dtype=bool)]
+            report["ge2e"] = {
+                "model": "ge2e",
+                "max_cosine_allowed": args.max_ge2e_cosine,
+                "split_half_cosine_median": round(float(np.median(ge2e_split_half)), 4),
+                "split_half_cosine_min": round(float(ge2e_split_half.min()), 4),
+                "max_cosine_between_chosen": round(float(chosen_cosines.max()), 4),
+                "mean_cosine_between_chosen": round(float(chosen_cosines.mean()), 4),
+            }
     JSON_PATH.parent.mkdir(parents=True, exist_ok=True)
     JSON_PATH.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     logging.info("%d of %d voices are distinct (threshold %.2f); wrote %s", len(chosen),

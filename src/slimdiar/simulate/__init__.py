@@ -9,6 +9,7 @@ as data directories with disjoint speakers per split.
 
 from slimdiar.simulate.config import GapDistribution, SimulationConfig, TurnTakingConfig
 from slimdiar.simulate.simulator import (
+    ConversationPlan,
     ConversationSimulator,
     SimulatedRecording,
     SimulationReport,
@@ -29,6 +30,7 @@ from slimdiar.simulate.turns import (
 )
 
 __all__ = [
+    "ConversationPlan",
     "ConversationSimulator",
     "CorpusSource",
     "GapDistribution",

@@ -141,7 +141,9 @@ def voice_distances(features: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     return distances, split_half
 
 
-def select_distinct(distances: np.ndarray, threshold: float) -> list[int]:
+def select_distinct(
+    distances: np.ndarray, threshold: float, also_close: np.ndarray | None = None
+) -> list[int]:
     """Greedily choose voices that are all farther than ``threshold`` apart.
 
     Voices with the fewest too-close neighbours are considered first (ties by index), the usual
@@ -153,6 +155,9 @@ def select_distinct(distances: np.ndarray, threshold: float) -> list[int]:
         Symmetric distances, shape (num_voices, num_voices).
     threshold
         Smallest distance allowed between two chosen voices.
+    also_close
+        Optional boolean matrix of shape (num_voices, num_voices) marking further pairs that
+        must not both be chosen (from a second measure).
 
     Returns
     -------
@@ -160,6 +165,8 @@ def select_distinct(distances: np.ndarray, threshold: float) -> list[int]:
         Indices of the chosen voices, in the order they were chosen.
     """
     close = distances <= threshold
+    if also_close is not None:
+        close = close | also_close
     np.fill_diagonal(close, False)
     order = sorted(range(distances.shape[0]), key=lambda i: (int(close[i].sum()), i))
     chosen: list[int] = []

@@ -33,11 +33,13 @@ from slimdiar.simulate import acoustics
 from slimdiar.simulate.config import SimulationConfig
 from slimdiar.simulate.sources import SpeakerSource, Utterance
 from slimdiar.simulate.turns import (
+    Placement,
     TurnTakingStats,
-    _merge_speaker_segments,
     calibrate_overlap_probability,
     layout_conversation,
     measure_turn_taking,
+    merge_speaker_segments,
+    placed_segments,
 )
 
 logger = logging.getLogger(__name__)
@@ -196,6 +198,33 @@ def assign_speakers(
     return result
 
 
+@dataclass
+class ConversationPlan:
+    """The turn layout of one recording, before any audio is made.
+
+    Parameters
+    ----------
+    speakers
+        The participants.
+    playlists
+        Per participant, the utterances in the order they are spoken.
+    placements
+        Where each utterance goes.
+    num_samples
+        Length of the recording in samples.
+    """
+
+    speakers: list[str]
+    playlists: list[list[Utterance]]
+    placements: list[Placement]
+    num_samples: int
+
+    def segments(self) -> list[tuple[int, int, int]]:
+        """Speech segments as ``(participant index, start_sample, end_sample)``."""
+        return placed_segments(self.placements, [[u.segments for u in playlist]
+                                                 for playlist in self.playlists])
+
+
 class ConversationSimulator:
     """Simulates recordings of conversations between speakers of a source.
 
@@ -270,6 +299,43 @@ class ConversationSimulator:
             raise ConfigError(f"speaker {speaker!r} has no utterance with detectable speech")
         return playlist
 
+    def plan(self, speakers: Sequence[str], rng: np.random.Generator) -> ConversationPlan:
+        """Choose the participants and their utterances and lay out the turns (no audio).
+
+        Parameters
+        ----------
+        speakers
+            Speakers to choose the participants from.
+        rng
+            Random generator of the recording.
+
+        Returns
+        -------
+        ConversationPlan
+        """
+        config = self.config
+        rate = config.sample_rate
+        num_speakers = int(rng.integers(config.min_speakers, config.max_speakers + 1))
+        num_speakers = min(num_speakers, len(speakers))
+        chosen = sorted(speakers[i] for i in rng.choice(len(speakers), num_speakers,
+                                                         replace=False))
+        needed = math.ceil(2 * config.duration_s / (num_speakers * self.mean_utterance_s)) + 2
+        playlists = [self._playlist(speaker, needed, rng) for speaker in chosen]
+        segments = [[u.segments for u in playlist] for playlist in playlists]
+        edge = round(config.edge_silence_s * rate)
+        placements = layout_conversation(
+            segments,
+            config.turns,
+            self.overlap_probability,
+            rate,
+            rng,
+            start_sample=edge,
+            target_end_sample=edge + round(config.duration_s * rate),
+        )
+        end = max(p.onset_sample + playlists[p.speaker_index][p.utterance_index].num_samples
+                  for p in placements)
+        return ConversationPlan(chosen, playlists, placements, end + edge)
+
     def simulate(
         self,
         uri: str,
@@ -298,29 +364,10 @@ class ConversationSimulator:
         """
         config = self.config
         rate = config.sample_rate
-        # 1. participants and their utterances, in the order they will be spoken
-        num_speakers = int(rng.integers(config.min_speakers, config.max_speakers + 1))
-        num_speakers = min(num_speakers, len(speakers))
-        chosen = sorted(speakers[i] for i in rng.choice(len(speakers), num_speakers,
-                                                         replace=False))
-        needed = math.ceil(2 * config.duration_s / (num_speakers * self.mean_utterance_s)) + 2
-        playlists = [self._playlist(speaker, needed, rng) for speaker in chosen]
-
-        # 2. turn layout
-        segments = [[u.segments for u in playlist] for playlist in playlists]
-        edge = round(config.edge_silence_s * rate)
-        placements = layout_conversation(
-            segments,
-            config.turns,
-            self.overlap_probability,
-            rate,
-            rng,
-            start_sample=edge,
-            target_end_sample=edge + round(config.duration_s * rate),
-        )
-        end = max(p.onset_sample + playlists[p.speaker_index][p.utterance_index].num_samples
-                  for p in placements)
-        num_samples = end + edge
+        # 1.-2. participants, their utterances and the turn layout
+        plan = self.plan(speakers, rng)
+        chosen, playlists, placements = plan.speakers, plan.playlists, plan.placements
+        num_speakers, num_samples = len(chosen), plan.num_samples
 
         # 3. one track per speaker: utterances at a common level, a speaker gain, reverberation
         tracks = np.zeros((num_speakers, num_samples))
@@ -346,14 +393,7 @@ class ConversationSimulator:
         mixture = tracks.sum(axis=0)
 
         # 4. speech segments and turns (same-speaker segments merged)
-        raw = [
-            (placement.speaker_index, placement.onset_sample + int(start),
-             placement.onset_sample + int(stop))
-            for placement in placements
-            for start, stop in playlists[placement.speaker_index][
-                placement.utterance_index].segments
-        ]
-        merged = _merge_speaker_segments(raw)
+        merged = merge_speaker_segments(plan.segments())
         speech_mask = np.zeros(num_samples, dtype=bool)
         for _, start, stop in merged:
             speech_mask[start:stop] = True

@@ -323,10 +323,21 @@ def _placed_speech_and_overlap(
     return _speech_and_overlap(speakers, segments[:, 0] + onsets, segments[:, 1] + onsets)
 
 
-def _merge_speaker_segments(
+def merge_speaker_segments(
     segments: Iterable[tuple[str | int, float, float]],
 ) -> list[tuple[str | int, float, float]]:
-    """Merge the touching or overlapping segments of each speaker; sort by onset."""
+    """Merge the touching or overlapping segments of each speaker.
+
+    Parameters
+    ----------
+    segments
+        ``(speaker, start, end)`` in any time unit; empty segments are dropped.
+
+    Returns
+    -------
+    list of tuple
+        ``(speaker, start, end)`` sorted by start, then end.
+    """
     by_speaker: dict = {}
     for speaker, start, end in segments:
         if end > start:
@@ -417,7 +428,7 @@ def measure_turn_taking(segments: Iterable[tuple[str | int, float, float]]) -> T
     TurnTakingStats
     """
     segments = list(segments)
-    merged = _merge_speaker_segments(segments)
+    merged = merge_speaker_segments(segments)
     stats = TurnTakingStats(num_turns=len(merged))
     stats.speech_s, stats.overlapped_speech_s = speech_and_overlap_s(merged)
     if not merged:

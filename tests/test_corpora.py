@@ -412,3 +412,18 @@ def test_prepare_cli(tmp_path, capsys):
     status = main(["prepare", "aishell4", "--corpus-dir", str(corpus), "--out",
                    str(tmp_path / "x"), "--rttm-dir", str(tmp_path)])
     assert status == 1 and "--rttm-dir applies to ami only" in capsys.readouterr().err
+
+
+def test_annotation_longer_than_audio_is_reported_and_clipped(tmp_path, caplog):
+    corpus = tmp_path / "alimeeting"
+    make_alimeeting(corpus)
+    textgrid = corpus / "Eval_Ali" / "Eval_Ali_far" / "textgrid_dir" / "R8001_M8004.TextGrid"
+    textgrid.write_text(long_textgrid(30.0, {"N_SPK1": [(1.5, 25.0, "长")]}), encoding="utf-8")
+    with caplog.at_level("WARNING"):
+        prepare_corpus("alimeeting", corpus, tmp_path / "data", ["dev"])
+    assert "R8001_M8004_MS801: the annotation spans 30.000 s but the audio lasts 2.000 s" in (
+        caplog.text)
+    assert rttm_rows(tmp_path / "data" / "dev" / "rttm") == [
+        ("R8001_M8004_MS801", 1.5, 0.5, "N_SPK1")]
+    assert [(r.start_s, r.end_s) for r in read_uem(tmp_path / "data" / "dev" / "uem")] == [
+        (0.0, 2.0)]

@@ -240,6 +240,12 @@ def write_datadir(
                                   f"channel {channel} requested but the audio has "
                                   f"{info.num_channels} channel(s)")
         start_s, end_s = 0.0, info.duration_s
+        if recording.span_s is not None and recording.span_s[1] > info.duration_s + 1.0:
+            logger.warning(
+                "%s: the annotation spans %.3f s but the audio lasts %.3f s: annotation and "
+                "audio may not match; turns past the audio are dropped", recording.uri,
+                recording.span_s[1], info.duration_s,
+            )
         if recording.span_s is not None:
             start_s = max(start_s, recording.span_s[0])
             end_s = min(end_s, recording.span_s[1])

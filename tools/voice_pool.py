@@ -59,6 +59,10 @@ from slimdiar.simulate.tts import (  # noqa: E402
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-029")
 ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
                    "klatt", "klatt3", "croak")
+# Named espeak-ng variants, tried with the American accent only.
+ESPEAK_NAMED_VARIANTS = ("Alicia", "Andy", "annie", "boris", "david", "edward", "gustave",
+                         "linda", "max", "michel", "norbert", "pablo", "paul", "quincy", "rob",
+                         "robert", "steph", "travis", "zac", "Lee")
 FLITE_VOICES = ("slt", "rms", "awb", "kal16", "kal")
 FESTIVAL_VOICES = ("kal_diphone",)
 PITCH_SHIFTS_CENTS = (-300, 0, 300)
@@ -80,6 +84,8 @@ def candidates(engines: list[str]) -> list[VoiceSpec]:
         bases += [("flite", v) for v in FLITE_VOICES]
     if "festival" in engines:
         bases += [("festival", v) for v in FESTIVAL_VOICES]
+    if "espeak-ng" in engines:
+        bases += [("espeak-ng", f"en-us+{v}") for v in ESPEAK_NAMED_VARIANTS]
     return [
         VoiceSpec(engine, voice, pitch, TEMPOS[(i + j) % len(TEMPOS)])
         for i, (engine, voice) in enumerate(bases)
@@ -216,6 +222,10 @@ def markdown_table(report: dict) -> str:
             f"{ge2e['max_cosine_between_chosen']:.3f} / "
             f"{ge2e['mean_cosine_between_chosen']:.3f} |"
         )
+        closest = ge2e["most_similar_pairs"][0]
+        rows.append(f"| most similar pool voices by GE2E | {closest['voices'][0]} and "
+                    f"{closest['voices'][1]}: cosine {closest['cosine']:.3f}, distance "
+                    f"{closest['distance']:.2f} |")
     rows.append(f"| engines | {'; '.join(report['engine_versions'])} |")
     return "\n".join(rows)
 
@@ -261,14 +271,17 @@ def main() -> int:
         features = measure(specs, work, args.workers)
         distances, split_half = voice_distances(features)
         threshold = args.min_distance
-        embeddings = ge2e_embeddings(specs, work)
         also_close = None
-        if embeddings is not None:
-            cosines, ge2e_split_half = ge2e_cosines(embeddings)
-            if args.max_ge2e_cosine is not None:
-                also_close = cosines >= args.max_ge2e_cosine
+        if args.max_ge2e_cosine is not None:  # GE2E of every candidate: slow on a CPU
+            all_embeddings = ge2e_embeddings(specs, work)
+            if all_embeddings is None:
+                raise SystemExit("--max-ge2e-cosine needs the GE2E model")
+            also_close = ge2e_cosines(all_embeddings)[0] >= args.max_ge2e_cosine
         chosen = list(range(len(specs))) if args.check_only else select_distinct(
             distances, threshold, also_close)
+        embeddings = ge2e_embeddings([specs[i] for i in chosen], work)
+        if embeddings is not None:
+            cosines, ge2e_split_half = ge2e_cosines(embeddings)
         sub = distances[np.ix_(chosen, chosen)]
         off = sub[~np.eye(len(chosen), dtype=bool)]
         report = {
@@ -297,8 +310,16 @@ def main() -> int:
             ],
         }
         if embeddings is not None:
-            chosen_cosines = cosines[np.ix_(chosen, chosen)][~np.eye(len(chosen), dtype=bool)]
+            chosen_cosines = cosines[~np.eye(len(chosen), dtype=bool)]
+            pairs = sorted(((float(cosines[a, b]), a, b) for a in range(len(chosen))
+                            for b in range(a + 1, len(chosen))), reverse=True)[:5]
             report["ge2e"] = {
+                "most_similar_pairs": [
+                    {"voices": [specs[chosen[a]].label, specs[chosen[b]].label],
+                     "cosine": round(c, 4),
+                     "distance": round(float(distances[chosen[a], chosen[b]]), 4)}
+                    for c, a, b in pairs
+                ],
                 "model": "ge2e",
                 "max_cosine_allowed": args.max_ge2e_cosine,
                 "split_half_cosine_median": round(float(np.median(ge2e_split_half)), 4),

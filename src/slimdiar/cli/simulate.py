@@ -113,7 +113,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
                         help="voice pool cache (default: ~/.cache/slimdiar/tts)")
     parser.add_argument("--tts-speakers", type=int, default=None, metavar="N",
-                        help="use the first N voices of the pool (default: all)")
+                        help="use the first N voices of the pool (default: all), or N tone "
+                        "speakers with TONES (default: 24)")
     parser.add_argument("--utterances-per-speaker", type=int, default=15,
                         help="sentences each pool or tone speaker says (default: 15)")
     parser.add_argument("--jobs", type=int, default=1,

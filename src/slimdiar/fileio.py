@@ -12,6 +12,24 @@ import tempfile
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process umask (read without changing it for longer than a moment)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def make_temporary_dir(parent: str | Path, prefix: str) -> Path:
+    """A new directory in ``parent`` with the permissions of a normally created one.
+
+    :func:`tempfile.mkdtemp` creates mode 0700; a directory that is renamed into place as an
+    output must look like any other the user creates.
+    """
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(path, 0o777 & ~current_umask())
+    return path
+
+
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temporary file in the same directory, then rename).
 
@@ -30,6 +48,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(tmp_name, 0o666 & ~current_umask())
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from slimdiar.errors import CheckpointError
-from slimdiar.fileio import write_json_atomic
+from slimdiar.fileio import make_temporary_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp.", dir=directory.parent))
+    tmp = make_temporary_dir(directory.parent, f".{directory.name}.tmp.")
     try:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME))

@@ -328,12 +328,38 @@ def wavlm_small() -> WavLMConfig:
     )
 
 
+def wavlm_demo() -> WavLMConfig:
+    """The demo's WavLM (E=128, 4 layers, 4 heads of 32, FFN 512): trains on a CPU in minutes."""
+    num_layers = 4
+    return WavLMConfig(
+        conv_layers=[(64, 10, 5), (64, 3, 2), (64, 3, 2), (64, 3, 2), (64, 3, 2), (64, 2, 2),
+                     (64, 2, 2)],
+        extractor_mode="group_norm",
+        embed_dim=128,
+        num_layers=num_layers,
+        num_heads=4,
+        head_dim=32,
+        ffn_dim=[512] * num_layers,
+        remaining_heads=[list(range(4))] * num_layers,
+        use_attention=[True] * num_layers,
+        use_ffn=[True] * num_layers,
+        layer_norm_first=False,
+        normalize_waveform=False,
+        pos_conv_kernel=16,
+        pos_conv_groups=8,
+        num_buckets=320,
+        max_distance=800,
+        name="wavlm-demo",
+    )
+
+
 PRESETS = {
     "wavlm-base-plus": wavlm_base_plus,
     "wavlm-large": wavlm_large,
     "wavlm-base-plus-s80": wavlm_base_plus_s80,
     "wavlm-large-s80": wavlm_large_s80,
     "wavlm-small": wavlm_small,
+    "wavlm-demo": wavlm_demo,
     "wavlm-tiny": wavlm_tiny,
     "wavlm-tiny-prenorm": lambda: wavlm_tiny(layer_norm_first=True),
 }

@@ -74,4 +74,4 @@ def distillation_loss(
             total_l1 = total_l1 + (l1 * weight).sum() / count
             total_cos = total_cos + (cos * weight).sum() / count
     loss = total_l1 - total_cos
-    return loss, {"distill_l1": float(total_l1), "distill_cos": float(total_cos)}
+    return loss, {"distill_l1": float(total_l1.detach()), "distill_cos": float(total_cos.detach())}

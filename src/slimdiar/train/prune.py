@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 UNITS = ("conv", "head", "ffn", "attention_block", "ffn_block")
 GATED_KIND = "wavlm-gated"
-# Validation checkpoints that have not reached the final target rank after all that have.
-OFF_TARGET_PENALTY = 1000.0
 
 
 @dataclass
@@ -67,8 +65,8 @@ class PruneSection:
     channel_drop_rate, head_drop_rate, ffn_drop_rate, block_drop_rate
         Initial closing probability of each kind of gate.
     tolerance
-        A checkpoint whose deterministic sparsity is within this of the target is eligible as
-        the final model.
+        Only a checkpoint past the warm-up whose deterministic sparsity is within this of the
+        target may become the final model (if none is, the last one is taken).
     """
 
     sparsity: float = 0.8
@@ -104,11 +102,11 @@ class DistillOptimSection:
 
 @dataclass
 class PruneTrainerConfig(TrainerConfig):
-    """Trainer settings of stage 1: 30 epochs, no early stop, the final gated model.
+    """Trainer settings of stage 1: 30 epochs, no early stop, one final gated model.
 
-    The best checkpoint by validation distillation loss among those on target is kept
-    (``average_best`` 1): averaging log-alphas of checkpoints at different sparsities would
-    land off target.
+    The checkpoint with the lowest validation distillation loss among those on target is kept
+    (``average_best`` 1); averaging the log-alphas of several checkpoints can move the
+    deterministic masks off target.
     """
 
     max_epochs: int = 30
@@ -210,6 +208,7 @@ class DistillObjective(Objective):
         self.objective = objective
         self.tolerance = tolerance
         self.target = 0.0
+        self._on_target = controller is None
         if controller is not None and not student.pruning_enabled:
             raise ConfigError("a sparsity controller needs a student with gates")
         self.reference_size = float(
@@ -264,17 +263,17 @@ class DistillObjective(Objective):
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         distill, scalars = self._distill(batch)
-        scalars["distill"] = float(distill)
+        scalars["distill"] = float(distill.detach())
         if self.controller is None:
             return distill, scalars
         sparsity = self.sparsity()
         penalty = self.controller.penalty(sparsity, self.target)
         scalars.update(
-            expected_sparsity=float(sparsity),
+            expected_sparsity=float(sparsity.detach()),
             target_sparsity=self.target,
-            lambda1=float(self.controller.lambda1),
-            lambda2=float(self.controller.lambda2),
-            penalty=float(penalty),
+            lambda1=float(self.controller.lambda1.detach()),
+            lambda2=float(self.controller.lambda2.detach()),
+            penalty=float(penalty.detach()),
         )
         return distill + penalty, scalars
 
@@ -291,11 +290,15 @@ class DistillObjective(Objective):
             return stats
         reached = self.deterministic_sparsity()
         final = self.controller.final_sparsity
-        on_target = abs(reached - final) <= self.tolerance
+        self._on_target = self.target >= final and abs(reached - final) <= self.tolerance
         stats["sparsity"] = (reached * count, count)
-        stats["on_target"] = (float(on_target) * count, count)
-        stats["loss"] = (total + (0.0 if on_target else OFF_TARGET_PENALTY * count), count)
+        stats["on_target"] = (float(self._on_target) * count, count)
+        stats["loss"] = (total, count)
         return stats
+
+    def selectable(self, epoch: int) -> bool:
+        """Stage 1: only checkpoints past the warm-up whose pruned size is on target."""
+        return self._on_target
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:

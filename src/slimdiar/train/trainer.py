@@ -34,7 +34,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from slimdiar.errors import CheckpointError, ConfigError
-from slimdiar.models.checkpoint import is_checkpoint_dir, write_json_atomic
+from slimdiar.fileio import current_umask, write_json_atomic
+from slimdiar.models.checkpoint import is_checkpoint_dir
 from slimdiar.train.averaging import average_checkpoints
 from slimdiar.train.clipping import PercentileClipper
 from slimdiar.train.distributed import (
@@ -184,12 +185,6 @@ def _set_rng_state(rng: dict) -> None:
     torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state(torch.tensor(rng["cuda"], dtype=torch.uint8))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _seed_everything(seed: int) -> None:
@@ -351,7 +346,7 @@ class Trainer:
                 state_tmp = tmp / f".{STATE_NAME}.tmp"
                 torch.save(self._training_state(rng_states), state_tmp)
                 os.replace(state_tmp, tmp / STATE_NAME)
-                os.chmod(tmp, 0o777 & ~_umask())
+                os.chmod(tmp, 0o777 & ~current_umask())
                 if final.exists():
                     shutil.rmtree(final)
                 os.replace(tmp, final)

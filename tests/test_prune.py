@@ -1,0 +1,211 @@
+"""Stage 1 and 2: Lagrangian sparsity control, distill-and-prune, further distillation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from slimdiar.cli import main
+from slimdiar.errors import ConfigError
+from slimdiar.models import WavLM
+from slimdiar.models.config import preset
+from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.prune import SparsityController, default_distill_layers, expected_sparsity
+from slimdiar.prune.distill import distillation_loss
+from slimdiar.train.prune import (
+    PruneSection,
+    enable_units,
+    load_gated_student,
+)
+from test_train_finetune import make_datadir
+
+# Small chunks and many steps per epoch: enough optimiser steps for the multipliers to act.
+FAST = [
+    "--set", "data.chunk_duration_s=1.0", "--set", "data.shift_s=0.25",
+    "--set", "data.val_chunk_duration_s=2.0", "--set", "data.val_shift_s=2.0",
+    "--set", "trainer.num_workers=0", "--set", "trainer.progress=false",
+    "--set", "trainer.batch_size=8",
+]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prune")
+    train = make_datadir(root / "train", seed=0, num_recordings=2, duration_s=12.0)
+    dev = make_datadir(root / "dev", seed=1, num_recordings=1, duration_s=6.0)
+    torch.manual_seed(0)
+    teacher = EEND(EENDConfig(wavlm=preset("wavlm-tiny"), d_model=32, num_heads=2, ffn_dim=64,
+                              num_blocks=1))
+    teacher.save_pretrained(root / "teacher")
+    return root, train, dev
+
+
+def run_prune(root: Path, train, dev, out: str, *extra: str) -> int:
+    return main(["prune", "--teacher", str(root / "teacher"), "--train", str(train),
+                 "--dev", str(dev), "--out", str(root / out), *FAST, *extra])
+
+
+# ---------------------------------------------------------------------- pieces
+def test_default_distill_layers_follow_the_paper():
+    assert default_distill_layers(12) == [0, 4, 8, 12]
+    assert default_distill_layers(24) == [0, 8, 16, 24]
+    assert default_distill_layers(2) == [0, 1, 2]
+
+
+def test_distillation_loss_is_zero_minus_layers_for_identical_states():
+    states = [torch.randn(2, 5, 8) for _ in range(3)]
+    loss, scalars = distillation_loss(states, states, [0, 2])
+    assert loss.item() == pytest.approx(-2.0, abs=1e-6)
+    assert scalars["distill_l1"] == 0.0
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    other = [s.clone() for s in states]
+    other[0][1, 2:] += 100.0  # only padded frames differ
+    masked, _ = distillation_loss(other, states, [0], mask)
+    assert masked.item() == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_target_rises_linearly_over_the_warmup():
+    controller = SparsityController(0.8, warmup_epochs=5)
+    assert controller.target(0.0) == 0.0
+    assert controller.target(2.5) == pytest.approx(0.4)
+    assert controller.target(5.0) == pytest.approx(0.8)
+    assert controller.target(30.0) == pytest.approx(0.8)
+    with pytest.raises(ConfigError, match="between 0 and 1|in \\(0, 1\\)"):
+        SparsityController(1.0)
+
+
+def test_lagrangian_grows_while_sparsity_lags_then_tracks_the_target():
+    torch.manual_seed(0)
+    model = WavLM.from_preset("wavlm-tiny").enable_pruning()
+    reference = float(model.num_params())
+    controller = SparsityController(0.5, warmup_epochs=0)
+    optimizer = torch.optim.AdamW([
+        {"params": model.gate_parameters(), "lr": 0.05, "weight_decay": 0.0},
+        {"params": list(controller.parameters()), "lr": 0.05, "weight_decay": 0.0},
+    ])
+    history = []
+    for _ in range(400):
+        sparsity = expected_sparsity(model, reference)
+        penalty = controller.penalty(sparsity, 0.5)
+        optimizer.zero_grad()
+        penalty.backward()
+        for p in controller.parameters():
+            p.grad.neg_()  # gradient ascent on the multipliers
+        optimizer.step()
+        history.append((sparsity.item(), controller.lambda1.item(), controller.lambda2.item()))
+    lagging = [h for h in history[:60] if h[0] < 0.4]
+    assert len(lagging) > 30
+    # while the sparsity lags, the multipliers grow in magnitude (λ1 < 0 pushes it up)
+    assert abs(lagging[-1][1]) > abs(lagging[5][1]) > 0
+    assert lagging[-1][2] > lagging[5][2] > 0
+    # and at the end the expected sparsity tracks the target
+    assert all(abs(h[0] - 0.5) < 0.02 for h in history[-30:])
+
+
+# ---------------------------------------------------------------------- errors before work
+@pytest.mark.parametrize("args, message", [
+    (["--teacher", "/nonexistent/teacher", "--sparsity", "0.8"], "does not exist"),
+    (["--sparsity", "1.2"], "between 0 and 1"),
+    (["--sparsity", "0"], "between 0 and 1"),
+    (["--set", "prune.distill_layers=[0, 1, 7]"], "beyond the model's depth"),
+    (["--set", 'prune.units=["conv", "neurons"]'], "units must be"),
+])
+def test_bad_settings_are_clear_errors_before_any_work(setup, capsys, args, message):
+    root, train, dev = setup
+    teacher = [] if "--teacher" in args else ["--teacher", str(root / "teacher")]
+    out = root / "never-written"
+    code = main(["prune", *teacher, "--train", str(train), "--dev", str(dev), "--out",
+                 str(out), *args])
+    assert code == 1
+    assert message in capsys.readouterr().err
+    assert not (out / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------- the stage end to end
+def test_prune_writes_a_smaller_exact_model_and_a_report(setup):
+    root, train, dev = setup
+    code = run_prune(root, train, dev, "heads-ffn", "--sparsity", "0.3",
+                     "--set", 'prune.units=["head", "ffn"]', "--set", "trainer.max_epochs=2",
+                     "--set", "prune.warmup_epochs=1", "--set", "optim.lr_gates=0.2",
+                     "--set", "optim.lr_lambda=0.5")
+    assert code == 0
+    exp = root / "heads-ffn"
+    teacher = WavLM.from_pretrained(root / "teacher")
+    pruned = WavLM.from_pretrained(exp / "pruned")
+    assert pruned.num_params() < teacher.num_params()
+    size = lambda d: (d / "model.safetensors").stat().st_size  # noqa: E731
+    assert size(exp / "pruned") < size(root / "teacher")
+    # the pruned checkpoint computes what the averaged gated model computed in eval mode
+    gated = load_gated_student(exp / "best", PruneSection(units=["head", "ffn"]))
+    waveforms = torch.randn(2, 16000)
+    with torch.no_grad():
+        for a, b in zip(gated(waveforms), pruned(waveforms)):
+            assert (a - b).abs().max().item() < 1e-4
+    assert pruned.num_params() == gated.deterministic_num_params()
+    # it runs in the diarization model with a fresh head
+    model = EEND.from_backbone_checkpoint(exp / "pruned")
+    assert model(waveforms).shape == (2, 49, 11)
+    report = json.loads((exp / "report.json").read_text())
+    assert report["student"]["params"] == pruned.num_params()
+    assert report["reached_sparsity"] == pytest.approx(
+        1 - pruned.num_params() / teacher.num_params())
+    for name in ("report.md", "kept_units.png", "training.png"):
+        assert (exp / name).stat().st_size > 0
+    records = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["type"] == "step"]
+    assert {"expected_sparsity", "target_sparsity", "lambda1", "lambda2", "distill"} <= set(
+        steps[0])
+
+
+def test_pretrained_wavlm_teacher_runs_the_same_code(setup):
+    """The baseline order: the teacher is a plain (pre-trained) WavLM, not a diarization model."""
+    root, train, dev = setup
+    WavLM.from_pretrained(root / "teacher").save_pretrained(root / "plain-teacher")
+    code = main(["prune", "--teacher", str(root / "plain-teacher"), "--sparsity", "0.3",
+                 "--train", str(train), "--dev", str(dev), "--out", str(root / "baseline"),
+                 *FAST, "--set", "trainer.max_epochs=1", "--set", "trainer.max_steps_per_epoch=2"])
+    assert code == 0
+    assert WavLM.from_pretrained(root / "baseline" / "pruned").num_params() > 0
+
+
+def test_prune_resume_reproduces_the_uninterrupted_run(setup):
+    root, train, dev = setup
+    common = ["--sparsity", "0.5", "--set", "trainer.max_steps_per_epoch=3",
+              "--set", "prune.warmup_epochs=1"]
+    assert run_prune(root, train, dev, "straight", *common, "--set", "trainer.max_epochs=2") == 0
+    assert run_prune(root, train, dev, "resumed", *common, "--set", "trainer.max_epochs=1") == 0
+    assert run_prune(root, train, dev, "resumed", *common, "--set", "trainer.max_epochs=2",
+                     "--resume") == 0
+
+    def losses(name):
+        lines = (root / name / "metrics.jsonl").read_text().splitlines()
+        return [(r["step"], r["loss"], r["lambda1"]) for r in map(json.loads, lines)
+                if r["type"] == "step"]
+
+    straight, resumed = losses("straight"), losses("resumed")
+    assert len(straight) == len(resumed) == 6
+    for (s1, l1, a1), (s2, l2, a2) in zip(straight, resumed):
+        assert s1 == s2 and abs(l1 - l2) < 1e-6 and abs(a1 - a2) < 1e-6
+
+
+def test_distill_stage_trains_the_pruned_student(setup):
+    root, train, dev = setup
+    if not (root / "heads-ffn" / "pruned").exists():
+        pytest.skip("needs the pruned model of test_prune_writes_a_smaller_exact_model")
+    code = main(["distill", "--student", str(root / "heads-ffn" / "pruned"), "--teacher",
+                 str(root / "teacher"), "--train", str(train), "--dev", str(dev), "--out",
+                 str(root / "distill"), *FAST, "--set", "trainer.max_epochs=1",
+                 "--set", "trainer.max_steps_per_epoch=3", "--set", "trainer.average_best=1"])
+    assert code == 0
+    distilled = WavLM.from_pretrained(root / "distill" / "best")
+    assert distilled.config == WavLM.from_pretrained(root / "heads-ffn" / "pruned").config
+
+
+def test_gates_follow_the_units_setting():
+    model = enable_units(WavLM.from_preset("wavlm-tiny"), PruneSection(units=["head"]))
+    assert all(layer.gate is None for layer in model.feature_extractor.conv_layers)
+    assert all(layer.attention.head_gate is not None for layer in model.encoder.layers)
+    assert all(layer.feed_forward.unit_gate is None for layer in model.encoder.layers)

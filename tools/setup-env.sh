@@ -3,16 +3,17 @@
 #
 # Creates .venv in the checkout (if it is not there yet) and installs slimdiar with what the
 # given target needs: the Python packages, a CPU build of torch on machines without an NVIDIA
-# GPU, and the Debian packages used by the simulator's voice pool (demo only).
+# GPU, and the Debian packages used by the simulator's voice pool.
 set -euo pipefail
 target=${1:-test}
 cd "$(dirname "$0")/.."
 
 need_apt=()
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then need_apt+=(python3-venv); fi
-if [ "$target" = demo ]; then
-    for tool in espeak-ng sox flite festival; do command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool"); done
-fi
+# The simulator's offline voice pool (the demo, and the tests that run the quick demo).
+for tool in espeak-ng sox flite festival; do
+    command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
+done
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"
     sudo_cmd=""; [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"

@@ -64,6 +64,8 @@ class DemoSettings:
     lr_gates: float = 0.1
     lr_lambda: float = 0.05
     bench_seconds: float = 8.0
+    pipeline_step_s: float = 0.4
+    clustering_threshold: float = 0.70
     head: dict = field(default_factory=lambda: {
         "d_model": 128, "num_heads": 4, "ffn_dim": 256, "conv_kernel": 15, "num_blocks": 2,
         "dropout": 0.1,
@@ -80,7 +82,7 @@ QUICK = DemoSettings(
     splits={"train": 6, "dev": 2, "test": 2}, duration_s=30.0, tts_speakers=16,
     utterances_per_speaker=6, chunk_duration_s=4.0, shift_s=4.0, finetune_epochs=2,
     prune_epochs=3, prune_warmup_epochs=1, distill_epochs=1, finetune_pruned_epochs=1,
-    batch_size=8, max_steps_per_epoch=6, bench_seconds=4.0,
+    batch_size=8, max_steps_per_epoch=4, bench_seconds=4.0, pipeline_step_s=2.0,
 )
 
 
@@ -231,7 +233,8 @@ class Demo:
         test = DataDir.load(self.data / "test")
         pipeline = DiarizationPipeline.from_pretrained(
             self.out / name / "best", window_duration_s=self.settings.chunk_duration_s,
-            step_s=self.settings.chunk_duration_s / 10,
+            step_s=self.settings.pipeline_step_s,
+            clustering_threshold=self.settings.clustering_threshold,
         )
         rttm_dir = self.out / name / "rttm"
         rttm_dir.mkdir(parents=True, exist_ok=True)

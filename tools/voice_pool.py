@@ -21,7 +21,8 @@ Writes:
 - ``docs/voice-pool.json``: candidates, split-half distances, threshold, the chosen voices, the
   smallest distance among them (and, where the GE2E speaker embedding model is available, its
   cosine similarities as a cross-check);
-- ``src/slimdiar/simulate/voice_pool.py``: the chosen voices, in the order chosen;
+- ``src/slimdiar/simulate/voice_pool.py``: the chosen voices, one pitch shift of each engine
+  voice per round, so that the first voices of the pool are as varied as possible;
 - the table between the ``voice-pool`` markers of ``docs/simulate.md``.
 
 With ``--check-only`` it measures the current pool again and only writes the JSON.
@@ -164,6 +165,21 @@ def ge2e_cosines(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     means = unit(embeddings.mean(axis=1))
     halves = (unit(embeddings[:, 0::2].mean(axis=1)) * unit(embeddings[:, 1::2].mean(axis=1)))
     return means @ means.T, halves.sum(axis=-1)
+
+
+def spread_out(specs: list[VoiceSpec]) -> list[VoiceSpec]:
+    """Order the pool so that its first voices come from different engine voices.
+
+    Voices are grouped by (engine, voice) in the order chosen and taken round-robin, one pitch
+    shift of each group per round, so ``--tts-speakers N`` gets as many base voices as it can.
+    """
+    groups: dict[tuple[str, str], list[VoiceSpec]] = {}
+    for spec in specs:
+        groups.setdefault((spec.engine, spec.voice), []).append(spec)
+    ordered = []
+    for round_index in range(max(len(g) for g in groups.values())):
+        ordered += [g[round_index] for g in groups.values() if round_index < len(g)]
+    return ordered
 
 
 def write_pool_module(specs: list[VoiceSpec]) -> None:
@@ -332,7 +348,7 @@ def main() -> int:
     logging.info("%d of %d voices are distinct (threshold %.2f); wrote %s", len(chosen),
                  len(specs), threshold, JSON_PATH)
     if not args.check_only:
-        write_pool_module([specs[i] for i in chosen])
+        write_pool_module(spread_out([specs[i] for i in chosen]))
         update_docs(markdown_table(report))
         logging.info("wrote %s and the table of %s", POOL_MODULE, DOCS_PATH)
     return 0

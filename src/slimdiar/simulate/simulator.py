@@ -50,6 +50,8 @@ UEM_NAME = "uem"
 SUMMARY_NAME = "simulation.json"
 CALIBRATION_UTTERANCES = 120
 BABBLE_UTTERANCES = 8
+#: Utterances kept in memory per process (about 0.1-1 MB each).
+LOADED_UTTERANCES = 512
 
 
 @dataclass
@@ -249,7 +251,7 @@ class ConversationSimulator:
         self.config = config
         self.seed = seed
         self._utterance_ids = {s: source.utterance_ids(s) for s in source.speakers()}
-        self._load = lru_cache(maxsize=4096)(source.load)
+        self._load = lru_cache(maxsize=LOADED_UTTERANCES)(source.load)
         sample = self._calibration_sample()
         self.mean_utterance_s = float(
             np.mean([u.num_samples for u in sample]) / config.sample_rate
@@ -274,7 +276,7 @@ class ConversationSimulator:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._load = lru_cache(maxsize=4096)(self.source.load)
+        self._load = lru_cache(maxsize=LOADED_UTTERANCES)(self.source.load)
 
     def _calibration_sample(self) -> list[Utterance]:
         rng = np.random.default_rng([self.seed, 2])

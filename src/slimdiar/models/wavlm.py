@@ -175,6 +175,7 @@ class SelfAttention(nn.Module):
         self.head_dim = head_dim
         self.dropout = dropout
         self.register_buffer("heads", torch.tensor(heads, dtype=torch.long), persistent=False)
+        self.all_heads = list(heads) == list(range(num_heads))
         inner = len(heads) * head_dim
         self.q_proj = nn.Linear(embed_dim, inner)
         self.k_proj = nn.Linear(embed_dim, inner)
@@ -208,12 +209,14 @@ class SelfAttention(nn.Module):
         batch, frames, _ = x.shape
         n, d = self.num_kept_heads, self.head_dim
         # Gate of the relative position bias, from the input slice of each kept head.
-        gate_in = x.view(batch, frames, self.num_heads, -1).index_select(2, self.heads)
+        gate_in = x.view(batch, frames, self.num_heads, -1)
+        if not self.all_heads:
+            gate_in = gate_in.index_select(2, self.heads)
+            position_bias = position_bias.index_select(0, self.heads)
         gate = self.gru_rel_pos_linear(gate_in).view(batch, frames, n, 2, 4).sum(-1)
         gate_a, gate_b = torch.sigmoid(gate).unbind(-1)                       # (B, T, n)
         gate = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0
-        bias = gate.transpose(1, 2)[..., None] * position_bias.index_select(0, self.heads)
-        # bias: (B, n, T, T)
+        bias = gate.transpose(1, 2)[..., None] * position_bias                # (B, n, T, T)
         q = self.q_proj(x).view(batch, frames, n, d).transpose(1, 2)          # (B, n, T, d)
         k = self.k_proj(x).view(batch, frames, n, d).transpose(1, 2)
         v = self.v_proj(x).view(batch, frames, n, d).transpose(1, 2)

@@ -216,29 +216,3 @@ def test_tiny_finetune_first_end_to_end_and_restart(tmp_path):
     for stage, path in ((0, "stage0-finetune/best"), (1, "stage1-prune/pruned"),
                         (2, "stage2-distill/best"), (3, "stage3-finetune/best")):
         assert f"stage {stage}: {exp / path} exists, skipped" in again.stdout
-
-
-def test_table_from_score_files(tmp_path):
-    def score(path: Path, der: float) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"total": {"der": der, "missed": 0.0}, "files": {}}))
-
-    root = tmp_path / "exp"
-    score(root / "base-plus" / "finetune-first-s0.8" / "der" / "ami_test.json", 0.157)
-    score(root / "base-plus" / "finetune-first-s0.8" / "der" / "aishell4_test.json", 0.121)
-    score(root / "base-plus" / "unpruned" / "der" / "ami_test.json", 0.156)
-    table = subprocess.run([sys.executable, str(REPO / "recipes" / "table.py"), str(root),
-                            "--json", str(tmp_path / "t.json")], capture_output=True, text=True)
-    assert table.returncode == 0, table.stderr
-    assert table.stdout.splitlines() == [
-        "| model | run | aishell4_test | ami_test | macro |",
-        "|---|---|---|---|---|",
-        "| base-plus | finetune-first-s0.8 | 12.1 | 15.7 | 13.9 |",
-        "| base-plus | unpruned | – | 15.6 | – |",
-    ]
-    rows = json.loads((tmp_path / "t.json").read_text())
-    assert rows[1] == {"model": "base-plus", "run": "unpruned", "der": {"ami_test": 0.156}}
-    (root / "base-plus" / "unpruned" / "der" / "ami_test.json").write_text("{}")
-    broken = subprocess.run([sys.executable, str(REPO / "recipes" / "table.py"), str(root)],
-                            capture_output=True, text=True)
-    assert broken.returncode == 1 and "ami_test.json: not a score file" in broken.stderr

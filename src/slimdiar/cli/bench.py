@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from pathlib import Path
 
 import torch
 
 from slimdiar.bench.backbone import benchmark_backbones, environment
+from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import write_json_atomic
 from slimdiar.models.config import PRESETS
 
@@ -16,10 +19,17 @@ MODEL is a preset ({", ".join(sorted(PRESETS))}), an architecture JSON file
 (e.g. the published pruned shapes; random weights are fine for speed) or a checkpoint directory.
 The first MODEL is the reference of the speed-up columns.
 
+With --pipeline CKPT, the whole diarization pipeline (EEND checkpoint CKPT + embedding model)
+runs instead on --seconds of synthetic multi-speaker audio (default: 600) or on --audio FILE,
+read from disk window by window, in a fresh process: the real-time factor of every stage and
+the peak resident memory (ru_maxrss) and its increase over the resident size before the run.
+
 examples:
   slimdiar bench wavlm-base-plus wavlm-base-plus-s80 --seconds 8 --batch-size 4
   slimdiar bench wavlm-large wavlm-large-s80 --json bench.json
   slimdiar bench exp/prune/teacher exp/prune/pruned --device cuda
+  slimdiar bench --pipeline exp/finetune/final --seconds 3600 --threads 1 --json pipe.json
+  slimdiar bench --pipeline exp/prune/pruned --audio meeting.wav --embedding ge2e
 """
 
 
@@ -33,9 +43,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("models", nargs="+", metavar="MODEL", help="models to compare")
-    parser.add_argument("--seconds", type=float, default=8.0,
-                        help="audio duration of one input (default: 8)")
+    parser.add_argument("models", nargs="*", metavar="MODEL", help="models to compare")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="audio duration of one input (default: 8), or with --pipeline of "
+                             "the synthetic recording (default: 600)")
     parser.add_argument("--batch-size", type=int, default=8,
                         help="batch size measured besides 1 (default: 8)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -46,11 +57,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed runs; the median is reported (default: 5)")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    pipeline = parser.add_argument_group("pipeline mode")
+    pipeline.add_argument("--pipeline", metavar="CKPT",
+                          help="benchmark the whole diarization pipeline with this EEND "
+                               "checkpoint instead of backbones")
+    pipeline.add_argument("--audio", metavar="FILE",
+                          help="recording to diarize instead of synthetic audio")
+    pipeline.add_argument("--embedding", default="ge2e",
+                          help="speaker embedding model name or checkpoint (default: ge2e)")
+    pipeline.add_argument("--pipeline-batch-size", type=int, default=32,
+                          help="windows per segmentation batch (default: 32)")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args) -> int:
+    if args.pipeline is not None:
+        if args.models:
+            raise ConfigError("give either backbone MODELs or --pipeline CKPT, not both")
+        return run_pipeline(args)
+    if not args.models:
+        raise ConfigError("give at least one MODEL to compare, or --pipeline CKPT")
+    if args.audio is not None:
+        raise ConfigError("--audio is an option of --pipeline mode")
+    if args.seconds is None:
+        args.seconds = 8.0
+    return run_backbones(args)
+
+
+def run_backbones(args) -> int:
     from rich.console import Console
     from rich.table import Table
 
@@ -88,4 +123,48 @@ def run(args) -> int:
             "repeats": args.repeats,
             **env,
         })
+    return 0
+
+
+def _command_line() -> str | None:
+    """The command as typed, when it came from the ``slimdiar`` program."""
+    if Path(sys.argv[0]).name in ("slimdiar", "__main__.py"):
+        return shlex.join(["slimdiar", *sys.argv[1:]])
+    return None
+
+
+def run_pipeline(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from slimdiar.bench.pipeline import benchmark_pipeline, validate_pipeline_bench
+
+    seconds = args.seconds if args.seconds is not None or args.audio else 600.0
+    validate_pipeline_bench(args.pipeline, seconds, args.audio, args.pipeline_batch_size)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    console = Console(stderr=True)
+    with console.status(f"diarizing {args.audio or f'{seconds:g} s of synthetic audio'} "
+                        "in a fresh process"):
+        result = benchmark_pipeline(
+            args.pipeline, seconds=seconds, audio=args.audio, embedding=args.embedding,
+            device=args.device, threads=args.threads, batch_size=args.pipeline_batch_size,
+        )
+    table = Table(title=f"diarization pipeline on {result.seconds:g} s of audio "
+                        f"({result.device}, {result.threads} threads, torch {result.torch})")
+    for column in ["stage", "seconds", "RTF", "peak RSS in stage"]:
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for name, stage in result.stages.items():
+        peak = result.stage_peak_rss_mb.get(name)
+        table.add_row(name, f"{stage['seconds']:.2f}", f"{stage['rtf']:.4f}",
+                      "" if peak is None else f"{peak:.0f} MiB")
+    table.add_row("total", f"{result.total_s:.2f}", f"{result.rtf:.4f}",
+                  f"{result.peak_rss_mb:.0f} MiB", style="bold")
+    out = Console(file=sys.stdout)
+    out.print(table)
+    out.print(f"peak RSS {result.peak_rss_mb:.0f} MiB, {result.rss_increase_mb:.0f} MiB over the "
+              f"{result.rss_before_mb:.0f} MiB before the run (models loaded); "
+              f"{result.num_chunks} windows, {result.num_speakers} speakers")
+    if args.json:
+        write_json_atomic(args.json, {**result.to_dict(), "command": _command_line()})
     return 0

@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Generate docs/benchmarks.md from the benchmark results in docs/results/*.json.
+
+Usage: .venv/bin/python tools/render_benchmarks.py [--results docs/results]
+                                                   [--notes docs/benchmarks-notes.md]
+                                                   [--out docs/benchmarks.md]
+
+Two kinds of result files are read:
+
+- backbone benchmarks, the JSON written by ``slimdiar bench MODEL... --json FILE`` (a
+  ``"models"`` list): one table per file with parameters, MACs per second of audio, latency,
+  real-time factor and speed-up against the first model, at batch 1 and at the file's batch size;
+- pipeline benchmarks, the JSON written by ``slimdiar bench --pipeline CKPT --json FILE``
+  (``"mode": "pipeline"``): one table with a row per file, real-time factor of every stage and
+  of the whole pipeline, peak resident memory and its increase over the resident size before
+  the run.
+
+Any other JSON file is skipped with a message. The hand-written commentary of
+``--notes`` is appended verbatim. The output is written atomically; never edit it by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from slimdiar.fileio import write_text_atomic
+
+GENERATED_BY = "python tools/render_benchmarks.py"
+#: Stage columns of the pipeline table, in the order the pipeline runs them.
+STAGE_ORDER = ("segmentation", "speaker_counting", "embeddings", "clustering", "reconstruction")
+
+
+class ResultError(ValueError):
+    """A result file cannot be read or lacks a field."""
+
+
+def load_results(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]],
+                                             list[str]]:
+    """Backbone results, pipeline results and messages about skipped files, by file name."""
+    backbones, pipelines, skipped = [], [], []
+    for path in sorted(results_dir.glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
+        if isinstance(data, dict) and isinstance(data.get("models"), list):
+            backbones.append((path, data))
+        elif isinstance(data, dict) and data.get("mode") == "pipeline":
+            pipelines.append((path, data))
+        else:
+            skipped.append(f"{path}: neither a backbone nor a pipeline benchmark; skipped")
+    return backbones, pipelines, skipped
+
+
+def _field(path: Path, data: dict, key: str):
+    if key not in data:
+        raise ResultError(f"{path}: no {key!r} field")
+    return data[key]
+
+
+def _table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(cells) + " |" for cells in [header, align, *rows]]
+
+
+def _environment(data: dict) -> str:
+    parts = [f"device {data.get('device', '?')}"]
+    if data.get("device_name"):
+        parts[0] += f" ({data['device_name']})"
+    parts.append(f"{data.get('threads', '?')} threads")
+    if data.get("dtype"):
+        parts.append(data["dtype"])
+    parts.append(f"torch {data.get('torch', '?')}")
+    return ", ".join(parts)
+
+
+def render_backbones(path: Path, data: dict) -> list[str]:
+    """Markdown lines for one ``slimdiar bench MODEL...`` result file."""
+    models = _field(path, data, "models")
+    batch_size = _field(path, data, "batch_size")
+    seconds = _field(path, data, "seconds")
+    header = ["model", "params", "MACs/s", "latency b=1", "RTF b=1", "speed-up b=1",
+              f"latency b={batch_size}", f"RTF b={batch_size}", f"speed-up b={batch_size}"]
+    rows = []
+    for model in models:
+        def get(key, model=model):
+            if key not in model:
+                raise ResultError(f"{path}: model {model.get('name', '?')!r} has no {key!r}")
+            return model[key]
+
+        rows.append([
+            f"`{get('name')}`", f"{get('params') / 1e6:.2f}M",
+            f"{get('macs_per_second') / 1e9:.2f}G", f"{get('latency_s') * 1000:.1f} ms",
+            f"{get('rtf'):.4f}", f"{get('speedup_vs_first'):.2f}x",
+            f"{get('latency_batch_s') * 1000:.1f} ms", f"{get('rtf_batch'):.4f}",
+            f"{get('speedup_batch_vs_first'):.2f}x",
+        ])
+    lines = [f"### {path.name}", "",
+             f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs "
+             f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}.", ""]
+    return lines + _table(header, rows) + [""]
+
+
+def render_pipelines(results: list[tuple[Path, dict]]) -> list[str]:
+    """Markdown lines for all ``slimdiar bench --pipeline`` result files: one row each."""
+    stages = [s for s in STAGE_ORDER if any(s in d.get("stages", {}) for _, d in results)]
+    stages += sorted({s for _, d in results for s in d.get("stages", {})} - set(stages))
+    header = ["file", "audio", "model", "embedding", *[f"RTF {s}" for s in stages], "RTF total",
+              "peak RSS", "RSS increase", "windows", "environment"]
+    rows = []
+    for path, data in sorted(results, key=lambda item: (item[1].get("seconds", 0), item[0])):
+        run_stages = _field(path, data, "stages")
+        rows.append([
+            path.name, f"{_field(path, data, 'seconds'):g} s", f"`{_field(path, data, 'model')}`",
+            str(data.get("embedding")),
+            *[f"{run_stages[s]['rtf']:.4f}" if s in run_stages else "" for s in stages],
+            f"{_field(path, data, 'rtf'):.4f}", f"{_field(path, data, 'peak_rss_mb'):.0f} MiB",
+            f"{_field(path, data, 'rss_increase_mb'):.0f} MiB", str(data.get("num_chunks", "")),
+            _environment(data),
+        ])
+    lines = _table(header, rows, right_from=4) + [""]
+    commands = [(path.name, data["command"]) for path, data in results if data.get("command")]
+    if commands:
+        lines += ["Commands:", ""] + [f"- {name}: `{command}`" for name, command in commands]
+        lines.append("")
+    return lines
+
+
+def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
+    """The text of docs/benchmarks.md and the messages about skipped files."""
+    backbones, pipelines, skipped = load_results(results_dir)
+    lines = [
+        f"<!-- Generated by `{GENERATED_BY}` from {results_dir.as_posix()}/*.json. Do not edit: "
+        f"change the results or {notes.as_posix() if notes else 'the notes file'}. -->",
+        "",
+        "# Benchmarks",
+        "",
+        "Real-time factor (RTF) = processing time / audio duration; lower is faster.",
+        "",
+        "## Backbones",
+        "",
+    ]
+    if backbones:
+        for path, data in backbones:
+            lines += render_backbones(path, data)
+    else:
+        lines += ["No backbone results yet (`slimdiar bench MODEL... --json FILE`).", ""]
+    lines += ["## Diarization pipeline", ""]
+    if pipelines:
+        lines += render_pipelines(pipelines)
+    else:
+        lines += ["No pipeline results yet (`slimdiar bench --pipeline CKPT --json FILE`).", ""]
+    text = "\n".join(lines)
+    if notes is not None:
+        if not notes.is_file():
+            raise ResultError(f"{notes}: no such notes file")
+        text += "\n" + notes.read_text()
+    return text.rstrip("\n") + "\n", skipped
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", type=Path, default=Path("docs/results"),
+                        help="folder of result JSON files (default: docs/results)")
+    parser.add_argument("--notes", type=Path, default=Path("docs/benchmarks-notes.md"),
+                        help="hand-written Markdown appended verbatim "
+                             "(default: docs/benchmarks-notes.md)")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"),
+                        help="Markdown file to write (default: docs/benchmarks.md)")
+    args = parser.parse_args(argv)
+    if not args.results.is_dir():
+        print(f"render_benchmarks: error: {args.results}: no such folder", file=sys.stderr)
+        return 1
+    try:
+        text, skipped = render(args.results, args.notes)
+    except ResultError as error:
+        print(f"render_benchmarks: error: {error}", file=sys.stderr)
+        return 1
+    for message in skipped:
+        print(f"render_benchmarks: {message}", file=sys.stderr)
+    write_text_atomic(args.out, text)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -105,7 +105,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--noise-types", nargs="+", default=["white", "pink", "babble"],
                         choices=["white", "pink", "babble"], help="default: all three")
     parser.add_argument("--reverb", action=argparse.BooleanOptionalAction, default=False,
-                        help="convolve each speaker with a synthetic room response")
+                        help="convolve each speaker with a synthetic room response (default: "
+                        "off)")
     parser.add_argument("--rt60-s", type=parse_range, default=(0.2, 0.6), metavar="LOW-HIGH",
                         help="reverberation time range in seconds (default: 0.2-0.6)")
     parser.add_argument("--sample-rate", type=int, default=16000, help="default: 16000")

@@ -14,6 +14,7 @@ import pytest
 import soundfile
 
 from slimdiar.data import DataDir
+from slimdiar.data.corpora import prepare_corpus
 from slimdiar.models.wavlm import WavLM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -216,3 +217,107 @@ def test_tiny_finetune_first_end_to_end_and_restart(tmp_path):
     for stage, path in ((0, "stage0-finetune/best"), (1, "stage1-prune/pruned"),
                         (2, "stage2-distill/best"), (3, "stage3-finetune/best")):
         assert f"stage {stage}: {exp / path} exists, skipped" in again.stdout
+
+
+# ---------------------------------------------------------------------- corpus recipes
+def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(["bash", str(REPO / "recipes" / script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_paper_runs_of_the_compound_recipe(tmp_path):
+    result = run_script(
+        "compound/run.sh", "--dry-run", "--ami-dir", "/c/ami", "--ami-rttm-dir", "/s/rttms",
+        "--aishell4-dir", "/c/a4", "--alimeeting-dir", "/c/ali", "--wavlm-base-plus", "m/bp",
+        "--wavlm-large", "m/l", "--ngpu", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = commands(result.stdout)
+    prepares = [c for c in printed if c[:2] == ["slimdiar", "prepare"]]
+    assert [c[2] for c in prepares] == ["ami", "aishell4", "alimeeting"]
+    assert option(prepares[0], "--rttm-dir") == "/s/rttms"
+    assert "--extract-channel" in prepares[1] and "--extract-channel" in prepares[2]
+    trainings = [c for c in printed if c[0] == "torchrun"]
+    runs = {option(c, "--out").removeprefix("exp/compound/") for c in trainings}
+    # 2 models x (finetune-first: stage 0 once, then 1-3 for two sparsities;
+    #             prune-first: 1-3 for two sparsities)
+    assert len(trainings) == 2 * (1 + 3 * 4)
+    assert "base-plus/finetune-first-s0.8/stage0-finetune" in runs
+    assert "large/prune-first-s0.9/stage3-finetune" in runs
+    assert "base-plus/finetune-first-s0.9/stage0-finetune" not in runs
+    prunes = {option(c, "--out"): option(c, "--teacher") for c in trainings if "prune" in c}
+    shared = "exp/compound/large/finetune-first-s0.8/stage0-finetune/best"
+    assert prunes["exp/compound/large/finetune-first-s0.9/stage1-prune"] == shared
+    assert prunes["exp/compound/large/prune-first-s0.8/stage1-prune"] == "m/l"
+    configs = {option(c, "--config") for c in trainings if "finetune" in c}
+    assert configs == {str(REPO / "configs" / "wavlm-base-plus.toml"),
+                       str(REPO / "configs" / "wavlm-large.toml")}
+    diarized = [option(c, "--model") for c in printed if c[:2] == ["slimdiar", "diarize"]]
+    # 3 test sets x (8 pruned runs + 2 unpruned models).
+    assert len(diarized) == 3 * 10
+    assert diarized.count(shared) == 3
+    assert all(("data.channel=0" in sets(c)) for c in trainings)
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "prepare"),
+    [
+        ("ami/run.sh", ["--corpus-dir", "/c/ami", "--annotations-dir", "/c/nxt"],
+         ["slimdiar", "prepare", "ami", "--corpus-dir", "/c/ami", "--out", "data/ami",
+          "--annotations-dir", "/c/nxt"]),
+        ("aishell4/run.sh", ["--corpus-dir", "/c/a4", "--dev-sessions", "5"],
+         ["slimdiar", "prepare", "aishell4", "--corpus-dir", "/c/a4", "--out", "data/aishell4",
+          "--extract-channel", "--dev-sessions", "5"]),
+        ("alimeeting/run.sh", ["--corpus-dir", "/c/ali"],
+         ["slimdiar", "prepare", "alimeeting", "--corpus-dir", "/c/ali", "--out",
+          "data/alimeeting", "--extract-channel"]),
+    ],
+)
+def test_single_corpus_recipes(tmp_path, script, args, prepare):
+    corpus = script.split("/")[0]
+    result = run_script(script, "--dry-run", *args, "--wavlm-base-plus", "m/bp", "--models",
+                        "base-plus", "--sparsities", "0.9", "--orders", "prune-first",
+                        cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    printed = commands(result.stdout)
+    assert printed[0] == prepare
+    prune = printed[1]
+    assert option(prune, "--train") == f"data/{corpus}/train"
+    assert option(prune, "--dev") == f"data/{corpus}/dev"
+    assert option(prune, "--out") == f"exp/{corpus}/base-plus/prune-first-s0.9/stage1-prune"
+    assert printed[4][2] == f"data/{corpus}/test/wav.scp"
+    missing = run_script(script, "--dry-run", cwd=tmp_path)
+    assert missing.returncode == 1 and "--corpus-dir is required" in missing.stderr
+
+
+def test_compound_data_from_synthetic_releases(tmp_path, monkeypatch):
+    """Corpora prepared beforehand are reused; the compound sets are their concatenation."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    from test_corpora import make_aishell4, make_alimeeting, make_ami, words_xml, write_audio
+
+    annotations = make_ami(tmp_path / "ami")
+    write_audio(tmp_path / "ami" / "amicorpus" / "IS1008a" / "audio" / "IS1008a.Array1-01.wav",
+                2.0, 1)
+    (annotations / "words" / "IS1008a.A.words.xml").write_text(words_xml("IS1008a", "A", [
+        '<w nite:id="d0" starttime="0.10" endtime="0.90">hi</w>']))
+    make_aishell4(tmp_path / "aishell4")
+    make_alimeeting(tmp_path / "alimeeting")
+    data = tmp_path / "data"
+    prepare_corpus("ami", tmp_path / "ami", data / "ami", annotations_dir=annotations,
+                   skip_missing=True)
+    prepare_corpus("aishell4", tmp_path / "aishell4", data / "aishell4", extract_channel=True,
+                   dev_sessions=1)
+    prepare_corpus("alimeeting", tmp_path / "alimeeting", data / "alimeeting",
+                   extract_channel=True)
+    result = run_script("compound/run.sh", "--data-only", "--data", "data", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "+ slimdiar prepare" not in result.stdout
+    train = DataDir.load(data / "compound" / "train", channel=0)
+    dev = DataDir.load(data / "compound" / "dev", channel=0)
+    assert list(train.recordings) == [
+        "ES2002a", "20200707_L_R001S01C01", "20200708_L_R002S01C01", "20200711_S_R001S01C01",
+        "R0003_M0046_MS801", "R0015_M0151_MS802"]
+    assert list(dev.recordings) == ["IS1008a", "20200710_M_R001S01C01", "R8001_M8004_MS801"]
+    assert all(r.num_channels == 1 for r in train.recordings.values())
+    assert len(dev.all_turns()) == 1 + 3 + 3
+    assert not (tmp_path / "exp").exists()

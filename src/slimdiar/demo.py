@@ -73,9 +73,9 @@ class DemoSettings:
 
 
 FULL = DemoSettings(
-    splits={"train": 40, "dev": 6, "test": 8}, duration_s=60.0, tts_speakers=0,
-    utterances_per_speaker=15, chunk_duration_s=4.0, shift_s=2.0, finetune_epochs=12,
-    prune_epochs=10, prune_warmup_epochs=4, distill_epochs=3, finetune_pruned_epochs=8,
+    splits={"train": 24, "dev": 4, "test": 6}, duration_s=60.0, tts_speakers=0,
+    utterances_per_speaker=15, chunk_duration_s=4.0, shift_s=2.0, finetune_epochs=4,
+    prune_epochs=4, prune_warmup_epochs=2, distill_epochs=1, finetune_pruned_epochs=3,
     batch_size=16, max_steps_per_epoch=0,
 )
 QUICK = DemoSettings(

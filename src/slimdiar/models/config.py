@@ -329,11 +329,11 @@ def wavlm_small() -> WavLMConfig:
 
 
 def wavlm_demo() -> WavLMConfig:
-    """The demo's WavLM (E=128, 4 layers, 4 heads of 32, FFN 512): trains on a CPU in minutes."""
+    """The demo's WavLM (conv 32 channels, E=128, 4 layers, 4 heads of 32, FFN 512)."""
     num_layers = 4
     return WavLMConfig(
-        conv_layers=[(64, 10, 5), (64, 3, 2), (64, 3, 2), (64, 3, 2), (64, 3, 2), (64, 2, 2),
-                     (64, 2, 2)],
+        conv_layers=[(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 2, 2),
+                     (32, 2, 2)],
         extractor_mode="group_norm",
         embed_dim=128,
         num_layers=num_layers,

@@ -456,3 +456,25 @@ def test_written_rttm_matches_the_report(long_simulation):
     turns = read_rttm(out / "train" / "rttm")
     assert {t.uri for t in turns} == {f"train-{i:04d}" for i in range(30)}
     assert report.splits[0].num_recordings == 30
+
+
+def test_corpus_utterances_with_pauses_become_separate_turns(tmp_path):
+    rate = 16000
+    time_s = np.arange(int(0.6 * rate)) / rate
+    for speaker, f0_hz in (("a", 120.0), ("b", 180.0), ("c", 240.0)):
+        burst = (0.2 * np.sin(2 * np.pi * f0_hz * time_s)).astype(np.float32)
+        silence = np.zeros(int(0.5 * rate), np.float32)
+        audio = np.concatenate([silence[:1600], burst, silence, burst, silence[:1600]])
+        for index in range(3):
+            path = tmp_path / "corpus" / speaker / "1" / f"{speaker}-{index}.wav"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(path, audio, rate)
+    turns = TurnTakingConfig(same_speaker_probability=0.0, overlap_ratio=None,
+                             overlap_probability=0.0)
+    config = SimulationConfig(duration_s=10.0, min_speakers=2, max_speakers=3, turns=turns)
+    simulate_data_dirs(CorpusSource(tmp_path / "corpus"), tmp_path / "out", config,
+                       {"train": 1}, seed=0)
+    data = DataDir.load(tmp_path / "out" / "train")
+    lengths_s = [t.duration_s for t in data.all_turns()]
+    assert len(lengths_s) >= 4 and len(lengths_s) % 2 == 0
+    np.testing.assert_allclose(lengths_s, 0.6, atol=0.02)  # the 0.5 s pause is not speech

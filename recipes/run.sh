@@ -23,7 +23,8 @@
 # Options:
 #   --order ORDER          finetune-first (default) or prune-first
 #   --wavlm CKPT           pre-trained WavLM: Hugging Face dir, original .pt or slimdiar dir
-#   --config TOML          fine-tuning config of stages 0 and 3 (default configs/wavlm-base-plus.toml)
+#   --config TOML          fine-tuning config of stages 0 and 3
+#                          (default: configs/wavlm-base-plus.toml of this repository)
 #   --prune-config TOML    optional config of stage 1;  --distill-config TOML: of stage 2
 #   --sparsity S           target sparsity of stage 1 (default 0.8)
 #   --train/--dev DIR      training and validation data directories
@@ -48,9 +49,10 @@
 #       --exp exp/base-plus/finetune-first-s0.8 --ngpu 4 --device cuda
 set -euo pipefail
 
+repo=$(cd "$(dirname "$0")/.." && pwd)
 order=finetune-first
 wavlm=""
-config=configs/wavlm-base-plus.toml
+config=$repo/configs/wavlm-base-plus.toml
 prune_config=""
 distill_config=""
 sparsity=0.8

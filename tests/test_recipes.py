@@ -70,7 +70,7 @@ def test_finetune_first_commands():
     assert finetune[:2] == ["slimdiar", "finetune"]
     assert option(finetune, "--backbone") == "models/wavlm-base-plus"
     assert option(finetune, "--out") == "exp/run/stage0-finetune"
-    assert option(finetune, "--config") == "configs/wavlm-base-plus.toml"
+    assert option(finetune, "--config") == str(REPO / "configs" / "wavlm-base-plus.toml")
     assert sets(finetune) == ["trainer.batch_size=8"]
     assert prune[:2] == ["slimdiar", "prune"]
     assert option(prune, "--teacher") == "exp/run/stage0-finetune/best"

@@ -31,8 +31,8 @@ logger = logging.getLogger(__name__)
 
 NITE_ID = "{http://nite.sourceforge.net/}id"
 
-# The Full-corpus-ASR partition of AMI (the meetings of each subset).
-PARTITION: dict[str, tuple[str, ...]] = {
+# The Full-corpus-ASR partition of AMI: the meetings of each subset.
+_PARTITION_TEXT = {
     "train": (
         "IS1000a IS1000b IS1000c IS1000d IS1001a IS1001b IS1001c IS1001d IS1002b IS1002c "
         "IS1002d IS1003a IS1003b IS1003c IS1003d IS1004a IS1004b IS1004c IS1004d IS1005a "
@@ -48,17 +48,19 @@ PARTITION: dict[str, tuple[str, ...]] = {
         "TS3012a TS3012b TS3012c TS3012d IN1001 IN1002 IN1005 IN1007 IN1008 IN1009 IN1012 "
         "IN1013 IN1014 IN1016 EN2001a EN2001b EN2001d EN2001e EN2003a EN2004a EN2005a "
         "EN2006a EN2006b EN2009b EN2009c EN2009d"
-    ).split(),
+    ),
     "dev": (
         "IS1008a IS1008b IS1008c IS1008d ES2011a ES2011b ES2011c ES2011d TS3004a TS3004b "
         "TS3004c TS3004d IB4001 IB4002 IB4003 IB4004 IB4010 IB4011"
-    ).split(),
+    ),
     "test": (
         "IS1009a IS1009b IS1009c IS1009d ES2004a ES2004b ES2004c ES2004d TS3003a TS3003b "
         "TS3003c TS3003d EN2002a EN2002b EN2002c EN2002d"
-    ).split(),
+    ),
 }
-PARTITION = {subset: tuple(meetings) for subset, meetings in PARTITION.items()}
+PARTITION: dict[str, tuple[str, ...]] = {
+    subset: tuple(text.split()) for subset, text in _PARTITION_TEXT.items()
+}
 SUBSETS = tuple(PARTITION)
 AUDIO_SUFFIX = ".Array1-01.wav"
 

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 if ! python3 -c "import venv, ensurepip" >/dev/null 2>&1; then need_apt+=(python3-venv); fi
 # The simulator's offline voice pool (the demo, and the tests that run the quick demo).
-for tool in espeak-ng sox flite festival; do
+for tool in espeak-ng sox flite; do
     command -v "$tool" >/dev/null 2>&1 || need_apt+=("$tool")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -171,15 +171,19 @@ def make_aishell4(root: Path) -> dict[str, np.ndarray]:
                 "test": ["L_R003S01C02"]}
     audio = {}
     for seed, (part, names) in enumerate(sessions.items()):
+        # One part nested as some extractions leave it: train_S/train_S/wav.
+        part_dir = root / part / part if part == "train_S" else root / part
         for index, name in enumerate(names):
-            data = write_audio(root / part / "wav" / f"{name}.wav", 3.0, 8, seed=seed + index)
-            (root / part / "wav" / f"{name}.wav").rename(root / part / "wav" / f"{name}.flac")
-            soundfile.write(root / part / "wav" / f"{name}.flac", data, RATE, format="FLAC",
+            data = write_audio(part_dir / "wav" / f"{name}.wav", 3.0, 8, seed=seed + index)
+            (part_dir / "wav" / f"{name}.wav").rename(part_dir / "wav" / f"{name}.flac")
+            soundfile.write(part_dir / "wav" / f"{name}.flac", data, RATE, format="FLAC",
                             subtype="PCM_16")
             audio[name] = data
-            tiers = {"001": [(0.5, 1.0, "甲"), (1.0, 1.5, "乙")], "002": [(1.25, 2.0, "丙")],
-                     "003": [(2.5, 3.2, "丁")]}
-            path = root / part / "TextGrid" / f"{name}.TextGrid"
+            # "<%>" and "<$>" are the corpus's non-speech marks.
+            tiers = {"001": [(0.5, 1.0, "甲"), (1.0, 1.5, "乙"), (2.0, 2.2, "<%>")],
+                     "002": [(1.25, 2.0, "丙")], "003": [(2.5, 3.2, "丁")],
+                     "004": [(0.1, 0.4, " <$> ")]}
+            path = part_dir / "TextGrid" / f"{name}.TextGrid"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(long_textgrid(3.2, tiers), encoding="utf-8")
     return audio

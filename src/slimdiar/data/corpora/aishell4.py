@@ -4,10 +4,13 @@ Release layout (only what is read)::
 
     AISHELL4_DIR/{train_L,train_M,train_S,test}/wav/<session>.flac         8 channels, 16 kHz
     AISHELL4_DIR/{train_L,train_M,train_S,test}/TextGrid/<session>.TextGrid
+    (or AISHELL4_DIR/train_L/train_L/wav/..., as some extractions nest them)
 
 The recording id is the file name without extension (``20200707_L_R001S01C01``,
-``L_R003S01C02``). Each interval tier is a speaker and each interval with text is a turn; the
-UEM is the span of the TextGrid clipped to the audio.
+``L_R003S01C02``). Each interval tier is a speaker and each interval with text is a turn, except
+intervals that hold only one of the corpus's non-speech marks ``<%>`` and ``<$>`` (which the
+corpus's own preparation scripts also leave out); the UEM is the span of the TextGrid clipped
+to the audio.
 
 AISHELL-4 has no development set. ``dev`` holds ``dev_sessions`` training sessions spread evenly
 over the sorted list of all training sessions (so every room size is represented) and ``train``
@@ -29,6 +32,8 @@ TRAIN_PARTS = ("train_L", "train_M", "train_S")
 TEST_PARTS = ("test",)
 SUBSETS = ("train", "dev", "test")
 DEFAULT_DEV_SESSIONS = 10
+# Interval texts of AISHELL-4 TextGrids that are not speech.
+NON_SPEECH_MARKS = frozenset({"<%>", "<$>"})
 
 
 def sessions(corpus_dir: str | Path, parts: tuple[str, ...]) -> list[tuple[str, Path, Path]]:
@@ -42,12 +47,16 @@ def sessions(corpus_dir: str | Path, parts: tuple[str, ...]) -> list[tuple[str, 
     corpus_dir = Path(corpus_dir)
     found = []
     for part in parts:
-        wav_dir = corpus_dir / part / "wav"
-        if not wav_dir.is_dir():
-            raise DataFormatError(wav_dir, None, None, f"missing: AISHELL-4 part {part!r} holds "
-                                  "wav/*.flac and TextGrid/*.TextGrid")
-        for audio in sorted(wav_dir.glob("*.flac")):
-            textgrid = corpus_dir / part / "TextGrid" / f"{audio.stem}.TextGrid"
+        # The archives unpack to PART/ (or, extracted into a directory of the same name,
+        # PART/PART/).
+        part_dir = next((d for d in (corpus_dir / part, corpus_dir / part / part)
+                         if (d / "wav").is_dir()), None)
+        if part_dir is None:
+            raise DataFormatError(corpus_dir / part / "wav", None, None,
+                                  f"missing: AISHELL-4 part {part!r} holds wav/*.flac and "
+                                  "TextGrid/*.TextGrid")
+        for audio in sorted((part_dir / "wav").glob("*.flac")):
+            textgrid = part_dir / "TextGrid" / f"{audio.stem}.TextGrid"
             if not textgrid.is_file():
                 raise DataFormatError(textgrid, None, None,
                                       f"missing: the annotation of {audio}")
@@ -100,13 +109,19 @@ def recordings(
         train = sessions(corpus_dir, TRAIN_PARTS)
         held_out = set(dev_indices(len(train), dev_sessions))
         chosen = [s for i, s in enumerate(train) if (i in held_out) == (subset == "dev")]
-    return textgrid_recordings(chosen, skip_invalid=skip_invalid)
+    return textgrid_recordings(chosen, skip_invalid=skip_invalid, non_speech=NON_SPEECH_MARKS)
 
 
 def textgrid_recordings(
-    chosen: list[tuple[str, Path, Path]], *, skip_invalid: bool
+    chosen: list[tuple[str, Path, Path]],
+    *,
+    skip_invalid: bool,
+    non_speech: frozenset[str] = frozenset(),
 ) -> list[CorpusRecording]:
-    """Read the TextGrid of each ``(uri, audio, textgrid)`` into a :class:`CorpusRecording`."""
+    """Read the TextGrid of each ``(uri, audio, textgrid)`` into a :class:`CorpusRecording`.
+
+    ``non_speech`` lists interval texts that are not speech (see :func:`speech_turns`).
+    """
     out = []
     for uri, audio, textgrid_path in chosen:
         try:
@@ -116,7 +131,7 @@ def textgrid_recordings(
                 raise
             logger.warning("skipped %s: %s", uri, error)
             continue
-        turns = speech_turns(textgrid, uri)
+        turns = speech_turns(textgrid, uri, non_speech)
         if not turns:
             logger.warning("%s: the TextGrid holds no speech", textgrid_path)
         out.append(CorpusRecording(uri, audio, turns, (textgrid.start_s, textgrid.end_s)))

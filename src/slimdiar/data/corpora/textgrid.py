@@ -252,7 +252,9 @@ def _read_tier(reader: _Reader) -> IntervalTier | None:
                         intervals=tuple(intervals), line_number=tier_class.line_number)
 
 
-def speech_turns(textgrid: TextGrid, uri: str) -> list[Turn]:
+def speech_turns(
+    textgrid: TextGrid, uri: str, non_speech: tuple[str, ...] | frozenset[str] = ()
+) -> list[Turn]:
     """One turn per interval with non-blank text; each tier is a speaker.
 
     Parameters
@@ -261,6 +263,8 @@ def speech_turns(textgrid: TextGrid, uri: str) -> list[Turn]:
         A TextGrid whose interval tiers are speakers.
     uri
         Recording id of the turns.
+    non_speech
+        Interval texts (after stripping whitespace) that mark something other than speech.
 
     Returns
     -------
@@ -276,6 +280,7 @@ def speech_turns(textgrid: TextGrid, uri: str) -> list[Turn]:
                        ", ".join(repeated))
     for tier, label in zip(textgrid.tiers, labels):
         for interval in tier.intervals:
-            if interval.text.strip() and interval.end_s > interval.start_s:
+            text = interval.text.strip()
+            if text and text not in non_speech and interval.end_s > interval.start_s:
                 turns.append(Turn(uri, interval.start_s, interval.end_s - interval.start_s, label))
     return turns

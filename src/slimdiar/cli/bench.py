@@ -113,7 +113,8 @@ def run_backbones(args) -> int:
             f"{r.latency_batch_s * 1000:.1f} ms", f"{r.rtf_batch:.4f}",
             f"{r.speedup_batch_vs_first:.2f}x",
         )
-    Console(file=sys.stdout).print(table)
+    width = None if sys.stdout.isatty() else 220
+    Console(file=sys.stdout, width=width).print(table)
     if args.json:
         write_json_atomic(args.json, {
             "models": [r.to_dict() for r in results],

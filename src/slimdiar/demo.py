@@ -52,7 +52,7 @@ class DemoSettings:
     shift_s: float
     finetune_epochs: int
     prune_epochs: int
-    prune_warmup_epochs: int
+    prune_warmup_epochs: float
     distill_epochs: int
     finetune_pruned_epochs: int
     batch_size: int
@@ -62,7 +62,9 @@ class DemoSettings:
     lr_backbone: float = 1e-3
     lr_head: float = 2e-3
     lr_gates: float = 0.1
-    lr_lambda: float = 0.05
+    lr_lambda: float = 0.1
+    distill_chunk_duration_s: float = 1.0
+    distill_shift_s: float = 0.5
     bench_seconds: float = 8.0
     pipeline_step_s: float = 0.4
     clustering_threshold: float = 0.70
@@ -75,7 +77,7 @@ class DemoSettings:
 FULL = DemoSettings(
     splits={"train": 24, "dev": 4, "test": 6}, duration_s=60.0, tts_speakers=0,
     utterances_per_speaker=15, chunk_duration_s=4.0, shift_s=2.0, finetune_epochs=4,
-    prune_epochs=4, prune_warmup_epochs=2, distill_epochs=1, finetune_pruned_epochs=3,
+    prune_epochs=4, prune_warmup_epochs=1.5, distill_epochs=1, finetune_pruned_epochs=3,
     batch_size=16, max_steps_per_epoch=0,
 )
 QUICK = DemoSettings(
@@ -175,9 +177,18 @@ class Demo:
         finetune(self._finetune_config(epochs), self.data / "train", self.data / "dev", exp,
                  backbone=backbone)
 
+    def _distill_data(self):
+        """Short chunks for distillation (no labels): more optimiser steps for the same audio."""
+        from slimdiar.train.finetune import DataSection
+
+        s = self.settings
+        return DataSection(chunk_duration_s=s.distill_chunk_duration_s,
+                           shift_s=s.distill_shift_s,
+                           val_chunk_duration_s=s.chunk_duration_s,
+                           val_shift_s=s.chunk_duration_s)
+
     def prune(self) -> None:
         from slimdiar.prune.report import write_report
-        from slimdiar.train.finetune import DataSection
         from slimdiar.train.prune import (
             DistillOptimSection,
             PruneConfig,
@@ -191,9 +202,7 @@ class Demo:
         shutil.rmtree(exp, ignore_errors=True)
         config = PruneConfig(
             prune=PruneSection(sparsity=s.sparsity, warmup_epochs=s.prune_warmup_epochs),
-            data=DataSection(chunk_duration_s=s.chunk_duration_s, shift_s=s.shift_s,
-                             val_chunk_duration_s=s.chunk_duration_s,
-                             val_shift_s=s.chunk_duration_s),
+            data=self._distill_data(),
             optim=DistillOptimSection(lr_gates=s.lr_gates, lr_lambda=s.lr_lambda),
             trainer=self._trainer(PruneTrainerConfig, s.prune_epochs),
         )
@@ -205,16 +214,13 @@ class Demo:
                  f"(sparsity {report['reached_sparsity']:.3f}, target {s.sparsity})")
 
     def distill(self) -> None:
-        from slimdiar.train.finetune import DataSection
         from slimdiar.train.prune import DistillConfig, DistillTrainerConfig, distill
 
         s = self.settings
         exp = self.out / "distill"
         shutil.rmtree(exp, ignore_errors=True)
         config = DistillConfig(
-            data=DataSection(chunk_duration_s=s.chunk_duration_s, shift_s=s.shift_s,
-                             val_chunk_duration_s=s.chunk_duration_s,
-                             val_shift_s=s.chunk_duration_s),
+            data=self._distill_data(),
             trainer=self._trainer(DistillTrainerConfig, s.distill_epochs, average_best=1),
         )
         distill(config, self.out / "prune" / "pruned", self.out / "finetune" / "best",

@@ -209,3 +209,22 @@ def test_gates_follow_the_units_setting():
     assert all(layer.gate is None for layer in model.feature_extractor.conv_layers)
     assert all(layer.attention.head_gate is not None for layer in model.encoder.layers)
     assert all(layer.feed_forward.unit_gate is None for layer in model.encoder.layers)
+
+
+@pytest.mark.slow
+def test_reached_sparsity_of_the_pruned_checkpoint_is_on_target(setup):
+    """Counted parameters of EXP_DIR/pruned, not the expectation, land within ±0.02."""
+    root, train, dev = setup
+    code = main(["prune", "--teacher", str(root / "teacher"), "--sparsity", "0.5",
+                 "--train", str(train), "--dev", str(dev), "--out", str(root / "target50"),
+                 "--set", "data.chunk_duration_s=0.5", "--set", "data.shift_s=0.1",
+                 "--set", "data.val_chunk_duration_s=2.0", "--set", "data.val_shift_s=2.0",
+                 "--set", "trainer.num_workers=0", "--set", "trainer.progress=false",
+                 "--set", "trainer.batch_size=4", "--set", "trainer.max_epochs=10",
+                 "--set", "prune.warmup_epochs=3", "--set", "optim.lr_gates=0.05",
+                 "--set", "optim.lr_lambda=0.05"])
+    assert code == 0
+    teacher = WavLM.from_pretrained(root / "teacher")
+    pruned = WavLM.from_pretrained(root / "target50" / "pruned")
+    reached = 1 - pruned.num_params() / teacher.num_params()
+    assert abs(reached - 0.5) <= 0.02

@@ -9,10 +9,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import logging
 
+from slimdiar.cli._training import add_run_arguments, run_stage
 from slimdiar.train.config import load_config
-from slimdiar.train.distributed import init_distributed, shutdown_distributed
 
 DESCRIPTION = """\
 Further distillation of a pruned WavLM from the teacher, without gates (stage 2): the same
@@ -45,11 +44,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--train", required=True, metavar="DIR", help="training data directory")
     parser.add_argument("--dev", required=True, metavar="DIR", help="validation data directory")
     parser.add_argument("--out", required=True, metavar="EXP_DIR", help="experiment directory")
-    parser.add_argument("--config", metavar="TOML", help="run configuration (optional)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override one value (repeatable)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in EXP_DIR from its last complete checkpoint")
+    add_run_arguments(parser, config_required=False)
     parser.set_defaults(func=run)
 
 
@@ -58,14 +53,9 @@ def run(args: argparse.Namespace) -> int:
     from slimdiar.train.prune import DistillConfig, distill
 
     config = load_config(DistillConfig, args.config, args.overrides)
-    ctx = init_distributed(config.trainer.device)
-    if not ctx.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        result = distill(config, args.student, args.teacher, args.train, args.dev, args.out,
-                         ctx=ctx, resume=args.resume)
-    finally:
-        shutdown_distributed()
+    ctx, result = run_stage(config.trainer.device, lambda ctx: distill(
+        config, args.student, args.teacher, args.train, args.dev, args.out, ctx=ctx,
+        resume=args.resume))
     if ctx.is_main:
         print(f"done after {result.epochs_run} epochs ({result.steps} steps)")
         print(f"distilled student (average of epochs {result.best_epochs}): {result.best_dir}")

@@ -12,10 +12,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import logging
 
+from slimdiar.cli._training import run_stage
 from slimdiar.train.config import load_config
-from slimdiar.train.distributed import init_distributed, shutdown_distributed
 from slimdiar.train.finetune import FinetuneConfig, finetune
 
 DESCRIPTION = """\
@@ -81,16 +80,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, then print where the final model is."""
     config = load_config(FinetuneConfig, args.config, args.overrides)
-    ctx = init_distributed(config.trainer.device)
-    if not ctx.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        result = finetune(
-            config, args.train, args.dev, args.out, ctx=ctx, backbone=args.backbone,
-            resume=args.resume,
-        )
-    finally:
-        shutdown_distributed()
+    ctx, result = run_stage(config.trainer.device, lambda ctx: finetune(
+        config, args.train, args.dev, args.out, ctx=ctx, backbone=args.backbone,
+        resume=args.resume,
+    ))
     if ctx.is_main:
         how = "stopped early" if result.stopped_early else "done"
         print(f"{how} after {result.epochs_run} epochs ({result.steps} steps)")

@@ -9,10 +9,9 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import logging
 
+from slimdiar.cli._training import add_run_arguments, run_stage
 from slimdiar.train.config import load_config
-from slimdiar.train.distributed import init_distributed, shutdown_distributed
 
 DESCRIPTION = """\
 Structured pruning of WavLM with distillation from a teacher (stage 1 of the method).
@@ -58,11 +57,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--train", required=True, metavar="DIR", help="training data directory")
     parser.add_argument("--dev", required=True, metavar="DIR", help="validation data directory")
     parser.add_argument("--out", required=True, metavar="EXP_DIR", help="experiment directory")
-    parser.add_argument("--config", metavar="TOML", help="run configuration (optional)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[],
-                        metavar="SECTION.KEY=VALUE", help="override one value (repeatable)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in EXP_DIR from its last complete checkpoint")
+    add_run_arguments(parser, config_required=False)
     parser.set_defaults(func=run)
 
 
@@ -77,14 +72,8 @@ def run(args: argparse.Namespace) -> int:
     if args.objective is not None:
         overrides.append(f'prune.objective="{args.objective}"')
     config = load_config(PruneConfig, args.config, overrides)
-    ctx = init_distributed(config.trainer.device)
-    if not ctx.is_main:
-        logging.getLogger().setLevel(logging.WARNING)
-    try:
-        result, teacher, pruned = prune(config, args.teacher, args.train, args.dev, args.out,
-                                        ctx=ctx, resume=args.resume)
-    finally:
-        shutdown_distributed()
+    ctx, (result, teacher, pruned) = run_stage(config.trainer.device, lambda ctx: prune(
+        config, args.teacher, args.train, args.dev, args.out, ctx=ctx, resume=args.resume))
     if ctx.is_main:
         report = write_report(args.out, teacher, pruned, config.prune.sparsity,
                               config.prune.objective)

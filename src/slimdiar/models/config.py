@@ -272,85 +272,59 @@ def wavlm_large_s80() -> WavLMConfig:
     return _preset_from_file("wavlm-large-s80")
 
 
+def uniform_wavlm(name: str, conv_channels: int, embed_dim: int, num_layers: int,
+                  num_heads: int, head_dim: int, ffn_dim: int, pos_conv_kernel: int,
+                  pos_conv_groups: int, num_buckets: int = 320, max_distance: int = 800,
+                  layer_norm_first: bool = False) -> WavLMConfig:
+    """A WavLM with WavLM's conv strides and kernels and the same width in every layer."""
+    kernels_strides = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2
+    return WavLMConfig(
+        conv_layers=[(conv_channels, k, s) for k, s in kernels_strides],
+        extractor_mode="layer_norm" if layer_norm_first else "group_norm",
+        embed_dim=embed_dim,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        head_dim=head_dim,
+        ffn_dim=[ffn_dim] * num_layers,
+        remaining_heads=[list(range(num_heads))] * num_layers,
+        use_attention=[True] * num_layers,
+        use_ffn=[True] * num_layers,
+        layer_norm_first=layer_norm_first,
+        normalize_waveform=layer_norm_first,
+        pos_conv_kernel=pos_conv_kernel,
+        pos_conv_groups=pos_conv_groups,
+        num_buckets=num_buckets,
+        max_distance=max_distance,
+        name=name,
+    )
+
+
 def wavlm_tiny(layer_norm_first: bool = False) -> WavLMConfig:
-    """A tiny random-init WavLM for tests and the offline demo (E=64, 2 layers, 4 heads).
+    """A tiny random-init WavLM for tests (E=64, 2 layers, 4 heads).
 
     Parameters
     ----------
     layer_norm_first
         Pre-norm (Large-like) instead of post-norm (Base+-like).
     """
-    num_layers = 2
-    return WavLMConfig(
-        conv_layers=[(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 2, 2),
-                     (32, 2, 2)],
-        extractor_mode="layer_norm" if layer_norm_first else "group_norm",
-        embed_dim=64,
-        num_layers=num_layers,
-        num_heads=4,
-        head_dim=16,
-        ffn_dim=[128] * num_layers,
-        remaining_heads=[list(range(4))] * num_layers,
-        use_attention=[True] * num_layers,
-        use_ffn=[True] * num_layers,
-        layer_norm_first=layer_norm_first,
-        normalize_waveform=layer_norm_first,
-        pos_conv_kernel=8,
-        pos_conv_groups=8,
-        num_buckets=32,
-        max_distance=100,
-        name="wavlm-tiny-prenorm" if layer_norm_first else "wavlm-tiny",
-    )
+    return uniform_wavlm("wavlm-tiny-prenorm" if layer_norm_first else "wavlm-tiny",
+                         conv_channels=32, embed_dim=64, num_layers=2, num_heads=4, head_dim=16,
+                         ffn_dim=128, pos_conv_kernel=8, pos_conv_groups=8, num_buckets=32,
+                         max_distance=100, layer_norm_first=layer_norm_first)
 
 
 def wavlm_small() -> WavLMConfig:
-    """A small post-norm WavLM (E=256, 4 layers, 4 heads) that trains on a CPU in minutes."""
-    num_layers = 4
-    return WavLMConfig(
-        conv_layers=[(128, 10, 5), (128, 3, 2), (128, 3, 2), (128, 3, 2), (128, 3, 2),
-                     (128, 2, 2), (128, 2, 2)],
-        extractor_mode="group_norm",
-        embed_dim=256,
-        num_layers=num_layers,
-        num_heads=4,
-        head_dim=64,
-        ffn_dim=[1024] * num_layers,
-        remaining_heads=[list(range(4))] * num_layers,
-        use_attention=[True] * num_layers,
-        use_ffn=[True] * num_layers,
-        layer_norm_first=False,
-        normalize_waveform=False,
-        pos_conv_kernel=32,
-        pos_conv_groups=16,
-        num_buckets=320,
-        max_distance=800,
-        name="wavlm-small",
-    )
+    """A small post-norm WavLM (conv 128 channels, E=256, 4 layers, 4 heads of 64)."""
+    return uniform_wavlm("wavlm-small", conv_channels=128, embed_dim=256, num_layers=4,
+                         num_heads=4, head_dim=64, ffn_dim=1024, pos_conv_kernel=32,
+                         pos_conv_groups=16)
 
 
 def wavlm_demo() -> WavLMConfig:
     """The demo's WavLM (conv 32 channels, E=128, 4 layers, 4 heads of 32, FFN 512)."""
-    num_layers = 4
-    return WavLMConfig(
-        conv_layers=[(32, 10, 5), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 3, 2), (32, 2, 2),
-                     (32, 2, 2)],
-        extractor_mode="group_norm",
-        embed_dim=128,
-        num_layers=num_layers,
-        num_heads=4,
-        head_dim=32,
-        ffn_dim=[512] * num_layers,
-        remaining_heads=[list(range(4))] * num_layers,
-        use_attention=[True] * num_layers,
-        use_ffn=[True] * num_layers,
-        layer_norm_first=False,
-        normalize_waveform=False,
-        pos_conv_kernel=16,
-        pos_conv_groups=8,
-        num_buckets=320,
-        max_distance=800,
-        name="wavlm-demo",
-    )
+    return uniform_wavlm("wavlm-demo", conv_channels=32, embed_dim=128, num_layers=4,
+                         num_heads=4, head_dim=32, ffn_dim=512, pos_conv_kernel=16,
+                         pos_conv_groups=8)
 
 
 PRESETS = {

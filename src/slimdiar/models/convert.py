@@ -17,6 +17,7 @@ pre-training leftovers; anything else is an error that lists the keys.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import logging
 import pickle
@@ -53,6 +54,23 @@ def _unused_keys_error(source, keys) -> CheckpointError:
     keys = sorted(keys)
     shown = ", ".join(keys[:20]) + (f", ... ({len(keys) - 20} more)" if len(keys) > 20 else "")
     return CheckpointError(f"{source}: unexpected keys that do not belong to WavLM: {shown}")
+
+
+def _rename_keys(raw: dict, rename, ignored: re.Pattern, source) -> dict:
+    """Our state dict from a published one; keys neither renamed nor ignored are an error."""
+    state, unused = {}, []
+    for key, value in raw.items():
+        new = rename(key)
+        if new is None:
+            if not ignored.match(key):
+                unused.append(key)
+            continue
+        if new.endswith("gru_rel_pos_const"):
+            value = value.reshape(-1)  # published as (1, heads, 1, 1)
+        state[new] = value
+    if unused:
+        raise _unused_keys_error(source, unused)
+    return state
 
 
 def load_wavlm(path: str | Path):
@@ -165,19 +183,7 @@ def _from_huggingface(path: Path) -> tuple[WavLMConfig, dict]:
         if heads:
             logger.info("ignoring %d task-head keys of %s (e.g. %s)", len(heads), path, heads[0])
         raw = {k[len("wavlm."):]: v for k, v in raw.items() if k.startswith("wavlm.")}
-    state, unused = {}, []
-    for key, value in raw.items():
-        new = _hf_key(key)
-        if new is None:
-            if not HF_IGNORED.match(key):
-                unused.append(key)
-            continue
-        if new.endswith("gru_rel_pos_const"):
-            value = value.reshape(-1)
-        state[new] = value
-    if unused:
-        raise _unused_keys_error(path, unused)
-    return config, state
+    return config, _rename_keys(raw, _hf_key, HF_IGNORED, path)
 
 
 def _hf_key(key: str) -> str | None:
@@ -333,16 +339,5 @@ def _from_original(path: Path) -> tuple[WavLMConfig, dict]:
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{path}: 'cfg' must be a dict, got {type(cfg).__name__}")
     config = _original_config(cfg, path)
-    state, unused = {}, []
-    for key, value in checkpoint["model"].items():
-        new = _original_key(key, config.extractor_mode)
-        if new is None:
-            if not ORIGINAL_IGNORED.match(key):
-                unused.append(key)
-            continue
-        if new.endswith("gru_rel_pos_const"):
-            value = value.reshape(-1)
-        state[new] = value
-    if unused:
-        raise _unused_keys_error(path, unused)
-    return config, state
+    rename = functools.partial(_original_key, extractor_mode=config.extractor_mode)
+    return config, _rename_keys(checkpoint["model"], rename, ORIGINAL_IGNORED, path)

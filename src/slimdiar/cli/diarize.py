@@ -140,6 +140,23 @@ def _progress_hook(uri: str, quiet: bool):
     return hook, bar
 
 
+def _write_outputs(out_dir: Path, uri: str, result, exclusive: bool) -> None:
+    """Write ``<uri>.rttm`` and ``<uri>.json``: both, or neither if one cannot be written."""
+    texts = {
+        out_dir / f"{uri}.rttm": result.to_rttm(exclusive=exclusive),
+        out_dir / f"{uri}.json": result.to_json(),
+    }
+    written: list[Path] = []
+    try:
+        for path, text in texts.items():
+            write_text_atomic(path, text)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     """Diarize every input recording; 0 when all succeeded, 1 when any failed."""
     from slimdiar.pipeline import DiarizationPipeline, SpeakerBounds
@@ -189,8 +206,7 @@ def run(args: argparse.Namespace) -> int:
                 reference=turns,
                 uri=uri,
             )
-            write_text_atomic(out_dir / f"{uri}.rttm", result.to_rttm(exclusive=args.exclusive))
-            write_text_atomic(out_dir / f"{uri}.json", result.to_json())
+            _write_outputs(out_dir, uri, result, args.exclusive)
         except (SlimdiarError, OSError, RuntimeError, ValueError) as error:
             logger.debug("%s failed", uri, exc_info=True)
             print(f"slimdiar: error: {uri}: {error}", file=sys.stderr)

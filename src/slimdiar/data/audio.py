@@ -92,6 +92,8 @@ def _open(source: str | Path | BinaryIO) -> soundfile.SoundFile:
             raise AudioError(f"{name}: no such audio file")
         if path.is_dir():
             raise AudioError(f"{name}: is a directory, not an audio file")
+        if path.stat().st_size == 0:
+            raise AudioError(f"{name}: the file is empty (0 bytes)")
         source = str(path)
     try:
         return soundfile.SoundFile(source)

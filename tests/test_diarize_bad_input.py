@@ -18,8 +18,11 @@ import torch
 
 from slimdiar.cli import main
 from slimdiar.data import read_rttm
+from slimdiar.data.records import Turn
 from slimdiar.models.config import preset
 from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.pipeline.pipeline import default_frame_grid
+from slimdiar.pipeline.result import DiarizationResult
 
 SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 8 * SAMPLE_RATE  # the pipeline's 8 s windows
@@ -324,3 +327,23 @@ def test_a_result_that_cannot_be_written_leaves_no_file(tmp_path, capsys, checkp
     )
     assert_failed(status, err, out, "a: ", "No space left on device", "1 of 1 recordings failed")
     assert outputs(out) == []
+
+
+def test_rttm_turns_that_meet_still_meet_in_the_file(tmp_path):
+    """Frame bounds fall on half milliseconds: both ends of every turn round the same way."""
+    grid = default_frame_grid()
+    turns = []
+    for frame in range(300):  # A ends where B starts, at every frame boundary
+        _, end_s = grid.frame_bounds_s(frame)
+        start_s, _ = grid.frame_bounds_s(frame + 1)
+        turns.append(Turn("r", 0.0, float(end_s), "A"))
+        turns.append(Turn("r", float(start_s), 1.0, "B"))
+    turns.append(Turn("r", 2.0, 0.0004, "C"))  # shorter than the RTTM resolution
+    result = DiarizationResult("r", 10.0, turns, turns, ["A", "B", "C"])
+    path = tmp_path / "r.rttm"
+    path.write_text(result.to_rttm())
+    written = read_rttm(path)  # raises on a zero duration
+    assert len(written) == 600
+    for a, b in zip(written[0::2], written[1::2]):
+        assert a.offset_s == pytest.approx(b.onset_s, abs=1e-9)
+        assert round(a.offset_s * 1000) == pytest.approx(a.offset_s * 1000, abs=1e-6)

@@ -54,10 +54,17 @@ class DiarizationResult:
         """
         uri = self.uri if uri is None else uri
         turns = self.exclusive_turns if exclusive else self.turns
-        return "".join(
-            format_rttm_line(Turn(uri, t.onset_s, t.duration_s, t.speaker, t.channel)) + "\n"
-            for t in turns
-        )
+        lines = []
+        for t in turns:
+            # Round both ends to the millisecond (not onset and duration apart), so that turns
+            # that meet still meet in the file; a turn shorter than that has no RTTM form. The
+            # first rounding removes float noise that would send equal times different ways.
+            onset_s = round(round(t.onset_s, 9), 3)
+            offset_s = round(round(t.onset_s + t.duration_s, 9), 3)
+            if offset_s > onset_s:
+                turn = Turn(uri, onset_s, offset_s - onset_s, t.speaker, t.channel)
+                lines.append(format_rttm_line(turn) + "\n")
+        return "".join(lines)
 
     def to_dict(self) -> dict:
         """Plain-JSON form of the whole result."""

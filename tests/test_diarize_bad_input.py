@@ -286,6 +286,36 @@ def test_impossible_speaker_bounds_are_reported_before_any_work(tmp_path, capsys
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "device, message",
+    [
+        ("foo", "unknown device 'foo'"),
+        pytest.param(
+            "cuda", "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available"),
+        ),
+    ],
+)
+def test_unusable_device_is_reported_before_any_work(tmp_path, capsys, checkpoint, device,
+                                                      message):
+    soundfile.write(tmp_path / "a.wav", noise(SAMPLE_RATE), SAMPLE_RATE)
+    out = tmp_path / "out"
+    status, err = diarize(capsys, [tmp_path / "a.wav"], out, "--device", device,
+                          model=checkpoint)
+    assert_failed(status, err, out, message)
+    assert not out.exists()
+
+
+def test_output_path_that_is_a_file_is_reported(tmp_path, capsys, checkpoint):
+    soundfile.write(tmp_path / "a.wav", noise(SAMPLE_RATE), SAMPLE_RATE)
+    (tmp_path / "taken").write_text("not a directory\n")
+    status, err = diarize(capsys, [tmp_path / "a.wav"], tmp_path / "taken", model=checkpoint)
+    assert status == 1
+    assert "Traceback" not in err
+    assert "taken: cannot create the output directory" in err
+    assert (tmp_path / "taken").read_text() == "not a directory\n"
+
+
 # ------------------------------------------------------------------ batches
 def test_batch_skips_the_bad_recordings_and_diarizes_the_others(tmp_path, capsys, checkpoint):
     audio = tmp_path / "audio"

@@ -186,7 +186,10 @@ def run(args: argparse.Namespace) -> int:
         clustering="oracle" if args.oracle_clustering else "agglomerative",
     )
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"{out_dir}: cannot create the output directory ({error})") from None
     failed: list[str] = []
     for uri, path in recordings:
         turns = None

@@ -203,6 +203,18 @@ def _notify(hook: Hook | None, stage: str, payload, completed: int, total: int) 
         hook(stage, payload, completed=completed, total=total)
 
 
+def check_device(device: str) -> None:
+    """Raise :class:`ConfigError` unless ``device`` names a torch device that is available here."""
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r} (use 'cpu' or 'cuda')") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available here")
+
+
 def default_frame_grid() -> FrameGrid:
     """The WavLM frame grid (20 ms step, 25 ms receptive field), from the Base+ preset."""
     from slimdiar.models.config import wavlm_base_plus
@@ -249,6 +261,7 @@ class DiarizationPipeline:
             raise ConfigError(
                 f"{self.config.clustering} clustering needs a speaker embedding model"
             )
+        check_device(device)
         self.device = device
         self.segmentation_model = segmentation_model
         self.embedding_model = embedding_model
@@ -303,6 +316,7 @@ class DiarizationPipeline:
             Further :class:`PipelineConfig` fields.
         """
         config = PipelineConfig(step_s=step_s, batch_size=batch_size, **options)
+        check_device(device)
         segmentation_model = None
         if path is not None and config.segmentation == "model":
             from slimdiar.models.eend import EEND

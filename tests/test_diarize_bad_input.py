@@ -275,6 +275,26 @@ def test_malformed_oracle_rttm_line_is_reported_with_its_line(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_malformed_wav_scp_line_is_reported_with_its_line(tmp_path, capsys, checkpoint):
+    scp = tmp_path / "wav.scp"
+    scp.write_text("good good.wav\nlonely\n")
+    out = tmp_path / "out"
+    status, err = diarize(capsys, [scp], out, model=checkpoint)
+    assert_failed(status, err, out, f"{scp}:2", "expected '<recording-id> <path>'", "lonely")
+    assert not out.exists()
+
+
+def test_missing_oracle_rttm_and_non_checkpoint_model_are_reported(tmp_path, capsys):
+    soundfile.write(tmp_path / "a.wav", noise(SAMPLE_RATE), SAMPLE_RATE)
+    out = tmp_path / "out"
+    missing = tmp_path / "missing.rttm"
+    status, err = diarize(capsys, [tmp_path / "a.wav"], out, "--oracle-segmentation", missing)
+    assert_failed(status, err, out, str(missing), "no such file")
+    status, err = diarize(capsys, [tmp_path / "a.wav"], out, model=tmp_path / "a.wav")
+    assert_failed(status, err, out, "a.wav", "not a slimdiar checkpoint")
+    assert not out.exists()
+
+
 def test_impossible_speaker_bounds_are_reported_before_any_work(tmp_path, capsys, checkpoint):
     soundfile.write(tmp_path / "a.wav", noise(SAMPLE_RATE), SAMPLE_RATE)
     out = tmp_path / "out"

@@ -75,10 +75,10 @@ class DemoSettings:
 
 
 FULL = DemoSettings(
-    splits={"train": 24, "dev": 4, "test": 6}, duration_s=60.0, tts_speakers=0,
-    utterances_per_speaker=15, chunk_duration_s=4.0, shift_s=2.0, finetune_epochs=4,
-    prune_epochs=4, prune_warmup_epochs=1.5, distill_epochs=1, finetune_pruned_epochs=3,
-    batch_size=16, max_steps_per_epoch=0,
+    splits={"train": 16, "dev": 3, "test": 5}, duration_s=60.0, tts_speakers=0,
+    utterances_per_speaker=15, chunk_duration_s=4.0, shift_s=4.0, finetune_epochs=6,
+    prune_epochs=4, prune_warmup_epochs=1.5, distill_epochs=1, finetune_pruned_epochs=4,
+    batch_size=16, max_steps_per_epoch=0, distill_shift_s=1.0,
 )
 QUICK = DemoSettings(
     splits={"train": 6, "dev": 2, "test": 2}, duration_s=30.0, tts_speakers=16,

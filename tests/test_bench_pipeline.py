@@ -19,6 +19,7 @@ from slimdiar.cli import main
 from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.models.config import preset
 from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.pipeline import sliding_windows
 
 DOCUMENTED_KEYS = {"mode", "model", "seconds", "stages", "rtf", "peak_rss_mb", "rss_increase_mb",
                    "device", "threads", "torch"}
@@ -50,7 +51,7 @@ def test_pipeline_bench_json_has_documented_keys(cli_run, checkpoint):
     assert data["threads"] == 1
     assert data["torch"] == torch.__version__
     assert data["device"] == "cpu"
-    assert data["num_chunks"] == 2  # windows at 0 and 0.8 s; the second one reaches 8.8 s
+    assert data["num_chunks"] == sliding_windows(9 * 16000, 8 * 16000, 12800).num_chunks
 
 
 def test_pipeline_bench_values_are_positive_and_consistent(cli_run):
@@ -77,7 +78,7 @@ def test_pipeline_bench_on_an_audio_file(checkpoint, tmp_path):
     result = benchmark_pipeline(checkpoint, seconds=None, audio=audio, threads=1)
     assert result.seconds == pytest.approx(8.5)
     assert result.audio == str(audio)
-    assert result.num_chunks == 1
+    assert result.num_chunks == sliding_windows(136000, 8 * 16000, 12800).num_chunks
     assert result.total_s > 0 and result.peak_rss_mb > 0
 
 
@@ -90,11 +91,21 @@ def test_synthetic_conversation_is_deterministic(tmp_path):
     assert len(wave_a) == round(12.3 * 16000)
     assert a.read_bytes() == b.read_bytes()
     assert a.read_bytes() != c.read_bytes()
-    # not silence, not clipped everywhere, with loud and quiet stretches (turns and pauses)
-    frame_rms = np.sqrt(np.mean(wave_a[: 12 * 16000].reshape(-1, 1600) ** 2, axis=1))
-    assert frame_rms.max() > 0.05 and frame_rms.min() < 0.02
-    assert np.mean(np.abs(wave_a) > 0.99) < 0.01
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.wav", "b.wav", "c.wav"]
+
+
+def test_synthetic_conversation_has_turns_and_pauses(tmp_path):
+    path = write_synthetic_conversation(tmp_path / "long.wav", 60.0, seed=0)
+    waveform, _ = soundfile.read(path, dtype="float32")
+    frame_rms = np.sqrt(np.mean(waveform.reshape(-1, 1600) ** 2, axis=1))  # 0.1 s frames
+    assert frame_rms.max() > 0.05  # voices
+    assert frame_rms.min() < 0.01  # pauses
+    assert np.mean(frame_rms > 0.05) > 0.5  # mostly talk
+    assert np.mean(np.abs(waveform) > 0.99) < 0.01  # hardly clipped
+    # the voices differ: the dominant frequency of loud frames takes several values
+    loud = waveform.reshape(-1, 1600)[frame_rms > 0.05]
+    peaks_hz = np.argmax(np.abs(np.fft.rfft(loud, axis=1))[:, 5:], axis=1) * 10 + 50
+    assert len(set(np.round(peaks_hz, -1))) >= 3
 
 
 def test_stage_peaks_attribute_samples_to_stages():

@@ -89,6 +89,9 @@ def test_pipeline_table_sorted_by_length_with_commands(renderer, results):
         "420 MiB | 120 MiB | 741 | device cpu, 1 threads, torch 2.13.0 |"
     )
     assert "- pipeline-600s.json: `slimdiar bench --pipeline ckpt`" in text
+    # text columns left-aligned, numbers right-aligned
+    assert ("| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+            in text)
     assert skipped == [f"{folder / 'other.json'}: neither a backbone nor a pipeline benchmark; "
                        "skipped"]
 

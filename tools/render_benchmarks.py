@@ -61,8 +61,9 @@ def _field(path: Path, data: dict, key: str):
     return data[key]
 
 
-def _table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
-    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+def _table(header: list[str], rows: list[list[str]], left: tuple[int, ...] = (0,)) -> list[str]:
+    """A Markdown table; the columns of ``left`` are left-aligned, the others right-aligned."""
+    align = ["---" if i in left else "---:" for i in range(len(header))]
     return ["| " + " | ".join(cells) + " |" for cells in [header, align, *rows]]
 
 
@@ -111,7 +112,8 @@ def render_pipelines(results: list[tuple[Path, dict]]) -> list[str]:
     header = ["file", "audio", "model", "embedding", *[f"RTF {s}" for s in stages], "RTF total",
               "peak RSS", "RSS increase", "windows", "environment"]
     rows = []
-    for path, data in sorted(results, key=lambda item: (item[1].get("seconds", 0), item[0])):
+    results = sorted(results, key=lambda item: (item[1].get("seconds", 0), item[0]))
+    for path, data in results:
         run_stages = _field(path, data, "stages")
         rows.append([
             path.name, f"{_field(path, data, 'seconds'):g} s", f"`{_field(path, data, 'model')}`",
@@ -121,7 +123,7 @@ def render_pipelines(results: list[tuple[Path, dict]]) -> list[str]:
             f"{_field(path, data, 'rss_increase_mb'):.0f} MiB", str(data.get("num_chunks", "")),
             _environment(data),
         ])
-    lines = _table(header, rows, right_from=4) + [""]
+    lines = _table(header, rows, left=(0, 1, 2, 3, len(header) - 1)) + [""]
     commands = [(path.name, data["command"]) for path, data in results if data.get("command")]
     if commands:
         lines += ["Commands:", ""] + [f"- {name}: `{command}`" for name, command in commands]

@@ -126,6 +126,7 @@ def test_stage_peaks_attribute_samples_to_stages():
         (["--pipeline", "{ckpt}", "--seconds", "0"], "the audio duration must be positive"),
         (["--pipeline", "{ckpt}", "--seconds", "-3"], "the audio duration must be positive"),
         (["--pipeline", "{ckpt}", "--audio", "{missing}"], "no such audio file"),
+        (["--pipeline", "{ckpt}", "--audio", "{ckpt}/config.json"], "cannot read audio"),
         (["--pipeline", "{ckpt}", "--audio", "{ckpt}/config.json", "--seconds", "4"],
          "not both"),
         (["--pipeline", "{ckpt}", "wavlm-tiny"], "not both"),

@@ -341,7 +341,7 @@ def validate_pipeline_bench(
     CheckpointError
         If ``model`` is not a checkpoint directory.
     AudioError
-        If ``audio`` does not exist.
+        If ``audio`` does not exist or cannot be read.
     """
     from slimdiar.models.checkpoint import is_checkpoint_dir
 
@@ -357,6 +357,9 @@ def validate_pipeline_bench(
             raise ConfigError("give either an audio file or a duration in seconds, not both")
         if not Path(audio).is_file():
             raise AudioError(f"{audio}: no such audio file")
+        from slimdiar.data.audio import audio_info
+
+        audio_info(audio)  # AudioError if unreadable, before a process is started
     elif seconds is None or not seconds > 0:
         raise ConfigError(f"the audio duration must be positive, got {seconds} s")
     if int(batch_size) != batch_size or batch_size < 1:

@@ -23,6 +23,8 @@ With --pipeline CKPT, the whole diarization pipeline (EEND checkpoint CKPT + emb
 runs instead on --seconds of synthetic multi-speaker audio (default: 600) or on --audio FILE,
 read from disk window by window, in a fresh process: the real-time factor of every stage and
 the peak resident memory (ru_maxrss) and its increase over the resident size before the run.
+--device, --threads and --json apply to both modes; --batch-size, --dtype, --warmup and
+--repeats to backbones only.
 
 examples:
   slimdiar bench wavlm-base-plus wavlm-base-plus-s80 --seconds 8 --batch-size 4

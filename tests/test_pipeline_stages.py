@@ -419,3 +419,17 @@ def test_more_speakers_asked_than_embeddings_gives_all_and_warns(caplog):
         labels = AgglomerativeClustering().cluster_embeddings(np.eye(2), min_clusters=3)
     assert sorted(labels.tolist()) == [0, 1]
     assert "only 2 speaker embeddings" in caplog.text
+
+
+def test_clusters_shaped_on_a_subset_when_there_are_many_embeddings():
+    """Bounded memory on long recordings: the same speakers come out of a capped linkage."""
+    activities, embeddings, _ = synthetic_recording(seed=1)
+    full = AgglomerativeClustering(min_cluster_size=5)(activities, embeddings)
+    capped = AgglomerativeClustering(min_cluster_size=5, max_embeddings=12)(activities,
+                                                                           embeddings)
+    assert_valid_assignment(capped, activities)
+    # identical partitions of the local speakers, up to the names of the clusters
+    pairs = {(a, b) for a, b in zip(full.ravel(), capped.ravel())}
+    assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
+    with pytest.raises(ConfigError, match="max_embeddings"):
+        AgglomerativeClustering(max_embeddings=1)

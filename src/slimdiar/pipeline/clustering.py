@@ -204,11 +204,16 @@ class AgglomerativeClustering:
         Clusters with fewer members are merged into the closest large one.
     min_active_ratio
         Fraction of a chunk's frames a local speaker must talk alone to take part in step 1.
+    max_embeddings
+        At most this many embeddings (evenly spread over the recording) shape the clusters in
+        steps 1-3, so that memory stays bounded on long recordings (the linkage holds all
+        pairwise distances: about 8 n² bytes, twice).
     """
 
     threshold: float = 0.70
     min_cluster_size: int = 30
     min_active_ratio: float = 0.2
+    max_embeddings: int = 4000
 
     needs_embeddings: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = False
@@ -220,6 +225,8 @@ class AgglomerativeClustering:
             raise ConfigError(f"min_cluster_size must be >= 1, got {self.min_cluster_size}")
         if not 0 <= self.min_active_ratio <= 1:
             raise ConfigError(f"min_active_ratio must be in [0, 1], got {self.min_active_ratio}")
+        if self.max_embeddings < 2:
+            raise ConfigError(f"max_embeddings must be >= 2, got {self.max_embeddings}")
 
     def cluster_embeddings(
         self, embeddings: np.ndarray, min_clusters: int = 1, max_clusters: int | None = None
@@ -312,6 +319,11 @@ class AgglomerativeClustering:
                 logger.warning("no usable speaker embedding: every local speaker is unassigned")
             return np.full(active.shape, -1, dtype=np.int64)
         points = _normalize(np.asarray(embeddings[train], dtype=np.float64))
+        if len(points) > self.max_embeddings:
+            # The linkage needs memory quadratic in its points: shape the clusters on an evenly
+            # spread subset; step 4 assigns every local speaker to their centroids anyway.
+            keep = np.linspace(0, len(points) - 1, self.max_embeddings).round().astype(int)
+            points = points[np.unique(keep)]
         labels = self.cluster_embeddings(points, bounds.min_clusters, bounds.max_clusters)
         centroids = np.stack([points[labels == k].mean(axis=0) for k in range(labels.max() + 1)])
         flat = np.asarray(embeddings, dtype=np.float64).reshape(-1, embeddings.shape[-1])

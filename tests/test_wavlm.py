@@ -447,3 +447,13 @@ def test_inconsistent_config_is_rejected():
     data["use_attention"] = [True, False]
     with pytest.raises(ConfigError, match="layer 1"):
         WavLMConfig.from_dict(data)
+
+
+def test_training_after_inference_mode_in_the_same_process():
+    """Regression: state built under torch.inference_mode must not leak into a training step."""
+    model = WavLM.from_preset("wavlm-tiny")
+    with torch.inference_mode():
+        model(torch.randn(1, 16000))
+    hidden = model(torch.randn(1, 16000))
+    hidden[-1].sum().backward()
+    assert model.encoder.rel_attn_embed.weight.grad is not None

@@ -11,7 +11,6 @@ index 0 is the transformer input, index ``i`` the output of layer ``i``).
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 from dataclasses import dataclass
@@ -34,9 +33,12 @@ def _as_number(value) -> float:
     return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
 
 
-@functools.lru_cache(maxsize=16)
 def _relative_offset_buckets(num_frames: int, num_buckets: int, max_distance: int) -> torch.Tensor:
-    """T5-style bidirectional buckets of the offsets ``-(T-1) .. T-1``, shape ``(2T - 1,)``."""
+    """T5-style bidirectional buckets of the offsets ``-(T-1) .. T-1``, shape ``(2T - 1,)``.
+
+    Computed on every call (it is ``O(T)``): a cached tensor made under ``torch.inference_mode``
+    could not take part in a later training step.
+    """
     offsets = torch.arange(-(num_frames - 1), num_frames, dtype=torch.long)
     half = num_buckets // 2
     buckets = (offsets > 0).long() * half

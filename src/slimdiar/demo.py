@@ -67,7 +67,7 @@ class DemoSettings:
     distill_shift_s: float = 0.5
     bench_seconds: float = 8.0
     pipeline_step_s: float = 0.4
-    clustering_threshold: float = 0.70
+    thresholds: tuple[float, ...] = (0.4, 0.45, 0.5)
     head: dict = field(default_factory=lambda: {
         "d_model": 128, "num_heads": 4, "ffn_dim": 256, "conv_kernel": 15, "num_blocks": 2,
         "dropout": 0.1,
@@ -85,6 +85,7 @@ QUICK = DemoSettings(
     utterances_per_speaker=6, chunk_duration_s=4.0, shift_s=4.0, finetune_epochs=2,
     prune_epochs=3, prune_warmup_epochs=1, distill_epochs=1, finetune_pruned_epochs=1,
     batch_size=8, max_steps_per_epoch=4, bench_seconds=4.0, pipeline_step_s=2.0,
+    thresholds=(0.45, 0.6),
 )
 
 
@@ -226,9 +227,9 @@ class Demo:
         distill(config, self.out / "prune" / "pruned", self.out / "finetune" / "best",
                 self.data / "train", self.data / "dev", exp)
 
-    def diarize_and_score(self, name: str) -> dict:
-        """Diarize the test set with ``out/name/best``; write RTTMs and ``der.json``."""
-        from slimdiar.data import DataDir, write_text_atomic
+    def _diarize(self, name: str, split: str, threshold: float, rttm_dir: Path | None = None):
+        """Diarize a split with ``out/name/best``; return its score report and the RTF."""
+        from slimdiar.data import DataDir
         from slimdiar.pipeline import DiarizationPipeline
         from slimdiar.scoring import (
             annotations_from_turns,
@@ -236,28 +237,46 @@ class Demo:
             timelines_from_regions,
         )
 
-        test = DataDir.load(self.data / "test")
+        data = DataDir.load(self.data / split)
         pipeline = DiarizationPipeline.from_pretrained(
             self.out / name / "best", window_duration_s=self.settings.chunk_duration_s,
-            step_s=self.settings.pipeline_step_s,
-            clustering_threshold=self.settings.clustering_threshold,
+            step_s=self.settings.pipeline_step_s, clustering_threshold=threshold,
         )
-        rttm_dir = self.out / name / "rttm"
-        rttm_dir.mkdir(parents=True, exist_ok=True)
         hypothesis_turns = []
         start = time.perf_counter()
-        for uri, recording in sorted(test.recordings.items()):
+        for uri, recording in sorted(data.recordings.items()):
             result = pipeline(recording.path, uri=uri)
-            write_text_atomic(rttm_dir / f"{uri}.rttm", result.to_rttm(uri))
+            if rttm_dir is not None:
+                write_text_atomic(rttm_dir / f"{uri}.rttm", result.to_rttm(uri))
             hypothesis_turns.extend(result.turns)
         elapsed = time.perf_counter() - start
-        audio_s = sum(r.duration_s for r in test.recordings.values())
+        audio_s = sum(r.duration_s for r in data.recordings.values())
         report = score_diarization(
-            annotations_from_turns(test.all_turns()), annotations_from_turns(hypothesis_turns),
-            timelines_from_regions(test.all_regions()) if test.has_uem else None,
+            annotations_from_turns(data.all_turns()), annotations_from_turns(hypothesis_turns),
+            timelines_from_regions(data.all_regions()) if data.has_uem else None,
         )
-        scores = report.to_dict()
-        scores["pipeline_rtf"] = elapsed / audio_s
+        return report.to_dict(), elapsed / audio_s
+
+    def tune_threshold(self, name: str) -> float:
+        """The clustering threshold with the lowest DER on the dev set (as one tunes a pipeline)."""
+        ders = {}
+        for threshold in self.settings.thresholds:
+            scores, _ = self._diarize(name, "dev", threshold)
+            ders[threshold] = scores["total"]["der"]
+            self.say(f"  dev DER at clustering threshold {threshold:.2f}: {ders[threshold]:.3f}")
+        best = min(ders, key=lambda t: (ders[t], t))
+        write_json_atomic(self.out / name / "threshold.json",
+                          {"threshold": best, "dev_der": {str(k): v for k, v in ders.items()}})
+        return best
+
+    def diarize_and_score(self, name: str) -> dict:
+        """Tune the clustering threshold on dev, diarize the test set, write RTTMs and der.json."""
+        threshold = self.tune_threshold(name)
+        rttm_dir = self.out / name / "rttm"
+        rttm_dir.mkdir(parents=True, exist_ok=True)
+        scores, rtf = self._diarize(name, "test", threshold, rttm_dir)
+        scores["pipeline_rtf"] = rtf
+        scores["clustering_threshold"] = threshold
         write_json_atomic(self.out / name / "der.json", scores)
         return scores
 
@@ -317,6 +336,7 @@ def build_report(out: Path, quick: bool) -> dict:
             "confusion": der["total"]["confusion"],
             "total_speech": der["total"]["total"],
             "pipeline_rtf": der["pipeline_rtf"],
+            "clustering_threshold": der["clustering_threshold"],
         })
     return {
         "quick": quick,
@@ -354,6 +374,9 @@ def render_report(report: dict) -> str:
         "held-out simulated test set (unseen speakers).",
         "",
         *lines,
+        "",
+        "Clustering threshold tuned on the dev set: " + ", ".join(
+            f"{row['system']} {row['clustering_threshold']:.2f}" for row in report["rows"]) + ".",
         "",
         report["note"],
         "",

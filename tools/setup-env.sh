@@ -33,15 +33,15 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
         # index of pytorch.org), never the multi-GB CUDA build.
         echo "setup: no NVIDIA GPU, installing torch 2.13.0 (CPU build)"
         "${pip[@]}" torch==2.13.0 --extra-index-url https://download.pytorch.org/whl/cpu \
-            --retries 1 --timeout 30 2>&1 | grep -v "is ignored" || true
+            --retries 1 --timeout 30 2>&1 | grep -v -e "is ignored" -e "Retrying" || true
         .venv/bin/python -c "import torch" || { echo "setup: torch did not install" >&2; exit 1; }
     fi
 fi
 
 extras=test
-"${pip[@]}" -e ".[$extras]" 2>&1 | grep -v "is ignored" || true
+"${pip[@]}" -e ".[$extras]" 2>&1 | grep -v -e "is ignored" -e "Retrying" || true
 # The pretrained GE2E speaker encoder (the default embedding) is the file pretrained.pt inside
 # the resemblyzer wheel; only that file is read, so none of its dependencies are installed.
-"${pip[@]}" --no-deps resemblyzer==0.1.4 2>&1 | grep -v "is ignored" || true
+"${pip[@]}" --no-deps resemblyzer==0.1.4 2>&1 | grep -v -e "is ignored" -e "Retrying" || true
 .venv/bin/python -c "import slimdiar, torch, transformers, pyannote.metrics, soundfile, soxr, safetensors" \
     || { echo "setup: the installation is incomplete" >&2; exit 1; }

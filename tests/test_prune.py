@@ -212,19 +212,25 @@ def test_gates_follow_the_units_setting():
 
 
 @pytest.mark.slow
-def test_reached_sparsity_of_the_pruned_checkpoint_is_on_target(setup):
-    """Counted parameters of EXP_DIR/pruned, not the expectation, land within ±0.02."""
+@pytest.mark.parametrize("sparsity, lr, epochs, warmup", [(0.5, 0.05, 10, 3), (0.8, 0.1, 20, 6)])
+def test_reached_sparsity_of_the_pruned_checkpoint_is_on_target(setup, sparsity, lr, epochs,
+                                                                warmup):
+    """Counted parameters of EXP_DIR/pruned, not the expectation, land within ±0.02.
+
+    Short chunks give the sparsity controller enough optimiser steps on a tiny model.
+    """
     root, train, dev = setup
-    code = main(["prune", "--teacher", str(root / "teacher"), "--sparsity", "0.5",
-                 "--train", str(train), "--dev", str(dev), "--out", str(root / "target50"),
+    out = root / f"target{sparsity}"
+    code = main(["prune", "--teacher", str(root / "teacher"), "--sparsity", str(sparsity),
+                 "--train", str(train), "--dev", str(dev), "--out", str(out),
                  "--set", "data.chunk_duration_s=0.5", "--set", "data.shift_s=0.1",
                  "--set", "data.val_chunk_duration_s=2.0", "--set", "data.val_shift_s=2.0",
                  "--set", "trainer.num_workers=0", "--set", "trainer.progress=false",
-                 "--set", "trainer.batch_size=4", "--set", "trainer.max_epochs=10",
-                 "--set", "prune.warmup_epochs=3", "--set", "optim.lr_gates=0.05",
-                 "--set", "optim.lr_lambda=0.05"])
+                 "--set", "trainer.batch_size=4", "--set", f"trainer.max_epochs={epochs}",
+                 "--set", f"prune.warmup_epochs={warmup}", "--set", f"optim.lr_gates={lr}",
+                 "--set", f"optim.lr_lambda={lr}"])
     assert code == 0
     teacher = WavLM.from_pretrained(root / "teacher")
-    pruned = WavLM.from_pretrained(root / "target50" / "pruned")
+    pruned = WavLM.from_pretrained(out / "pruned")
     reached = 1 - pruned.num_params() / teacher.num_params()
-    assert abs(reached - 0.5) <= 0.02
+    assert abs(reached - sparsity) <= 0.02

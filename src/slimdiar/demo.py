@@ -75,9 +75,9 @@ class DemoSettings:
 
 
 FULL = DemoSettings(
-    splits={"train": 16, "dev": 3, "test": 5}, duration_s=60.0, tts_speakers=0,
-    utterances_per_speaker=15, chunk_duration_s=4.0, shift_s=4.0, finetune_epochs=6,
-    prune_epochs=4, prune_warmup_epochs=1.5, distill_epochs=1, finetune_pruned_epochs=4,
+    splits={"train": 24, "dev": 3, "test": 5}, duration_s=60.0, tts_speakers=0,
+    utterances_per_speaker=15, chunk_duration_s=4.0, shift_s=4.0, finetune_epochs=10,
+    prune_epochs=8, prune_warmup_epochs=3, distill_epochs=1, finetune_pruned_epochs=8,
     batch_size=16, max_steps_per_epoch=0, distill_shift_s=1.0,
 )
 QUICK = DemoSettings(

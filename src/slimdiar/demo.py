@@ -385,7 +385,7 @@ def render_report(report: dict) -> str:
     return "\n".join(text) + "\n"
 
 
-def check_settings(quick: bool) -> None:
+def check_settings() -> None:
     """Fail early when the offline tools the demo needs are missing."""
     missing = [tool for tool in ("espeak-ng",) if shutil.which(tool) is None]
     if missing:

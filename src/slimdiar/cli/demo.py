@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo and print its table."""
     from slimdiar.demo import Demo, check_settings, render_report
 
-    check_settings(args.quick)
+    check_settings()
     if args.verbose == 0:
         logging.getLogger("slimdiar").setLevel(logging.WARNING)
     report = Demo(args.out, quick=args.quick, seed=args.seed, jobs=args.jobs).run()

@@ -180,17 +180,6 @@ class WavLMConfig:
         """Width of the input slice that feeds one head's relative-position gate."""
         return self.embed_dim // self.num_heads
 
-    @property
-    def is_pruned(self) -> bool:
-        """Whether any unit of the unpruned architecture is missing."""
-        full = self.num_heads
-        return (
-            any(len(h) != full for h in self.remaining_heads)
-            or len(set(self.ffn_dim)) > 1
-            or len({c for c, _, _ in self.conv_layers}) > 1
-            or not all(self.use_ffn)
-        )
-
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict:
         """Plain-JSON form of this config (every field, pruned shapes included)."""

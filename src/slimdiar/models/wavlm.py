@@ -390,6 +390,19 @@ class PruneResult:
     ffn_units: list[list[int]]
 
 
+_NO_UNITS = (torch.zeros(0, dtype=torch.long), torch.zeros(0), 0.0)
+
+
+def _kept_units(unit_gate: HardConcrete | None, block_gate: HardConcrete | None,
+                num_units: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """What the eval-mode masks keep of one block: unit indices, their scales, the block scale."""
+    mask = (unit_gate.deterministic_mask().float().cpu() if unit_gate is not None
+            else torch.ones(num_units))
+    block = float(block_gate.deterministic_mask()[0]) if block_gate is not None else 1.0
+    keep = torch.nonzero(mask > 0).flatten() if block > 0 else _NO_UNITS[0]
+    return keep, mask[keep], block
+
+
 class WavLM(nn.Module):
     """WavLM backbone returning all hidden states.
 
@@ -516,7 +529,7 @@ class WavLM(nn.Module):
         :meth:`prune` will keep: the non-zero units of the eval-mode masks).
         """
 
-        def size(gate, full, block=None):
+        def size(gate, full):
             if mode == "exact" or gate is None:
                 count = full
             elif mode == "expected":
@@ -709,35 +722,20 @@ class WavLM(nn.Module):
         ffn_keep, ffn_scale, ffn_block_scale = [], [], []
         for layer in self.encoder.layers:
             attn, ff = layer.attention, layer.feed_forward
-            if attn is None:
-                heads_keep.append(torch.zeros(0, dtype=torch.long))
-                head_scale.append(torch.zeros(0))
-                attn_scale.append(0.0)
-            else:
-                mask = (attn.head_gate.deterministic_mask().float().cpu()
-                        if attn.head_gate is not None else torch.ones(attn.num_kept_heads))
-                block = (float(attn.block_gate.deterministic_mask()[0])
-                         if attn.block_gate is not None else 1.0)
-                keep = torch.nonzero(mask > 0).flatten() if block > 0 else torch.zeros(
-                    0, dtype=torch.long)
-                heads_keep.append(keep)
-                head_scale.append(mask[keep])
-                attn_scale.append(block)
-            if ff is None:
-                ffn_keep.append(torch.zeros(0, dtype=torch.long))
-                ffn_scale.append(torch.zeros(0))
-                ffn_block_scale.append(0.0)
-            else:
-                units = ff.intermediate_dense.out_features
-                mask = (ff.unit_gate.deterministic_mask().float().cpu()
-                        if ff.unit_gate is not None else torch.ones(units))
-                block = (float(ff.block_gate.deterministic_mask()[0])
-                         if ff.block_gate is not None else 1.0)
-                keep = torch.nonzero(mask > 0).flatten() if block > 0 else torch.zeros(
-                    0, dtype=torch.long)
-                ffn_keep.append(keep)
-                ffn_scale.append(mask[keep])
-                ffn_block_scale.append(block)
+            keep, scale, block = (
+                _kept_units(attn.head_gate, attn.block_gate, attn.num_kept_heads)
+                if attn is not None else _NO_UNITS
+            )
+            heads_keep.append(keep)
+            head_scale.append(scale)
+            attn_scale.append(block)
+            keep, scale, block = (
+                _kept_units(ff.unit_gate, ff.block_gate, ff.intermediate_dense.out_features)
+                if ff is not None else _NO_UNITS
+            )
+            ffn_keep.append(keep)
+            ffn_scale.append(scale)
+            ffn_block_scale.append(block)
         # ---------------------------------------------------------------- new config
         remaining = []
         for i, layer in enumerate(self.encoder.layers):

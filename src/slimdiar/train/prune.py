@@ -23,7 +23,7 @@ import torch
 
 from slimdiar.data import ChunkDataset, DataDir
 from slimdiar.errors import CheckpointError, ConfigError
-from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
+from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict
 from slimdiar.models.config import WavLMConfig
 from slimdiar.models.wavlm import WavLM
 from slimdiar.prune import (
@@ -426,8 +426,3 @@ def distill(config: DistillConfig, student_path: str | Path, teacher_path: str |
                       run_config=run_config)
     return trainer.fit(resume=resume)
 
-
-def save_gated_checkpoint(directory, objective: DistillObjective, metadata=None) -> Path:
-    """Write the gated student and multipliers (what stage 1 checkpoints hold)."""
-    return save_checkpoint(directory, objective.state_dict(), GATED_KIND,
-                           objective.checkpoint_config(), metadata)

@@ -309,6 +309,28 @@ def test_unselectable_epochs_are_never_best(tmp_path):
     assert [r["improved"] for r in epochs] == [False, False, True, False, False]
 
 
+def test_after_step_projects_the_parameters_after_every_optimiser_step(tmp_path):
+    """The objective's ``after_step`` runs after each update, so the next loss sees its effect."""
+    trainer = make_trainer(tmp_path / "exp", max_epochs=1)
+    weight = trainer.objective.net[0].weight
+    seen = []
+    loss = trainer.objective.loss
+
+    def checked_loss(batch):
+        seen.append(float(weight.detach().abs().max()))
+        return loss(batch)
+
+    def clamp():
+        with torch.no_grad():
+            weight.clamp_(-0.01, 0.01)
+
+    trainer.objective.loss = checked_loss
+    trainer.objective.after_step = clamp
+    trainer.fit()
+    assert len(seen) == 6 and seen[0] > 0.01  # 48 items, batch 8; the initial weights are wide
+    assert all(value <= 0.01 for value in seen[1:])
+
+
 def test_invalid_settings_are_config_errors():
     with pytest.raises(ConfigError, match="batch_size=0"):
         TrainerConfig(batch_size=0)

@@ -32,6 +32,10 @@ configuration (optional TOML with sections [prune], [data], [optim], [trainer]):
   defaults are the paper's: 30 epochs, warm-up 5, lr 2e-4 weights / 2e-2 gates / 2e-2 lambda,
   units = ["conv", "head", "ffn"], distill_layers = [0, L/3, 2L/3, L].
   e.g. --set prune.units='["conv","head","ffn","attention_block"]' --set trainer.batch_size=8
+  The final model is the checkpoint past the warm-up whose pruned size is within
+  prune.tolerance (0.01) of the target with the lowest validation distillation loss (the last
+  epoch if none is). After each step every gate's open probability is kept within
+  [prune.gate_bound, 1 - prune.gate_bound] (0.001; 0 turns it off). More in docs/pruning.md.
 
 examples:
   slimdiar prune --teacher exp/ft/best --sparsity 0.8 --train data/train --dev data/dev \\

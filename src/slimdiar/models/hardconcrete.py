@@ -45,6 +45,8 @@ class HardConcrete(nn.Module):
         self.temperature = float(temperature)
         self.log_alpha = nn.Parameter(torch.empty(self.num_units))
         self.init_drop_rate = float(init_drop_rate)
+        #: Random source of the training-mode masks (``None``: torch's default generator).
+        self.generator: torch.Generator | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -76,9 +78,25 @@ class HardConcrete(nn.Module):
 
     def sample_mask(self) -> torch.Tensor:
         """A training-mode mask, shape ``(n,)``, sampled with the reparameterisation trick."""
-        u = torch.rand_like(self.log_alpha).clamp(EPSILON, 1.0 - EPSILON)
+        u = torch.rand(self.log_alpha.shape, generator=self.generator, dtype=self.log_alpha.dtype,
+                       device=self.log_alpha.device).clamp(EPSILON, 1.0 - EPSILON)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.temperature)
         return (s * (STRETCH_HIGH - STRETCH_LOW) + STRETCH_LOW).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def constrain_(self, bound: float) -> None:
+        """Clamp ``log_alpha`` so that every open probability stays in ``[bound, 1 - bound]``.
+
+        In place; ``bound <= 0`` does nothing. Applied after each optimiser step, it stops gates
+        from saturating far beyond the point where they are (almost surely) open or closed, where
+        their gradients vanish: a closed unit can reopen, and an important one cannot run away
+        from the sparsity pressure.
+        """
+        if not 0.0 < bound < 0.5:
+            return
+        shift = self.temperature * math.log(-STRETCH_LOW / STRETCH_HIGH)
+        limit = math.log(1.0 - bound) - math.log(bound)
+        self.log_alpha.clamp_(shift - limit, shift + limit)
 
     def forward(self) -> torch.Tensor:
         """Return a sampled mask in training mode and the deterministic mask in eval mode."""

@@ -75,8 +75,8 @@ class Objective(abc.ABC):
     ``save_pretrained``.
 
     The trainer calls, in this order: :meth:`to`, :meth:`parameter_groups` (once), then per step
-    :meth:`train`, :meth:`on_step`, :meth:`loss`; per epoch :meth:`train` ``(False)``,
-    :meth:`validate`, :meth:`save`.
+    :meth:`train`, :meth:`on_step`, :meth:`loss`, :meth:`after_step`; per epoch :meth:`train`
+    ``(False)``, :meth:`validate`, :meth:`save`.
     """
 
     #: Name of the stage, recorded in checkpoint metadata.
@@ -163,6 +163,10 @@ class Objective(abc.ABC):
         epoch_progress
             Fractional epochs done so far (``epoch + batch_index / batches_per_epoch``).
         """
+        return None
+
+    def after_step(self) -> None:
+        """Called after every optimiser step (projections such as clamping gate parameters)."""
         return None
 
     def selectable(self, epoch: int) -> bool:

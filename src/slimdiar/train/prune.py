@@ -64,6 +64,10 @@ class PruneSection:
         Hidden states matched to the teacher's (empty: 0 and every third of the depth).
     channel_drop_rate, head_drop_rate, ffn_drop_rate, block_drop_rate
         Initial closing probability of each kind of gate.
+    gate_bound
+        After every step each gate's open probability is clamped to ``[b, 1 - b]`` (0: never).
+        Gates then cannot saturate, so a closed unit can reopen and the multipliers need not
+        grow without bound to close an important one.
     tolerance
         Only a checkpoint past the warm-up whose deterministic sparsity is within this of the
         target may become the final model (if none is, the last one is taken).
@@ -78,6 +82,7 @@ class PruneSection:
     head_drop_rate: float = 0.01
     ffn_drop_rate: float = 0.5
     block_drop_rate: float = 0.01
+    gate_bound: float = 0.001
     tolerance: float = 0.01
 
     def __post_init__(self) -> None:
@@ -85,6 +90,8 @@ class PruneSection:
             raise ConfigError(f"sparsity must be strictly between 0 and 1, got {self.sparsity}")
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
+        if not 0.0 <= self.gate_bound < 0.5:
+            raise ConfigError(f"gate_bound must be in [0, 0.5), got {self.gate_bound}")
         unknown = sorted(set(self.units) - set(UNITS))
         if unknown or not self.units:
             raise ConfigError(f"units must be a non-empty list from {UNITS}, got {self.units}")
@@ -194,11 +201,16 @@ class DistillObjective(Objective):
         ``"params"`` or ``"macs"``: what the sparsity measures.
     tolerance
         Deterministic-sparsity tolerance for a checkpoint to count as on target.
+    gate_bound
+        After every step each gate's open probability is clamped to ``[b, 1 - b]`` (0: never).
+    seed
+        Seed of the gate masks (drawn afresh for every step from ``seed`` and the step).
     """
 
     def __init__(self, student: WavLM, teacher: WavLM, layers: list[int],
                  optim: DistillOptimSection, controller: SparsityController | None = None,
-                 objective: str = "params", tolerance: float = 0.01):
+                 objective: str = "params", tolerance: float = 0.01,
+                 gate_bound: float = 0.0, seed: int = 0):
         self.student = student
         self.teacher = teacher
         self.layers = validate_layers(layers, student.config.num_layers)
@@ -207,6 +219,8 @@ class DistillObjective(Objective):
         self.controller = controller
         self.objective = objective
         self.tolerance = tolerance
+        self.gate_bound = gate_bound
+        self.seed = seed
         self.target = 0.0
         self._on_target = controller is None
         if controller is not None and not student.pruning_enabled:
@@ -241,6 +255,18 @@ class DistillObjective(Objective):
     def on_step(self, epoch: int, step: int, epoch_progress: float) -> None:
         if self.controller is not None:
             self.target = self.controller.target(epoch_progress)
+            # The gate masks of a step depend on the seed and the step only: every process of a
+            # distributed run draws the masks a single process would, and resuming redraws them.
+            device = self.student.gate_parameters()[0].device
+            generator = torch.Generator(device=device)
+            generator.manual_seed(self.seed * 1_000_003 + step)
+            for gate in self.student.gates():
+                gate.generator = generator
+
+    def after_step(self) -> None:
+        if self.controller is not None:
+            for gate in self.student.gates():
+                gate.constrain_(self.gate_bound)
 
     def sparsity(self) -> torch.Tensor:
         """Expected sparsity of the gated student (differentiable)."""
@@ -372,7 +398,8 @@ def prune(config: PruneConfig, teacher_path: str | Path, train_dir: str | Path,
         p.requires_grad_(True)
     controller = SparsityController(section.sparsity, section.warmup_epochs)
     objective = DistillObjective(student, teacher, layers, config.optim, controller,
-                                 section.objective, section.tolerance)
+                                 section.objective, section.tolerance, section.gate_bound,
+                                 config.trainer.seed)
     run_config = to_dict(config)
     run_config["prune"]["distill_layers"] = layers
     run_config["paths"] = {"teacher": str(teacher_path), "train": str(train_dir),

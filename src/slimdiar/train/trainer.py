@@ -477,6 +477,7 @@ class Trainer:
                                 p.grad.neg_()
                 for optimizer in self.optimizers.values():
                     optimizer.step()
+                self.objective.after_step()
             broadcast_tensors(self.objective.buffers_to_sync(), ctx.world_size)
             names = sorted(scalars)
             values = all_reduce_sum(

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Measure how close ``slimdiar prune`` lands to its target, and write docs/pruning-targets.md.
+
+Usage: .venv/bin/python tools/measure_pruning.py [--seeds 0 1 2] [--targets 0.5 0.8 0.9]
+                                                 [--mac-targets 0.5] [--jobs 2]
+                                                 [--json docs/pruning-targets.json]
+                                                 [--out docs/pruning-targets.md] [--render-only]
+
+The set-up is the one of ``tests/test_prune.py``: tone "speakers" (the test data), a tiny
+diarization model with the ``wavlm-mini`` WavLM fine-tuned on them (the teacher), and one prune
+setting (``ONE_SETTING`` of the test) for every target. Each target and seed is one
+``slimdiar prune`` run, ``--jobs`` at a time with one thread each. For each run the JSON holds
+the sparsity that the pruned checkpoint reached (counted parameters, and MACs for one second of
+audio), the epoch chosen as the final model, and the deterministic sparsity after every epoch.
+``--render-only`` rewrites the Markdown from an existing JSON. Both files are written atomically;
+never edit them by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from slimdiar.fileio import write_text_atomic  # noqa: E402
+
+GENERATED_BY = "python tools/measure_pruning.py"
+
+
+def make_teacher(work: Path) -> Path:
+    """Tone data and the fine-tuned tiny teacher of the tests, under ``work``."""
+    from slimdiar.cli import main
+    from test_train_finetune import make_datadir
+
+    make_datadir(work / "train", seed=0, num_recordings=2, duration_s=12.0)
+    make_datadir(work / "dev", seed=1, num_recordings=1, duration_s=6.0)
+    code = main(["finetune", "--config", str(ROOT / "configs" / "tiny.toml"), "--backbone",
+                 "wavlm-mini", "--train", str(work / "train"), "--dev", str(work / "dev"),
+                 "--out", str(work / "finetuned"), "--set", 'model.frontend="wavlm"',
+                 "--set", "trainer.max_epochs=30", "--set", "trainer.progress=false",
+                 "--set", "trainer.average_best=1"])
+    if code != 0:
+        raise SystemExit("fine-tuning the teacher failed")
+    return work / "finetuned" / "best"
+
+
+def run_one(work: Path, teacher: Path, objective: str, target: float, seed: int,
+            setting: list[str]) -> dict:
+    """One ``slimdiar prune`` run in a fresh process; its outcome as a dict."""
+    from slimdiar.models import WavLM
+
+    out = work / f"{objective}-{target}-seed{seed}"
+    command = [sys.executable, "-m", "slimdiar", "prune", "--teacher", str(teacher),
+               "--sparsity", str(target), "--train", str(work / "train"), "--dev",
+               str(work / "dev"), "--out", str(out), *setting,
+               "--set", f"trainer.seed={seed}", "--set", f'prune.objective="{objective}"']
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
+    full, pruned = WavLM.from_pretrained(teacher), WavLM.from_pretrained(out / "pruned")
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["type"] == "epoch"]
+    chosen = json.loads((out / "best" / "metadata.json").read_text())["epochs"]
+    return {
+        "objective": objective,
+        "target": target,
+        "seed": seed,
+        "reached_param_sparsity": 1 - pruned.num_params() / full.num_params(),
+        "reached_mac_sparsity": 1 - pruned.macs(1.0) / full.macs(1.0),
+        "chosen_epochs": chosen,
+        "chosen_selectable": all(r["selectable"] for r in epochs if r["epoch"] in chosen),
+        "epoch_sparsity": [r["val/sparsity"] for r in epochs],
+        "seconds": seconds,
+    }
+
+
+def measure(args) -> dict:
+    from test_prune import ONE_SETTING
+
+    jobs = [("params", t, s) for t in args.targets for s in args.seeds]
+    jobs += [("macs", t, s) for t in args.mac_targets for s in args.seeds]
+    with tempfile.TemporaryDirectory(prefix="slimdiar-prune-targets-") as tmp:
+        work = Path(tmp)
+        teacher = make_teacher(work)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = [pool.submit(run_one, work, teacher, o, t, s, ONE_SETTING)
+                       for o, t, s in jobs]
+            runs = []
+            for future in futures:
+                runs.append(future.result())
+                run = runs[-1]
+                print(f"{run['objective']} {run['target']} seed {run['seed']}: reached "
+                      f"{run['reached_param_sparsity']:.4f} params, "
+                      f"{run['reached_mac_sparsity']:.4f} MACs", flush=True)
+    return {"setting": ONE_SETTING, "teacher_backbone": "wavlm-mini", "runs": runs}
+
+
+def render(data: dict) -> str:
+    setting = " ".join(a for a in data["setting"] if a != "--set")
+    lines = [
+        f"<!-- generated by `{GENERATED_BY}` from docs/pruning-targets.json; do not edit -->",
+        "# Reaching the target sparsity: measured",
+        "",
+        "Teacher: a tiny diarization model whose WavLM is `wavlm-mini` (random init, Base+'s "
+        "proportions), fine-tuned on the tone data of the tests. One prune setting for every "
+        f"target: `{setting}`. Reached = 1 − size of `EXP_DIR/pruned` / size of the teacher's "
+        "WavLM (counted parameters, or MACs for one second of audio), within ±0.02 of the "
+        "target is the test's criterion. The final model is the on-target checkpoint past the "
+        "warm-up with the lowest validation distillation loss; *last epoch* is where the "
+        "multipliers had taken the gates by the end of the run.",
+        "",
+        "| objective | target | seed | reached | within ±0.02 | chosen epoch | last epoch | "
+        "largest overshoot after the warm-up | time |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in data["runs"]:
+        key = "reached_param_sparsity" if run["objective"] == "params" else "reached_mac_sparsity"
+        reached, target = run[key], run["target"]
+        trajectory = run["epoch_sparsity"]
+        warmup = _warmup_epochs(data["setting"])
+        after = trajectory[warmup:] or trajectory
+        overshoot = max(abs(s - target) for s in after)
+        lines.append(
+            f"| {run['objective']} | {target} | {run['seed']} | {reached:.4f} | "
+            f"{'yes' if abs(reached - target) <= 0.02 else '**no**'} | "
+            f"{', '.join(map(str, run['chosen_epochs']))} | {trajectory[-1]:.3f} | "
+            f"{overshoot:.3f} | {run['seconds']:.0f} s |"
+        )
+    lines += ["", "Deterministic sparsity after every epoch:", ""]
+    for run in data["runs"]:
+        values = " ".join(f"{s:.3f}" for s in run["epoch_sparsity"])
+        lines.append(f"- {run['objective']} {run['target']}, seed {run['seed']}: {values}")
+    return "\n".join(lines) + "\n"
+
+
+def _warmup_epochs(setting: list[str]) -> int:
+    for item in setting:
+        if item.startswith("prune.warmup_epochs="):
+            return int(float(item.split("=", 1)[1]))
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.8, 0.9])
+    parser.add_argument("--mac-targets", type=float, nargs="*", default=[0.5])
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "pruning-targets.json")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "pruning-targets.md")
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args()
+    if args.render_only:
+        data = json.loads(args.json.read_text())
+    else:
+        data = measure(args)
+        write_text_atomic(args.json, json.dumps(data, indent=1) + "\n")
+    write_text_atomic(args.out, render(data))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

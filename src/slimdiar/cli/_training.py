@@ -9,6 +9,13 @@ from collections.abc import Callable
 from slimdiar.train.distributed import DistContext, init_distributed, shutdown_distributed
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--train``, ``--dev`` and ``--out``, as every training command takes them."""
+    parser.add_argument("--train", required=True, metavar="DIR", help="training data directory")
+    parser.add_argument("--dev", required=True, metavar="DIR", help="validation data directory")
+    parser.add_argument("--out", required=True, metavar="EXP_DIR", help="experiment directory")
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, config_required: bool) -> None:
     """``--config``, ``--set`` and ``--resume``, as every training command takes them."""
     parser.add_argument("--config", required=config_required, metavar="TOML",

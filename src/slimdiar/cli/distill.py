@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from slimdiar.cli._training import add_run_arguments, run_stage
+from slimdiar.cli._training import add_data_arguments, add_run_arguments, run_stage
 from slimdiar.train.config import load_config
 
 DESCRIPTION = """\
@@ -41,9 +41,7 @@ def add_parser(subparsers) -> None:
                         help="pruned WavLM (e.g. EXP_DIR/pruned of slimdiar prune)")
     parser.add_argument("--teacher", required=True, metavar="CKPT",
                         help="the teacher used for pruning")
-    parser.add_argument("--train", required=True, metavar="DIR", help="training data directory")
-    parser.add_argument("--dev", required=True, metavar="DIR", help="validation data directory")
-    parser.add_argument("--out", required=True, metavar="EXP_DIR", help="experiment directory")
+    add_data_arguments(parser)
     add_run_arguments(parser, config_required=False)
     parser.set_defaults(func=run)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from slimdiar.cli._training import run_stage
+from slimdiar.cli._training import add_data_arguments, add_run_arguments, run_stage
 from slimdiar.train.config import load_config
 from slimdiar.train.finetune import FinetuneConfig, finetune
 
@@ -57,23 +57,13 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", required=True, metavar="TOML", help="run configuration")
-    parser.add_argument("--train", required=True, metavar="DIR", help="training data directory")
-    parser.add_argument("--dev", required=True, metavar="DIR", help="validation data directory")
-    parser.add_argument("--out", required=True, metavar="EXP_DIR", help="experiment directory")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-        help="override one configuration value (repeatable)",
-    )
+    add_data_arguments(parser)
     parser.add_argument(
         "--backbone", metavar="CKPT_OR_PRESET",
         help="WavLM checkpoint (Hugging Face dir, original .pt, slimdiar dir) or preset name "
         "(random init); overrides model.backbone",
     )
-    parser.add_argument(
-        "--resume", action="store_true",
-        help="continue the run in EXP_DIR from its last complete checkpoint",
-    )
+    add_run_arguments(parser, config_required=True)
     parser.set_defaults(func=run)
 
 

@@ -20,7 +20,7 @@ import torch
 from slimdiar.data import ChunkDataset, DataDir
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import load_state_dict_strict
-from slimdiar.models.config import PRESETS, preset
+from slimdiar.models.config import PRESETS, WavLMConfig, preset
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.powerset import chunk_der, permutation_invariant_powerset_loss
 from slimdiar.train.config import to_dict
@@ -89,6 +89,17 @@ class DataSection:
     val_chunk_duration_s: float = 8.0
     val_shift_s: float = 8.0
     channel: int | None = None
+
+
+def chunk_datasets(data: DataSection, grid: WavLMConfig, train_dir: str | Path,
+                   dev_dir: str | Path,
+                   max_speakers: int = 4) -> tuple[ChunkDataset, ChunkDataset]:
+    """The training and validation chunks of a run, on the frame grid of ``grid``."""
+    train = ChunkDataset(DataDir.load(train_dir, data.channel), grid, data.chunk_duration_s,
+                         data.shift_s, max_speakers, data.channel)
+    dev = ChunkDataset(DataDir.load(dev_dir, data.channel), grid, data.val_chunk_duration_s,
+                       data.val_shift_s, max_speakers, data.channel)
+    return train, dev
 
 
 @dataclass
@@ -262,16 +273,8 @@ def finetune(
     seed_everything(config.trainer.seed)
     model = build_model(config.model, backbone)
     grid = model.backbone.config
-    data = config.data
     max_speakers = config.model.max_speakers_per_chunk
-    train_set = ChunkDataset(
-        DataDir.load(train_dir, data.channel), grid, data.chunk_duration_s, data.shift_s,
-        max_speakers, data.channel,
-    )
-    dev_set = ChunkDataset(
-        DataDir.load(dev_dir, data.channel), grid, data.val_chunk_duration_s, data.val_shift_s,
-        max_speakers, data.channel,
-    )
+    train_set, dev_set = chunk_datasets(config.data, grid, train_dir, dev_dir, max_speakers)
     run_config = to_dict(config)
     run_config["model"]["backbone"] = backbone or config.model.backbone
     run_config["paths"] = {"train": str(train_dir), "dev": str(dev_dir)}

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-from slimdiar.data import ChunkDataset, DataDir
 from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict
 from slimdiar.models.config import WavLMConfig
@@ -36,7 +35,7 @@ from slimdiar.prune import (
 from slimdiar.prune.lagrangian import OBJECTIVES
 from slimdiar.train.config import to_dict
 from slimdiar.train.distributed import DistContext
-from slimdiar.train.finetune import DataSection, seed_everything
+from slimdiar.train.finetune import DataSection, chunk_datasets, seed_everything
 from slimdiar.train.objective import Objective, ParamGroup
 from slimdiar.train.trainer import Trainer, TrainerConfig, TrainResult
 
@@ -359,14 +358,6 @@ class DistillObjective(Objective):
         return None
 
 
-def _datasets(data: DataSection, grid: WavLMConfig, train_dir, dev_dir):
-    train = ChunkDataset(DataDir.load(train_dir, data.channel), grid, data.chunk_duration_s,
-                         data.shift_s, 4, data.channel)
-    dev = ChunkDataset(DataDir.load(dev_dir, data.channel), grid, data.val_chunk_duration_s,
-                       data.val_shift_s, 4, data.channel)
-    return train, dev
-
-
 def load_gated_student(directory: str | Path, section: PruneSection) -> WavLM:
     """Rebuild the gated student of a stage-1 checkpoint (e.g. ``EXP_DIR/best``)."""
     state, config, _ = load_checkpoint(directory, kind=GATED_KIND)
@@ -392,7 +383,7 @@ def prune(config: PruneConfig, teacher_path: str | Path, train_dir: str | Path,
     teacher = load_teacher(teacher_path)
     layers = section.distill_layers or default_distill_layers(teacher.config.num_layers)
     validate_layers(layers, teacher.config.num_layers)
-    train_set, dev_set = _datasets(config.data, teacher.config, train_dir, dev_dir)
+    train_set, dev_set = chunk_datasets(config.data, teacher.config, train_dir, dev_dir)
     student = enable_units(copy.deepcopy(teacher), section)
     for p in student.parameters():
         p.requires_grad_(True)
@@ -442,7 +433,7 @@ def distill(config: DistillConfig, student_path: str | Path, teacher_path: str |
         )
     layers = config.distill_layers or default_distill_layers(teacher.config.num_layers)
     validate_layers(layers, teacher.config.num_layers)
-    train_set, dev_set = _datasets(config.data, teacher.config, train_dir, dev_dir)
+    train_set, dev_set = chunk_datasets(config.data, teacher.config, train_dir, dev_dir)
     objective = DistillObjective(student, teacher, layers, config.optim)
     run_config = to_dict(config)
     run_config["distill_layers"] = layers

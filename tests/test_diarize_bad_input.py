@@ -29,12 +29,7 @@ WINDOW_SAMPLES = 8 * SAMPLE_RATE  # the pipeline's 8 s windows
 FAST = ["--step", "8.0", "--batch-size", "4", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_eend() -> EEND:

@@ -30,12 +30,7 @@ REFERENCE = [
 DURATION_S = 24.3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthesize(turns, duration_s=DURATION_S, seed=0):

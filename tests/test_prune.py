@@ -40,11 +40,31 @@ FAST = [
 ]
 
 
+def make_tone_data(root: Path) -> tuple[Path, Path]:
+    """The data of these tests: ``root/train`` (2 x 12 s) and ``root/dev`` (1 x 6 s) of tones."""
+    return (make_datadir(root / "train", seed=0, num_recordings=2, duration_s=12.0),
+            make_datadir(root / "dev", seed=1, num_recordings=1, duration_s=6.0))
+
+
+def finetune_mini_teacher(train: Path, dev: Path, out: Path) -> Path:
+    """Fine-tune a tiny ``wavlm-mini`` diarization model on ``train``; its ``best/``.
+
+    ``wavlm-mini`` is a random-init WavLM with Base+'s proportions, fine-grained enough for a
+    sparsity target of 0.9.
+    """
+    code = main(["finetune", "--config", str(ROOT / "configs" / "tiny.toml"), "--backbone",
+                 "wavlm-mini", "--train", str(train), "--dev", str(dev), "--out", str(out),
+                 "--set", 'model.frontend="wavlm"', "--set", "trainer.max_epochs=30",
+                 "--set", "trainer.progress=false", "--set", "trainer.average_best=1"])
+    if code != 0:
+        raise RuntimeError(f"fine-tuning the teacher in {out} failed")
+    return out / "best"
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("prune")
-    train = make_datadir(root / "train", seed=0, num_recordings=2, duration_s=12.0)
-    dev = make_datadir(root / "dev", seed=1, num_recordings=1, duration_s=6.0)
+    train, dev = make_tone_data(root)
     torch.manual_seed(0)
     teacher = EEND(EENDConfig(wavlm=preset("wavlm-tiny"), d_model=32, num_heads=2, ffn_dim=64,
                               num_blocks=1))
@@ -251,22 +271,14 @@ def test_gate_bound_keeps_open_probabilities_inside():
 # ---------------------------------------------------------------------- reaching the target
 @pytest.fixture(scope="module")
 def finetuned(setup):
-    """A tiny diarization model fine-tuned on the tone data: the paper's teacher in miniature.
-
-    Its WavLM is ``wavlm-mini``, a random-init WavLM with Base+'s proportions, fine-grained
-    enough for a target of 0.9.
-    """
+    """A tiny diarization model fine-tuned on the tone data: the paper's teacher in miniature."""
     root, train, dev = setup
     out = root / "finetuned"
-    code = main(["finetune", "--config", str(ROOT / "configs" / "tiny.toml"), "--backbone",
-                 "wavlm-mini", "--train", str(train), "--dev", str(dev), "--out", str(out),
-                 "--set", 'model.frontend="wavlm"', "--set", "trainer.max_epochs=30",
-                 "--set", "trainer.progress=false", "--set", "trainer.average_best=1"])
-    assert code == 0
+    teacher = finetune_mini_teacher(train, dev, out)
     best = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
             if r["type"] == "best"]
     assert best[-1]["val/der"] < 0.1  # it has learnt the task
-    return out / "best"
+    return teacher
 
 
 # One setting for every target: 0.5 s chunks, epochs of 29 steps (half the data: twice as many

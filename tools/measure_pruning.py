@@ -36,23 +36,6 @@ from slimdiar.fileio import write_text_atomic  # noqa: E402
 GENERATED_BY = "python tools/measure_pruning.py"
 
 
-def make_teacher(work: Path) -> Path:
-    """Tone data and the fine-tuned tiny teacher of the tests, under ``work``."""
-    from slimdiar.cli import main
-    from test_train_finetune import make_datadir
-
-    make_datadir(work / "train", seed=0, num_recordings=2, duration_s=12.0)
-    make_datadir(work / "dev", seed=1, num_recordings=1, duration_s=6.0)
-    code = main(["finetune", "--config", str(ROOT / "configs" / "tiny.toml"), "--backbone",
-                 "wavlm-mini", "--train", str(work / "train"), "--dev", str(work / "dev"),
-                 "--out", str(work / "finetuned"), "--set", 'model.frontend="wavlm"',
-                 "--set", "trainer.max_epochs=30", "--set", "trainer.progress=false",
-                 "--set", "trainer.average_best=1"])
-    if code != 0:
-        raise SystemExit("fine-tuning the teacher failed")
-    return work / "finetuned" / "best"
-
-
 def run_one(work: Path, teacher: Path, objective: str, target: float, seed: int,
             setting: list[str]) -> dict:
     """One ``slimdiar prune`` run in a fresh process; its outcome as a dict."""
@@ -87,13 +70,14 @@ def run_one(work: Path, teacher: Path, objective: str, target: float, seed: int,
 
 
 def measure(args) -> dict:
-    from test_prune import ONE_SETTING
+    from test_prune import ONE_SETTING, finetune_mini_teacher, make_tone_data
 
     jobs = [("params", t, s) for t in args.targets for s in args.seeds]
     jobs += [("macs", t, s) for t in args.mac_targets for s in args.seeds]
     with tempfile.TemporaryDirectory(prefix="slimdiar-prune-targets-") as tmp:
         work = Path(tmp)
-        teacher = make_teacher(work)
+        make_tone_data(work)
+        teacher = finetune_mini_teacher(work / "train", work / "dev", work / "finetuned")
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = [pool.submit(run_one, work, teacher, o, t, s, ONE_SETTING)
                        for o, t, s in jobs]

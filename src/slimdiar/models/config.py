@@ -18,6 +18,7 @@ from slimdiar.errors import ConfigError
 
 SAMPLE_RATE = 16000
 EXTRACTOR_MODES = ("group_norm", "layer_norm")
+DROPOUT_KEYS = ("feat_proj_dropout", "attention_dropout", "dropout", "activation_dropout")
 
 
 @dataclass
@@ -50,9 +51,15 @@ class WavLMConfig:
         Pre-norm transformer with a final LayerNorm (Large) instead of post-norm (Base+).
     normalize_waveform
         Normalise each input waveform to zero mean and unit variance (Large).
-    dropout, attention_dropout
-        Dropout after the feature projection, residual branches and FFN, and on attention
-        probabilities (training only).
+    dropout
+        Dropout on the residual branches and the FFN output, and after the positional
+        embedding (Hugging Face's ``hidden_dropout``; training only).
+    attention_dropout
+        Dropout on the attention probabilities (``attention_dropout``).
+    feat_proj_dropout
+        Dropout after the feature projection (``feat_proj_dropout``).
+    activation_dropout
+        Dropout inside the FFN, after its activation (``activation_dropout``).
     """
 
     conv_layers: list[tuple[int, int, int]]
@@ -74,6 +81,8 @@ class WavLMConfig:
     layer_norm_eps: float = 1e-5
     dropout: float = 0.0
     attention_dropout: float = 0.0
+    feat_proj_dropout: float = 0.0
+    activation_dropout: float = 0.0
     name: str = field(default="wavlm", compare=False)
 
     def __post_init__(self) -> None:
@@ -129,6 +138,10 @@ class WavLMConfig:
                 raise ConfigError(
                     f"layer {i}: use_ffn is {self.use_ffn[i]} but ffn_dim is {self.ffn_dim[i]}"
                 )
+        for key in DROPOUT_KEYS:
+            value = getattr(self, key)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"{key} must be in [0, 1), got {value}")
         if self.embed_dim % self.pos_conv_groups:
             raise ConfigError(
                 f"embed_dim {self.embed_dim} is not divisible by pos_conv_groups "

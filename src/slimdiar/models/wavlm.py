@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimdiar.errors import AudioError
-from slimdiar.models.config import WavLMConfig, preset
+from slimdiar.models.config import DROPOUT_KEYS, WavLMConfig, preset
 from slimdiar.models.hardconcrete import HardConcrete
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,26 @@ def _relative_offset_buckets(num_frames: int, num_buckets: int, max_distance: in
     ).long()
     large = large.clamp(max=half - 1)
     return buckets + torch.where(distance < max_exact, distance, large)
+
+
+class _ScaleGradient(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the gradient by ``scale``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return grad * ctx.scale, None
+
+
+def scale_gradient(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x`` unchanged, with the gradient flowing back through it multiplied by ``scale``."""
+    if scale == 1.0 or not x.requires_grad:
+        return x
+    return _ScaleGradient.apply(x, scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,19 +259,21 @@ class SelfAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Linear(E -> F) -> GELU -> [unit gate] -> Linear(F -> E) -> [block gate]."""
+    """Linear(E -> F) -> GELU -> dropout -> [unit gate] -> Linear(F -> E) -> [block gate]."""
 
-    def __init__(self, embed_dim: int, ffn_dim: int, dropout: float = 0.0):
+    def __init__(self, embed_dim: int, ffn_dim: int, dropout: float = 0.0,
+                 activation_dropout: float = 0.0):
         super().__init__()
         self.intermediate_dense = nn.Linear(embed_dim, ffn_dim)
         self.output_dense = nn.Linear(ffn_dim, embed_dim)
+        self.intermediate_dropout = nn.Dropout(activation_dropout)
         self.dropout = nn.Dropout(dropout)
         self.unit_gate: HardConcrete | None = None
         self.block_gate: HardConcrete | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(batch, frames, E)`` to ``(batch, frames, E)``."""
-        h = F.gelu(self.intermediate_dense(x))
+        h = self.intermediate_dropout(F.gelu(self.intermediate_dense(x)))
         out_bias = self.output_dense.bias
         if self.unit_gate is not None:
             mask = self.unit_gate()
@@ -277,7 +299,8 @@ class EncoderLayer(nn.Module):
             if config.use_attention[index] else None
         )
         self.feed_forward = (
-            FeedForward(E, config.ffn_dim[index], config.dropout) if config.use_ffn[index] else None
+            FeedForward(E, config.ffn_dim[index], config.dropout, config.activation_dropout)
+            if config.use_ffn[index] else None
         )
         # Post-norm layers always normalise after each residual; pre-norm layers only have the
         # LayerNorm that feeds a block that is present.
@@ -424,10 +447,11 @@ class WavLM(nn.Module):
         self.config = config
         self.feature_extractor = FeatureExtractor(config)
         self.feature_projection = FeatureProjection(
-            config.conv_dim, config.embed_dim, config.layer_norm_eps, config.dropout
+            config.conv_dim, config.embed_dim, config.layer_norm_eps, config.feat_proj_dropout
         )
         self.encoder = Encoder(config)
         self.last_prune_result: PruneResult | None = None
+        self.feature_grad_mult = 1.0
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -461,6 +485,42 @@ class WavLM(nn.Module):
             )
         return save_checkpoint(directory, self.state_dict(), "wavlm", self.config.to_dict(),
                                metadata)
+
+    # ------------------------------------------------------------------ training options
+    def set_training_options(self, feature_grad_mult: float = 1.0, **dropouts: float) -> WavLM:
+        """Set the training-only behaviour of the backbone and return ``self``.
+
+        Parameters
+        ----------
+        feature_grad_mult
+            Factor on the gradient that flows from the transformer into the conv feature
+            extractor (0.1 in the reference recipe; 1 leaves it unchanged). Not saved with
+            the model.
+        **dropouts
+            Any of ``feat_proj_dropout``, ``attention_dropout``, ``dropout`` (residual and FFN
+            output) and ``activation_dropout`` (inside the FFN); recorded in :attr:`config`.
+        """
+        if not 0.0 < feature_grad_mult <= 1.0:
+            raise ValueError(f"feature_grad_mult must be in (0, 1], got {feature_grad_mult}")
+        self.feature_grad_mult = float(feature_grad_mult)
+        if not dropouts:
+            return self
+        unknown = sorted(set(dropouts) - set(DROPOUT_KEYS))
+        if unknown:
+            raise ValueError(f"unknown dropout settings {unknown}; known: {list(DROPOUT_KEYS)}")
+        self.config = self.config.replace(**dropouts)
+        cfg = self.config
+        self.feature_projection.dropout.p = cfg.feat_proj_dropout
+        self.encoder.config = cfg
+        self.encoder.dropout.p = cfg.dropout
+        for layer in self.encoder.layers:
+            layer.dropout.p = cfg.dropout
+            if layer.attention is not None:
+                layer.attention.dropout = cfg.attention_dropout
+            if layer.feed_forward is not None:
+                layer.feed_forward.dropout.p = cfg.dropout
+                layer.feed_forward.intermediate_dropout.p = cfg.activation_dropout
+        return self
 
     # ------------------------------------------------------------------ forward
     def normalize_waveform(self, waveforms: torch.Tensor) -> torch.Tensor:
@@ -509,7 +569,10 @@ class WavLM(nn.Module):
         self.check_input(waveforms)
         if self.config.normalize_waveform:
             waveforms = self.normalize_waveform(waveforms)
-        features = self.feature_extractor(waveforms).transpose(1, 2)         # (B, T, C)
+        features = self.feature_extractor(waveforms)                          # (B, C, T)
+        # The transformer's gradient reaches the conv layers scaled (fairseq's
+        # feature_grad_mult); a loss on the gates themselves (the Lagrangian) is not.
+        features = scale_gradient(features, self.feature_grad_mult).transpose(1, 2)
         last_gate = self.feature_extractor.conv_layers[-1].gate
         x = self.feature_projection(features, last_gate)                      # (B, T, E)
         return self.encoder(x)

@@ -23,6 +23,7 @@ from slimdiar.models.checkpoint import load_state_dict_strict
 from slimdiar.models.config import PRESETS, WavLMConfig, preset
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.powerset import chunk_der, permutation_invariant_powerset_loss
+from slimdiar.models.wavlm import WavLM
 from slimdiar.train.config import to_dict
 from slimdiar.train.distributed import DistContext
 from slimdiar.train.objective import Objective, ParamGroup
@@ -71,6 +72,49 @@ class ModelSection:
 
 
 @dataclass
+class WavLMTrainingSection:
+    """How WavLM trains in every stage where it is updated (the reference recipe's values).
+
+    Parameters
+    ----------
+    feature_grad_mult
+        Factor on the gradient flowing from the transformer into the conv feature extractor
+        (fairseq's ``feature_grad_mult``; reference 0.1). The Lagrangian's gradient on the conv
+        gates is not scaled. 1.0 turns the scaling off.
+    feat_proj_dropout, attention_dropout, hidden_dropout, activation_dropout
+        Dropout after the feature projection, on the attention probabilities, on the residual
+        branches and FFN output, and inside the FFN (the Hugging Face config keys of WavLM
+        Base+/Large; reference 0.1, 0.1, 0.1, 0.0). They override whatever the checkpoint's
+        config says.
+    """
+
+    feature_grad_mult: float = 0.1
+    feat_proj_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    hidden_dropout: float = 0.1
+    activation_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.feature_grad_mult <= 1.0:
+            raise ConfigError(
+                f"wavlm.feature_grad_mult must be in (0, 1], got {self.feature_grad_mult}"
+            )
+        for key in ("feat_proj_dropout", "attention_dropout", "hidden_dropout",
+                    "activation_dropout"):
+            value = getattr(self, key)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"wavlm.{key} must be in [0, 1), got {value}")
+
+    def apply(self, model: WavLM) -> WavLM:
+        """Set these options on ``model`` (a WavLM) and return it."""
+        return model.set_training_options(
+            self.feature_grad_mult, feat_proj_dropout=self.feat_proj_dropout,
+            attention_dropout=self.attention_dropout, dropout=self.hidden_dropout,
+            activation_dropout=self.activation_dropout,
+        )
+
+
+@dataclass
 class DataSection:
     """Chunking of the training and validation data.
 
@@ -116,6 +160,7 @@ class FinetuneConfig:
     """Everything ``slimdiar finetune`` needs besides the data directories."""
 
     model: ModelSection = field(default_factory=ModelSection)
+    wavlm: WavLMTrainingSection = field(default_factory=WavLMTrainingSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -272,6 +317,8 @@ def finetune(
     ctx = ctx or DistContext()
     seed_everything(config.trainer.seed)
     model = build_model(config.model, backbone)
+    if isinstance(model.backbone, WavLM):
+        config.wavlm.apply(model.backbone)
     grid = model.backbone.config
     max_speakers = config.model.max_speakers_per_chunk
     train_set, dev_set = chunk_datasets(config.data, grid, train_dir, dev_dir, max_speakers)

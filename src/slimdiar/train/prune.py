@@ -35,7 +35,12 @@ from slimdiar.prune import (
 from slimdiar.prune.lagrangian import OBJECTIVES
 from slimdiar.train.config import to_dict
 from slimdiar.train.distributed import DistContext
-from slimdiar.train.finetune import DataSection, chunk_datasets, seed_everything
+from slimdiar.train.finetune import (
+    DataSection,
+    WavLMTrainingSection,
+    chunk_datasets,
+    seed_everything,
+)
 from slimdiar.train.objective import Objective, ParamGroup
 from slimdiar.train.trainer import Trainer, TrainerConfig, TrainResult
 
@@ -136,6 +141,7 @@ class PruneConfig:
     """Everything ``slimdiar prune`` needs besides paths."""
 
     prune: PruneSection = field(default_factory=PruneSection)
+    wavlm: WavLMTrainingSection = field(default_factory=WavLMTrainingSection)
     data: DataSection = field(default_factory=DataSection)
     optim: DistillOptimSection = field(default_factory=DistillOptimSection)
     trainer: PruneTrainerConfig = field(default_factory=PruneTrainerConfig)
@@ -146,6 +152,7 @@ class DistillConfig:
     """Everything ``slimdiar distill`` needs besides paths."""
 
     distill_layers: list[int] = field(default_factory=list)
+    wavlm: WavLMTrainingSection = field(default_factory=WavLMTrainingSection)
     data: DataSection = field(default_factory=DataSection)
     optim: DistillOptimSection = field(default_factory=DistillOptimSection)
     trainer: DistillTrainerConfig = field(default_factory=DistillTrainerConfig)
@@ -384,7 +391,7 @@ def prune(config: PruneConfig, teacher_path: str | Path, train_dir: str | Path,
     layers = section.distill_layers or default_distill_layers(teacher.config.num_layers)
     validate_layers(layers, teacher.config.num_layers)
     train_set, dev_set = chunk_datasets(config.data, teacher.config, train_dir, dev_dir)
-    student = enable_units(copy.deepcopy(teacher), section)
+    student = enable_units(config.wavlm.apply(copy.deepcopy(teacher)), section)
     for p in student.parameters():
         p.requires_grad_(True)
     controller = SparsityController(section.sparsity, section.warmup_epochs)
@@ -425,7 +432,7 @@ def distill(config: DistillConfig, student_path: str | Path, teacher_path: str |
     teacher = load_teacher(teacher_path)
     if not Path(student_path).exists():
         raise CheckpointError(f"student {str(student_path)!r} does not exist")
-    student = WavLM.from_pretrained(student_path)
+    student = config.wavlm.apply(WavLM.from_pretrained(student_path))
     if student.config.embed_dim != teacher.config.embed_dim:
         raise ConfigError(
             f"student width {student.config.embed_dim} differs from the teacher's "

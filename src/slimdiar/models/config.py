@@ -53,6 +53,12 @@ class WavLMConfig:
     dropout, attention_dropout
         Dropout after the feature projection, residual branches and FFN, and on attention
         probabilities (training only).
+    conv_output_scale
+        A fixed per-channel scale on the last conv layer's output (after its GELU, before the
+        feature-projection LayerNorm; DiariZen's ``feature_extractor.dummy_weight``). The last
+        conv layer's pruning gate then acts there, and pruning stores the surviving soft mask
+        values in it. Without it (configs written before it existed) that gate acts after the
+        feature-projection LayerNorm and is folded into the projection.
     """
 
     conv_layers: list[tuple[int, int, int]]
@@ -74,6 +80,7 @@ class WavLMConfig:
     layer_norm_eps: float = 1e-5
     dropout: float = 0.0
     attention_dropout: float = 0.0
+    conv_output_scale: bool = False
     name: str = field(default="wavlm", compare=False)
 
     def __post_init__(self) -> None:

@@ -145,7 +145,8 @@ def test_frozen_backbone_gets_no_gradients_and_stays_in_eval_mode():
     assert model.backbone_parameters() == []
     train_step_loss(model).backward()
     assert all(p.grad is None for p in model.backbone.parameters())
-    assert model.layer_weights.grad is not None and model.layer_weights.grad.abs().sum() > 0
+    grad = model.weight_sum.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
     assert model.projection.weight.grad is not None
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(model.head_parameters()) == len(trainable)
@@ -193,7 +194,7 @@ def test_save_load_round_trip_with_pruned_backbone(tmp_path):
     model = EEND(EENDConfig(wavlm=pruned_tiny_wavlm_config(), **TINY_HEAD))
     model.eval()
     with torch.no_grad():
-        model.layer_weights.copy_(torch.tensor([0.3, -0.2, 0.5]))
+        model.weight_sum.weight.copy_(torch.tensor([[0.3, -0.2, 0.5]]))
     path = model.save_pretrained(tmp_path / "eend", metadata={"stage": "finetune", "epoch": 3})
     stored = json.loads((path / "config.json").read_text())
     assert stored["kind"] == "eend"
@@ -238,6 +239,48 @@ def test_fresh_head_on_a_saved_pruned_backbone(tmp_path):
     assert model.config.wavlm == pruned_tiny_wavlm_config()
     saved = backbone.state_dict()
     assert all(torch.equal(v, model.backbone.state_dict()[k]) for k, v in saved.items())
-    assert model.layer_weights.shape == (3,)
+    assert model.weight_sum.weight.shape == (1, 3)
     with pytest.raises(ConfigError, match="needs the wavlm front-end"):
         EEND.from_backbone_checkpoint(path, EENDConfig(frontend="fbank"))
+
+
+# ---------------------------------------------------------------------- layer sum
+
+
+def test_linear_layer_sum_is_an_unnormalised_linear_over_the_stacked_states():
+    model = tiny_eend().eval()
+    assert model.config.layer_sum == "linear" and not hasattr(model, "layer_weights")
+    weights = torch.tensor([[2.0, -1.0, 0.5]])
+    with torch.no_grad():
+        model.weight_sum.weight.copy_(weights)
+    states = [torch.randn(2, 5, 64) for _ in range(3)]
+    expected = 2.0 * states[0] - states[1] + 0.5 * states[2]
+    assert torch.allclose(model.combine_layers(states), expected, atol=1e-6)
+    assert torch.equal(model.layer_sum_weights(), weights[0])
+
+
+def test_softmax_layer_sum_normalises_its_weights():
+    model = tiny_eend(layer_sum="softmax").eval()
+    assert not hasattr(model, "weight_sum")
+    with torch.no_grad():
+        model.layer_weights.copy_(torch.tensor([0.0, math.log(2.0), math.log(5.0)]))
+    states = [torch.full((1, 2, 64), float(v)) for v in (1.0, 2.0, 3.0)]
+    expected = (1.0 * 1 + 2.0 * 2 + 5.0 * 3) / 8
+    assert torch.allclose(model.combine_layers(states), torch.full((1, 2, 64), expected))
+    with pytest.raises(ConfigError, match="unknown layer_sum 'mean'"):
+        EENDConfig(layer_sum="mean")
+
+
+def test_checkpoint_without_layer_sum_key_loads_as_softmax(tmp_path):
+    model = tiny_eend(layer_sum="softmax").eval()
+    path = model.save_pretrained(tmp_path / "old")
+    header = json.loads((path / "config.json").read_text())
+    del header["config"]["layer_sum"]          # as written before the option existed
+    (path / "config.json").write_text(json.dumps(header))
+    loaded = EEND.from_pretrained(path)
+    assert loaded.config.layer_sum == "softmax"
+    waveforms = torch.randn(1, ONE_SECOND)
+    with torch.no_grad():
+        assert torch.equal(model(waveforms), loaded(waveforms))
+    linear = tiny_eend().save_pretrained(tmp_path / "new")
+    assert EEND.from_pretrained(linear).config.layer_sum == "linear"

@@ -156,3 +156,35 @@ def test_finetune_and_distill_train_wavlm_with_the_options(tmp_path, monkeypatch
     student = _CapturingTrainer.objective.student
     assert student.feature_grad_mult == 0.1 and student.pruning_enabled
     assert student.config.dropout == 0.1
+
+
+def test_the_conv_output_scale_is_not_trained_by_stage_1(tmp_path, monkeypatch):
+    import slimdiar.train.prune as prune_module
+
+    monkeypatch.setattr(prune_module, "Trainer", _CapturingTrainer)
+    monkeypatch.setattr(prune_module, "chunk_datasets", lambda *a, **k: (None, None))
+    WavLM.from_preset("wavlm-tiny").save_pretrained(tmp_path / "teacher")
+    with pytest.raises(_Stop):
+        prune_module.prune(PruneConfig(), tmp_path / "teacher", tmp_path, tmp_path,
+                           tmp_path / "prune")
+    student = _CapturingTrainer.objective.student
+    assert student.config.conv_output_scale
+    assert not student.feature_extractor.output_scale.requires_grad
+    assert all(p.requires_grad for n, p in student.named_parameters()
+               if n != "feature_extractor.output_scale")
+
+
+def test_the_last_conv_gate_gradient_from_the_transformer_is_scaled_too():
+    # The reference scales the conv stack's output after the last gate and the output scale:
+    # the distillation gradient of every conv gate, the last one included, is 0.1x.
+    torch.manual_seed(0)
+    model = WavLM.from_preset("wavlm-tiny").enable_pruning().eval()
+    x = torch.randn(1, 8000)
+    grads = []
+    for mult in (1.0, 0.1):
+        model.set_training_options(feature_grad_mult=mult)
+        model.zero_grad(set_to_none=True)
+        model(x)[-1].pow(2).mean().backward()
+        grads.append(model.feature_extractor.conv_layers[-1].gate.log_alpha.grad.clone())
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], 0.1 * grads[0], rtol=1e-5, atol=1e-12)

@@ -457,3 +457,91 @@ def test_training_after_inference_mode_in_the_same_process():
     hidden = model(torch.randn(1, 16000))
     hidden[-1].sum().backward()
     assert model.encoder.rel_attn_embed.weight.grad is not None
+
+
+# ------------------------------------------------------------------------- conv output scale
+def soft_last_conv_gate_model(conv_output_scale: bool):
+    """Tiny gated model: some channels of conv layer 2 closed, the last layer's gate all soft."""
+    torch.manual_seed(0)
+    model = WavLM.from_preset("wavlm-tiny")
+    model.enable_pruning(conv=True, heads=False, ffn=False, conv_output_scale=conv_output_scale)
+    layers = model.feature_extractor.conv_layers
+    with torch.no_grad():
+        for layer in layers:
+            layer.gate.log_alpha.fill_(6.0)                # open, scale 0.999
+        layers[-1].gate.log_alpha[:12].uniform_(1.5, 2.5)  # open, scales 0.86 .. 0.95
+        layers[2].gate.log_alpha[:8] = -20.0               # closed (no LayerNorm spans them)
+    return model.eval()
+
+
+def test_last_conv_gate_acts_before_the_projection_norm_and_survives_as_a_scale():
+    model = soft_last_conv_gate_model(conv_output_scale=True)
+    assert model.config.conv_output_scale
+    last_mask = model.feature_extractor.conv_layers[-1].gate.deterministic_mask().detach()
+    assert (last_mask > 0.8).all() and (last_mask < 0.96).sum() == 12
+    waveforms = torch.randn(2, 16000)
+    with torch.no_grad():
+        gated = model(waveforms)
+        small = model.prune()
+        pruned = small(waveforms)
+        # The gate scales the conv output that the projection's LayerNorm normalises.
+        conv_out = model.feature_extractor(waveforms).transpose(1, 2)
+        projected = model.feature_projection(conv_out, None)
+    assert small.config.conv_output_scale and small.config.conv_layers[2][0] == 24
+    assert torch.allclose(small.feature_extractor.output_scale, last_mask)
+    assert not small.feature_extractor.output_scale.requires_grad
+    # the projection keeps its weights: the scale cannot be folded across the LayerNorm
+    assert torch.equal(small.feature_projection.projection.weight,
+                       model.feature_projection.projection.weight)
+    for a, b in zip(gated, pruned):
+        assert (a - b).abs().max().item() < 1e-5
+    assert torch.allclose(projected, F.layer_norm(conv_out, conv_out.shape[-1:],
+                                                  model.feature_projection.layer_norm.weight,
+                                                  model.feature_projection.layer_norm.bias)
+                          @ model.feature_projection.projection.weight.T
+                          + model.feature_projection.projection.bias, atol=1e-5)
+
+
+def test_without_the_scale_the_last_gate_folds_into_the_projection():
+    model = soft_last_conv_gate_model(conv_output_scale=False)
+    assert not model.config.conv_output_scale
+    waveforms = torch.randn(1, 16000)
+    with torch.no_grad():
+        gated = model(waveforms)
+        small = model.prune()
+        pruned = small(waveforms)
+    assert small.feature_extractor.output_scale is None
+    assert "feature_extractor.output_scale" not in small.state_dict()
+    for a, b in zip(gated, pruned):
+        assert (a - b).abs().max().item() < 1e-5
+
+
+def test_the_two_gate_placements_compute_different_models():
+    with torch.no_grad():
+        waveforms = torch.randn(1, 16000)
+        before_norm = soft_last_conv_gate_model(conv_output_scale=True)(waveforms)
+        after_norm = soft_last_conv_gate_model(conv_output_scale=False)(waveforms)
+    assert (before_norm[0] - after_norm[0]).abs().max().item() > 1e-3
+
+
+def test_output_scale_counts_and_old_configs_load(tmp_path):
+    with torch.device("meta"):
+        plain = WavLM(preset("wavlm-base-plus"))
+        scaled = WavLM(preset("wavlm-base-plus").replace(conv_output_scale=True))
+    assert plain.num_params() == plain.analytic_num_params() == 94_381_168
+    assert scaled.num_params() == scaled.analytic_num_params() == 94_381_680
+    assert scaled.macs(1.0) == plain.macs(1.0)
+    gated = WavLM.from_preset("wavlm-tiny").enable_pruning()
+    with torch.no_grad():
+        for gate in gated.gates():
+            gate.log_alpha.fill_(20.0)
+    assert abs(gated.expected_num_params().item() - gated.num_params()) < 1.0
+    # a checkpoint whose config predates the flag loads as a model without the scale
+    model = WavLM.from_preset("wavlm-tiny").eval()
+    path = model.save_pretrained(tmp_path / "old")
+    header = json.loads((path / "config.json").read_text())
+    del header["config"]["conv_output_scale"]
+    (path / "config.json").write_text(json.dumps(header))
+    loaded = WavLM.from_pretrained(path)
+    assert not loaded.config.conv_output_scale
+    assert loaded.feature_extractor.output_scale is None

@@ -60,6 +60,12 @@ class WavLMConfig:
         Dropout after the feature projection (``feat_proj_dropout``).
     activation_dropout
         Dropout inside the FFN, after its activation (``activation_dropout``).
+    conv_output_scale
+        A fixed per-channel scale on the last conv layer's output (after its GELU, before the
+        feature-projection LayerNorm; DiariZen's ``feature_extractor.dummy_weight``). The last
+        conv layer's pruning gate then acts there, and pruning stores the surviving soft mask
+        values in it. Without it (configs written before it existed) that gate acts after the
+        feature-projection LayerNorm and is folded into the projection.
     """
 
     conv_layers: list[tuple[int, int, int]]
@@ -83,6 +89,7 @@ class WavLMConfig:
     attention_dropout: float = 0.0
     feat_proj_dropout: float = 0.0
     activation_dropout: float = 0.0
+    conv_output_scale: bool = False
     name: str = field(default="wavlm", compare=False)
 
     def __post_init__(self) -> None:

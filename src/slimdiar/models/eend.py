@@ -4,10 +4,14 @@
 
     waveforms (batch, num_samples)
       └─ backbone (WavLM or filterbank)       L+1 hidden states (batch, num_frames, E)
-      └─ softmax-weighted sum of the states   (batch, num_frames, E)
+      └─ weighted sum of the states           (batch, num_frames, E)
       └─ Linear(E→d) → LayerNorm              (batch, num_frames, d)
       └─ Conformer × num_blocks               (batch, num_frames, d)
       └─ Linear(d→num_classes) → log-softmax  (batch, num_frames, num_classes)
+
+The layer sum is a plain ``Linear(L+1 → 1, bias=False)`` over the stacked states, as in the
+reference recipe (``layer_sum="linear"``), or a softmax over learned layer weights
+(``layer_sum="softmax"``, what checkpoints written before the option hold).
 
 Three variants are compared: WavLM updated (the default), WavLM frozen (``freeze_backbone``: no
 gradient reaches the backbone and it stays in eval mode) and the filterbank front-end (no SSL).
@@ -35,6 +39,7 @@ from slimdiar.models.wavlm import WavLM
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_KIND = "eend"
+LAYER_SUMS = ("linear", "softmax")
 
 
 @dataclass
@@ -57,6 +62,10 @@ class EENDConfig:
         Local speakers per chunk of the powerset.
     max_speakers_per_frame
         Largest set of simultaneous speakers of the powerset.
+    layer_sum
+        How the L+1 hidden states are combined: ``"linear"`` (an unnormalised
+        ``Linear(L+1, 1, bias=False)``, the reference's ``weight_sum``) or ``"softmax"`` (weights
+        ``softmax(layer_weights)``). A stored config without this key means ``"softmax"``.
     """
 
     frontend: str = "wavlm"
@@ -71,8 +80,13 @@ class EENDConfig:
     dropout: float = 0.1
     max_speakers_per_chunk: int = 4
     max_speakers_per_frame: int = 2
+    layer_sum: str = "linear"
 
     def __post_init__(self) -> None:
+        if self.layer_sum not in LAYER_SUMS:
+            raise ConfigError(
+                f"unknown layer_sum {self.layer_sum!r}; valid values: {', '.join(LAYER_SUMS)}"
+            )
         if self.frontend not in FRONTENDS:
             raise ConfigError(
                 f"unknown front-end {self.frontend!r}; valid front-ends: {', '.join(FRONTENDS)}"
@@ -131,7 +145,8 @@ class EENDConfig:
     def from_dict(cls, data: dict) -> EENDConfig:
         """Build a config from :meth:`to_dict` output.
 
-        ``wavlm`` may also be the name of a WavLM preset (e.g. ``"wavlm-base-plus"``).
+        ``wavlm`` may also be the name of a WavLM preset (e.g. ``"wavlm-base-plus"``). A
+        mapping without ``layer_sum`` (written before that option existed) gets ``"softmax"``.
         """
         if not isinstance(data, dict):
             raise ConfigError(f"EEND config must be a mapping, got {type(data).__name__}")
@@ -140,6 +155,7 @@ class EENDConfig:
         if unknown:
             raise ConfigError(f"unknown EEND config keys {unknown}; known keys: {sorted(known)}")
         values = dict(data)
+        values.setdefault("layer_sum", "softmax")
         wavlm = values.get("wavlm")
         if isinstance(wavlm, str):
             values["wavlm"] = preset(wavlm)
@@ -182,7 +198,11 @@ class EEND(nn.Module):
         self.backbone = backbone
         self.powerset = Powerset(config.max_speakers_per_chunk, config.max_speakers_per_frame)
         backbone_config = backbone.config
-        self.layer_weights = nn.Parameter(torch.zeros(backbone_config.num_layers + 1))
+        num_states = backbone_config.num_layers + 1
+        if config.layer_sum == "linear":
+            self.weight_sum = nn.Linear(num_states, 1, bias=False)
+        else:
+            self.layer_weights = nn.Parameter(torch.zeros(num_states))
         self.projection = nn.Linear(backbone_config.embed_dim, config.d_model)
         self.norm = nn.LayerNorm(config.d_model)
         self.conformer = Conformer(
@@ -278,13 +298,7 @@ class EEND(nn.Module):
             )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
             hidden_states = self.backbone(waveforms)
-        if len(hidden_states) != self.layer_weights.numel():
-            raise RuntimeError(
-                f"backbone returned {len(hidden_states)} hidden states, expected "
-                f"{self.layer_weights.numel()}"
-            )
-        weights = torch.softmax(self.layer_weights, dim=0)
-        features = sum(w * h for w, h in zip(weights, hidden_states, strict=True))
+        features = self.combine_layers(hidden_states)
         # (batch, num_frames, embed_dim)
         x = self.norm(self.projection(features))
         # (batch, num_frames, d_model)
@@ -293,6 +307,25 @@ class EEND(nn.Module):
         log_probs = F.log_softmax(self.classifier(x), dim=-1)
         # (batch, num_frames, num_classes)
         return log_probs
+
+    def combine_layers(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:
+        """The weighted sum of the L+1 ``(batch, num_frames, E)`` hidden states, same shape."""
+        weights = self.layer_sum_weights()
+        if len(hidden_states) != weights.numel():
+            raise RuntimeError(
+                f"backbone returned {len(hidden_states)} hidden states, expected "
+                f"{weights.numel()}"
+            )
+        if self.config.layer_sum == "linear":
+            stacked = torch.stack(hidden_states, dim=-1)         # (batch, num_frames, E, L+1)
+            return F.linear(stacked, self.weight_sum.weight).squeeze(-1)
+        return sum(w * h for w, h in zip(weights, hidden_states, strict=True))
+
+    def layer_sum_weights(self) -> torch.Tensor:
+        """The effective weight of each hidden state, shape ``(L+1,)``."""
+        if self.config.layer_sum == "linear":
+            return self.weight_sum.weight[0]
+        return torch.softmax(self.layer_weights, dim=0)
 
     # ------------------------------------------------------------------ checkpoints
     def save_pretrained(self, directory: str | Path, metadata: dict | None = None) -> Path:

@@ -137,17 +137,26 @@ class FeatureExtractor(nn.Module):
             layers.append(ConvLayer(in_channels, channels, kernel, stride, norm))
             in_channels = channels
         self.conv_layers = nn.ModuleList(layers)
+        # A fixed per-channel scale of the last layer's output; it holds the soft mask values of
+        # that layer's gate once pruned (it cannot be folded: a LayerNorm follows).
+        self.output_scale = (
+            nn.Parameter(torch.ones(in_channels), requires_grad=False)
+            if config.conv_output_scale else None
+        )
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         """Map ``(batch, num_samples)`` to ``(batch, conv_dim, num_frames)``.
 
-        The gate of the last conv layer is applied by :class:`FeatureProjection`, after its
-        LayerNorm, so that it folds exactly into the projection when pruned.
+        With an output scale, every gate acts after its layer's GELU and the scale follows.
+        Without one, the gate of the last conv layer is applied by :class:`FeatureProjection`,
+        after its LayerNorm, so that it folds into the projection when pruned.
         """
         x = waveforms[:, None, :]
         last = len(self.conv_layers) - 1
         for i, layer in enumerate(self.conv_layers):
-            x = layer(x, apply_gate=i != last)
+            x = layer(x, apply_gate=i != last or self.output_scale is not None)
+        if self.output_scale is not None:
+            x = x * self.output_scale[None, :, None]
         return x
 
 
@@ -573,7 +582,8 @@ class WavLM(nn.Module):
         # The transformer's gradient reaches the conv layers scaled (fairseq's
         # feature_grad_mult); a loss on the gates themselves (the Lagrangian) is not.
         features = scale_gradient(features, self.feature_grad_mult).transpose(1, 2)
-        last_gate = self.feature_extractor.conv_layers[-1].gate
+        last_gate = (self.feature_extractor.conv_layers[-1].gate
+                     if self.feature_extractor.output_scale is None else None)
         x = self.feature_projection(features, last_gate)                      # (B, T, E)
         return self.encoder(x)
 
@@ -645,6 +655,8 @@ class WavLM(nn.Module):
             if cfg.extractor_mode == "layer_norm" or i == 0:
                 total = total + 2 * channels
             in_channels = channels
+        if cfg.conv_output_scale:
+            total = total + in_channels                                       # output scale
         total = total + 2 * in_channels + in_channels * E + E                 # feature projection
         total = total + E * (E // cfg.pos_conv_groups) * cfg.pos_conv_kernel  # weight_v
         total = total + cfg.pos_conv_kernel + E                               # weight_g, bias
@@ -723,7 +735,8 @@ class WavLM(nn.Module):
     def enable_pruning(self, conv: bool = True, heads: bool = True, ffn: bool = True,
                        attention_blocks: bool = False, ffn_blocks: bool = False,
                        channel_drop_rate: float = 0.01, head_drop_rate: float = 0.01,
-                       ffn_drop_rate: float = 0.5, block_drop_rate: float = 0.01) -> WavLM:
+                       ffn_drop_rate: float = 0.5, block_drop_rate: float = 0.01,
+                       conv_output_scale: bool = True) -> WavLM:
         """Attach hard-concrete gates to the chosen units (SPEC §1.4) and return ``self``.
 
         Parameters
@@ -734,8 +747,18 @@ class WavLM(nn.Module):
             Also gate whole attention / FFN blocks.
         channel_drop_rate, head_drop_rate, ffn_drop_rate, block_drop_rate
             Initial probability that a unit of that kind is closed.
+        conv_output_scale
+            With ``conv``: give the model a per-channel output scale of the conv stack (ones, so
+            the model computes the same) if it has none, so that the last conv layer's gate acts
+            after its GELU, before the feature-projection LayerNorm, as in the reference recipe.
+            ``False`` keeps a model without one gating after that LayerNorm.
         """
         device = next(self.parameters()).device
+        if conv and conv_output_scale and self.feature_extractor.output_scale is None:
+            self.config = self.config.replace(conv_output_scale=True)
+            self.feature_extractor.output_scale = nn.Parameter(
+                torch.ones(self.config.conv_dim, device=device), requires_grad=False
+            )
         if conv:
             for layer in self.feature_extractor.conv_layers:
                 layer.gate = HardConcrete(layer.out_channels, channel_drop_rate).to(device)
@@ -759,10 +782,11 @@ class WavLM(nn.Module):
         """Return a new, plain, smaller WavLM computing what this gated model computes in eval.
 
         Closed units are removed and the soft scales of the deterministic masks are folded into
-        the following weights. Exact for heads, FFN units and whole blocks, and for conv channels
-        that no LayerNorm spans; channels removed under a LayerNorm (Large's conv layers, the
-        feature projection's LayerNorm) change its statistics. A conv layer keeps at least its
-        strongest channel.
+        the following weights; those of the last conv layer of a model with an output scale
+        (``config.conv_output_scale``) are multiplied into that scale. Exact for heads, FFN
+        units and whole blocks, and for conv channels that no LayerNorm spans; channels removed
+        under a LayerNorm (Large's conv layers, the feature projection's LayerNorm) change its
+        statistics. A conv layer keeps at least its strongest channel.
         """
         cfg = self.config
         src = self.state_dict()
@@ -837,9 +861,15 @@ class WavLM(nn.Module):
             t = src["feature_projection." + name]
             dst["feature_projection." + name] = t[keep.to(t.device)]
         w = src["feature_projection.projection.weight"]
-        dst["feature_projection.projection.weight"] = (
-            w[:, keep.to(w.device)] * scale.to(w)[None, :]
-        )
+        if cfg.conv_output_scale:
+            # The last gate sits before the projection's LayerNorm: its soft values stay a scale.
+            t = src["feature_extractor.output_scale"]
+            dst["feature_extractor.output_scale"] = t[keep.to(t.device)] * scale.to(t)
+            dst["feature_projection.projection.weight"] = w[:, keep.to(w.device)]
+        else:
+            dst["feature_projection.projection.weight"] = (
+                w[:, keep.to(w.device)] * scale.to(w)[None, :]
+            )
         dst["feature_projection.projection.bias"] = src["feature_projection.projection.bias"]
         # ---------------------------------------------------------------- encoder
         for name, t in src.items():

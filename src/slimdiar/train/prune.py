@@ -392,8 +392,9 @@ def prune(config: PruneConfig, teacher_path: str | Path, train_dir: str | Path,
     validate_layers(layers, teacher.config.num_layers)
     train_set, dev_set = chunk_datasets(config.data, teacher.config, train_dir, dev_dir)
     student = enable_units(config.wavlm.apply(copy.deepcopy(teacher)), section)
-    for p in student.parameters():
-        p.requires_grad_(True)
+    for name, p in student.named_parameters():
+        # The conv output scale is fixed (it only stores the last gate's values once pruned).
+        p.requires_grad_(name != "feature_extractor.output_scale")
     controller = SparsityController(section.sparsity, section.warmup_epochs)
     objective = DistillObjective(student, teacher, layers, config.optim, controller,
                                  section.objective, section.tolerance, section.gate_bound,

@@ -65,6 +65,11 @@ def run_one(work: Path, teacher: Path, objective: str, target: float, seed: int,
         "chosen_epochs": chosen,
         "chosen_selectable": all(r["selectable"] for r in epochs if r["epoch"] in chosen),
         "epoch_sparsity": [r["val/sparsity"] for r in epochs],
+        "kept": {
+            "conv_channels": [c for c, _, _ in pruned.config.conv_layers],
+            "heads": [len(h) for h in pruned.config.remaining_heads],
+            "ffn_units": list(pruned.config.ffn_dim),
+        },
         "seconds": seconds,
     }
 
@@ -121,6 +126,14 @@ def render(data: dict) -> str:
             f"{', '.join(map(str, run['chosen_epochs']))} | {trajectory[-1]:.3f} | "
             f"{min(after):.3f}–{max(after):.3f} | {run['seconds']:.0f} s |"
         )
+    kept_runs = [run for run in data["runs"] if "kept" in run]
+    if kept_runs:
+        lines += ["", "Kept by each run (conv channels of each layer | heads per layer | FFN "
+                  "units per layer):", ""]
+        for run in kept_runs:
+            kept = run["kept"]
+            lines.append(f"- {run['objective']} {run['target']}, seed {run['seed']}: "
+                         f"{kept['conv_channels']} | {kept['heads']} | {kept['ffn_units']}")
     lines += ["", "Deterministic sparsity after every epoch:", ""]
     for run in data["runs"]:
         values = " ".join(f"{s:.3f}" for s in run["epoch_sparsity"])

@@ -344,6 +344,8 @@ def build_report(out: Path, quick: bool) -> dict:
         "target_sparsity": pruning["target_sparsity"],
         "reached_sparsity": pruning["reached_sparsity"],
         "rows": rows,
+        "kept": {key: {"teacher": pruning[key]["teacher"], "student": pruning[key]["student"]}
+                 for key in ("conv_channels", "heads", "ffn_units")},
         "device": bench["device"],
         "threads": bench["threads"],
         "torch": bench["torch"],
@@ -378,11 +380,23 @@ def render_report(report: dict) -> str:
         "Clustering threshold tuned on the dev set: " + ", ".join(
             f"{row['system']} {row['clustering_threshold']:.2f}" for row in report["rows"]) + ".",
         "",
+        *_kept_lines(report.get("kept")),
         report["note"],
         "",
         *[f"![{p}]({p})" for p in report["plots"]],
     ]
     return "\n".join(text) + "\n"
+
+
+def _kept_lines(kept: dict | None) -> list[str]:
+    """What the pruned WavLM kept of each part (reports written before it was recorded: none)."""
+    if not kept:
+        return []
+    names = {"conv_channels": "conv channels", "heads": "attention heads per layer",
+             "ffn_units": "FFN units per layer"}
+    lines = [f"- {names[key]}: {value['student']} of {value['teacher']}"
+             for key, value in kept.items()]
+    return ["Kept by pruning:", "", *lines, ""]
 
 
 def check_settings() -> None:

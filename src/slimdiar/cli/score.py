@@ -168,8 +168,6 @@ def print_report(report: ScoreReport, uem_path: Path | None, console: Console) -
     for uri, score in report.files.items():
         c = score.components
         note = {"ref_only": "no hyp", "hyp_only": "no ref"}.get(score.status, "")
-        if score.reason:
-            note = f"{note}; {score.reason}" if note else score.reason
         table.add_row(
             uri, _percent(c.der), f"{c.missed_s:.2f}", f"{c.false_alarm_s:.2f}",
             f"{c.confusion_s:.2f}", f"{c.total_s:.2f}", _percent(score.jer), note,
@@ -193,3 +191,6 @@ def print_report(report: ScoreReport, uem_path: Path | None, console: Console) -
                   f"overlap {overlap}; speakers mapped with the {report.convention} convention")
     for uri, reason in report.unscored.items():
         console.print(f"not scored: {uri} ({reason})")
+    for uri, score in report.files.items():
+        if score.reason:
+            console.print(f"no DER: {uri} ({score.reason})")

@@ -1,5 +1,8 @@
 import itertools
 import logging
+import os
+import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -458,8 +461,8 @@ def test_md_eval_convention_equals_a_frame_grid_md_eval(collar_s, skip_overlap):
     else:
         assert num_differ > 0
 
+
 def test_scoring_depends_on_numpy_and_pyannote_only():
-    import subprocess
     import sys
 
     code = (
@@ -471,3 +474,65 @@ def test_scoring_depends_on_numpy_and_pyannote_only():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == ""
+
+
+# ------------------------------------------------------------------ parity with NIST md-eval
+MD_EVAL_SCRIPT = os.environ.get("SLIMDIAR_MD_EVAL")
+
+
+def run_md_eval(tmp_path, files, with_uem, collar_s, skip_overlap):
+    """Speaker times of md-eval-22 by file and in total ({"f=uri" or "ALL": {name: seconds}})."""
+    ref_lines, hyp_lines, uem_lines = [], [], []
+    for uri, (ref, hyp, uem) in files.items():
+        # md-eval refuses a speaker's overlapping turns: it is given them merged (as dscore does)
+        for lines, turns in ((ref_lines, ref), (hyp_lines, hyp)):
+            lines += [f"SPEAKER {uri} 1 {s / 1000:.3f} {(e - s) / 1000:.3f} <NA> <NA> {label} "
+                      "<NA> <NA>\n" for label, spans in merged_spans_ms(turns).items()
+                      for s, e in spans]
+        uem_lines += [f"{uri} 1 {s / 1000:.3f} {e / 1000:.3f}\n" for s, e in uem or []]
+    (tmp_path / "ref.rttm").write_text("".join(ref_lines))
+    (tmp_path / "hyp.rttm").write_text("".join(hyp_lines))
+    (tmp_path / "all.uem").write_text("".join(uem_lines))
+    command = ["perl", MD_EVAL_SCRIPT, "-af", "-c", str(collar_s),
+               "-r", str(tmp_path / "ref.rttm"), "-s", str(tmp_path / "hyp.rttm")]
+    command += ["-u", str(tmp_path / "all.uem")] if with_uem else []
+    command += ["-1"] if skip_overlap else []
+    done = subprocess.run(command, capture_output=True, text=True)
+    if "Illegal division by zero" in done.stderr:
+        return None  # md-eval fails on a file without scored speech; slimdiar gives it no DER
+    done.check_returncode()
+    times = {}
+    for block in done.stdout.split("*** Performance analysis for Speaker Diarization for ")[1:]:
+        times[block.split(" ***")[0]] = {
+            name: float(value) for name, value in re.findall(
+                r"(SCORED SPEAKER|MISSED SPEAKER|FALARM SPEAKER|SPEAKER ERROR) TIME =([0-9.]+)",
+                block)}
+    return times
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MD_EVAL_SCRIPT,
+                    reason="set SLIMDIAR_MD_EVAL to NIST md-eval-22.pl (run with perl)")
+@pytest.mark.parametrize("collar_s", [0.0, 0.25])
+@pytest.mark.parametrize("skip_overlap", [False, True])
+def test_md_eval_convention_equals_nist_md_eval(tmp_path, collar_s, skip_overlap):
+    num_files = 0
+    for files, with_uem in random_cases(1000 + int(collar_s * 4) + 2 * skip_overlap, 25):
+        expected = run_md_eval(tmp_path, files, with_uem, collar_s, skip_overlap)
+        if expected is None:
+            continue
+        _, _, _, report = score_case(files, with_uem, collar_s, skip_overlap, "md-eval", False)
+        for uri, score in report.files.items():
+            e = expected.get(f"f={uri}", {})
+            c = score.components
+            # md-eval prints its times with 6 decimals
+            assert (c.missed_s, c.false_alarm_s, c.confusion_s, c.total_s) == pytest.approx(
+                tuple(e.get(name, 0.0) for name in (
+                    "MISSED SPEAKER", "FALARM SPEAKER", "SPEAKER ERROR", "SCORED SPEAKER")),
+                abs=2e-6)
+            num_files += 1
+        total = expected["ALL"]
+        assert report.total.der == pytest.approx(
+            (total["MISSED SPEAKER"] + total["FALARM SPEAKER"] + total["SPEAKER ERROR"])
+            / total["SCORED SPEAKER"], abs=1e-6)
+    assert num_files >= 40

@@ -3,6 +3,7 @@
 Usage::
 
     slimdiar score --ref data/ami/test --hyp exp/ami/test/rttm --collar 0.25 --json der.json
+    slimdiar score --ref ref.rttm --hyp hyp.rttm --skip-overlap --convention pyannote
 """
 
 from __future__ import annotations
@@ -17,26 +18,35 @@ from rich.table import Table
 from slimdiar.data import Turn, read_rttm, read_uem, write_text_atomic
 from slimdiar.errors import ConfigError, DataFormatError
 from slimdiar.scoring import (
+    CONVENTIONS,
     ScoreReport,
     annotations_from_turns,
+    check_collar,
     score_diarization,
     timelines_from_regions,
 )
 
 DESCRIPTION = """\
 Score speaker diarization: DER (missed speech + false alarm + speaker confusion, divided by the
-total reference speech) per file and in total, and JER, with pyannote.metrics.
+total reference speech) per file and in total, as NIST md-eval computes it, and JER (pyannote).
 
---collar is the no-score collar on EACH side of every reference boundary, as NIST md-eval's -c
-counts it (0.25 removes 0.5 s around each boundary). Without a UEM, each file is scored over the
-extent of its reference (first reference onset to last offset), as md-eval does. Files present
-only in the reference are all missed speech; files present only in the hypothesis are scored where
-a UEM covers them and reported as not scored otherwise.
+A speaker's own overlapping turns are merged first (with a warning), as dscore does.
+--collar is the no-score collar on EACH side of every reference boundary, as md-eval's -c counts
+it (0.25 removes 0.5 s around each boundary). Without a UEM, each file is scored over the extent of
+its reference (first reference onset to last offset), as md-eval does. Files present only in the
+reference are all missed speech; files present only in the hypothesis are scored where a UEM
+covers them and reported as not scored otherwise.
+
+--convention md-eval (default) maps reference to hypothesis speakers on the whole scored region,
+overlap included, before the collars and overlap are removed, as md-eval does; --convention
+pyannote maps them on what remains, as pyannote.metrics does. They differ only with a collar or
+--skip-overlap.
 """
 
 EPILOG = """\
 RTTM_OR_DIR is an RTTM file, a data directory (its 'rttm' file, and its 'uem' file when --uem is
-not given), or a directory of *.rttm files (one per recording).
+not given), or a directory of *.rttm files (one per recording; a recording found in two of them is
+refused unless its turns are the same in both).
 """
 
 
@@ -59,6 +69,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--skip-overlap", action="store_true", help="do not score overlapped reference speech"
     )
+    parser.add_argument(
+        "--convention", choices=CONVENTIONS, default=CONVENTIONS[0],
+        help="where speakers are mapped: md-eval (whole region, before collars and overlap "
+             "removal) or pyannote (scored region only) (default: %(default)s)",
+    )
     parser.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
     parser.set_defaults(func=run)
 
@@ -78,13 +93,47 @@ def read_turns(path: str | Path) -> tuple[list[Turn], Path | None]:
         raise DataFormatError(
             path, None, None, "directory holds neither an 'rttm' file nor any *.rttm file"
         )
-    return [turn for file in files for turn in read_rttm(file)], None
+    return read_rttm_files(files), None
+
+
+def read_rttm_files(files: list[Path]) -> list[Turn]:
+    """Read several RTTM files; a recording may appear in two only with the same turns.
+
+    Raises
+    ------
+    DataFormatError
+        When a recording appears in two files with different turns (both files are named).
+    """
+    first_file: dict[str, Path] = {}
+    turns_by_uri: dict[str, list[Turn]] = {}
+    for file in files:
+        grouped: dict[str, list[Turn]] = {}
+        for turn in read_rttm(file):
+            grouped.setdefault(turn.uri, []).append(turn)
+        for uri, turns in grouped.items():
+            if uri not in turns_by_uri:
+                first_file[uri], turns_by_uri[uri] = file, turns
+            elif sorted(map(_turn_key, turns)) != sorted(map(_turn_key, turns_by_uri[uri])):
+                raise DataFormatError(
+                    file, None, None,
+                    f"recording {uri!r} is also in {first_file[uri]}, with other turns; "
+                    "score a directory that holds each recording once",
+                )
+    return [turn for turns in turns_by_uri.values() for turn in turns]
+
+
+def _turn_key(turn: Turn) -> tuple:
+    return turn.onset_s, turn.duration_s, turn.speaker, turn.channel
 
 
 def run(args: argparse.Namespace) -> int:
     """Score, print the table and write the JSON; exit status 0."""
-    if args.collar < 0:
-        raise ConfigError(f"--collar must be >= 0 seconds, got {args.collar}")
+    try:
+        collar_s = check_collar(args.collar)
+    except ConfigError:
+        raise ConfigError(
+            f"--collar must be >= 0 and finite (seconds), got {args.collar}"
+        ) from None
     console = Console(soft_wrap=True, markup=False, highlight=False)
     ref_turns, dir_uem = read_turns(args.ref)
     hyp_turns, _ = read_turns(args.hyp)
@@ -94,8 +143,9 @@ def run(args: argparse.Namespace) -> int:
         annotations_from_turns(ref_turns),
         annotations_from_turns(hyp_turns),
         uem=uem,
-        collar_s=args.collar,
+        collar_s=collar_s,
         skip_overlap=args.skip_overlap,
+        convention=args.convention,
     )
     print_report(report, uem_path, console)
     if args.json:
@@ -138,6 +188,9 @@ def print_report(report: ScoreReport, uem_path: Path | None, console: Console) -
         )
     overlap = "skipped" if report.skip_overlap else "scored"
     console.print(f"collar: {report.collar_s:g} s on each side of reference boundaries; "
-                  f"overlap {overlap}")
+                  f"overlap {overlap}; speakers mapped with the {report.convention} convention")
     for uri, reason in report.unscored.items():
         console.print(f"not scored: {uri} ({reason})")
+    for uri, score in report.files.items():
+        if score.reason:
+            console.print(f"no DER: {uri} ({score.reason})")

@@ -1,14 +1,18 @@
-"""Scoring: DER (missed speech, false alarm, confusion) and JER with md-eval conventions.
+"""Scoring: DER (missed speech, false alarm, confusion) and JER with NIST md-eval conventions.
 
 Depends on numpy and pyannote.core/pyannote.metrics only; inputs are pyannote annotations, or any
 turn/region records converted with :func:`annotations_from_turns` / :func:`timelines_from_regions`.
 """
 
 from slimdiar.scoring.der import (
+    CONVENTIONS,
     DERComponents,
     FileScore,
+    NoScoredTimeError,
     ScoreReport,
     annotations_from_turns,
+    check_collar,
+    merge_speaker_turns,
     pyannote_collar,
     reference_extent,
     score_diarization,
@@ -17,10 +21,14 @@ from slimdiar.scoring.der import (
 )
 
 __all__ = [
+    "CONVENTIONS",
     "DERComponents",
     "FileScore",
+    "NoScoredTimeError",
     "ScoreReport",
     "annotations_from_turns",
+    "check_collar",
+    "merge_speaker_turns",
     "pyannote_collar",
     "reference_extent",
     "score_diarization",

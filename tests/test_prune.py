@@ -84,16 +84,42 @@ def test_default_distill_layers_follow_the_paper():
     assert default_distill_layers(2) == [0, 1, 2]
 
 
-def test_distillation_loss_is_zero_minus_layers_for_identical_states():
+def test_distillation_loss_is_minus_one_for_identical_states():
     states = [torch.randn(2, 5, 8) for _ in range(3)]
     loss, scalars = distillation_loss(states, states, [0, 2])
-    assert loss.item() == pytest.approx(-2.0, abs=1e-6)
+    assert loss.item() == pytest.approx(-1.0, abs=1e-6)
     assert scalars["distill_l1"] == 0.0
     mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
     other = [s.clone() for s in states]
     other[0][1, 2:] += 100.0  # only padded frames differ
     masked, _ = distillation_loss(other, states, [0], mask)
     assert masked.item() == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_distillation_loss_averages_over_layers():
+    """Four identical distilled layers weigh as much as one: the loss is a mean, not a sum."""
+    torch.manual_seed(0)
+    student_layer, teacher_layer = torch.randn(2, 7, 16), torch.randn(2, 7, 16)
+    one, one_scalars = distillation_loss([student_layer], [teacher_layer], [0])
+    four, four_scalars = distillation_loss([student_layer] * 4, [teacher_layer] * 4, [0, 1, 2, 3])
+    assert four.item() == pytest.approx(one.item(), rel=1e-6)
+    assert four_scalars == pytest.approx(one_scalars, rel=1e-6)
+
+
+def test_distillation_loss_is_the_mean_l1_minus_the_mean_cosine_of_the_stacked_states():
+    """The reference's form: mean absolute error and mean cosine over (batch, layer, frame)."""
+    torch.manual_seed(1)
+    student = [torch.randn(3, 6, 10) for _ in range(5)]
+    teacher = [torch.randn(3, 6, 10) for _ in range(5)]
+    layers = [0, 2, 4]
+    s = torch.stack([student[i] for i in layers], dim=1)              # (B, layer, T, E)
+    t = torch.stack([teacher[i] for i in layers], dim=1)
+    l1 = (s - t).abs().mean()
+    cos = ((s * t).sum(-1) / (s.norm(dim=-1) * t.norm(dim=-1))).mean()
+    loss, scalars = distillation_loss(student, teacher, layers)
+    assert scalars["distill_l1"] == pytest.approx(l1.item(), rel=1e-5)
+    assert scalars["distill_cos"] == pytest.approx(cos.item(), rel=1e-5)
+    assert loss.item() == pytest.approx((l1 - cos).item(), rel=1e-5)
 
 
 def test_target_rises_linearly_over_the_warmup():

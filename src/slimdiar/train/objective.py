@@ -113,8 +113,8 @@ class Objective(abc.ABC):
         -------
         dict
             ``name -> (numerator, denominator)``; the trainer sums both over processes and logs
-            ``numerator / denominator``. Must include ``"loss"`` (used for early stopping and for
-            choosing the checkpoints to average).
+            ``numerator / denominator``. Must include ``"loss"`` (used for early stopping and,
+            by default, for choosing the checkpoints to average: :meth:`final_epochs`).
         """
 
     @abc.abstractmethod

@@ -252,6 +252,11 @@ def test_paper_runs_of_the_compound_recipe(tmp_path):
     configs = {option(c, "--config") for c in trainings if "finetune" in c}
     assert configs == {str(REPO / "configs" / "wavlm-base-plus.toml"),
                        str(REPO / "configs" / "wavlm-large.toml")}
+    # stage 1 of each WavLM runs with its own reference setting (Large: global batch 32)
+    prune_configs = {option(c, "--out").split("/")[2]: option(c, "--config")
+                     for c in trainings if "prune" in c}
+    assert prune_configs == {"base-plus": str(REPO / "configs" / "prune-wavlm-base-plus.toml"),
+                             "large": str(REPO / "configs" / "prune-wavlm-large.toml")}
     diarized = [option(c, "--model") for c in printed if c[:2] == ["slimdiar", "diarize"]]
     # 3 test sets x (8 pruned runs + 2 unpruned models).
     assert len(diarized) == 3 * 10

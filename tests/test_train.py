@@ -403,3 +403,30 @@ def test_ddp_two_processes_match_one_process(tmp_path):
 
 if __name__ == "__main__":
     _ddp_worker(sys.argv[1], int(sys.argv[2]))
+
+
+def test_the_objective_chooses_the_epochs_of_the_final_model(tmp_path):
+    """``Objective.final_epochs`` sees every epoch's validation metrics and picks ``best/``."""
+    trainer = make_trainer(tmp_path / "exp", max_epochs=3, average_best=2)
+    seen = []
+
+    def final_epochs(history, count):
+        seen.append((count, [(h["epoch"], sorted(h["metrics"])) for h in history]))
+        return [3, 1]
+
+    trainer.objective.final_epochs = final_epochs
+    result = trainer.fit()
+    assert seen[0] == (2, [(1, ["loss"]), (2, ["loss"]), (3, ["loss"])])
+    assert result.best_epochs == [3, 1]
+    metadata = json.loads((tmp_path / "exp" / "best" / "metadata.json").read_text())
+    assert metadata["epochs"] == [3, 1]
+    first = load_checkpoint(tmp_path / "exp" / "checkpoints" / "epoch-001")[0]
+    third = load_checkpoint(tmp_path / "exp" / "checkpoints" / "epoch-003")[0]
+    best = load_checkpoint(tmp_path / "exp" / "best")[0]
+    for key in best:
+        assert torch.allclose(best[key], (first[key] + third[key]) / 2, atol=1e-6), key
+    # an epoch the run does not have is a clear error
+    other = make_trainer(tmp_path / "other", max_epochs=1)
+    other.objective.final_epochs = lambda history, count: [7]
+    with pytest.raises(ConfigError, match=r"chose epochs \[7\]"):
+        other.fit()

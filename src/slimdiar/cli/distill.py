@@ -22,7 +22,8 @@ student (the average of the best checkpoints by validation loss), a plain WavLM 
 
 EPILOG = """\
 configuration (optional TOML with [data], [optim], [trainer] and distill_layers):
-  defaults: 20 epochs, lr 2e-4, weight decay 0.
+  defaults are the reference's: up to 20 epochs, global batch 64, early stop after 5 epochs
+  without a lower validation loss, lr 2e-4, weight decay 0, the final model averages the 5 best.
 
 example:
   slimdiar distill --student exp/prune80/pruned --teacher exp/ft/best \\

@@ -29,13 +29,16 @@ paper's order) or a pre-trained WavLM (the 'prune before fine-tune' baseline): s
 
 EPILOG = """\
 configuration (optional TOML with sections [prune], [data], [optim], [trainer]):
-  defaults are the paper's: 30 epochs, warm-up 5, lr 2e-4 weights / 2e-2 gates / 2e-2 lambda,
-  units = ["conv", "head", "ffn"], distill_layers = [0, L/3, 2L/3, L].
+  defaults are the reference's: up to 30 epochs (early stop: patience 5 past the warm-up),
+  global batch 64 (configs/prune-wavlm-large.toml: 32 for Large), warm-up 5, lr 2e-4 weights /
+  2e-2 gates / 2e-2 lambda, units = ["conv", "head", "ffn"], distill_layers = [0, L/3, 2L/3, L],
+  no clamp on the log-alphas (prune.gate_bound = 0).
   e.g. --set prune.units='["conv","head","ffn","attention_block"]' --set trainer.batch_size=8
-  The final model is the checkpoint past the warm-up whose pruned size is within
-  prune.tolerance (0.01) of the target with the lowest validation distillation loss (the last
-  epoch if none is). After each step every gate's open probability is kept within
-  [prune.gate_bound, 1 - prune.gate_bound] (0.001; 0 turns it off). More in docs/pruning.md.
+  The final model (prune.final_model = "average") averages, log-alphas included, the
+  trainer.average_best (5) epochs with the lowest total validation loss (distillation +
+  Lagrangian) from the epoch where that loss peaks on; "on-target" takes the one checkpoint past
+  the warm-up within prune.tolerance (0.01) of the target with the lowest validation
+  distillation loss. More in docs/pruning.md.
 
 examples:
   slimdiar prune --teacher exp/ft/best --sparsity 0.8 --train data/train --dev data/dev \\
@@ -78,11 +81,14 @@ def run(args: argparse.Namespace) -> int:
         config, args.teacher, args.train, args.dev, args.out, ctx=ctx, resume=args.resume))
     if ctx.is_main:
         report = write_report(args.out, teacher, pruned, config.prune.sparsity,
-                              config.prune.objective)
+                              config.prune.objective,
+                              {"rule": config.prune.final_model, "epochs": result.best_epochs})
         t, s = report["teacher"], report["student"]
         print(f"teacher {t['params'] / 1e6:.2f}M params, {t['macs_per_second'] / 1e9:.2f}G MACs/s")
         print(f"pruned  {s['params'] / 1e6:.2f}M params, {s['macs_per_second'] / 1e9:.2f}G MACs/s")
-        print(f"sparsity reached {report['reached_sparsity']:.4f} "
+        print(f"sparsity reached {report['reached_sparsity']:.4f} in parameters, "
+              f"{report['reached_mac_sparsity']:.4f} in MACs "
               f"(target {report['target_sparsity']:.4f}, {report['objective']})")
+        print(f"final model: {config.prune.final_model} of epochs {result.best_epochs}")
         print(f"pruned model: {args.out}/pruned   report: {args.out}/report.md")
     return 0

@@ -44,7 +44,13 @@ def distillation_loss(
     layers: list[int],
     frame_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L1 distance plus negative cosine similarity, summed over the chosen hidden states.
+    """L1 distance plus negative cosine similarity, averaged over the chosen hidden states.
+
+    Per hidden state, the L1 term is the mean absolute difference over every element of the
+    real frames and the cosine term the mean over those frames of the cosine similarity of the
+    two feature vectors; both are then averaged over ``layers``. For equally long chunks this is
+    the mean absolute error and the mean cosine of the stacked ``(batch, layer, frames, E)``
+    states, the reference's loss; no log-sigmoid is applied to the cosine.
 
     Parameters
     ----------
@@ -58,8 +64,11 @@ def distillation_loss(
     Returns
     -------
     tuple
-        ``(loss, scalars)`` with the summed L1 and cosine terms in ``scalars``.
+        ``(loss, scalars)``: ``loss = distill_l1 - distill_cos``, the two layer-averaged terms
+        also in ``scalars``.
     """
+    if not layers:
+        raise ConfigError("distill_layers is empty; give at least one hidden-state index")
     total_l1 = total_cos = 0.0
     for i in layers:
         s, t = student[i], teacher[i].detach()
@@ -73,5 +82,6 @@ def distillation_loss(
             count = weight.sum().clamp(min=1.0)
             total_l1 = total_l1 + (l1 * weight).sum() / count
             total_cos = total_cos + (cos * weight).sum() / count
-    loss = total_l1 - total_cos
-    return loss, {"distill_l1": float(total_l1.detach()), "distill_cos": float(total_cos.detach())}
+    mean_l1, mean_cos = total_l1 / len(layers), total_cos / len(layers)
+    loss = mean_l1 - mean_cos
+    return loss, {"distill_l1": float(mean_l1.detach()), "distill_cos": float(mean_cos.detach())}

@@ -32,7 +32,8 @@ def read_metrics(path: str | Path) -> list[dict]:
     return records
 
 
-def pruning_report(teacher, student, target_sparsity: float, objective: str = "params") -> dict:
+def pruning_report(teacher, student, target_sparsity: float, objective: str = "params",
+                   final_model: dict | None = None) -> dict:
     """The numbers of a pruned model against its teacher.
 
     Parameters
@@ -43,12 +44,16 @@ def pruning_report(teacher, student, target_sparsity: float, objective: str = "p
         What was asked for.
     objective
         ``"params"`` or ``"macs"``: what the target measures.
+    final_model
+        How the pruned checkpoint was chosen: ``{"rule": "average" | "on-target",
+        "epochs": [...]}`` (recorded as given).
     """
     t_cfg, s_cfg = teacher.config, student.config
     t_params, s_params = teacher.num_params(), student.num_params()
     t_macs, s_macs = teacher.macs(1.0), student.macs(1.0)
     return {
         "objective": objective,
+        "final_model": final_model,
         "target_sparsity": target_sparsity,
         "reached_sparsity": 1.0 - s_params / t_params,
         "reached_mac_sparsity": 1.0 - s_macs / t_macs,
@@ -158,6 +163,11 @@ def render_markdown(report: dict, plots: list[str]) -> str:
     for i, (heads, ffn) in enumerate(zip(report["heads"]["student_indices"],
                                          report["ffn_units"]["student"])):
         lines.append(f"| {i} | {len(heads)} {heads} | {ffn} of {ffn_teacher[i]} |")
+    final = report.get("final_model")
+    if final:
+        how = "average of epochs" if final["rule"] == "average" else "checkpoint of epoch"
+        lines[3:3] = [f"Final model (`{final['rule']}` rule): {how} "
+                      f"{', '.join(str(e) for e in final['epochs'])}, then pruned.", ""]
     lines += ["", "Conv channels kept per layer: "
               + ", ".join(f"{s_}/{t_}" for s_, t_ in zip(report["conv_channels"]["student"],
                                                          report["conv_channels"]["teacher"])),
@@ -167,10 +177,10 @@ def render_markdown(report: dict, plots: list[str]) -> str:
 
 
 def write_report(exp_dir: str | Path, teacher, student, target_sparsity: float,
-                 objective: str = "params") -> dict:
+                 objective: str = "params", final_model: dict | None = None) -> dict:
     """Write ``report.json``, the plots and ``report.md`` into ``exp_dir``; return the report."""
     exp_dir = Path(exp_dir)
-    report = pruning_report(teacher, student, target_sparsity, objective)
+    report = pruning_report(teacher, student, target_sparsity, objective, final_model)
     plots = _plot_training(read_metrics(exp_dir / "metrics.jsonl"), exp_dir)
     plots += _plot_kept_units(report, exp_dir)
     report["plots"] = plots

@@ -1,9 +1,14 @@
-"""Averaging checkpoint directories (the final model of fine-tuning)."""
+"""The final model of a run: which epochs to average, and averaging checkpoint directories.
+
+An epoch of a run's history is a dict with ``epoch`` (1-based), ``val_loss``, ``selectable`` and
+``metrics`` (every validation metric of that epoch, by name).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -12,6 +17,53 @@ from slimdiar.errors import CheckpointError
 from slimdiar.models.checkpoint import CONFIG_NAME, load_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
+
+
+def lowest_loss_epochs(history: list[dict], count: int) -> list[int]:
+    """The ``count`` selectable epochs with the lowest validation loss, best first.
+
+    Ties go to the earlier epoch; a NaN loss ranks last. Empty if no epoch is selectable.
+    """
+    candidates = [h for h in history if h["selectable"]]
+    ranked = sorted(candidates, key=lambda h: (_nan_last(h["val_loss"]), h["epoch"]))
+    return [h["epoch"] for h in ranked[:count]]
+
+
+def post_peak_epochs(history: list[dict], count: int, metric: str) -> list[int]:
+    """The ``count`` epochs with the lowest ``metric`` from the epoch where it peaks on, best first.
+
+    The peak is the epoch of the highest value of ``metric`` over the whole history (the
+    earliest one if several share it); it is itself a candidate. Pruning first makes the loss
+    rise while units close, then fall once the sparsity stops changing: only the checkpoints from
+    the peak on hold the final architecture. Ties go to the earlier epoch; NaN values are never
+    the peak and rank last. Empty if no epoch has a finite ``metric``.
+
+    Raises
+    ------
+    CheckpointError
+        If an epoch of the history lacks ``metric`` (a history written by another version).
+    """
+    values = []
+    for h in history:
+        metrics = h.get("metrics", {})
+        if metric not in metrics:
+            raise CheckpointError(
+                f"epoch {h['epoch']} of the run's history has no validation {metric!r}; the "
+                "checkpoints were written by another version of slimdiar, choose the final model "
+                "with another rule"
+            )
+        values.append(float(metrics[metric]))
+    finite = [i for i, v in enumerate(values) if math.isfinite(v)]
+    if not finite:
+        return []
+    peak = max(finite, key=lambda i: (values[i], -i))
+    ranked = sorted(range(peak, len(history)),
+                    key=lambda i: (_nan_last(values[i]), history[i]["epoch"]))
+    return [history[i]["epoch"] for i in ranked[:count]]
+
+
+def _nan_last(value: float) -> float:
+    return math.inf if math.isnan(value) else value
 
 
 def average_checkpoints(

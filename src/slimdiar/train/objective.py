@@ -18,6 +18,7 @@ import torch
 
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
+from slimdiar.train.averaging import lowest_loss_epochs
 
 
 @dataclass
@@ -112,8 +113,8 @@ class Objective(abc.ABC):
         -------
         dict
             ``name -> (numerator, denominator)``; the trainer sums both over processes and logs
-            ``numerator / denominator``. Must include ``"loss"`` (used for early stopping and for
-            choosing the checkpoints to average).
+            ``numerator / denominator``. Must include ``"loss"`` (used for early stopping and,
+            by default, for choosing the checkpoints to average: :meth:`final_epochs`).
         """
 
     @abc.abstractmethod
@@ -177,6 +178,25 @@ class Objective(abc.ABC):
         target sparsity is still rising, its validation losses are not comparable).
         """
         return True
+
+    def final_epochs(self, history: list[dict], count: int) -> list[int]:
+        """The epochs whose checkpoints are averaged into the final model (``best/``).
+
+        Parameters
+        ----------
+        history
+            Every epoch of the run: dicts with ``epoch`` (1-based), ``val_loss``,
+            ``selectable`` and ``metrics`` (the validation metrics by name).
+        count
+            ``trainer.average_best``.
+
+        Returns
+        -------
+        list of int
+            By default the ``count`` selectable epochs with the lowest validation loss; empty if
+            none is selectable (the trainer then takes the last epoch).
+        """
+        return lowest_loss_epochs(history, count)
 
     def buffers_to_sync(self) -> list[torch.Tensor]:
         """Floating buffers that must be identical on every process (BatchNorm statistics).

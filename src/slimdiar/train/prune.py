@@ -3,8 +3,9 @@
 Stage 1 (``slimdiar prune``): the student is a copy of the teacher's WavLM with hard-concrete
 gates; its loss is the layer-wise distillation loss plus the Lagrangian sparsity term, with
 ``λ1, λ2`` trained by gradient ascent while the target sparsity rises over the warm-up. At the end
-the chosen checkpoints of the *gated* model are averaged (log-alphas included), the deterministic
-masks applied, and the pruned WavLM written to ``EXP_DIR/pruned``.
+the chosen checkpoints of the *gated* model are averaged (log-alphas included: by default the 5
+epochs with the lowest total validation loss from the epoch where that loss peaks on), the
+deterministic masks applied, and the pruned WavLM written to ``EXP_DIR/pruned``.
 
 Stage 2 (``slimdiar distill``): the same objective without gates and multipliers.
 
@@ -33,6 +34,7 @@ from slimdiar.prune import (
     validate_layers,
 )
 from slimdiar.prune.lagrangian import OBJECTIVES
+from slimdiar.train.averaging import lowest_loss_epochs, post_peak_epochs
 from slimdiar.train.config import to_dict
 from slimdiar.train.distributed import DistContext
 from slimdiar.train.finetune import (
@@ -47,6 +49,7 @@ from slimdiar.train.trainer import Trainer, TrainerConfig, TrainResult
 logger = logging.getLogger(__name__)
 
 UNITS = ("conv", "head", "ffn", "attention_block", "ffn_block")
+FINAL_MODELS = ("average", "on-target")
 GATED_KIND = "wavlm-gated"
 
 
@@ -69,12 +72,21 @@ class PruneSection:
     channel_drop_rate, head_drop_rate, ffn_drop_rate, block_drop_rate
         Initial closing probability of each kind of gate.
     gate_bound
-        After every step each gate's open probability is clamped to ``[b, 1 - b]`` (0: never).
-        Gates then cannot saturate, so a closed unit can reopen and the multipliers need not
-        grow without bound to close an important one.
+        After every step each gate's open probability is clamped to ``[b, 1 - b]``; 0 (the
+        reference: no clamp) never clamps. A bound keeps gates from saturating, so a closed unit
+        can reopen and the multipliers need not grow without bound to close an important one.
+    final_model
+        Which checkpoints of the gated model become the final model:
+
+        ``"average"`` (the reference): the average, weights and log-alphas, of the
+        ``trainer.average_best`` epochs with the lowest total validation loss (distillation +
+        Lagrangian term) among the epoch where that loss peaks and those after it.
+
+        ``"on-target"``: the one checkpoint past the warm-up whose deterministic sparsity is
+        within ``tolerance`` of the target with the lowest validation distillation loss (the last
+        one if no epoch is on target).
     tolerance
-        Only a checkpoint past the warm-up whose deterministic sparsity is within this of the
-        target may become the final model (if none is, the last one is taken).
+        What ``"on-target"`` means: reached sparsity within this of the target.
     """
 
     sparsity: float = 0.8
@@ -86,7 +98,8 @@ class PruneSection:
     head_drop_rate: float = 0.01
     ffn_drop_rate: float = 0.5
     block_drop_rate: float = 0.01
-    gate_bound: float = 0.001
+    gate_bound: float = 0.0
+    final_model: str = "average"
     tolerance: float = 0.01
 
     def __post_init__(self) -> None:
@@ -96,6 +109,9 @@ class PruneSection:
             raise ConfigError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
         if not 0.0 <= self.gate_bound < 0.5:
             raise ConfigError(f"gate_bound must be in [0, 0.5), got {self.gate_bound}")
+        if self.final_model not in FINAL_MODELS:
+            raise ConfigError(
+                f"final_model must be one of {FINAL_MODELS}, got {self.final_model!r}")
         unknown = sorted(set(self.units) - set(UNITS))
         if unknown or not self.units:
             raise ConfigError(f"units must be a non-empty list from {UNITS}, got {self.units}")
@@ -113,27 +129,33 @@ class DistillOptimSection:
 
 @dataclass
 class PruneTrainerConfig(TrainerConfig):
-    """Trainer settings of stage 1: 30 epochs, no early stop, one final gated model.
+    """Trainer settings of stage 1, the reference's: up to 30 epochs, global batch 64.
 
-    The checkpoint with the lowest validation distillation loss among those on target is kept
-    (``average_best`` 1); averaging the log-alphas of several checkpoints can move the
-    deterministic masks off target.
+    Early stopping (``patience`` 5) counts from the first epoch past the warm-up, on the
+    validation distillation loss (with ``prune.final_model = "on-target"``: from the first
+    on-target epoch). ``average_best`` (5) is the number of epochs the ``"average"`` final model
+    averages. The reference trains WavLM Large with a global batch of 32
+    (``configs/prune-wavlm-large.toml``).
     """
 
     max_epochs: int = 30
-    patience: int = 0
-    average_best: int = 1
-    batch_size: int = 16
+    patience: int = 5
+    average_best: int = 5
+    batch_size: int = 64
 
 
 @dataclass
 class DistillTrainerConfig(TrainerConfig):
-    """Trainer settings of stage 2: 20 epochs, no early stop, average of the 5 best."""
+    """Trainer settings of stage 2, the reference's: up to 20 epochs, global batch 64.
+
+    Early stop after 5 epochs without a lower validation loss; the final model averages the 5
+    best.
+    """
 
     max_epochs: int = 20
-    patience: int = 0
+    patience: int = 5
     average_best: int = 5
-    batch_size: int = 16
+    batch_size: int = 64
 
 
 @dataclass
@@ -211,12 +233,15 @@ class DistillObjective(Objective):
         After every step each gate's open probability is clamped to ``[b, 1 - b]`` (0: never).
     seed
         Seed of the gate masks (drawn afresh for every step from ``seed`` and the step).
+    final_model
+        ``"average"`` or ``"on-target"``: how stage 1 chooses its final checkpoints
+        (:class:`PruneSection`).
     """
 
     def __init__(self, student: WavLM, teacher: WavLM, layers: list[int],
                  optim: DistillOptimSection, controller: SparsityController | None = None,
                  objective: str = "params", tolerance: float = 0.01,
-                 gate_bound: float = 0.0, seed: int = 0):
+                 gate_bound: float = 0.0, seed: int = 0, final_model: str = "average"):
         self.student = student
         self.teacher = teacher
         self.layers = validate_layers(layers, student.config.num_layers)
@@ -227,7 +252,11 @@ class DistillObjective(Objective):
         self.tolerance = tolerance
         self.gate_bound = gate_bound
         self.seed = seed
+        if final_model not in FINAL_MODELS:
+            raise ConfigError(f"final_model must be one of {FINAL_MODELS}, got {final_model!r}")
+        self.final_model = final_model
         self.target = 0.0
+        self._epochs_done = 0.0  # when validating: the epochs trained so far
         self._on_target = controller is None
         if controller is not None and not student.pruning_enabled:
             raise ConfigError("a sparsity controller needs a student with gates")
@@ -261,6 +290,7 @@ class DistillObjective(Objective):
     def on_step(self, epoch: int, step: int, epoch_progress: float) -> None:
         if self.controller is not None:
             self.target = self.controller.target(epoch_progress)
+            self._epochs_done = float(epoch + 1)
             # The gate masks of a step depend on the seed and the step only: every process of a
             # distributed run draws the masks a single process would, and resuming redraws them.
             device = self.student.gate_parameters()[0].device
@@ -323,14 +353,32 @@ class DistillObjective(Objective):
         reached = self.deterministic_sparsity()
         final = self.controller.final_sparsity
         self._on_target = self.target >= final and abs(reached - final) <= self.tolerance
+        # The Lagrangian term as training sees it at the end of the epoch: expected sparsity,
+        # the target after the epochs done, the current multipliers.
+        penalty = float(self.controller.penalty(
+            self.sparsity(), self.controller.target(self._epochs_done)))
         stats["sparsity"] = (reached * count, count)
         stats["on_target"] = (float(self._on_target) * count, count)
+        stats["penalty"] = (penalty * count, count)
+        stats["total"] = (total + penalty * count, count)
         stats["loss"] = (total, count)
         return stats
 
     def selectable(self, epoch: int) -> bool:
-        """Stage 1: only checkpoints past the warm-up whose pruned size is on target."""
-        return self._on_target
+        """Stage 1: checkpoints past the warm-up (``"on-target"``: and on target)."""
+        if self.controller is None:
+            return True
+        if self.final_model == "on-target":
+            return self._on_target
+        return epoch > self.controller.warmup_epochs
+
+    def final_epochs(self, history: list[dict], count: int) -> list[int]:
+        """Stage 1: the epochs of :attr:`final_model`; stage 2: the ``count`` best."""
+        if self.controller is None:
+            return super().final_epochs(history, count)
+        if self.final_model == "on-target":
+            return lowest_loss_epochs(history, 1)
+        return post_peak_epochs(history, count, "total")
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -398,7 +446,7 @@ def prune(config: PruneConfig, teacher_path: str | Path, train_dir: str | Path,
     controller = SparsityController(section.sparsity, section.warmup_epochs)
     objective = DistillObjective(student, teacher, layers, config.optim, controller,
                                  section.objective, section.tolerance, section.gate_bound,
-                                 config.trainer.seed)
+                                 config.trainer.seed, section.final_model)
     run_config = to_dict(config)
     run_config["prune"]["distill_layers"] = layers
     run_config["paths"] = {"teacher": str(teacher_path), "train": str(train_dir),
@@ -411,16 +459,25 @@ def prune(config: PruneConfig, teacher_path: str | Path, train_dir: str | Path,
     pruned = gated.prune()
     if ctx.is_main:
         reached = 1.0 - pruned.num_params() / teacher.num_params()
+        reached_macs = 1.0 - pruned.macs(1.0) / teacher.macs(1.0)
         pruned.save_pretrained(Path(exp_dir) / "pruned", {
             "stage": "prune",
             "teacher": str(teacher_path),
             "target_sparsity": section.sparsity,
+            "objective": section.objective,
             "reached_sparsity": reached,
+            "reached_mac_sparsity": reached_macs,
+            "final_model": section.final_model,
             "epochs": result.best_epochs,
         })
-        logger.info("pruned WavLM: %.2fM -> %.2fM parameters (sparsity %.3f, target %.3f)",
-                    teacher.num_params() / 1e6, pruned.num_params() / 1e6, reached,
-                    section.sparsity)
+        logger.info("pruned WavLM (%s of epochs %s): %.2fM -> %.2fM parameters (sparsity %.3f, "
+                    "MAC sparsity %.3f, target %.3f in %s)", section.final_model,
+                    result.best_epochs, teacher.num_params() / 1e6, pruned.num_params() / 1e6,
+                    reached, reached_macs, section.sparsity, section.objective)
+        measured = reached if section.objective == "params" else reached_macs
+        if abs(measured - section.sparsity) > section.tolerance:
+            logger.warning("the pruned model's sparsity %.3f is %.3f off the target %.3f",
+                           measured, measured - section.sparsity, section.sparsity)
     return result, teacher, pruned
 
 

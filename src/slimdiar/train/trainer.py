@@ -534,7 +534,8 @@ class Trainer:
         val_loss = metrics["loss"]
         previous = self._best_entry()
         selectable = bool(self.objective.selectable(self.epoch))
-        self.history.append({"epoch": self.epoch, "val_loss": val_loss, "selectable": selectable})
+        self.history.append({"epoch": self.epoch, "val_loss": val_loss, "selectable": selectable,
+                             "metrics": dict(metrics)})
         best = self._best_entry()
         # patience counts from the first epoch that may be selected
         since_best = 0 if best is None else self.epoch - best["epoch"]
@@ -560,13 +561,16 @@ class Trainer:
             logger.info("no improvement for %d epochs: stopping", since_best)
 
     def _average_best(self) -> list[int]:
-        candidates = [h for h in self.history if h["selectable"]]
-        if not candidates and self.history:
+        epochs = self.objective.final_epochs(self.history, self.config.average_best)
+        if not epochs and self.history:
             logger.warning("no epoch was selectable: the final model is the last epoch's")
-            candidates = self.history[-1:]
-        ranked = sorted(candidates, key=lambda h: (_nan_last(h["val_loss"]), h["epoch"]))
-        chosen = ranked[: self.config.average_best]
-        epochs = [h["epoch"] for h in chosen]
+            epochs = [self.history[-1]["epoch"]]
+        by_epoch = {h["epoch"]: h for h in self.history}
+        unknown = [e for e in epochs if e not in by_epoch]
+        if unknown:
+            raise ConfigError(f"{type(self.objective).__name__}.final_epochs chose epochs "
+                              f"{unknown} that the run does not have")
+        chosen = [by_epoch[e] for e in epochs]
         if self.ctx.is_main and epochs:
             directories = [self.exp_dir / "checkpoints" / checkpoint_name(e) for e in epochs]
             average_checkpoints(

@@ -65,8 +65,8 @@ def test_oracle_cli_over_a_directory_skips_a_bad_recording(tmp_path, capsys):
         )
         data = json.loads((out / f"{uri}.json").read_text())
         assert data["uri"] == uri and data["embedding_model"] is None
-        assert data["config"]["segmentation"] == "oracle"
-        assert data["config"]["clustering"] == "oracle"
+        assert data["config"]["segmentation"]["source"] == "oracle"
+        assert data["config"]["clustering"] == {"method": "oracle"}
 
 
 def test_model_cli_with_wav_scp_and_exclusive_turns(tmp_path, capsys):
@@ -90,7 +90,7 @@ def test_model_cli_with_wav_scp_and_exclusive_turns(tmp_path, capsys):
             assert before.offset_s <= after.onset_s + 1e-3  # exclusive: no overlap
         data = json.loads((out / f"{uri}.json").read_text())
         assert data["segmentation_model"] == str(checkpoint)
-        assert data["num_chunks"] == 2 and data["config"]["step_s"] == 4.0
+        assert data["num_chunks"] == 2 and data["config"]["windows"]["step_s"] == 4.0
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 

@@ -19,13 +19,13 @@ from slimdiar.pipeline import DiarizationPipeline, PipelineConfig
 
 SAMPLE_RATE = 16000
 FREQUENCIES_HZ = {"alice": 350.0, "bob": 1250.0, "carol": 2900.0}
-# frame i of the WavLM grid stands for [0.02 i + 0.0025, 0.02 (i + 1) + 0.0025) s
+# frame i of the WavLM grid stands for [0.02 i + 0.0125, 0.02 (i + 1) + 0.0125) s
 REFERENCE = [
-    (0.5025, 6.0025, "alice"),
-    (5.0025, 11.0025, "bob"),
-    (11.5025, 15.0025, "carol"),
-    (14.0025, 18.0025, "alice"),
-    (20.0025, 23.9025, "bob"),
+    (0.5125, 6.0125, "alice"),
+    (5.0125, 11.0125, "bob"),
+    (11.5125, 15.0125, "carol"),
+    (14.0125, 18.0125, "alice"),
+    (20.0125, 23.9125, "bob"),
 ]
 DURATION_S = 24.3
 

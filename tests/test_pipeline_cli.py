@@ -13,10 +13,10 @@ from slimdiar.models.config import wavlm_tiny
 from slimdiar.models.eend import EEND, EENDConfig
 
 SAMPLE_RATE = 16000
-# boundaries on the 20 ms frame grid (frame i stands for [0.02 i + 0.0025, ...))
+# boundaries on the 20 ms frame grid (frame i stands for [0.02 i + 0.0125, ...))
 REFERENCE = {
-    "one": [(0.5025, 3.0025, "A"), (2.5025, 5.0025, "B")],
-    "two": [(1.0025, 2.0025, "C"), (2.2025, 4.4025, "D"), (4.0025, 5.5025, "C")],
+    "one": [(0.5125, 3.0125, "A"), (2.5125, 5.0125, "B")],
+    "two": [(1.0125, 2.0125, "C"), (2.2125, 4.4125, "D"), (4.0125, 5.5125, "C")],
 }
 
 

@@ -68,9 +68,10 @@ def test_frame_labels_use_the_frame_centre():
     assert centers[0] == pytest.approx(200 / 16000)
     assert centers[1] - centers[0] == pytest.approx(0.02)
     labels, mask, speakers = frame_labels([Turn("r", 11.0, 1.0, "A")], 10.0, 8.0, centers)
-    # centre (320 i + 200) / 16000 lies in [1, 2) s for i = 50 .. 99
+    # centre (320 i + 200) / 16000 nearest to 1 s: i = 49 (0.9925 s), to 2 s: i = 99 (1.9925 s);
+    # both ends included
     assert speakers == ["A"]
-    assert np.flatnonzero(labels[:, 0]).tolist() == list(range(50, 100))
+    assert np.flatnonzero(labels[:, 0]).tolist() == list(range(49, 100))
     assert labels[:, 1:].sum() == 0
     assert mask.all()
 
@@ -90,9 +91,9 @@ def test_five_speakers_keep_the_four_who_talk_most():
     labels, mask, speakers = frame_labels(turns, 0.0, 8.0, centers, max_speakers=4)
     assert speakers == ["A", "B", "C", "E"]
     assert labels.shape == (399, 4)
-    # B is active on [3, 7) through two turns
+    # B is active on [3, 7) through two turns: frames 149 (2.9925 s) .. 349 (6.9925 s)
     b = labels[:, 1].astype(bool)
-    assert b[(centers >= 3) & (centers < 7)].all() and not b[(centers < 3) | (centers >= 7)].any()
+    assert np.flatnonzero(b).tolist() == list(range(149, 350))
 
 
 def test_fewer_speakers_are_zero_padded_and_padding_is_masked():
@@ -134,9 +135,10 @@ def test_dataset_reads_chunks_lazily_and_pads_the_last(tmp_path):
     np.testing.assert_allclose(second["waveform"][:64000].numpy(), whole[96000:], atol=1e-4)
     assert second["waveform"][64000:].abs().sum() == 0
     assert second["mask"].sum() == 200
-    # second chunk [6, 10): B [7, 9) only; A [1, 2) belongs to the first chunk
-    assert second["labels"][:, 0].sum() == 100 and second["labels"][:, 1:].sum() == 0
-    assert first["labels"][:, 0].sum() == 50 and first["labels"][:, 1].sum() == 49  # 350..398
+    # second chunk [6, 10): B [7, 9) only (frames 49..149, ends included); A [1, 2) belongs to
+    # the first chunk (frames 49..99), with B's start (349..398, cut at the chunk's end)
+    assert second["labels"][:, 0].sum() == 101 and second["labels"][:, 1:].sum() == 0
+    assert first["labels"][:, 0].sum() == 51 and first["labels"][:, 1].sum() == 50
     batch = torch.utils.data.default_collate([first, second])
     assert batch["waveform"].shape == (2, 128000) and batch["labels"].shape == (2, 399, 4)
 
@@ -177,3 +179,26 @@ def test_data_layer_does_not_import_later_stages():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == ""
+
+
+def test_training_labels_and_output_turns_put_frame_i_at_the_same_second(tmp_path):
+    from slimdiar.pipeline import FrameGrid, activity_to_segments
+
+    grid = FrameGrid.from_config(wavlm_base_plus())
+    # a turn from the middle of global frame 320 (6.4125 s) to that of frame 420 (8.4125 s)
+    onset_s, offset_s = float(grid.frame_center_s(320)), float(grid.frame_center_s(420))
+    assert onset_s == pytest.approx(0.02 * 320 + 0.0125)
+    root, _ = make_dir(tmp_path)
+    (root / "rttm").write_text(
+        f"SPEAKER r 1 {onset_s:.4f} {offset_s - onset_s:.4f} <NA> <NA> A <NA> <NA>\n"
+    )
+    dataset = ChunkDataset(DataDir.load(root), wavlm_base_plus(), 8.0, 6.0)
+    second = dataset[1]  # starts at 6 s = global frame 300
+    local = np.flatnonzero(second["labels"][:, 0].numpy())
+    assert local[0] == 20 and local[-1] == 120  # both ends included, as the reference
+    # the same frames on the pipeline's global grid become a turn starting at the same second
+    binary = np.zeros((500, 1), dtype=np.uint8)
+    binary[300 + local, 0] = 1
+    [(start_s, end_s, _)] = activity_to_segments(binary, grid, duration_s=10.0)
+    assert start_s == pytest.approx(onset_s, abs=1e-9)
+    assert end_s == pytest.approx(offset_s + grid.frame_step_s, abs=1e-9)  # frame 420 included

@@ -19,13 +19,13 @@ from slimdiar.pipeline import DiarizationPipeline, PipelineConfig
 
 SAMPLE_RATE = 16000
 FREQUENCIES_HZ = {"alice": 350.0, "bob": 1250.0, "carol": 2900.0}
-# frame i of the WavLM grid stands for [0.02 i + 0.0025, 0.02 (i + 1) + 0.0025) s
+# frame i of the WavLM grid stands for [0.02 i + 0.0125, 0.02 (i + 1) + 0.0125) s
 REFERENCE = [
-    (0.5025, 6.0025, "alice"),
-    (5.0025, 11.0025, "bob"),
-    (11.5025, 15.0025, "carol"),
-    (14.0025, 18.0025, "alice"),
-    (20.0025, 23.9025, "bob"),
+    (0.5125, 6.0125, "alice"),
+    (5.0125, 11.0125, "bob"),
+    (11.5125, 15.0125, "carol"),
+    (14.0125, 18.0125, "alice"),
+    (20.0125, 23.9125, "bob"),
 ]
 DURATION_S = 24.3
 
@@ -106,6 +106,15 @@ def der(turns, reference_triples, uem_end_s=DURATION_S):
     return metric(reference, hypothesis, uem=Timeline([Segment(0, uem_end_s)]))
 
 
+def make_config(**sections) -> PipelineConfig:
+    """A pipeline configuration from nested settings."""
+    return PipelineConfig.from_dict(sections)
+
+
+def oracle_config() -> PipelineConfig:
+    return make_config(segmentation={"source": "oracle"}, clustering={"method": "oracle"})
+
+
 def write_wav(path, waveform, sample_rate=SAMPLE_RATE):
     soundfile.write(path, waveform, sample_rate)
     return path
@@ -114,7 +123,7 @@ def write_wav(path, waveform, sample_rate=SAMPLE_RATE):
 # ---------------------------------------------------------------------- oracle variants
 def test_oracle_segmentation_and_clustering_reproduce_the_reference():
     pipeline = DiarizationPipeline(
-        config=PipelineConfig(segmentation="oracle", clustering="oracle")
+        config=oracle_config()
     )
     waveform = synthesize(REFERENCE)
     result = pipeline((waveform, SAMPLE_RATE), reference=REFERENCE, uri="meeting")
@@ -131,7 +140,7 @@ def test_oracle_pipeline_error_is_bounded_by_frame_quantisation():
     jittered = [(on + rng.uniform(0, 0.02), off + rng.uniform(0, 0.02), spk)
                 for on, off, spk in REFERENCE]
     pipeline = DiarizationPipeline(
-        config=PipelineConfig(segmentation="oracle", clustering="oracle")
+        config=oracle_config()
     )
     result = pipeline((synthesize(jittered), SAMPLE_RATE), reference=jittered)
     speech_s = sum(off - on for on, off, _ in jittered)
@@ -140,7 +149,7 @@ def test_oracle_pipeline_error_is_bounded_by_frame_quantisation():
 
 
 def test_oracle_segmentation_with_embedding_clustering_finds_the_speakers():
-    config = PipelineConfig(segmentation="oracle", min_cluster_size=5)
+    config = make_config(segmentation={"source": "oracle"}, clustering={"min_cluster_size": 5})
     embedding = ToneEmbedding()
     pipeline = DiarizationPipeline(None, embedding, config)
     result = pipeline((synthesize(REFERENCE), SAMPLE_RATE), reference=REFERENCE)
@@ -160,7 +169,7 @@ def test_oracle_segmentation_with_embedding_clustering_finds_the_speakers():
 
 def test_exclusive_turns_never_overlap_and_cover_the_same_speech():
     pipeline = DiarizationPipeline(
-        config=PipelineConfig(segmentation="oracle", clustering="oracle")
+        config=oracle_config()
     )
     result = pipeline((synthesize(REFERENCE), SAMPLE_RATE), reference=REFERENCE)
     exclusive = sorted(result.exclusive_turns, key=lambda t: t.onset_s)
@@ -184,7 +193,7 @@ def test_silence_gives_an_empty_result_and_a_warning(tmp_path, caplog):
         def __call__(self, *args):
             raise AssertionError("no speaker to embed")
 
-    pipeline = DiarizationPipeline(model, Unused(), PipelineConfig(window_duration_s=2.0))
+    pipeline = DiarizationPipeline(model, Unused(), make_config(windows={"duration_s": 2.0}))
     with caplog.at_level("WARNING"):
         result = pipeline(path)
     assert model.num_calls > 0
@@ -193,7 +202,7 @@ def test_silence_gives_an_empty_result_and_a_warning(tmp_path, caplog):
     assert "no speech" in caplog.text
     assert any("no speech" in w for w in result.info["warnings"])
     # oracle segmentation with an empty reference is silence too
-    oracle = DiarizationPipeline(config=PipelineConfig(segmentation="oracle", clustering="oracle"))
+    oracle = DiarizationPipeline(config=oracle_config())
     assert oracle(path, reference=[]).num_speakers == 0
 
 
@@ -216,8 +225,7 @@ def test_impossible_speaker_counts_fail_before_any_work(tmp_path, kwargs, messag
 
 
 def test_oracle_without_reference_fails_before_any_work(tmp_path):
-    config = PipelineConfig(segmentation="oracle", clustering="oracle")
-    pipeline = DiarizationPipeline(config=config)
+    pipeline = DiarizationPipeline(config=oracle_config())
     with pytest.raises(ConfigError, match="reference turns"):
         pipeline(tmp_path / "missing.wav")
 
@@ -231,7 +239,7 @@ def test_missing_audio_and_models_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="needs a speaker embedding model"):
         DiarizationPipeline(SilentSegmentation(), None)
     with pytest.raises(ConfigError, match="step_s"):
-        PipelineConfig(step_s=9.0)
+        make_config(windows={"step_s": 9.0})
 
 
 # ---------------------------------------------------------------------- model glue, streaming
@@ -246,7 +254,8 @@ def test_model_segmentation_streams_windows_from_the_file(tmp_path, monkeypatch)
         return real_read_audio(path, start_s, duration_s, channel)
 
     monkeypatch.setattr(pipeline_module, "read_audio", spy)
-    config = PipelineConfig(window_duration_s=2.0, step_s=0.5, batch_size=3, min_cluster_size=2)
+    config = make_config(windows={"duration_s": 2.0, "step_s": 0.5, "batch_size": 3},
+                    clustering={"min_cluster_size": 2})
     pipeline = DiarizationPipeline(tiny_eend(), ToneEmbedding(), config)
     events = []
     result = pipeline(path, hook=lambda stage, payload, completed, total: events.append(
@@ -274,8 +283,9 @@ def test_model_segmentation_streams_windows_from_the_file(tmp_path, monkeypatch)
 def test_from_pretrained_and_result_files(tmp_path):
     checkpoint = tiny_eend().save_pretrained(tmp_path / "eend")
     pipeline = DiarizationPipeline.from_pretrained(
-        checkpoint, embedding=None, step_s=1.0, batch_size=4, clustering="oracle",
-        window_duration_s=2.0,
+        checkpoint, embedding=None,
+        settings={"windows": {"step_s": 1.0, "batch_size": 4, "duration_s": 2.0},
+                  "clustering": {"method": "oracle"}},
     )
     assert pipeline.embedding_model is None  # oracle clustering needs no embeddings
     path = write_wav(tmp_path / "talk.wav", synthesize(REFERENCE, duration_s=6.0))
@@ -291,7 +301,8 @@ def test_from_pretrained_and_result_files(tmp_path):
     )
     data = json.loads(result.to_json())
     assert data["uri"] == "talk" and data["segmentation_model"] == str(checkpoint)
-    assert data["config"]["clustering"] == "oracle" and data["config"]["step_s"] == 1.0
+    assert data["config"]["clustering"] == {"method": "oracle"}
+    assert data["config"]["windows"]["step_s"] == 1.0
     assert data["num_speakers"] == len(data["speakers"]) == result.num_speakers
     renamed = result.to_rttm(uri="other")
     assert all(line.split()[1] == "other" for line in renamed.splitlines())
@@ -302,7 +313,7 @@ def test_from_pretrained_with_ge2e(tmp_path):
         pytest.skip("the GE2E weights come with the resemblyzer wheel, which is not installed")
     checkpoint = tiny_eend().save_pretrained(tmp_path / "eend")
     pipeline = DiarizationPipeline.from_pretrained(
-        checkpoint, embedding="ge2e", window_duration_s=2.0, step_s=1.0
+        checkpoint, embedding="ge2e", settings={"windows": {"duration_s": 2.0, "step_s": 1.0}}
     )
     result = pipeline((synthesize(REFERENCE, duration_s=4.0), SAMPLE_RATE))
     assert result.to_dict()["embedding_model"] == "ge2e"

@@ -13,10 +13,10 @@ from slimdiar.models.config import wavlm_tiny
 from slimdiar.models.eend import EEND, EENDConfig
 
 SAMPLE_RATE = 16000
-# boundaries on the 20 ms frame grid (frame i stands for [0.02 i + 0.0025, ...))
+# boundaries on the 20 ms frame grid (frame i stands for [0.02 i + 0.0125, ...))
 REFERENCE = {
-    "one": [(0.5025, 3.0025, "A"), (2.5025, 5.0025, "B")],
-    "two": [(1.0025, 2.0025, "C"), (2.2025, 4.4025, "D"), (4.0025, 5.5025, "C")],
+    "one": [(0.5125, 3.0125, "A"), (2.5125, 5.0125, "B")],
+    "two": [(1.0125, 2.0125, "C"), (2.2125, 4.4125, "D"), (4.0125, 5.5125, "C")],
 }
 
 
@@ -65,8 +65,8 @@ def test_oracle_cli_over_a_directory_skips_a_bad_recording(tmp_path, capsys):
         )
         data = json.loads((out / f"{uri}.json").read_text())
         assert data["uri"] == uri and data["embedding_model"] is None
-        assert data["config"]["segmentation"] == "oracle"
-        assert data["config"]["clustering"] == "oracle"
+        assert data["config"]["segmentation"]["source"] == "oracle"
+        assert data["config"]["clustering"] == {"method": "oracle"}
 
 
 def test_model_cli_with_wav_scp_and_exclusive_turns(tmp_path, capsys):
@@ -90,7 +90,7 @@ def test_model_cli_with_wav_scp_and_exclusive_turns(tmp_path, capsys):
             assert before.offset_s <= after.onset_s + 1e-3  # exclusive: no overlap
         data = json.loads((out / f"{uri}.json").read_text())
         assert data["segmentation_model"] == str(checkpoint)
-        assert data["num_chunks"] == 2 and data["config"]["step_s"] == 4.0
+        assert data["num_chunks"] == 2 and data["config"]["windows"]["step_s"] == 4.0
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 

@@ -50,8 +50,9 @@ def test_oracle_segmentation_and_ge2e_separate_two_clearly_different_voices(tmp_
     path = tmp_path / "talk.wav"
     soundfile.write(path, np.concatenate(audio), 16000)
 
-    pipeline = DiarizationPipeline.from_pretrained(None, embedding="ge2e", segmentation="oracle",
-                                                   min_cluster_size=2, clustering_threshold=0.5)
+    pipeline = DiarizationPipeline.from_pretrained(
+        None, embedding="ge2e", settings={"segmentation": {"source": "oracle"},
+                                          "clustering": {"min_cluster_size": 2, "threshold": 0.5}})
     result = pipeline(path, reference=turns, uri="talk")
     assert result.num_speakers == 2
 

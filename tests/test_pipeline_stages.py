@@ -403,13 +403,13 @@ def test_exclusive_activity_keeps_the_most_likely_speaker():
 
 
 def test_activity_to_segments_frame_intervals():
-    # frame i stands for [0.02 i + 0.0025, 0.02 (i + 1) + 0.0025) s
+    # frame i stands for [0.02 i + 0.0125, 0.02 (i + 1) + 0.0125) s (middle to next middle)
     binary = np.zeros((8, 2), dtype=np.uint8)
     binary[2:5, 0] = 1
     binary[0:2, 1] = 1
     binary[6:8, 1] = 1
     segments = activity_to_segments(binary, WAVLM_GRID, duration_s=0.16)
-    expected = [(0.0025, 0.0425, 1), (0.0425, 0.1025, 0), (0.1225, 0.16, 1)]
+    expected = [(0.0125, 0.0525, 1), (0.0525, 0.1125, 0), (0.1325, 0.16, 1)]
     assert [s[2] for s in segments] == [e[2] for e in expected]
     np.testing.assert_allclose([s[:2] for s in segments], [e[:2] for e in expected])
 

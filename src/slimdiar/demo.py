@@ -227,9 +227,21 @@ class Demo:
         distill(config, self.out / "prune" / "pruned", self.out / "finetune" / "best",
                 self.data / "train", self.data / "dev", exp)
 
-    def _diarize(self, name: str, split: str, threshold: float, rttm_dir: Path | None = None):
-        """Diarize a split with ``out/name/best``; return its score report and the RTF."""
-        from slimdiar.data import DataDir
+    def pipeline_settings(self, threshold: float | None = None) -> dict:
+        """The demo's pipeline settings (windows, and the clustering threshold if given)."""
+        settings: dict = {"windows": {"duration_s": self.settings.chunk_duration_s,
+                                      "step_s": self.settings.pipeline_step_s}}
+        if threshold is not None:
+            settings["clustering"] = {"method": "agglomerative", "threshold": threshold}
+        return settings
+
+    def _diarize(self, name: str, split: str, settings: dict | None = None,
+                 rttm_dir: Path | None = None):
+        """Diarize a split with ``out/name/best``; return its score report and the RTF.
+
+        ``settings`` override the model's own pipeline settings (its metadata).
+        """
+        from slimdiar.data import DataDir, read_rttm
         from slimdiar.pipeline import DiarizationPipeline
         from slimdiar.scoring import (
             annotations_from_turns,
@@ -238,17 +250,18 @@ class Demo:
         )
 
         data = DataDir.load(self.data / split)
-        pipeline = DiarizationPipeline.from_pretrained(
-            self.out / name / "best", window_duration_s=self.settings.chunk_duration_s,
-            step_s=self.settings.pipeline_step_s, clustering_threshold=threshold,
-        )
+        pipeline = DiarizationPipeline.from_pretrained(self.out / name / "best",
+                                                       settings=settings)
         hypothesis_turns = []
         start = time.perf_counter()
         for uri, recording in sorted(data.recordings.items()):
             result = pipeline(recording.path, uri=uri)
-            if rttm_dir is not None:
-                write_text_atomic(rttm_dir / f"{uri}.rttm", result.to_rttm(uri))
-            hypothesis_turns.extend(result.turns)
+            if rttm_dir is None:
+                hypothesis_turns.extend(result.turns)
+                continue
+            # score what is written, as `slimdiar score` on these files does
+            write_text_atomic(rttm_dir / f"{uri}.rttm", result.to_rttm(uri))
+            hypothesis_turns.extend(read_rttm(rttm_dir / f"{uri}.rttm"))
         elapsed = time.perf_counter() - start
         audio_s = sum(r.duration_s for r in data.recordings.values())
         report = score_diarization(
@@ -258,23 +271,34 @@ class Demo:
         return report.to_dict(), elapsed / audio_s
 
     def tune_threshold(self, name: str) -> float:
-        """The clustering threshold with the lowest DER on the dev set (as one tunes a pipeline)."""
+        """The clustering threshold with the lowest DER on the dev set (as one tunes a pipeline).
+
+        It is saved with the model, with the window settings, as the model's pipeline
+        settings (``metadata["pipeline"]``), so ``slimdiar diarize --model`` uses them.
+        """
+        from slimdiar.pipeline import save_settings
+
         ders = {}
         for threshold in self.settings.thresholds:
-            scores, _ = self._diarize(name, "dev", threshold)
+            scores, _ = self._diarize(name, "dev", self.pipeline_settings(threshold))
             ders[threshold] = scores["total"]["der"]
             self.say(f"  dev DER at clustering threshold {threshold:.2f}: {ders[threshold]:.3f}")
         best = min(ders, key=lambda t: (ders[t], t))
         write_json_atomic(self.out / name / "threshold.json",
                           {"threshold": best, "dev_der": {str(k): v for k, v in ders.items()}})
+        save_settings(self.out / name / "best", self.pipeline_settings(best))
         return best
 
     def diarize_and_score(self, name: str) -> dict:
-        """Tune the clustering threshold on dev, diarize the test set, write RTTMs and der.json."""
+        """Tune the clustering threshold on dev, diarize the test set, write RTTMs and der.json.
+
+        The test set is diarized with the model's saved settings alone, exactly as
+        ``slimdiar diarize --model out/<name>/best`` does.
+        """
         threshold = self.tune_threshold(name)
         rttm_dir = self.out / name / "rttm"
         rttm_dir.mkdir(parents=True, exist_ok=True)
-        scores, rtf = self._diarize(name, "test", threshold, rttm_dir)
+        scores, rtf = self._diarize(name, "test", None, rttm_dir)
         scores["pipeline_rtf"] = rtf
         scores["clustering_threshold"] = threshold
         write_json_atomic(self.out / name / "der.json", scores)

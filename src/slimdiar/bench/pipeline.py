@@ -232,7 +232,8 @@ def _measure_in_this_process(
     if threads:
         torch.set_num_threads(threads)
     pipeline = DiarizationPipeline.from_pretrained(
-        model, embedding=embedding, device=device, batch_size=batch_size
+        model, embedding=embedding, device=device,
+        settings={"windows": {"batch_size": batch_size}},
     )
     gc.collect()
     rss_before = current_rss_mb()

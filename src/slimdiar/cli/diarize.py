@@ -5,6 +5,7 @@ Usage::
     slimdiar diarize --model exp/ami/eend data/ami/test/wav.scp --out exp/ami/test/rttm
     slimdiar diarize --model exp/ami/eend meeting.wav --num-speakers 4 --out out/
     slimdiar diarize --oracle-segmentation ref.rttm --oracle-clustering ref.rttm audio/ --out out/
+    slimdiar diarize --model exp/ami/eend --config p.toml --set windows.step_s=1.6 a.wav --out o/
 """
 
 from __future__ import annotations
@@ -22,10 +23,15 @@ logger = logging.getLogger(__name__)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".aiff", ".aif")
 
 DESCRIPTION = """\
-Diarize recordings with an EEND segmentation model and speaker embeddings: 8 s windows every
---step seconds, powerset decisions with an 11-frame median filter, a frame-level speaker count,
-one embedding per (window, local speaker), agglomerative clustering (centroid linkage, threshold
-0.70) with a per-window constraint, and reconstruction on the 20 ms frame grid.
+Diarize recordings with an EEND segmentation model and speaker embeddings: sliding windows,
+powerset decisions with a median filter, a frame-level speaker count, one embedding per (window,
+local speaker), clustering (agglomerative or VBx) with a per-window constraint, and
+reconstruction on the 20 ms frame grid.
+
+Pipeline settings, from lowest to highest precedence: the built-in defaults (8 s windows every
+0.8 s, agglomerative clustering at threshold 0.70), the settings saved with the model (its
+metadata, e.g. the threshold tuned on a dev set), --config FILE.toml, then --set section.key=value
+and the explicit options below (--step, --threshold, ...). See docs/pipeline.md for every key.
 
 For each recording, OUT_DIR/<uri>.rttm (the turns) and OUT_DIR/<uri>.json (turns, exclusive turns,
 models, options, timings) are written. A recording that fails is reported and skipped; the exit
@@ -65,13 +71,35 @@ def add_parser(subparsers) -> None:
         "--exclusive", action="store_true",
         help="write exclusive turns (one speaker at a time) to the RTTM files",
     )
-    parser.add_argument(
-        "--step", type=float, default=0.8, metavar="SECONDS",
-        help="seconds between window starts (default: 0.8)",
+    settings = parser.add_argument_group("pipeline settings (default: the model's own)")
+    settings.add_argument(
+        "--config", metavar="FILE", help="TOML file of pipeline settings ([windows], "
+        "[segmentation], [clustering], [speakers])",
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=32, metavar="N",
-        help="windows per segmentation batch (default: 32)",
+    settings.add_argument(
+        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+        help="override one setting, e.g. clustering.threshold=0.5 (repeatable)",
+    )
+    settings.add_argument(
+        "--step", type=float, metavar="SECONDS",
+        help="seconds between window starts (windows.step_s; built-in default 0.8)",
+    )
+    settings.add_argument(
+        "--batch-size", type=int, metavar="N",
+        help="windows per segmentation batch (windows.batch_size; built-in default 32)",
+    )
+    settings.add_argument(
+        "--clustering", choices=["agglomerative", "vbx"],
+        help="clustering method (clustering.method)",
+    )
+    settings.add_argument(
+        "--threshold", type=float, metavar="D",
+        help="agglomerative distance threshold (clustering.threshold; built-in default 0.70)",
+    )
+    settings.add_argument(
+        "--min-cluster-size", type=int, metavar="N",
+        help="agglomerative clusters smaller than N join the closest large one "
+        "(clustering.min_cluster_size; built-in default 30)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument(
@@ -119,6 +147,27 @@ def collect_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
             raise ConfigError(f"recording id {uri!r} is given twice ({seen[uri]} and {path})")
         seen[uri] = path
     return recordings
+
+
+def setting_layers(args: argparse.Namespace) -> list[dict]:
+    """The pipeline settings of the command line: the TOML file, then ``--set`` and options."""
+    from slimdiar.pipeline import parse_settings, read_settings
+
+    options: dict = {}
+
+    def put(section: str, key: str, value) -> None:
+        if value is not None:
+            options.setdefault(section, {})[key] = value
+
+    put("windows", "step_s", args.step)
+    put("windows", "batch_size", args.batch_size)
+    if args.oracle_segmentation:
+        put("segmentation", "source", "oracle")
+    put("clustering", "method", "oracle" if args.oracle_clustering else args.clustering)
+    put("clustering", "threshold", args.threshold)
+    put("clustering", "min_cluster_size", args.min_cluster_size)
+    file_layer = read_settings(args.config) if args.config else {}
+    return [file_layer, parse_settings(args.overrides), options]
 
 
 def _progress_hook(uri: str, quiet: bool):
@@ -180,10 +229,7 @@ def run(args: argparse.Namespace) -> int:
         args.model if args.oracle_segmentation is None else None,
         embedding=args.embedding if args.oracle_clustering is None else None,
         device=args.device,
-        step_s=args.step,
-        batch_size=args.batch_size,
-        segmentation="oracle" if args.oracle_segmentation else "model",
-        clustering="oracle" if args.oracle_clustering else "agglomerative",
+        settings=setting_layers(args),
     )
     out_dir = Path(args.out)
     try:

@@ -3,9 +3,11 @@
 A chunk is ``chunk_duration_s`` of audio that starts inside a UEM region. Consecutive chunks of a
 region start ``shift_s`` apart and the last one reaches the end of the region; the part of a chunk
 past the end of its region (or a whole region shorter than a chunk) is zero-padded and masked out.
-Frame ``i`` of a chunk covers samples ``[i * step, i * step + receptive_field)`` of it and is
-labelled by the speakers active at its centre. Frame counts always come from the frame grid
-(e.g. :class:`~slimdiar.models.config.WavLMConfig`), never from a config value.
+Frame ``i`` of a chunk covers samples ``[i * step, i * step + receptive_field)`` of it; its time
+is the middle of that span, as in the pipeline's output turns, and a turn labels the frames from
+the one nearest to its onset to the one nearest to its offset, both included. Frame counts
+always come from the frame grid (e.g. :class:`~slimdiar.models.config.WavLMConfig`), never from
+a config value.
 """
 
 from __future__ import annotations
@@ -136,6 +138,10 @@ def frame_labels(
 ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Speaker activity of a chunk on a frame grid.
 
+    A turn (clipped to the valid part of the chunk) makes active the frames from the one whose
+    middle is nearest to its onset to the one whose middle is nearest to its offset, both
+    included (ties to even, as ``numpy.round``).
+
     Parameters
     ----------
     turns
@@ -145,7 +151,7 @@ def frame_labels(
     valid_duration_s
         Length of the valid (non-padded) part of the chunk in seconds.
     centers_s
-        ``(num_frames,)`` frame centres in seconds from the chunk start.
+        ``(num_frames,)`` frame centres (middles) in seconds from the chunk start, evenly spaced.
     max_speakers
         Columns of the label matrix. When more speakers talk in the valid part, the
         ``max_speakers`` who talk most are kept; fewer are zero-padded.
@@ -176,12 +182,18 @@ def frame_labels(
             "chunk at %.3f s has %d speakers, keeping the %d who talk most",
             start_s, len(ranked), max_speakers,
         )
-    times = start_s + np.asarray(centers_s, dtype=np.float64)
-    mask = np.asarray(centers_s) < valid_duration_s
-    labels = np.zeros((len(times), max_speakers), dtype=np.float32)
+    centers_s = np.asarray(centers_s, dtype=np.float64)
+    mask = centers_s < valid_duration_s
+    labels = np.zeros((len(centers_s), max_speakers), dtype=np.float32)
+    first_s = centers_s[0] if len(centers_s) else 0.0
+    step_s = centers_s[1] - centers_s[0] if len(centers_s) > 1 else 1.0
     for column, speaker in enumerate(kept):
-        for onset_s, offset_s in by_speaker[speaker]:
-            labels[(times >= onset_s) & (times < offset_s), column] = 1.0
+        spans = np.clip(np.asarray(by_speaker[speaker]), start_s, end_s) - start_s
+        # the frames whose middles are nearest to the onset and to the offset, both included
+        first = np.maximum(0, np.round((spans[:, 0] - first_s) / step_s)).astype(int)
+        last = np.round((spans[:, 1] - first_s) / step_s).astype(int)
+        for a, b in zip(first, last):
+            labels[a : b + 1, column] = 1.0
     labels[~mask] = 0.0
     return labels, mask, kept
 

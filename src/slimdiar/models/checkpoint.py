@@ -146,6 +146,15 @@ def load_checkpoint(
     return state_dict, header["config"], metadata
 
 
+def read_metadata(directory: str | Path) -> dict:
+    """The ``metadata.json`` of a checkpoint directory (``{}`` when there is none)."""
+    path = Path(directory) / METADATA_NAME
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path}: unreadable metadata ({error})") from None
+
+
 def load_state_dict_strict(
     module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path
 ) -> None:

@@ -8,6 +8,9 @@ registered in :data:`CLUSTERING_METHODS` by name and built with :func:`make_clus
 ``"agglomerative"``
     Agglomerative clustering of speaker embeddings with centroid linkage
     (:class:`AgglomerativeClustering`).
+``"vbx"``
+    VBx (Bayesian HMM clustering of x-vectors with a PLDA model), initialised by
+    agglomerative clustering (:class:`VBxClustering`).
 ``"oracle"``
     Each local speaker goes to the reference speaker it overlaps most
     (:class:`OracleClustering`),
@@ -17,16 +20,19 @@ registered in :data:`CLUSTERING_METHODS` by name and built with :func:`make_clus
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
+from scipy.cluster.vq import kmeans2
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
 from slimdiar.errors import ConfigError
 from slimdiar.pipeline.segmentation import local_reference_overlap
+from slimdiar.pipeline.vbx import PLDA, vbx
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +143,60 @@ def constrained_assignment(scores: np.ndarray, active: np.ndarray) -> np.ndarray
     return hard
 
 
+def training_pairs(
+    activities: np.ndarray, embeddings: np.ndarray, min_active_ratio: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (chunk, local speaker) pairs whose embeddings shape the clusters.
+
+    A pair takes part when the local speaker is active, its embedding is finite and it is the
+    only active speaker on at least ``round(min_active_ratio * num_frames)`` frames of the chunk.
+    When fewer than two pairs pass, the last condition is dropped.
+
+    Parameters
+    ----------
+    activities
+        ``(num_chunks, num_frames, num_local_speakers)`` 0/1 activities.
+    embeddings
+        ``(num_chunks, num_local_speakers, dimension)``, NaN for silent speakers.
+    min_active_ratio
+        Fraction of a chunk's frames.
+
+    Returns
+    -------
+    tuple of numpy.ndarray
+        ``(chunk_idx, speaker_idx)``, int64, in chunk-major order.
+    """
+    activities = np.asarray(activities)
+    active = activities.sum(axis=1) > 0  # (chunks, speakers)
+    valid = active & np.all(np.isfinite(embeddings), axis=-1)
+    alone = activities * (activities.sum(axis=-1, keepdims=True) == 1)
+    min_frames = round(min_active_ratio * activities.shape[1])
+    chunk_idx, speaker_idx = np.nonzero(valid & (alone.sum(axis=1) >= min_frames))
+    if len(chunk_idx) < 2:
+        chunk_idx, speaker_idx = np.nonzero(valid)
+    return chunk_idx.astype(np.int64), speaker_idx.astype(np.int64)
+
+
+def cosine_scores(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """``(num_chunks, num_local_speakers, num_clusters)`` cosine similarity to each centroid.
+
+    NaN where the embedding is NaN.
+    """
+    flat = np.asarray(embeddings, dtype=np.float64).reshape(-1, embeddings.shape[-1])
+    with np.errstate(invalid="ignore"):
+        similarity = 1.0 - cdist(flat, np.asarray(centroids, dtype=np.float64), "cosine")
+    return similarity.reshape(*embeddings.shape[:2], len(centroids))
+
+
+def compact_labels(hard_clusters: np.ndarray) -> np.ndarray:
+    """Renumber the assigned labels (>= 0) to ``0 .. K - 1`` in increasing order; -1 stays."""
+    hard = np.asarray(hard_clusters, dtype=np.int64)
+    used = np.unique(hard[hard >= 0])
+    out = np.full(hard.shape, -1, dtype=np.int64)
+    out[hard >= 0] = np.searchsorted(used, hard[hard >= 0])
+    return out
+
+
 def _normalize(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, 1e-12)
@@ -181,10 +241,9 @@ def _cut_with_large_clusters(
 class AgglomerativeClustering:
     """Agglomerative clustering of speaker embeddings with centroid linkage.
 
-    1. Local speakers that talk alone on at least ``min_active_ratio`` of a chunk's frames (all
-       active ones if there are none such) and have a finite embedding are clustered: embeddings
-       are L2-normalised, merged bottom-up with centroid linkage (Euclidean), and the dendrogram
-       is cut at ``threshold``.
+    1. The embeddings of :func:`training_pairs` (local speakers that talk alone on at least
+       ``min_active_ratio`` of a chunk's frames) are clustered: L2-normalised, merged bottom-up
+       with centroid linkage (Euclidean), and the dendrogram is cut at ``threshold``.
     2. Clusters with fewer than ``min(min_cluster_size, max(1, round(0.1 * num_embeddings)))``
        members are small; each small cluster joins the large cluster with the closest centroid
        (cosine distance). If no cluster is large, all are kept.
@@ -192,9 +251,9 @@ class AgglomerativeClustering:
        ``min_speakers``/``max_speakers``), the coarsest cut of the dendrogram with the wanted
        number of large clusters is used instead (or, failing that, the cut into exactly that
        many clusters).
-    4. Every active local speaker is assigned to a cluster centroid by
-       :func:`constrained_assignment` on the cosine similarity, so that two local speakers of a
-       chunk never share a global speaker.
+    4. Every active local speaker is assigned to a cluster centroid (the mean of the cluster's
+       raw embeddings) by :func:`constrained_assignment` on the cosine similarity, so that two
+       local speakers of a chunk never share a global speaker.
 
     Parameters
     ----------
@@ -212,7 +271,7 @@ class AgglomerativeClustering:
 
     threshold: float = 0.70
     min_cluster_size: int = 30
-    min_active_ratio: float = 0.2
+    min_active_ratio: float = 0.1
     max_embeddings: int = 4000
 
     needs_embeddings: ClassVar[bool] = True
@@ -305,32 +364,258 @@ class AgglomerativeClustering:
             ``(num_chunks, num_local_speakers)`` int64 global speaker, -1 if silent/unassigned.
         """
         bounds = bounds or SpeakerBounds()
-        activities = np.asarray(activities)
-        num_frames = activities.shape[1]
-        active = activities.sum(axis=1) > 0  # (chunks, speakers)
-        valid = active & np.all(np.isfinite(embeddings), axis=-1)
-        alone = activities * (activities.sum(axis=-1, keepdims=True) == 1)
-        long_enough = alone.sum(axis=1) >= self.min_active_ratio * num_frames
-        train = valid & long_enough
-        if not train.any():
-            train = valid
-        if not train.any():
+        active = np.asarray(activities).sum(axis=1) > 0  # (chunks, speakers)
+        chunk_idx, speaker_idx = training_pairs(activities, embeddings, self.min_active_ratio)
+        if len(chunk_idx) == 0:
             if active.any():
                 logger.warning("no usable speaker embedding: every local speaker is unassigned")
             return np.full(active.shape, -1, dtype=np.int64)
-        points = _normalize(np.asarray(embeddings[train], dtype=np.float64))
-        if len(points) > self.max_embeddings:
+        if len(chunk_idx) > self.max_embeddings:
             # The linkage needs memory quadratic in its points: shape the clusters on an evenly
             # spread subset; step 4 assigns every local speaker to their centroids anyway.
-            keep = np.linspace(0, len(points) - 1, self.max_embeddings).round().astype(int)
-            points = points[np.unique(keep)]
-        labels = self.cluster_embeddings(points, bounds.min_clusters, bounds.max_clusters)
-        centroids = np.stack([points[labels == k].mean(axis=0) for k in range(labels.max() + 1)])
-        flat = np.asarray(embeddings, dtype=np.float64).reshape(-1, embeddings.shape[-1])
-        with np.errstate(invalid="ignore"):
-            similarity = 1.0 - cdist(_normalize(flat), centroids, "cosine")
-        scores = similarity.reshape(*active.shape, len(centroids))
+            keep = np.unique(
+                np.linspace(0, len(chunk_idx) - 1, self.max_embeddings).round().astype(int)
+            )
+            chunk_idx, speaker_idx = chunk_idx[keep], speaker_idx[keep]
+        train = np.asarray(embeddings[chunk_idx, speaker_idx], dtype=np.float64)
+        labels = self.cluster_embeddings(train, bounds.min_clusters, bounds.max_clusters)
+        centroids = np.stack([train[labels == k].mean(axis=0) for k in range(labels.max() + 1)])
+        scores = cosine_scores(embeddings, centroids)
         return constrained_assignment(scores, active)
+
+
+def _kmeans(features: np.ndarray, num_clusters: int, num_starts: int = 3) -> np.ndarray:
+    """``(num_points,)`` labels ``0 .. num_clusters - 1`` of the best of ``num_starts`` k-means.
+
+    Deterministic: start ``i`` uses k-means++ seeded with ``i``; starts that leave a cluster
+    empty lose to those that do not.
+    """
+    best: tuple | None = None
+    for seed in range(num_starts):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an empty cluster: that start is ranked last
+            centres, labels = kmeans2(features, num_clusters, minit="++", seed=seed)
+        empty = num_clusters - len(np.unique(labels))
+        inertia = float(np.sum((features - centres[labels]) ** 2))
+        if best is None or (empty, inertia) < best[:2]:
+            best = (empty, inertia, labels)
+    return np.unique(best[2], return_inverse=True)[1].astype(np.int64)
+
+
+@dataclass(frozen=True)
+class VBxDetails:
+    """Every intermediate result of one :class:`VBxClustering` run (for inspection and tests).
+
+    Attributes
+    ----------
+    chunk_idx, speaker_idx
+        ``(num_train,)`` the (chunk, local speaker) pairs whose embeddings were clustered.
+    ahc_labels
+        ``(num_train,)`` the agglomerative initialisation.
+    features
+        ``(num_train, lda_dim)`` the embeddings in the PLDA space.
+    phi
+        ``(lda_dim,)`` across-speaker variances.
+    gamma, pi
+        VBx posteriors ``(num_train, num_init_clusters)`` and priors ``(num_init_clusters,)``
+        (``None`` when VBx did not run: fewer than two embeddings).
+    labels
+        ``(num_train,)`` final cluster of each clustered embedding (the most likely speaker, or
+        the fallback clustering's label).
+    centroids
+        ``(num_clusters, dimension)``: posterior-weighted sums of the raw embeddings.
+    soft_clusters
+        ``(num_chunks, num_local_speakers, num_clusters)`` cosine similarity to each centroid
+        (NaN where the embedding is NaN).
+    hard_clusters
+        ``(num_chunks, num_local_speakers)`` global speaker, -1 if silent or unassigned.
+    fallback
+        Whether VBx's number of speakers was outside the bounds and k-means with the nearest
+        allowed number of clusters was used instead.
+    """
+
+    chunk_idx: np.ndarray
+    speaker_idx: np.ndarray
+    ahc_labels: np.ndarray
+    features: np.ndarray | None
+    phi: np.ndarray | None
+    gamma: np.ndarray | None
+    pi: np.ndarray | None
+    labels: np.ndarray
+    centroids: np.ndarray
+    soft_clusters: np.ndarray
+    hard_clusters: np.ndarray
+    fallback: bool
+
+
+@dataclass
+class VBxClustering:
+    """VBx clustering (Bayesian HMM on x-vectors with a PLDA model), initialised by AHC.
+
+    1. The embeddings of :func:`training_pairs` (``min_active_ratio`` 0.1) are clustered.
+    2. Initialisation: centroid linkage on the L2-normalised embeddings, dendrogram cut at
+       ``ahc_threshold``.
+    3. The raw embeddings go through the x-vector transform and the PLDA
+       (:class:`~slimdiar.pipeline.vbx.PLDA`, read from ``plda_dir``), truncated to
+       ``lda_dim`` dimensions, and :func:`~slimdiar.pipeline.vbx.vbx` refines the
+       initialisation; the speakers whose prior stays above ``min_prior`` are kept.
+    4. Centroids are the posterior-weighted sums of the raw embeddings of the kept speakers;
+       every active local speaker is assigned to one by :func:`constrained_assignment` on the
+       cosine similarity, and the labels used are renumbered ``0 .. K - 1``.
+
+    When the number of kept speakers is outside the allowed range (``num_speakers``, or
+    ``min_speakers``/``max_speakers``, capped at the number of clustered embeddings), a warning
+    is logged and k-means (k-means++ starts, best of three, fixed seeds) on the same PLDA-space
+    features finds the nearest allowed number of clusters instead; their centroids are the means
+    of their raw embeddings.
+
+    Parameters
+    ----------
+    ahc_threshold
+        Distance at which the initial dendrogram is cut.
+    fa, fb
+        VBx's statistics scale and speaker regularisation.
+    lda_dim
+        Dimensions of the PLDA space used.
+    max_iters
+        Most VBx iterations.
+    loop_probability
+        Probability of staying with the same speaker between consecutive embeddings (0: a
+        mixture model).
+    init_smoothing
+        Sharpness of the initial posteriors (``softmax(init_smoothing * one_hot)``).
+    plda_dir
+        Directory of ``xvec_transform.npz`` and ``plda.npz`` (a model's pipeline settings give
+        it relative to the model directory).
+    min_active_ratio
+        Fraction of a chunk's frames a local speaker must talk alone to take part in step 1.
+    min_prior
+        Speakers with a larger VBx prior are kept.
+    """
+
+    ahc_threshold: float = 0.6
+    fa: float = 0.07
+    fb: float = 0.8
+    lda_dim: int = 128
+    max_iters: int = 20
+    loop_probability: float = 0.0
+    init_smoothing: float = 7.0
+    plda_dir: str = "plda"
+    min_active_ratio: float = 0.1
+    min_prior: float = 1e-7
+
+    needs_embeddings: ClassVar[bool] = True
+    needs_reference: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        if not self.ahc_threshold > 0:
+            raise ConfigError(f"ahc_threshold must be positive, got {self.ahc_threshold}")
+        if not (self.fa > 0 and self.fb > 0):
+            raise ConfigError(f"fa and fb must be positive, got {self.fa} and {self.fb}")
+        if self.lda_dim < 1 or self.max_iters < 1:
+            raise ConfigError(
+                f"lda_dim and max_iters must be >= 1, got {self.lda_dim} and {self.max_iters}"
+            )
+        if not 0 <= self.loop_probability < 1:
+            raise ConfigError(
+                f"loop_probability must be in [0, 1), got {self.loop_probability}"
+            )
+        if not 0 <= self.min_active_ratio <= 1:
+            raise ConfigError(f"min_active_ratio must be in [0, 1], got {self.min_active_ratio}")
+        self._plda: PLDA | None = None
+
+    def prepare(self) -> None:
+        """Read the PLDA model (once); raises :class:`~slimdiar.errors.CheckpointError`."""
+        if self._plda is None:
+            self._plda = PLDA.load(self.plda_dir)
+
+    def details(
+        self,
+        activities: np.ndarray,
+        embeddings: np.ndarray,
+        bounds: SpeakerBounds | None = None,
+    ) -> VBxDetails | None:
+        """Run the clustering and return every intermediate result.
+
+        ``None`` when no local speaker has a usable embedding.
+        """
+        bounds = bounds or SpeakerBounds()
+        self.prepare()
+        active = np.asarray(activities).sum(axis=1) > 0  # (chunks, speakers)
+        chunk_idx, speaker_idx = training_pairs(activities, embeddings, self.min_active_ratio)
+        num_train = len(chunk_idx)
+        if num_train == 0:
+            return None
+        train = np.asarray(embeddings[chunk_idx, speaker_idx], dtype=np.float64)
+        # (num_train, dimension)
+        features = phi = gamma = pi = None
+        if num_train < 2:
+            ahc_labels = labels = np.zeros(num_train, dtype=np.int64)
+            weights = np.ones((num_train, 1))
+        else:
+            merges = linkage(_normalize(train), method="centroid", metric="euclidean")
+            ahc_labels = np.unique(
+                fcluster(merges, self.ahc_threshold, criterion="distance"), return_inverse=True
+            )[1].astype(np.int64)
+            features, phi = self._plda.features(train, self.lda_dim)
+            result = vbx(features, phi, ahc_labels, fa=self.fa, fb=self.fb,
+                         loop_probability=self.loop_probability, max_iters=self.max_iters,
+                         init_smoothing=self.init_smoothing)
+            gamma, pi = result.gamma, result.pi
+            kept = pi > self.min_prior
+            weights = gamma[:, kept]  # (num_train, num_speakers)
+            labels = np.argmax(weights, axis=1)
+
+        high = num_train if bounds.max_clusters is None else min(bounds.max_clusters, num_train)
+        low = min(bounds.min_clusters, high)
+        found = weights.shape[1]
+        fallback = not low <= found <= high
+        if fallback:
+            wanted = int(np.clip(found, low, high))
+            logger.warning(
+                "VBx found %d speakers, outside the allowed range [%d, %d]; using k-means "
+                "with %d clusters on the same features instead", found, low, high, wanted
+            )
+            labels = _kmeans(features, wanted)
+            weights = np.eye(wanted)[labels] / np.bincount(labels, minlength=wanted)
+        centroids = weights.T @ train  # (num_clusters, dimension)
+        soft = cosine_scores(embeddings, centroids)
+        hard = compact_labels(constrained_assignment(soft, active))
+        return VBxDetails(chunk_idx, speaker_idx, ahc_labels, features, phi, gamma, pi, labels,
+                          centroids, soft, hard, fallback)
+
+    def __call__(
+        self,
+        activities: np.ndarray,
+        embeddings: np.ndarray | None,
+        reference_chunks: np.ndarray | None = None,
+        bounds: SpeakerBounds | None = None,
+    ) -> np.ndarray:
+        """Cluster the local speakers of a recording.
+
+        Parameters
+        ----------
+        activities
+            ``(num_chunks, num_frames, num_local_speakers)`` 0/1 activities.
+        embeddings
+            ``(num_chunks, num_local_speakers, dimension)`` embeddings, NaN for silent speakers.
+        reference_chunks
+            Unused.
+        bounds
+            Allowed number of speakers.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(num_chunks, num_local_speakers)`` int64 global speaker, -1 if silent/unassigned.
+        """
+        found = self.details(activities, embeddings, bounds)
+        if found is None:
+            active = np.asarray(activities).sum(axis=1) > 0
+            if active.any():
+                logger.warning("no usable speaker embedding: every local speaker is unassigned")
+            return np.full(active.shape, -1, dtype=np.int64)
+        return found.hard_clusters
 
 
 @dataclass
@@ -383,6 +668,7 @@ class OracleClustering:
 CLUSTERING_METHODS: dict[str, type] = {
     "agglomerative": AgglomerativeClustering,
     "oracle": OracleClustering,
+    "vbx": VBxClustering,
 }
 
 

@@ -23,7 +23,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,8 @@ from slimdiar.data.audio import audio_info, load_audio, read_audio
 from slimdiar.data.records import Turn
 from slimdiar.errors import ConfigError
 from slimdiar.models.config import SAMPLE_RATE
-from slimdiar.pipeline.clustering import CLUSTERING_METHODS, SpeakerBounds, make_clustering
+from slimdiar.pipeline.clustering import SpeakerBounds
+from slimdiar.pipeline.config import PipelineConfig, merge_settings, resolve_settings
 from slimdiar.pipeline.embeddings import embed_speakers, embedding_masks
 from slimdiar.pipeline.reconstruction import (
     activity_to_segments,
@@ -58,99 +58,7 @@ logger = logging.getLogger(__name__)
 #: ``hook(stage_name, payload, completed=..., total=...)``: called while a stage runs (payload
 #: ``None``) and once when it ends (payload: the stage's output).
 Hook = Callable[..., Any]
-SEGMENTATION_SOURCES = ("model", "oracle")
 STAGES = ("segmentation", "speaker_counting", "embeddings", "clustering", "reconstruction")
-
-
-@dataclass
-class PipelineConfig:
-    """Options of the diarization pipeline.
-
-    Parameters
-    ----------
-    window_duration_s
-        Length of the sliding windows in seconds (the segmentation model's chunk length).
-    step_s
-        Seconds between the starts of two windows.
-    batch_size
-        Windows per segmentation batch, and (chunk, speaker) pairs per embedding batch.
-    median_filter_frames
-        Length of the median filter applied to each local speaker's activity (1: none).
-    segmentation
-        ``"model"``, or ``"oracle"`` to take the local speakers of every window from the
-        reference turns.
-    num_local_speakers
-        Local speakers per window for oracle segmentation without a model (a model fixes it).
-    clustering
-        Name of the clustering method (:data:`~slimdiar.pipeline.clustering.CLUSTERING_METHODS`).
-    clustering_threshold
-        Distance threshold of agglomerative clustering.
-    min_cluster_size
-        Agglomerative clusters with fewer members join the closest large cluster.
-    min_active_ratio
-        Fraction of a window a local speaker must talk alone for its embedding to shape the
-        agglomerative clusters (it is assigned to one in any case).
-    channel
-        0-based channel to diarize, or ``None`` to average all channels.
-    """
-
-    window_duration_s: float = 8.0
-    step_s: float = 0.8
-    batch_size: int = 32
-    median_filter_frames: int = 11
-    segmentation: str = "model"
-    num_local_speakers: int = 4
-    clustering: str = "agglomerative"
-    clustering_threshold: float = 0.70
-    min_cluster_size: int = 30
-    min_active_ratio: float = 0.2
-    channel: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.window_duration_s > 0:
-            raise ConfigError(f"window_duration_s must be positive, got {self.window_duration_s}")
-        if not 0 < self.step_s <= self.window_duration_s:
-            raise ConfigError(
-                f"step_s must be in (0, window_duration_s={self.window_duration_s}], "
-                f"got {self.step_s}"
-            )
-        if int(self.batch_size) != self.batch_size or self.batch_size < 1:
-            raise ConfigError(f"batch_size must be a positive integer, got {self.batch_size}")
-        if self.median_filter_frames < 1:
-            raise ConfigError(
-                f"median_filter_frames must be >= 1, got {self.median_filter_frames}"
-            )
-        if self.segmentation not in SEGMENTATION_SOURCES:
-            raise ConfigError(
-                f"segmentation must be one of {SEGMENTATION_SOURCES}, got {self.segmentation!r}"
-            )
-        if self.num_local_speakers < 1:
-            raise ConfigError(f"num_local_speakers must be >= 1, got {self.num_local_speakers}")
-        if self.clustering not in CLUSTERING_METHODS:
-            raise ConfigError(
-                f"unknown clustering method {self.clustering!r}; known: "
-                f"{', '.join(sorted(CLUSTERING_METHODS))}"
-            )
-        self.make_clustering()  # validates the clustering options
-
-    @property
-    def window_samples(self) -> int:
-        return int(round(self.window_duration_s * SAMPLE_RATE))
-
-    @property
-    def step_samples(self) -> int:
-        return int(round(self.step_s * SAMPLE_RATE))
-
-    def make_clustering(self):
-        """The configured clustering method."""
-        if self.clustering == "agglomerative":
-            return make_clustering(
-                "agglomerative",
-                threshold=self.clustering_threshold,
-                min_cluster_size=self.min_cluster_size,
-                min_active_ratio=self.min_active_ratio,
-            )
-        return make_clustering(self.clustering)
 
 
 class _AudioReader:
@@ -255,11 +163,14 @@ class DiarizationPipeline:
     ):
         self.config = config or PipelineConfig()
         self.clustering = self.config.make_clustering()
-        if self.config.segmentation == "model" and segmentation_model is None:
+        prepare = getattr(self.clustering, "prepare", None)
+        if prepare is not None:
+            prepare()  # read what the method needs (VBx: its PLDA) before any audio
+        if self.config.segmentation.source == "model" and segmentation_model is None:
             raise ConfigError("model segmentation needs a segmentation model (or use 'oracle')")
         if self.clustering.needs_embeddings and embedding_model is None:
             raise ConfigError(
-                f"{self.config.clustering} clustering needs a speaker embedding model"
+                f"{self.config.clustering.method} clustering needs a speaker embedding model"
             )
         check_device(device)
         self.device = device
@@ -281,11 +192,11 @@ class DiarizationPipeline:
         else:
             self.grid = default_frame_grid()
             self.mapping = None
-            self.num_local_speakers = self.config.num_local_speakers
+            self.num_local_speakers = self.config.segmentation.num_local_speakers
         self.chunk_num_frames = self.grid.num_frames(self.config.window_samples)
         if self.chunk_num_frames < 1:
             raise ConfigError(
-                f"windows of {self.config.window_duration_s} s are shorter than one frame"
+                f"windows of {self.config.windows.duration_s} s are shorter than one frame"
             )
 
     @classmethod
@@ -294,34 +205,42 @@ class DiarizationPipeline:
         path: str | Path | None,
         embedding: str | Path | None = "ge2e",
         device: str = "cpu",
-        step_s: float = 0.8,
-        batch_size: int = 32,
-        **options,
+        settings: dict | Sequence[dict] | None = None,
     ) -> DiarizationPipeline:
         """Load the segmentation model from a checkpoint directory and an embedding model.
+
+        The pipeline settings are, from lowest to highest precedence: the defaults of
+        :class:`PipelineConfig`, the checkpoint's ``metadata["pipeline"]`` (the settings the
+        model was tuned with) and ``settings``.
 
         Parameters
         ----------
         path
-            EEND checkpoint directory (``None`` only with ``segmentation="oracle"``).
+            EEND checkpoint directory (``None`` only with oracle segmentation).
         embedding
             Embedding model name or checkpoint path (see
             :func:`~slimdiar.models.embeddings.load_embedding_model`); ``None`` only with a
             clustering method that needs no embeddings.
         device
             ``"cpu"`` or ``"cuda"`` (or any torch device string).
-        step_s, batch_size
-            See :class:`PipelineConfig`.
-        **options
-            Further :class:`PipelineConfig` fields.
+        settings
+            A nested settings mapping, or a sequence of them in increasing precedence (see
+            :mod:`slimdiar.pipeline.config`), e.g. ``{"windows": {"step_s": 1.6},
+            "clustering": {"method": "agglomerative", "threshold": 0.5}}``.
         """
-        config = PipelineConfig(step_s=step_s, batch_size=batch_size, **options)
+        layers = [settings] if isinstance(settings, dict) or settings is None else list(settings)
         check_device(device)
+        source = merge_settings(*layers).get("segmentation", {}).get("source", "model")
         segmentation_model = None
-        if path is not None and config.segmentation == "model":
+        model_settings: dict = {}
+        if path is not None and source == "model":
+            from slimdiar.models.checkpoint import read_metadata
             from slimdiar.models.eend import EEND
 
             segmentation_model = EEND.from_pretrained(path)
+            model_settings = read_metadata(path).get("pipeline") or {}
+        config = resolve_settings([model_settings, *layers],
+                                  model_dir=path if segmentation_model is not None else None)
         embedding_model = None
         if embedding is not None and config.make_clustering().needs_embeddings:
             from slimdiar.models.embeddings import load_embedding_model
@@ -381,7 +300,11 @@ class DiarizationPipeline:
             If the audio cannot be read.
         """
         bounds = SpeakerBounds(num_speakers, min_speakers, max_speakers)
-        needs_reference = self.config.segmentation == "oracle" or self.clustering.needs_reference
+        if (num_speakers, min_speakers, max_speakers) == (None, None, None):
+            bounds = self.config.speakers.bounds()
+        needs_reference = (
+            self.config.segmentation.source == "oracle" or self.clustering.needs_reference
+        )
         if needs_reference and reference is None:
             raise ConfigError(
                 "oracle segmentation/clustering needs the reference turns of the recording"
@@ -473,7 +396,7 @@ class DiarizationPipeline:
         numpy.ndarray
             ``(num_chunks, chunk_num_frames, num_local_speakers)`` uint8.
         """
-        if self.config.segmentation == "oracle":
+        if self.config.segmentation.source == "oracle":
             activities, _ = oracle_chunk_activities(reference_chunks, self.num_local_speakers)
             _notify(hook, "segmentation", activities, windows.num_chunks, windows.num_chunks)
             return activities
@@ -481,7 +404,7 @@ class DiarizationPipeline:
 
         shape = (windows.num_chunks, self.chunk_num_frames, self.num_local_speakers)
         activities = np.zeros(shape, dtype=np.uint8)
-        for part in batches(windows.num_chunks, self.config.batch_size):
+        for part in batches(windows.num_chunks, self.config.windows.batch_size):
             waveforms = reader.read_windows(windows.start_samples[part], windows.window_samples)
             # (batch, window_samples)
             with torch.inference_mode():
@@ -494,7 +417,7 @@ class DiarizationPipeline:
                     f"its frame grid says {self.chunk_num_frames}"
                 )
             activities[part] = binarize_powerset(
-                log_probs, self.mapping, self.config.median_filter_frames
+                log_probs, self.mapping, self.config.segmentation.median_filter_frames
             )
             _notify(hook, "segmentation", None, part.stop, windows.num_chunks)
         _notify(hook, "segmentation", activities, windows.num_chunks, windows.num_chunks)
@@ -523,14 +446,14 @@ class DiarizationPipeline:
         shape = (windows.num_chunks, self.num_local_speakers, int(model.dimension))
         embeddings = np.full(shape, np.nan, dtype=np.float32)
         speaking = np.flatnonzero(activities.any(axis=(1, 2)))
-        for part in batches(len(speaking), self.config.batch_size):
+        for part in batches(len(speaking), self.config.windows.batch_size):
             chunks = speaking[part]
             waveforms = reader.read_windows(windows.start_samples[chunks], windows.window_samples)
             # (batch, window_samples)
             masks = embedding_masks(activities[chunks], min_clean_frames)
             # (batch, num_local_speakers, chunk_num_frames)
             embeddings[chunks] = embed_speakers(
-                waveforms, masks, model, self.config.batch_size, int(model.dimension)
+                waveforms, masks, model, self.config.windows.batch_size, int(model.dimension)
             )
             _notify(hook, "embeddings", None, part.stop, len(speaking))
         _notify(hook, "embeddings", embeddings, len(speaking), len(speaking))
@@ -579,7 +502,7 @@ class DiarizationPipeline:
         info = {
             "segmentation_model": self.segmentation_name,
             "embedding_model": self.embedding_name if self.clustering.needs_embeddings else None,
-            "config": asdict(self.config),
+            "config": self.config.to_dict(),
             "speaker_bounds": bounds.to_dict(),
             "num_chunks": windows.num_chunks,
             "frame_step_s": self.grid.frame_step_s,

@@ -114,8 +114,8 @@ def activity_to_segments(
 ) -> list[tuple[float, float, int]]:
     """Turn frame activities into time segments.
 
-    A run of active frames ``a .. b - 1`` becomes ``[start of frame a, end of frame b - 1)`` in
-    the frame intervals of :meth:`FrameGrid.frame_bounds_s`, clipped to ``[0, duration_s]``.
+    A run of active frames ``a .. b - 1`` becomes ``[middle of frame a, middle of frame b)``
+    (:meth:`FrameGrid.frame_bounds_s`), clipped to ``[0, duration_s]``.
 
     Parameters
     ----------

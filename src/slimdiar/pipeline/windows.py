@@ -22,8 +22,10 @@ class FrameGrid:
     """The frame grid of a segmentation model.
 
     Frame ``i`` of a signal sees samples ``[i * frame_step_samples, i * frame_step_samples +
-    receptive_field_samples)`` and stands for the ``frame_step_samples``-long interval centred on
-    the middle of that span.
+    receptive_field_samples)``; its time is the middle of that span (WavLM: ``0.02 i + 0.0125``
+    s), in training labels and output turns alike. It stands for the interval from its middle to
+    the next frame's middle, so a run of active frames ``a .. b - 1`` is the turn from the middle
+    of frame ``a`` to the middle of frame ``b``.
 
     Parameters
     ----------
@@ -66,10 +68,12 @@ class FrameGrid:
         return middle / self.sample_rate
 
     def frame_bounds_s(self, frame_index: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
-        """Start and end, in seconds, of the interval that frame(s) ``frame_index`` stand for."""
+        """Start and end, in seconds, of the interval that frame(s) ``frame_index`` stand for.
+
+        From the frame's middle to the next frame's middle.
+        """
         center_s = self.frame_center_s(frame_index)
-        half_s = self.frame_step_s / 2
-        return center_s - half_s, center_s + half_s
+        return center_s, center_s + self.frame_step_s
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,19 @@ def apply_override(data: dict, cls, text: str) -> None:
             current = annotation
 
 
+def read_toml(path: str | Path) -> dict:
+    """The mapping of a TOML file; :class:`ConfigError` if it is missing or not valid TOML."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: invalid TOML ({error})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: unreadable config file ({error})") from None
+
+
 def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
     """Read a TOML file (optional) into dataclass ``cls`` and apply ``section.key=value`` overrides.
 
@@ -157,15 +170,7 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
     ConfigError
         On an unreadable file, an unknown section or key, or a value of the wrong type.
     """
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such config file") from None
-        except tomllib.TOMLDecodeError as error:
-            raise ConfigError(f"{path}: invalid TOML ({error})") from None
+    data: dict = {} if path is None else read_toml(path)
     for text in overrides:
         apply_override(data, cls, text)
     try:

@@ -303,7 +303,8 @@ class DiarizationPipeline:
         Parameters
         ----------
         path
-            EEND checkpoint directory (``None`` only with ``segmentation="oracle"``).
+            EEND checkpoint directory or DiariZen model directory (``config.toml`` +
+            ``pytorch_model.bin``; ``None`` only with ``segmentation="oracle"``).
         embedding
             Embedding model name or checkpoint path (see
             :func:`~slimdiar.models.embeddings.load_embedding_model`); ``None`` only with a
@@ -319,9 +320,13 @@ class DiarizationPipeline:
         check_device(device)
         segmentation_model = None
         if path is not None and config.segmentation == "model":
+            from slimdiar.models.diarizen import is_diarizen_dir, load_diarizen_dir
             from slimdiar.models.eend import EEND
 
-            segmentation_model = EEND.from_pretrained(path)
+            if is_diarizen_dir(path):
+                segmentation_model, _ = load_diarizen_dir(path)
+            else:
+                segmentation_model = EEND.from_pretrained(path)
         embedding_model = None
         if embedding is not None and config.make_clustering().needs_embeddings:
             from slimdiar.models.embeddings import load_embedding_model

@@ -7,6 +7,7 @@ import torch
 from slimdiar.errors import AudioError, CheckpointError
 from slimdiar.models.embeddings import load_embedding_model
 from slimdiar.models.embeddings.fbank import FbankConfig, wespeaker_fbank
+from slimdiar.models.embeddings.registry import InertGlobal, torch_load_inert
 from slimdiar.models.embeddings.resnet import (
     ResNetConfig,
     ResNetEmbedding,
@@ -35,6 +36,32 @@ def random_model(seed=0):
 
 class NotATensor:
     """A class whose instances need code from this module to be unpickled."""
+
+
+def write_marker(path: str) -> None:
+    """What the objects below would run if their globals were called on load."""
+    with open(path, "w") as stream:
+        stream.write("code from the checkpoint ran")
+
+
+class ExecutesOnLoad:
+    """Unpickling it calls ``write_marker`` (its ``__reduce__``)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (write_marker, (self.marker,))
+
+
+class RestoresWithCode:
+    """Unpickling it runs its ``__setstate__``, as pyannote's task objects are restored."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __setstate__(self, state):
+        write_marker(state["marker"])
 
 
 def test_resnet34_has_wespeakers_shapes_and_size():
@@ -179,11 +206,48 @@ def test_unexpected_key_is_a_checkpoint_error_that_lists_it(tmp_path):
         load_embedding_model(tmp_path / "pytorch_model.bin")
 
 
-def test_checkpoint_that_needs_code_execution_is_refused(tmp_path):
+def test_pyannote_lightning_checkpoint_loads_its_tensors_and_runs_no_code(tmp_path):
+    model = random_model(seed=3)
+    marker = tmp_path / "marker"
+    checkpoint = {
+        "epoch": 12,
+        "global_step": 3400,
+        "pytorch-lightning_version": "1.6.5",
+        "state_dict": {f"resnet.{k}": v for k, v in model.resnet.state_dict().items()},
+        "hyper_parameters": {"sample_rate": 16000, "num_channels": 1, "task": NotATensor()},
+        "pyannote.audio": {
+            "versions": {"torch": torch.__version__, "pyannote.audio": "3.1.0"},
+            "architecture": {"module": "pyannote.audio.models.embedding", "class": "ResNet34"},
+            "specifications": RestoresWithCode(marker),
+        },
+        "callbacks": [ExecutesOnLoad(marker)],
+    }
+    torch.save(checkpoint, tmp_path / "pytorch_model.bin")
+    assert not marker.exists()
+    loaded = load_embedding_model(tmp_path / "pytorch_model.bin")
+    assert not marker.exists(), "loading ran code from the checkpoint"
+    assert loaded.model.config == model.config
+    waveforms = torch.randn(1, 4000)
+    with torch.no_grad():
+        expected = torch.nn.functional.normalize(model(waveforms), dim=-1).numpy()
+    np.testing.assert_allclose(loaded(waveforms), expected, atol=1e-6)
+    # the pickled objects came back as inert placeholders, primitives as themselves
+    content = torch_load_inert(tmp_path / "pytorch_model.bin")
+    assert not marker.exists()
+    assert isinstance(content["pyannote.audio"]["specifications"], InertGlobal)
+    assert isinstance(content["callbacks"][0], InertGlobal)
+    assert content["callbacks"][0].name.endswith("write_marker")
+    assert content["hyper_parameters"]["sample_rate"] == 16000
+    # the same objects, unpickled normally, do run their code: the test can fail
+    torch.load(tmp_path / "pytorch_model.bin", weights_only=False)
+    assert marker.exists()
+
+
+def test_a_placeholder_inside_the_state_dict_is_an_error(tmp_path):
     state = dict(random_model().resnet.state_dict())
-    torch.save({"state_dict": state, "extra": NotATensor()}, tmp_path / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match=r"refusing to load it: it holds the Python object "
-                       r".*NotATensor.*would run code"):
+    state["seg_1.weight"] = NotATensor()
+    torch.save({"state_dict": state}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="entries that are not tensors: seg_1.weight"):
         load_embedding_model(tmp_path / "pytorch_model.bin")
 
 

@@ -7,7 +7,9 @@ Three sources, one entry point (:func:`load_wavlm`):
 - the original release file (``WavLM-Base+.pt``, ``WavLM-Large.pt``): a dict with ``cfg`` and
   ``model``;
 - a slimdiar checkpoint directory (a plain or pruned WavLM, or a diarization model whose backbone
-  is taken).
+  is taken);
+- a DiariZen WavLM file (``{"config": <builder kwargs>, "state_dict": ...}``, see
+  :mod:`slimdiar.models.diarizen`).
 
 Nothing here executes code from the files: ``.bin``/``.pt`` files are read with
 ``torch.load(weights_only=True)``. Every key of the source must be used or be one of the known
@@ -74,7 +76,7 @@ def _rename_keys(raw: dict, rename, ignored: re.Pattern, source) -> dict:
 
 
 def load_wavlm(path: str | Path):
-    """Load a WavLM from a Hugging Face dir, an original ``.pt`` or a slimdiar checkpoint dir."""
+    """Load a WavLM: a Hugging Face dir, an original or DiariZen file, a slimdiar checkpoint."""
     from slimdiar.models.wavlm import WavLM
 
     path = Path(path)
@@ -95,7 +97,7 @@ def load_wavlm(path: str | Path):
                 "model.safetensors or pytorch_model.bin)"
             )
     else:
-        config, state = _from_original(path)
+        config, state = _from_file(path)
     model = WavLM(config)
     load_state_dict_strict(model, state, path)
     model.eval()
@@ -328,8 +330,17 @@ def _original_key(key: str, extractor_mode: str) -> str | None:
     return None
 
 
-def _from_original(path: Path) -> tuple[WavLMConfig, dict]:
+def _from_file(path: Path) -> tuple[WavLMConfig, dict]:
+    """An original release file or a DiariZen WavLM file."""
+    from slimdiar.models.diarizen import is_diarizen_wavlm_file, read_diarizen_wavlm_file
+
     checkpoint = torch_load_safely(path)
+    if is_diarizen_wavlm_file(checkpoint):
+        return read_diarizen_wavlm_file(path, checkpoint)
+    return _from_original(path, checkpoint)
+
+
+def _from_original(path: Path, checkpoint: dict) -> tuple[WavLMConfig, dict]:
     if not isinstance(checkpoint, dict) or "cfg" not in checkpoint or "model" not in checkpoint:
         raise CheckpointError(
             f"{path}: not an original WavLM release file (expected a dict with 'cfg' and "

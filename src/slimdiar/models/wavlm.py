@@ -477,7 +477,8 @@ class WavLM(nn.Module):
         path
             A Hugging Face model directory (``config.json`` + ``model.safetensors`` or
             ``pytorch_model.bin``), an original WavLM release file (a dict with ``cfg`` and
-            ``model``), or a slimdiar checkpoint directory written by :meth:`save_pretrained`.
+            ``model``), a DiariZen WavLM file (a dict with ``config`` and ``state_dict``), or a
+            slimdiar checkpoint directory written by :meth:`save_pretrained`.
         """
         from slimdiar.models.convert import load_wavlm
 

@@ -216,7 +216,8 @@ class DiarizationPipeline:
         Parameters
         ----------
         path
-            EEND checkpoint directory (``None`` only with oracle segmentation).
+            EEND checkpoint directory or DiariZen model directory (``config.toml`` +
+            ``pytorch_model.bin``; ``None`` only with ``segmentation="oracle"``).
         embedding
             Embedding model name or checkpoint path (see
             :func:`~slimdiar.models.embeddings.load_embedding_model`); ``None`` only with a
@@ -235,10 +236,15 @@ class DiarizationPipeline:
         model_settings: dict = {}
         if path is not None and source == "model":
             from slimdiar.models.checkpoint import read_metadata
+            from slimdiar.models.diarizen import is_diarizen_dir, load_diarizen_dir
             from slimdiar.models.eend import EEND
 
-            segmentation_model = EEND.from_pretrained(path)
-            model_settings = read_metadata(path).get("pipeline") or {}
+            if is_diarizen_dir(path):
+                segmentation_model, metadata = load_diarizen_dir(path)
+            else:
+                segmentation_model = EEND.from_pretrained(path)
+                metadata = read_metadata(path)
+            model_settings = metadata.get("pipeline") or {}
         config = resolve_settings([model_settings, *layers],
                                   model_dir=path if segmentation_model is not None else None)
         embedding_model = None

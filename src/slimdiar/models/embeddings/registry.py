@@ -3,8 +3,10 @@
 ``load_embedding_model("ge2e")`` gives Resemblyzer's pretrained GE2E encoder (offline, the
 default); ``load_embedding_model("path/to/avg_model.pt")`` gives WeSpeaker's ResNet34 (or any
 WeSpeaker BasicBlock ResNet) from a WeSpeaker or pyannote checkpoint, the layout detected from
-the key names. Checkpoints are read with ``torch.load(weights_only=True)`` (or safetensors):
-a file that would need to run code to load is refused.
+the key names. Checkpoints are read with ``torch.load(weights_only=True)`` (or safetensors) and
+never run code: a Python object that is not a tensor, a container or a primitive (the pickled
+pyannote task objects in the metadata of pyannote's Lightning checkpoints) is read as an inert
+:class:`InertGlobal` placeholder, which the state dict itself may not contain.
 """
 
 from __future__ import annotations
@@ -39,6 +41,60 @@ CHECKPOINT_FILE_NAMES = ("avg_model.pt", "pytorch_model.bin", "model.safetensors
 NESTED_STATE_DICT_KEYS = ("state_dict", "model_state", "model")
 #: Harmless non-tensor objects that checkpoints carry (torch.__version__ in metadata).
 SAFE_GLOBALS = [torch.torch_version.TorchVersion]
+
+
+class InertGlobal:
+    """What an unknown Python global of a checkpoint is read as: nothing of it ever runs.
+
+    Calling, constructing or restoring the state of a placeholder only records the arguments;
+    its ``name`` is the global's full name in the checkpoint.
+    """
+
+    name = "<unknown>"
+
+    def __new__(cls, *args, **kwargs):
+        instance = super().__new__(cls)
+        instance.args = args
+        return instance
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+    def __repr__(self) -> str:
+        return f"<inert {self.name}>"
+
+
+def _inert_placeholders(names: list[str]) -> list[tuple[type, str]]:
+    """One :class:`InertGlobal` subclass per global name, as ``torch.serialization`` takes them."""
+    return [(type(name.rsplit(".", 1)[-1], (InertGlobal,), {"name": name}), name)
+            for name in sorted(names)]
+
+
+def torch_load_inert(path: Path):
+    """``torch.load(weights_only=True)`` with every global it does not allow made inert."""
+    try:
+        unknown = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except (ValueError, RuntimeError, EOFError, OSError, pickle.UnpicklingError):
+        unknown = []  # not a zip checkpoint: torch.load below decides
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    unknown = [name for name in unknown if name not in allowed]
+    if unknown:
+        logger.info("%s: %d Python objects of its metadata are read as inert placeholders "
+                    "(%s)", path, len(unknown), ", ".join(sorted(unknown)[:5]))
+    with torch.serialization.safe_globals(SAFE_GLOBALS + _inert_placeholders(unknown)):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 class SpeakerEmbedding:
@@ -134,8 +190,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read the tensors of a checkpoint file without running any code from it.
 
     ``.safetensors`` files are read with safetensors; anything else with
-    ``torch.load(weights_only=True)``. A state dict nested under ``state_dict`` (Lightning,
-    pyannote), ``model_state`` (Resemblyzer) or ``model`` is unwrapped.
+    ``torch.load(weights_only=True)``, where any Python global that it does not allow (a pickled
+    object of the checkpoint's metadata) becomes an inert :class:`InertGlobal`: no code from the
+    file runs. A state dict nested under ``state_dict`` (Lightning, pyannote), ``model_state``
+    (Resemblyzer) or ``model`` is unwrapped.
 
     Raises
     ------
@@ -154,8 +212,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as error:  # safetensors raises its own error types
             raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from None
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            content = torch.load(path, map_location="cpu", weights_only=True)
+        content = torch_load_inert(path)
     except pickle.UnpicklingError as error:
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
         if found is None:
@@ -163,11 +220,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             reason = detail.group(1).strip() if detail else str(error).splitlines()[0]
             raise CheckpointError(f"{path}: not a readable torch checkpoint ({reason})") from None
         raise CheckpointError(
-            f"{path}: refusing to load it: it holds the Python object {found.group(1)}, and "
-            "loading that would run code from the file. Only plain tensors are read. Where you "
-            "trust the file, save its "
-            "state dict alone, e.g. torch.save(torch.load(src, weights_only=False)"
-            "['state_dict'], dst), and pass that file"
+            f"{path}: refusing to load it: it holds the Python object {found.group(1)} in the "
+            "legacy (non-zip) torch format, where it cannot be read without running code from "
+            "the file. Where you trust the file, save its state dict alone, e.g. "
+            "torch.save(torch.load(src, weights_only=False)['state_dict'], dst), and pass that "
+            "file"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(f"{path}: not a readable torch checkpoint ({error})") from None

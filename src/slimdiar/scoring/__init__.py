@@ -1,7 +1,8 @@
 """Scoring: DER (missed speech, false alarm, confusion) and JER with NIST md-eval conventions.
 
-Depends on numpy and pyannote.core/pyannote.metrics only; inputs are pyannote annotations, or any
-turn/region records converted with :func:`annotations_from_turns` / :func:`timelines_from_regions`.
+Depends on numpy, scipy and pyannote.core/pyannote.metrics only; inputs are pyannote annotations,
+or any turn/region records converted with :func:`annotations_from_turns` /
+:func:`timelines_from_regions`.
 """
 
 from slimdiar.scoring.der import (

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from slimdiar.bench.backbone import benchmark_backbones, environment
+from slimdiar.cli._args import output_file
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import write_json_atomic
 from slimdiar.models.config import PRESETS
@@ -58,7 +59,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs (default: 2)")
     parser.add_argument("--repeats", type=int, default=5,
                         help="timed runs; the median is reported (default: 5)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--json", type=output_file, metavar="FILE",
+                        help="also write the results as JSON")
     pipeline = parser.add_argument_group("pipeline mode")
     pipeline.add_argument("--pipeline", metavar="CKPT",
                           help="benchmark the whole diarization pipeline with this EEND "

@@ -14,6 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
+from slimdiar.cli._args import output_dir
 from slimdiar.data import read_rttm, read_wav_scp, write_text_atomic
 from slimdiar.errors import ConfigError, SlimdiarError
 
@@ -56,7 +57,8 @@ def add_parser(subparsers) -> None:
         "inputs", nargs="+", metavar="INPUT", help="audio file, directory of audio, or wav.scp"
     )
     parser.add_argument("--model", metavar="CKPT", help="EEND checkpoint directory")
-    parser.add_argument("--out", required=True, metavar="OUT_DIR", help="output directory")
+    parser.add_argument("--out", type=output_dir, required=True, metavar="OUT_DIR",
+                        help="output directory")
     count = parser.add_argument_group("number of speakers (default: found by clustering)")
     count.add_argument("--num-speakers", type=int, metavar="N", help="exact number of speakers")
     count.add_argument("--min-speakers", type=int, metavar="A", help="at least A speakers")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from slimdiar.cli._args import output_dir
 from slimdiar.data.corpora import CORPORA, prepare_corpus
 from slimdiar.errors import ConfigError
 
@@ -57,7 +58,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("corpus", choices=sorted(CORPORA), help="corpus to prepare")
     parser.add_argument("--corpus-dir", required=True, metavar="DIR", help="corpus release root")
-    parser.add_argument("--out", required=True, metavar="DIR",
+    parser.add_argument("--out", type=output_dir, required=True, metavar="DIR",
                         help="output root: one data directory per subset")
     parser.add_argument("--subsets", default=None, metavar="LIST",
                         help="comma-separated subsets (default: train,dev,test)")

@@ -14,6 +14,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from slimdiar.cli._args import output_file
 from slimdiar.data import Turn, read_rttm, read_uem, write_text_atomic
 from slimdiar.errors import ConfigError, DataFormatError
 from slimdiar.scoring import (
@@ -59,7 +60,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--skip-overlap", action="store_true", help="do not score overlapped reference speech"
     )
-    parser.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    parser.add_argument("--json", type=output_file, metavar="FILE",
+                        help="also write the scores as JSON")
     parser.set_defaults(func=run)
 
 

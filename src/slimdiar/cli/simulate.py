@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from slimdiar.cli._args import output_dir
 from slimdiar.errors import ConfigError
 
 DESCRIPTION = """\
@@ -84,7 +85,7 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=output_dir, required=True, help="output directory")
     parser.add_argument("--speakers-from", default="TTS", metavar="SOURCE",
                         help="TTS, TONES, a corpus directory or a speaker list (default: TTS)")
     parser.add_argument("--splits", default=DEFAULT_SPLITS,

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 from collections.abc import Callable
 from pathlib import Path
 
+from slimdiar.errors import ConfigError
 from slimdiar.fileio import output_path_problem
 
 
@@ -39,7 +41,7 @@ def int_at_least(low: int) -> Callable[[str], int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {value}")
         return value
 
     parse.__name__ = f"integer >= {low}"
@@ -55,6 +57,20 @@ def positive_float(text: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return value
+
+
+def with_flag_names(error: Exception, *names: str, **flags: str) -> ConfigError:
+    """``error`` again, with each Python parameter in ``names`` spelled as its flag.
+
+    Library checks name their parameters (``min_speakers``); the command line names the flags
+    the user typed (``--min-speakers``). ``flags`` maps a parameter to a flag of another name
+    (``min_speakers="--speakers-per-recording"``).
+    """
+    flags = {**{name: "--" + name.replace("_", "-") for name in names}, **flags}
+    text = str(error)
+    for name, flag in flags.items():
+        text = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag, text)
+    return ConfigError(text)
 
 
 positive_int = int_at_least(1)

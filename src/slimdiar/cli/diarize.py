@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from slimdiar.cli._args import output_dir
+from slimdiar.cli._args import output_dir, positive_float, positive_int, with_flag_names
 from slimdiar.data import read_rttm, read_wav_scp, write_text_atomic
 from slimdiar.errors import ConfigError, SlimdiarError
 
@@ -60,19 +60,20 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--out", type=output_dir, required=True, metavar="OUT_DIR",
                         help="output directory")
     count = parser.add_argument_group("number of speakers (default: found by clustering)")
-    count.add_argument("--num-speakers", type=int, metavar="N", help="exact number of speakers")
-    count.add_argument("--min-speakers", type=int, metavar="A", help="at least A speakers")
-    count.add_argument("--max-speakers", type=int, metavar="B", help="at most B speakers")
+    count.add_argument("--num-speakers", type=positive_int, metavar="N",
+                       help="exact number of speakers")
+    count.add_argument("--min-speakers", type=positive_int, metavar="A", help="at least A speakers")
+    count.add_argument("--max-speakers", type=positive_int, metavar="B", help="at most B speakers")
     parser.add_argument(
         "--exclusive", action="store_true",
         help="write exclusive turns (one speaker at a time) to the RTTM files",
     )
     parser.add_argument(
-        "--step", type=float, default=0.8, metavar="SECONDS",
+        "--step", type=positive_float, default=0.8, metavar="SECONDS",
         help="seconds between window starts (default: 0.8)",
     )
     parser.add_argument(
-        "--batch-size", type=int, default=32, metavar="N",
+        "--batch-size", type=positive_int, default=32, metavar="N",
         help="windows per segmentation batch (default: 32)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -163,7 +164,10 @@ def run(args: argparse.Namespace) -> int:
     """Diarize every input recording; 0 when all succeeded, 1 when any failed."""
     from slimdiar.pipeline import DiarizationPipeline, SpeakerBounds
 
-    SpeakerBounds(args.num_speakers, args.min_speakers, args.max_speakers)  # fail early
+    try:  # fail early, in the words of the command line
+        SpeakerBounds(args.num_speakers, args.min_speakers, args.max_speakers)
+    except ConfigError as error:
+        raise with_flag_names(error, "num_speakers", "min_speakers", "max_speakers") from None
     oracle_rttms = {args.oracle_segmentation, args.oracle_clustering} - {None}
     if len(oracle_rttms) > 1:
         raise ConfigError(

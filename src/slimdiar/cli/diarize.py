@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from slimdiar.cli._args import output_dir, positive_float, positive_int, with_flag_names
-from slimdiar.data import read_rttm, read_wav_scp, write_text_atomic
+from slimdiar.data import read_rttm, read_uem, read_wav_scp, write_text_atomic
 from slimdiar.errors import ConfigError, SlimdiarError
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,9 @@ status is then 1.
 
 EPILOG = """\
 INPUT is an audio file (uri: its name without extension), a directory (every audio file in it,
-not recursive), or a Kaldi wav.scp (uri: the recording id).
+not recursive), a Kaldi wav.scp (uri: the recording id), or a data directory (its wav.scp; the
+turns are cut to the regions of its uem file, when it has one). A file whose name holds a space
+is reported and skipped: its uri could not be written to RTTM.
 
 Oracle variants show where errors come from: --oracle-segmentation takes the local speakers of
 every window from a reference RTTM (no segmentation model needed), --oracle-clustering assigns
@@ -91,37 +94,77 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def collect_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
-    """``(uri, audio path)`` of every recording named by the command-line inputs.
+@dataclass
+class Inputs:
+    """The recordings named on the command line.
+
+    Parameters
+    ----------
+    recordings
+        ``(uri, audio path)`` of every recording to diarize, in order.
+    rejected
+        ``(uri, audio path, reason)`` of recordings that cannot be diarized as named; they are
+        reported and skipped like recordings that fail.
+    regions
+        The regions to keep per uri, from the ``uem`` file of a data directory.
+    """
+
+    recordings: list[tuple[str, Path]] = field(default_factory=list)
+    rejected: list[tuple[str, Path, str]] = field(default_factory=list)
+    regions: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+
+def collect_inputs(inputs: list[str]) -> Inputs:
+    """The recordings named by the command-line inputs.
 
     Raises
     ------
     ConfigError
-        For an input that does not exist, a directory without audio, or a uri given twice.
+        For an input that does not exist, a directory without audio, an empty wav.scp, or a
+        uri given twice.
     """
-    recordings: list[tuple[str, Path]] = []
+    found = Inputs()
+    named: list[tuple[str, Path]] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if path.is_dir() and (path / "wav.scp").is_file():  # a data directory
+            named.extend(_read_scp(path / "wav.scp"))
+            if (path / "uem").is_file():
+                for region in read_uem(path / "uem"):
+                    found.regions.setdefault(region.uri, []).append(
+                        (region.start_s, region.end_s)
+                    )
+        elif path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
             if not files:
                 suffixes = ", ".join(AUDIO_SUFFIXES)
-                raise ConfigError(f"{path}: directory holds no audio file ({suffixes})")
-            recordings.extend((p.stem, p) for p in files)
+                raise ConfigError(f"{path}: directory holds no audio file ({suffixes}) and no "
+                                  "wav.scp")
+            named.extend((p.stem, p) for p in files)
         elif path.is_file() and (path.suffix == ".scp" or path.name == "wav.scp"):
-            recordings.extend((r.uri, r.path) for r in read_wav_scp(path))
+            named.extend(_read_scp(path))
         elif path.is_file():
-            recordings.append((path.stem, path))
+            named.append((path.stem, path))
         else:
             raise ConfigError(f"{path}: no such audio file, directory or wav.scp")
     seen: dict[str, Path] = {}
-    for uri, path in recordings:
+    for uri, path in named:
         if not uri or any(c.isspace() for c in uri):
-            raise ConfigError(f"{path}: recording id {uri!r} cannot be written to RTTM (spaces)")
+            found.rejected.append((uri, path, f"recording id {uri!r} cannot be written to RTTM "
+                                              "(it holds a space); rename the file"))
+            continue
         if uri in seen:
             raise ConfigError(f"recording id {uri!r} is given twice ({seen[uri]} and {path})")
         seen[uri] = path
-    return recordings
+        found.recordings.append((uri, path))
+    return found
+
+
+def _read_scp(path: Path) -> list[tuple[str, Path]]:
+    recordings = read_wav_scp(path)
+    if not recordings:
+        raise ConfigError(f"{path}: the wav.scp lists no recording")
+    return [(r.uri, r.path) for r in recordings]
 
 
 def _progress_hook(uri: str, quiet: bool):
@@ -175,7 +218,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.model is None and args.oracle_segmentation is None:
         raise ConfigError("--model is required unless --oracle-segmentation is given")
-    recordings = collect_inputs(args.inputs)
+    inputs = collect_inputs(args.inputs)
+    recordings = inputs.recordings
     reference: dict[str, list] | None = None
     if oracle_rttms:
         reference = {}
@@ -197,6 +241,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         raise ConfigError(f"{out_dir}: cannot create the output directory ({error})") from None
     failed: list[str] = []
+    for uri, path, reason in inputs.rejected:
+        print(f"slimdiar: error: {path}: {reason}", file=sys.stderr)
+        failed.append(uri)
     for uri, path in recordings:
         turns = None
         if reference is not None:
@@ -215,8 +262,11 @@ def run(args: argparse.Namespace) -> int:
                 reference=turns,
                 uri=uri,
             )
+            if uri in inputs.regions:
+                result = result.cropped(inputs.regions[uri])
             _write_outputs(out_dir, uri, result, args.exclusive)
         except (SlimdiarError, OSError, RuntimeError, ValueError) as error:
+            bar.close()  # before the message, so that it is not drawn over
             logger.debug("%s failed", uri, exc_info=True)
             print(f"slimdiar: error: {uri}: {error}", file=sys.stderr)
             failed.append(uri)
@@ -227,8 +277,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{uri}: {result.num_speakers} speakers, {len(result.turns)} turns",
                   file=sys.stderr)
     if failed:
+        total = len(recordings) + len(inputs.rejected)
         print(
-            f"slimdiar: {len(failed)} of {len(recordings)} recordings failed: {', '.join(failed)}",
+            f"slimdiar: {len(failed)} of {total} recordings failed: {', '.join(failed)}",
             file=sys.stderr,
         )
         return 1

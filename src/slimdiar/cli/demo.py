@@ -44,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
     check_settings()
     if args.verbose == 0:
         logging.getLogger("slimdiar").setLevel(logging.WARNING)
-    report = Demo(args.out, quick=args.quick, seed=args.seed, jobs=args.jobs).run()
+    demo = Demo(args.out, quick=args.quick, seed=args.seed, jobs=args.jobs)
+    report = demo.run()
     print()
     print(render_report(report))
     print(f"everything is under {args.out} (report.md, report.json, prune/*.png)")
+    print(demo.next_steps())
     return 0

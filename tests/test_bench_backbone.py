@@ -40,5 +40,5 @@ def test_bench_of_an_architecture_file_counts_without_weights(tmp_path):
 
 
 def test_bench_unknown_model_is_a_clear_error(capsys):
-    assert main(["bench", "wavlm-gigantic"]) == 1
+    assert main(["bench", "wavlm-gigantic"]) == 2
     assert "neither a preset" in capsys.readouterr().err

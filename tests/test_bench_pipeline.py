@@ -137,7 +137,7 @@ def test_stage_peaks_attribute_samples_to_stages():
 def test_bad_inputs_give_clear_errors(argv, message, checkpoint, tmp_path, capsys):
     paths = {"missing": str(tmp_path / "missing"), "tmp": str(tmp_path), "ckpt": str(checkpoint)}
     status = main(["bench", *[a.format(**paths) for a in argv]])
-    assert status == 1
+    assert status == 2
     err = capsys.readouterr().err
     assert err.startswith("slimdiar: error:")
     assert message in err

@@ -412,10 +412,10 @@ def test_prepare_cli(tmp_path, capsys):
     status = main(["prepare", "alimeeting", "--corpus-dir", str(tmp_path / "nope"), "--out",
                    str(tmp_path / "x")])
     err = capsys.readouterr().err
-    assert status == 1 and err.count("\n") == 1 and "does not exist" in err
+    assert status == 2 and err.count("\n") == 1 and "does not exist" in err
     status = main(["prepare", "aishell4", "--corpus-dir", str(corpus), "--out",
                    str(tmp_path / "x"), "--rttm-dir", str(tmp_path)])
-    assert status == 1 and "--rttm-dir applies to ami only" in capsys.readouterr().err
+    assert status == 2 and "--rttm-dir applies to ami only" in capsys.readouterr().err
 
 
 def test_annotation_longer_than_audio_is_reported_and_clipped(tmp_path, caplog):

@@ -32,7 +32,7 @@ def test_data_check_prints_a_summary(tmp_path, capsys):
 
 def test_data_check_channel_option(tmp_path, capsys):
     root = make_datadir(tmp_path / "d")
-    assert main(["data", "check", str(root), "--channel", "1"]) == 1
+    assert main(["data", "check", str(root), "--channel", "1"]) == 2
     err = capsys.readouterr().err
     assert f"{root / 'wav.scp'}:1:" in err
     assert "channel 1 requested but the audio has 1 channel(s)" in err
@@ -40,10 +40,10 @@ def test_data_check_channel_option(tmp_path, capsys):
     assert "channel 0" in capsys.readouterr().out
 
 
-def test_data_check_reports_bad_lines_with_exit_status_1(tmp_path, capsys):
+def test_data_check_reports_bad_lines_with_exit_status_2(tmp_path, capsys):
     root = make_datadir(tmp_path / "d")
     (root / "uem").write_text("a 1 0 4\nb 1 0 three\n")
-    assert main(["data", "check", str(root)]) == 1
+    assert main(["data", "check", str(root)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("slimdiar: error: ")
     assert f"{root / 'uem'}:2: end 'three' is not a number" in err

@@ -84,9 +84,12 @@ def assert_no_temporary_files(out):
     assert not left, f"temporary files left in {out}: {left}"
 
 
-def assert_failed(status, err, out, *words):
-    """Exit status 1, a one-line message naming every word, no traceback, no output."""
-    assert status == 1
+def assert_failed(status, err, out, *words, exit_status=1):
+    """A one-line message naming every word, no traceback, no output.
+
+    Exit status 1 when recordings failed, 2 when the command stopped before any work.
+    """
+    assert status == exit_status
     assert "Traceback" not in err
     for word in words:
         assert word in err, f"{word!r} not in {err!r}"
@@ -228,7 +231,8 @@ def test_other_sample_rates_are_resampled(tmp_path, capsys, checkpoint, sample_r
 def test_missing_path_is_reported_before_any_work(tmp_path, capsys, checkpoint):
     out = tmp_path / "out"
     status, err = diarize(capsys, [tmp_path / "absent.wav"], out, model=checkpoint)
-    assert_failed(status, err, out, "absent.wav", "no such audio file, directory or wav.scp")
+    assert_failed(status, err, out, "absent.wav", "no such audio file, directory or wav.scp",
+                  exit_status=2)
     assert not out.exists()
 
 
@@ -237,7 +241,7 @@ def test_directory_without_audio_is_reported(tmp_path, capsys, checkpoint):
     (tmp_path / "docs" / "notes.txt").write_text("no audio here\n")
     out = tmp_path / "out"
     status, err = diarize(capsys, [tmp_path / "docs"], out, model=checkpoint)
-    assert_failed(status, err, out, "docs", "directory holds no audio file")
+    assert_failed(status, err, out, "docs", "directory holds no audio file", exit_status=2)
     assert not out.exists()
 
 
@@ -266,7 +270,7 @@ def test_malformed_oracle_rttm_line_is_reported_with_its_line(tmp_path, capsys):
         capsys, [tmp_path / "a.wav"], out, "--oracle-segmentation", rttm,
         "--oracle-clustering", rttm,
     )
-    assert_failed(status, err, out, f"{rttm}:2", "onset", "SPEAKER a 1 zero")
+    assert_failed(status, err, out, f"{rttm}:2", "onset", "SPEAKER a 1 zero", exit_status=2)
     assert not out.exists()
 
 
@@ -275,7 +279,8 @@ def test_malformed_wav_scp_line_is_reported_with_its_line(tmp_path, capsys, chec
     scp.write_text("good good.wav\nlonely\n")
     out = tmp_path / "out"
     status, err = diarize(capsys, [scp], out, model=checkpoint)
-    assert_failed(status, err, out, f"{scp}:2", "expected '<recording-id> <path>'", "lonely")
+    assert_failed(status, err, out, f"{scp}:2", "expected '<recording-id> <path>'", "lonely",
+                  exit_status=2)
     assert not out.exists()
 
 
@@ -284,9 +289,9 @@ def test_missing_oracle_rttm_and_non_checkpoint_model_are_reported(tmp_path, cap
     out = tmp_path / "out"
     missing = tmp_path / "missing.rttm"
     status, err = diarize(capsys, [tmp_path / "a.wav"], out, "--oracle-segmentation", missing)
-    assert_failed(status, err, out, str(missing), "no such file")
+    assert_failed(status, err, out, str(missing), "no such file", exit_status=2)
     status, err = diarize(capsys, [tmp_path / "a.wav"], out, model=tmp_path / "a.wav")
-    assert_failed(status, err, out, "a.wav", "not a slimdiar checkpoint")
+    assert_failed(status, err, out, "a.wav", "not a slimdiar checkpoint", exit_status=2)
     assert not out.exists()
 
 
@@ -297,7 +302,7 @@ def test_impossible_speaker_bounds_are_reported_before_any_work(tmp_path, capsys
         capsys, [tmp_path / "a.wav"], out, "--min-speakers", "3", "--max-speakers", "2",
         model=checkpoint,
     )
-    assert_failed(status, err, out, "min_speakers", "larger than max_speakers")
+    assert_failed(status, err, out, "min_speakers", "larger than max_speakers", exit_status=2)
     assert not out.exists()
 
 
@@ -317,7 +322,7 @@ def test_unusable_device_is_reported_before_any_work(tmp_path, capsys, checkpoin
     out = tmp_path / "out"
     status, err = diarize(capsys, [tmp_path / "a.wav"], out, "--device", device,
                           model=checkpoint)
-    assert_failed(status, err, out, message)
+    assert_failed(status, err, out, message, exit_status=2)
     assert not out.exists()
 
 
@@ -325,9 +330,9 @@ def test_output_path_that_is_a_file_is_reported(tmp_path, capsys, checkpoint):
     soundfile.write(tmp_path / "a.wav", noise(SAMPLE_RATE), SAMPLE_RATE)
     (tmp_path / "taken").write_text("not a directory\n")
     status, err = diarize(capsys, [tmp_path / "a.wav"], tmp_path / "taken", model=checkpoint)
-    assert status == 1
+    assert status == 2
     assert "Traceback" not in err
-    assert "taken: cannot create the output directory" in err
+    assert "argument --out: " in err and "taken: exists and is not a directory" in err
     assert (tmp_path / "taken").read_text() == "not a directory\n"
 
 

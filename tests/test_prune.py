@@ -327,7 +327,7 @@ def test_bad_settings_are_clear_errors_before_any_work(setup, capsys, args, mess
     out = root / "never-written"
     code = main(["prune", *teacher, "--train", str(train), "--dev", str(dev), "--out",
                  str(out), *args])
-    assert code == 1
+    assert code == 2
     assert message in capsys.readouterr().err
     assert not (out / "checkpoints").exists()
 

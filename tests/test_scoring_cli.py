@@ -67,27 +67,27 @@ def test_score_with_collar_uem_and_directories(tmp_path, capsys):
     assert data["uem_file"] == str(ref_dir / "uem")
 
 
-def test_score_bad_input_exits_1_with_file_and_line(tmp_path, capsys):
+def test_score_bad_input_exits_2_with_file_and_line(tmp_path, capsys):
     (tmp_path / "ref.rttm").write_text(REF)
     (tmp_path / "hyp.rttm").write_text(HYP + "SPEAKER f1 1 3.0 <NA> <NA> x <NA> <NA>\n")
     status = main(["score", "--ref", str(tmp_path / "ref.rttm"), "--hyp",
                    str(tmp_path / "hyp.rttm")])
-    assert status == 1
+    assert status == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'hyp.rttm'}:4: expected 10 fields" in err
 
     assert main(["score", "--ref", str(tmp_path / "nothing"), "--hyp",
-                 str(tmp_path / "hyp.rttm")]) == 1
+                 str(tmp_path / "hyp.rttm")]) == 2
     assert "no such RTTM file or directory" in capsys.readouterr().err
 
     (tmp_path / "hyp.rttm").write_text(HYP)
     assert main(["score", "--ref", str(tmp_path / "ref.rttm"), "--hyp",
-                 str(tmp_path / "hyp.rttm"), "--collar", "-1"]) == 1
+                 str(tmp_path / "hyp.rttm"), "--collar", "-1"]) == 2
     assert "--collar must be >= 0" in capsys.readouterr().err
 
     (tmp_path / "empty").mkdir()
     assert main(["score", "--ref", str(tmp_path / "empty"), "--hyp",
-                 str(tmp_path / "hyp.rttm")]) == 1
+                 str(tmp_path / "hyp.rttm")]) == 2
     assert "neither an 'rttm' file nor any *.rttm file" in capsys.readouterr().err
 
 

@@ -77,9 +77,9 @@ def test_cli_stats_from_rttm(tmp_path, capsys):
 def test_cli_errors_are_one_line_messages(tmp_path, capsys):
     status = main(["simulate", "--out", str(tmp_path), "--speakers-from", "TONES",
                    "--splits", "train=2,dev"])
-    assert status == 1
+    assert status == 2
     assert "slimdiar: error: bad split 'dev'" in capsys.readouterr().err
     status = main(["simulate", "--out", str(tmp_path), "--speakers-from",
                    str(tmp_path / "nowhere")])
-    assert status == 1
+    assert status == 2
     assert "no such corpus directory or list file" in capsys.readouterr().err

@@ -332,7 +332,7 @@ def test_after_step_projects_the_parameters_after_every_optimiser_step(tmp_path)
 
 
 def test_invalid_settings_are_config_errors():
-    with pytest.raises(ConfigError, match="batch_size=0"):
+    with pytest.raises(ConfigError, match="batch_size must be >= 1, got 0"):
         TrainerConfig(batch_size=0)
     with pytest.raises(ConfigError, match="precision"):
         TrainerConfig(precision="fp8")

@@ -120,7 +120,7 @@ def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(FinetuneConfig, tmp_path / "missing.toml")
     assert main(["finetune", "--config", str(tmp_path / "bad.toml"), "--train", "x", "--dev",
-                 "x", "--out", str(tmp_path / "exp")]) == 1
+                 "x", "--out", str(tmp_path / "exp")]) == 2
 
 
 def test_frontend_variants_choose_the_parameter_groups(tmp_path):

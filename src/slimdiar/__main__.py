@@ -1,5 +1,9 @@
 import sys
 
-from slimdiar.cli import main
+try:
+    from slimdiar.cli import main
+except KeyboardInterrupt:  # Ctrl-C while the command line is still being imported
+    print("slimdiar: interrupted", file=sys.stderr)
+    sys.exit(130)
 
 sys.exit(main())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 import shutil
 import time
 from collections.abc import Callable
@@ -313,6 +314,28 @@ class Demo:
         write_json_atomic(self.out / "bench.json", {
             "models": [r.to_dict() for r in results], **environment("cpu", torch.float32),
         })
+
+    def next_steps(self) -> str:
+        """The two checkpoints to diarize with, and the commands that redo the demo's scores.
+
+        The diarize command uses the checkpoint's own settings (its window and the clustering
+        threshold the demo tuned on dev, recorded in the checkpoint) and the demo's step; its
+        score over the test set is the demo's DER of that system.
+        """
+        systems = [("fine-tuned", self.out / "finetune" / "best"),
+                   ("pruned + fine-tuned", self.out / "finetune-pruned" / "best")]
+        test = self.data / "test"
+        again = self.out / "finetune-pruned" / "rttm-again"
+        lines = ["checkpoints to diarize with:"]
+        lines += [f"  {label:21} {path}" for label, path in systems]
+        lines += [
+            "the demo's test score of the pruned system again:",
+            "  " + shlex.join(["slimdiar", "diarize", "--model", str(systems[1][1]), "--step",
+                               f"{self.settings.pipeline_step_s:g}", str(test), "--out",
+                               str(again)]),
+            "  " + shlex.join(["slimdiar", "score", "--ref", str(test), "--hyp", str(again)]),
+        ]
+        return "\n".join(lines)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict:

@@ -59,3 +59,36 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 def write_json_atomic(path: str | Path, data) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
     write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
+def output_path_problem(path: str | Path, *, directory: bool) -> str | None:
+    """Why ``path`` cannot be written as an output file (or directory); ``None`` when it can.
+
+    Checked before any work starts, so that a long run does not end on an unwritable path: the
+    path must not be a directory (a file, for ``directory=True``), its nearest existing ancestor
+    must be a directory, and a file can be created there (tried, since permission bits alone
+    do not tell for root, for read-only file systems or for network mounts).
+
+    Parameters
+    ----------
+    path
+        The output file or directory as given by the user.
+    directory
+        Whether ``path`` names a directory (created if missing) rather than a file.
+    """
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        return f"{path}: exists and is not a directory"
+    if not directory and path.is_dir():
+        return f"{path}: is a directory, expected a file name"
+    existing = path if directory and path.is_dir() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{path}: cannot be created, {existing} is a file, not a directory"
+    try:
+        with tempfile.TemporaryFile(dir=existing, prefix=".slimdiar-probe-"):
+            pass
+    except OSError as error:
+        return f"{path}: cannot write in {existing} ({error.strerror or error})"
+    return None

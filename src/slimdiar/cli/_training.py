@@ -6,6 +6,7 @@ import argparse
 import logging
 from collections.abc import Callable
 
+from slimdiar.cli._args import output_dir
 from slimdiar.train.distributed import DistContext, init_distributed, shutdown_distributed
 
 
@@ -13,7 +14,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """``--train``, ``--dev`` and ``--out``, as every training command takes them."""
     parser.add_argument("--train", required=True, metavar="DIR", help="training data directory")
     parser.add_argument("--dev", required=True, metavar="DIR", help="validation data directory")
-    parser.add_argument("--out", required=True, metavar="EXP_DIR", help="experiment directory")
+    parser.add_argument("--out", type=output_dir, required=True, metavar="EXP_DIR",
+                        help="experiment directory")
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, config_required: bool) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from slimdiar.bench.backbone import benchmark_backbones, environment
+from slimdiar.cli._args import non_negative_int, output_file, positive_int
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import write_json_atomic
 from slimdiar.models.config import PRESETS
@@ -49,16 +50,18 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, default=None,
                         help="audio duration of one input (default: 8), or with --pipeline of "
                              "the synthetic recording (default: 600)")
-    parser.add_argument("--batch-size", type=int, default=8,
+    parser.add_argument("--batch-size", type=positive_int, default=8,
                         help="batch size measured besides 1 (default: 8)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed runs (default: 2)")
-    parser.add_argument("--repeats", type=int, default=5,
+    parser.add_argument("--warmup", type=non_negative_int, default=2,
+                        help="untimed runs (default: 2)")
+    parser.add_argument("--repeats", type=positive_int, default=5,
                         help="timed runs; the median is reported (default: 5)")
-    parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    parser.add_argument("--json", type=output_file, metavar="FILE",
+                        help="also write the results as JSON")
     pipeline = parser.add_argument_group("pipeline mode")
     pipeline.add_argument("--pipeline", metavar="CKPT",
                           help="benchmark the whole diarization pipeline with this EEND "
@@ -67,7 +70,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                           help="recording to diarize instead of synthetic audio")
     pipeline.add_argument("--embedding", default="ge2e",
                           help="speaker embedding model name or checkpoint (default: ge2e)")
-    pipeline.add_argument("--pipeline-batch-size", type=int, default=32,
+    pipeline.add_argument("--pipeline-batch-size", type=positive_int, default=32,
                           help="windows per segmentation batch (default: 32)")
     parser.set_defaults(func=run)
     return parser

@@ -14,6 +14,7 @@ import statistics
 from rich.console import Console
 from rich.table import Table
 
+from slimdiar.cli._args import non_negative_int
 from slimdiar.data import DataDir, DataSummary
 
 DESCRIPTION = """\
@@ -51,12 +52,12 @@ def add_parser(subparsers) -> None:
     )
     check.add_argument("directory", metavar="DIR", help="data directory")
     check.add_argument(
-        "--channel", type=int, default=None, metavar="K",
+        "--channel", type=non_negative_int, default=None, metavar="K",
         help="0-based channel that will be read (every recording must have it); "
         "default: downmix all channels to mono",
     )
     check.add_argument(
-        "--max-rows", type=int, default=20, metavar="N",
+        "--max-rows", type=non_negative_int, default=20, metavar="N",
         help="recordings listed in the per-recording table (default: 20)",
     )
     check.set_defaults(func=run_check)

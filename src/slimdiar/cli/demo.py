@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from slimdiar.cli._args import output_dir, positive_int
+
 DESCRIPTION = """\
 The embedded demo. With no network, no pretrained weights and no corpus it:
   1. simulates conversations with an offline text-to-speech voice pool (disjoint speakers
@@ -25,11 +27,12 @@ def add_parser(subparsers) -> None:
         "demo", help="run the whole method offline on simulated data (make demo)",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", default="exp/demo", help="output directory (default exp/demo)")
+    parser.add_argument("--out", type=output_dir, default="exp/demo",
+                        help="output directory (default exp/demo)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke-test sizes: a few minutes, not an accuracy claim")
     parser.add_argument("--seed", type=int, default=0, help="seed of the whole run (default 0)")
-    parser.add_argument("--jobs", type=int, default=2,
+    parser.add_argument("--jobs", type=positive_int, default=2,
                         help="processes for speech synthesis and simulation (default 2)")
     parser.set_defaults(func=run)
 
@@ -41,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
     check_settings()
     if args.verbose == 0:
         logging.getLogger("slimdiar").setLevel(logging.WARNING)
-    report = Demo(args.out, quick=args.quick, seed=args.seed, jobs=args.jobs).run()
+    demo = Demo(args.out, quick=args.quick, seed=args.seed, jobs=args.jobs)
+    report = demo.run()
     print()
     print(render_report(report))
     print(f"everything is under {args.out} (report.md, report.json, prune/*.png)")
+    print(demo.next_steps())
     return 0

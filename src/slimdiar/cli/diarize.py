@@ -13,9 +13,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from slimdiar.data import read_rttm, read_wav_scp, write_text_atomic
+from slimdiar.cli._args import output_dir, positive_float, positive_int, with_flag_names
+from slimdiar.data import read_rttm, read_uem, read_wav_scp, write_text_atomic
 from slimdiar.errors import ConfigError, SlimdiarError
 
 logger = logging.getLogger(__name__)
@@ -40,7 +42,9 @@ status is then 1.
 
 EPILOG = """\
 INPUT is an audio file (uri: its name without extension), a directory (every audio file in it,
-not recursive), or a Kaldi wav.scp (uri: the recording id).
+not recursive), a Kaldi wav.scp (uri: the recording id), or a data directory (its wav.scp; the
+turns are cut to the regions of its uem file, when it has one). A file whose name holds a space
+is reported and skipped: its uri could not be written to RTTM.
 
 Oracle variants show where errors come from: --oracle-segmentation takes the local speakers of
 every window from a reference RTTM (no segmentation model needed), --oracle-clustering assigns
@@ -62,11 +66,13 @@ def add_parser(subparsers) -> None:
         "inputs", nargs="+", metavar="INPUT", help="audio file, directory of audio, or wav.scp"
     )
     parser.add_argument("--model", metavar="CKPT", help="EEND checkpoint directory")
-    parser.add_argument("--out", required=True, metavar="OUT_DIR", help="output directory")
+    parser.add_argument("--out", type=output_dir, required=True, metavar="OUT_DIR",
+                        help="output directory")
     count = parser.add_argument_group("number of speakers (default: found by clustering)")
-    count.add_argument("--num-speakers", type=int, metavar="N", help="exact number of speakers")
-    count.add_argument("--min-speakers", type=int, metavar="A", help="at least A speakers")
-    count.add_argument("--max-speakers", type=int, metavar="B", help="at most B speakers")
+    count.add_argument("--num-speakers", type=positive_int, metavar="N",
+                       help="exact number of speakers")
+    count.add_argument("--min-speakers", type=positive_int, metavar="A", help="at least A speakers")
+    count.add_argument("--max-speakers", type=positive_int, metavar="B", help="at most B speakers")
     parser.add_argument(
         "--exclusive", action="store_true",
         help="write exclusive turns (one speaker at a time) to the RTTM files",
@@ -81,11 +87,11 @@ def add_parser(subparsers) -> None:
         help="override one setting, e.g. clustering.threshold=0.5 (repeatable)",
     )
     settings.add_argument(
-        "--step", type=float, metavar="SECONDS",
+        "--step", type=positive_float, metavar="SECONDS",
         help="seconds between window starts (windows.step_s; built-in default 0.8)",
     )
     settings.add_argument(
-        "--batch-size", type=int, metavar="N",
+        "--batch-size", type=positive_int, metavar="N",
         help="windows per segmentation batch (windows.batch_size; built-in default 32)",
     )
     settings.add_argument(
@@ -97,7 +103,7 @@ def add_parser(subparsers) -> None:
         help="agglomerative distance threshold (clustering.threshold; built-in default 0.70)",
     )
     settings.add_argument(
-        "--min-cluster-size", type=int, metavar="N",
+        "--min-cluster-size", type=positive_int, metavar="N",
         help="agglomerative clusters smaller than N join the closest large one "
         "(clustering.min_cluster_size; built-in default 30)",
     )
@@ -116,37 +122,77 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def collect_inputs(inputs: list[str]) -> list[tuple[str, Path]]:
-    """``(uri, audio path)`` of every recording named by the command-line inputs.
+@dataclass
+class Inputs:
+    """The recordings named on the command line.
+
+    Parameters
+    ----------
+    recordings
+        ``(uri, audio path)`` of every recording to diarize, in order.
+    rejected
+        ``(uri, audio path, reason)`` of recordings that cannot be diarized as named; they are
+        reported and skipped like recordings that fail.
+    regions
+        The regions to keep per uri, from the ``uem`` file of a data directory.
+    """
+
+    recordings: list[tuple[str, Path]] = field(default_factory=list)
+    rejected: list[tuple[str, Path, str]] = field(default_factory=list)
+    regions: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+
+
+def collect_inputs(inputs: list[str]) -> Inputs:
+    """The recordings named by the command-line inputs.
 
     Raises
     ------
     ConfigError
-        For an input that does not exist, a directory without audio, or a uri given twice.
+        For an input that does not exist, a directory without audio, an empty wav.scp, or a
+        uri given twice.
     """
-    recordings: list[tuple[str, Path]] = []
+    found = Inputs()
+    named: list[tuple[str, Path]] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if path.is_dir() and (path / "wav.scp").is_file():  # a data directory
+            named.extend(_read_scp(path / "wav.scp"))
+            if (path / "uem").is_file():
+                for region in read_uem(path / "uem"):
+                    found.regions.setdefault(region.uri, []).append(
+                        (region.start_s, region.end_s)
+                    )
+        elif path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
             if not files:
                 suffixes = ", ".join(AUDIO_SUFFIXES)
-                raise ConfigError(f"{path}: directory holds no audio file ({suffixes})")
-            recordings.extend((p.stem, p) for p in files)
+                raise ConfigError(f"{path}: directory holds no audio file ({suffixes}) and no "
+                                  "wav.scp")
+            named.extend((p.stem, p) for p in files)
         elif path.is_file() and (path.suffix == ".scp" or path.name == "wav.scp"):
-            recordings.extend((r.uri, r.path) for r in read_wav_scp(path))
+            named.extend(_read_scp(path))
         elif path.is_file():
-            recordings.append((path.stem, path))
+            named.append((path.stem, path))
         else:
             raise ConfigError(f"{path}: no such audio file, directory or wav.scp")
     seen: dict[str, Path] = {}
-    for uri, path in recordings:
+    for uri, path in named:
         if not uri or any(c.isspace() for c in uri):
-            raise ConfigError(f"{path}: recording id {uri!r} cannot be written to RTTM (spaces)")
+            found.rejected.append((uri, path, f"recording id {uri!r} cannot be written to RTTM "
+                                              "(it holds a space); rename the file"))
+            continue
         if uri in seen:
             raise ConfigError(f"recording id {uri!r} is given twice ({seen[uri]} and {path})")
         seen[uri] = path
-    return recordings
+        found.recordings.append((uri, path))
+    return found
+
+
+def _read_scp(path: Path) -> list[tuple[str, Path]]:
+    recordings = read_wav_scp(path)
+    if not recordings:
+        raise ConfigError(f"{path}: the wav.scp lists no recording")
+    return [(r.uri, r.path) for r in recordings]
 
 
 def setting_layers(args: argparse.Namespace) -> list[dict]:
@@ -210,7 +256,10 @@ def run(args: argparse.Namespace) -> int:
     """Diarize every input recording; 0 when all succeeded, 1 when any failed."""
     from slimdiar.pipeline import DiarizationPipeline, SpeakerBounds
 
-    SpeakerBounds(args.num_speakers, args.min_speakers, args.max_speakers)  # fail early
+    try:  # fail early, in the words of the command line
+        SpeakerBounds(args.num_speakers, args.min_speakers, args.max_speakers)
+    except ConfigError as error:
+        raise with_flag_names(error, "num_speakers", "min_speakers", "max_speakers") from None
     oracle_rttms = {args.oracle_segmentation, args.oracle_clustering} - {None}
     if len(oracle_rttms) > 1:
         raise ConfigError(
@@ -218,7 +267,8 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.model is None and args.oracle_segmentation is None:
         raise ConfigError("--model is required unless --oracle-segmentation is given")
-    recordings = collect_inputs(args.inputs)
+    inputs = collect_inputs(args.inputs)
+    recordings = inputs.recordings
     reference: dict[str, list] | None = None
     if oracle_rttms:
         reference = {}
@@ -237,6 +287,9 @@ def run(args: argparse.Namespace) -> int:
     except OSError as error:
         raise ConfigError(f"{out_dir}: cannot create the output directory ({error})") from None
     failed: list[str] = []
+    for uri, path, reason in inputs.rejected:
+        print(f"slimdiar: error: {path}: {reason}", file=sys.stderr)
+        failed.append(uri)
     for uri, path in recordings:
         turns = None
         if reference is not None:
@@ -255,8 +308,11 @@ def run(args: argparse.Namespace) -> int:
                 reference=turns,
                 uri=uri,
             )
+            if uri in inputs.regions:
+                result = result.cropped(inputs.regions[uri])
             _write_outputs(out_dir, uri, result, args.exclusive)
         except (SlimdiarError, OSError, RuntimeError, ValueError) as error:
+            bar.close()  # before the message, so that it is not drawn over
             logger.debug("%s failed", uri, exc_info=True)
             print(f"slimdiar: error: {uri}: {error}", file=sys.stderr)
             failed.append(uri)
@@ -267,8 +323,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{uri}: {result.num_speakers} speakers, {len(result.turns)} turns",
                   file=sys.stderr)
     if failed:
+        total = len(recordings) + len(inputs.rejected)
         print(
-            f"slimdiar: {len(failed)} of {len(recordings)} recordings failed: {', '.join(failed)}",
+            f"slimdiar: {len(failed)} of {total} recordings failed: {', '.join(failed)}",
             file=sys.stderr,
         )
         return 1

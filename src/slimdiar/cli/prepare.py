@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+from slimdiar.cli._args import non_negative_int, output_dir
 from slimdiar.data.corpora import CORPORA, prepare_corpus
 from slimdiar.errors import ConfigError
 
@@ -57,11 +58,11 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("corpus", choices=sorted(CORPORA), help="corpus to prepare")
     parser.add_argument("--corpus-dir", required=True, metavar="DIR", help="corpus release root")
-    parser.add_argument("--out", required=True, metavar="DIR",
+    parser.add_argument("--out", type=output_dir, required=True, metavar="DIR",
                         help="output root: one data directory per subset")
     parser.add_argument("--subsets", default=None, metavar="LIST",
                         help="comma-separated subsets (default: train,dev,test)")
-    parser.add_argument("--channel", type=int, default=0, metavar="K",
+    parser.add_argument("--channel", type=non_negative_int, default=0, metavar="K",
                         help="0-based channel used (default: 0)")
     parser.add_argument("--extract-channel", action="store_true",
                         help="copy the channel to mono files OUT/audio/<uri>.wav")
@@ -79,7 +80,7 @@ def add_parser(subparsers) -> None:
                      help="NXT words of a speaker at most this far apart form one turn "
                      "(default: 0, only touching words)")
     aishell4 = parser.add_argument_group("AISHELL-4")
-    aishell4.add_argument("--dev-sessions", type=int, default=10, metavar="N",
+    aishell4.add_argument("--dev-sessions", type=non_negative_int, default=10, metavar="N",
                           help="training sessions held out as dev (default: 10)")
     parser.set_defaults(func=run)
 

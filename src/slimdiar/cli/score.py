@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from slimdiar.cli._args import output_file
 from slimdiar.data import Turn, read_rttm, read_uem, write_text_atomic
 from slimdiar.errors import ConfigError, DataFormatError
 from slimdiar.scoring import (
@@ -74,7 +75,8 @@ def add_parser(subparsers) -> None:
         help="where speakers are mapped: md-eval (whole region, before collars and overlap "
              "removal) or pyannote (scored region only) (default: %(default)s)",
     )
-    parser.add_argument("--json", metavar="FILE", help="also write the scores as JSON")
+    parser.add_argument("--json", type=output_file, metavar="FILE",
+                        help="also write the scores as JSON")
     parser.set_defaults(func=run)
 
 

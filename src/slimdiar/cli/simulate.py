@@ -6,6 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
+from slimdiar.cli._args import non_negative_int, output_dir, positive_int, with_flag_names
 from slimdiar.errors import ConfigError
 
 DESCRIPTION = """\
@@ -84,12 +85,12 @@ def add_parser(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--out", type=output_dir, required=True, help="output directory")
     parser.add_argument("--speakers-from", default="TTS", metavar="SOURCE",
                         help="TTS, TONES, a corpus directory or a speaker list (default: TTS)")
     parser.add_argument("--splits", default=DEFAULT_SPLITS,
                         help=f"recordings per split, NAME=COUNT,... (default: {DEFAULT_SPLITS})")
-    parser.add_argument("--num-recordings", type=int, default=None, metavar="N",
+    parser.add_argument("--num-recordings", type=non_negative_int, default=None, metavar="N",
                         help="total recordings, shared among the splits in their proportions")
     parser.add_argument("--duration-s", type=float, default=60.0,
                         help="length of a recording in seconds (default: 60)")
@@ -109,16 +110,16 @@ def add_parser(subparsers) -> None:
                         "off)")
     parser.add_argument("--rt60-s", type=parse_range, default=(0.2, 0.6), metavar="LOW-HIGH",
                         help="reverberation time range in seconds (default: 0.2-0.6)")
-    parser.add_argument("--sample-rate", type=int, default=16000, help="default: 16000")
+    parser.add_argument("--sample-rate", type=positive_int, default=16000, help="default: 16000")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
     parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
                         help="voice pool cache (default: ~/.cache/slimdiar/tts)")
-    parser.add_argument("--tts-speakers", type=int, default=None, metavar="N",
+    parser.add_argument("--tts-speakers", type=positive_int, default=None, metavar="N",
                         help="use the first N voices of the pool (default: all), or N tone "
                         "speakers with TONES (default: 24)")
-    parser.add_argument("--utterances-per-speaker", type=int, default=15,
+    parser.add_argument("--utterances-per-speaker", type=positive_int, default=15,
                         help="sentences each pool or tone speaker says (default: 15)")
-    parser.add_argument("--jobs", type=int, default=1,
+    parser.add_argument("--jobs", type=positive_int, default=1,
                         help="parallel worker processes (the output does not depend on it)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace existing split directories once the new ones are complete")
@@ -176,7 +177,13 @@ def run(args) -> int:
         reverb=args.reverb,
         rt60_s=args.rt60_s,
     )
-    config.validate()
+    try:
+        config.validate()
+    except ConfigError as error:
+        raise with_flag_names(
+            error, "duration_s", "overlap_ratio", "sample_rate", "rt60_s", "noise_snr_db",
+            min_speakers="--speakers-per-recording", max_speakers="--speakers-per-recording",
+        ) from None
 
     source = _source(args, args.sample_rate)
     print(f"source: {source.describe()}")

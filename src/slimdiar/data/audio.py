@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -32,6 +33,53 @@ END_TOLERANCE_S = 0.01
 
 AudioSource = str | Path | BinaryIO | tuple[Any, int]
 _logged_policies: set[tuple[str, str]] = set()
+# Samples whose magnitude exceeds this are "far above full scale" (6 dB): integer sample values
+# stored as float, or a wrong gain, not an overshoot of a lossy codec.
+FULL_SCALE_WARNING = 2.0
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_once(name: str, kind: str, message: str, *args) -> None:
+    """Log a warning about one file once per process (audio is read window by window)."""
+    if (name, kind) not in _warned:
+        _warned.add((name, kind))
+        logger.warning(message, *args)
+
+
+def wav_frames_missing(path: str | Path) -> tuple[int, int] | None:
+    """``(declared, present)`` frames of a RIFF WAV file whose data chunk is cut short.
+
+    libsndfile reads a truncated WAV up to its last complete frame without a word; the header
+    still says how long the recording was meant to be. ``None`` for a complete file, a file
+    that is not a plain RIFF WAV, or a header that does not declare its length (streamed).
+    """
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return None
+            size = Path(path).stat().st_size
+            block_align = None
+            while True:
+                chunk = stream.read(8)
+                if len(chunk) < 8:
+                    return None
+                kind, length = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+                if kind == b"fmt ":
+                    fmt = stream.read(length + (length & 1))
+                    if len(fmt) < 14:
+                        return None
+                    block_align = struct.unpack("<H", fmt[12:14])[0]
+                elif kind == b"data":
+                    if not block_align or length in (0, 0xFFFFFFFF):
+                        return None
+                    present = (size - stream.tell()) // block_align
+                    declared = length // block_align
+                    return (declared, present) if present < declared else None
+                else:
+                    stream.seek(length + (length & 1), 1)
+    except (OSError, struct.error):
+        return None
 
 
 @dataclass(frozen=True)
@@ -81,6 +129,17 @@ def audio_info(path: str | Path | BinaryIO) -> AudioInfo:
         info = AudioInfo(int(sound.samplerate), int(sound.channels), int(sound.frames))
     if info.num_frames == 0:
         raise AudioError(f"{_name(path)}: the audio is empty (0 samples)")
+    if isinstance(path, (str, Path)):
+        cut = wav_frames_missing(path)
+        if cut is not None:
+            declared, present = cut
+            rate = info.sample_rate
+            _warn_once(
+                _name(path), "truncated",
+                "%s: the file is truncated: its header declares %.3f s but only %.3f s are "
+                "present (%.3f s missing); reading what is there", _name(path),
+                declared / rate, present / rate, (declared - present) / rate,
+            )
     return info
 
 
@@ -157,6 +216,16 @@ def _check_finite(waveform: np.ndarray, name: str) -> None:
         raise AudioError(f"{name}: the audio holds {bad} NaN/Inf sample(s)")
 
 
+def _check_full_scale(waveform: np.ndarray, name: str) -> None:
+    peak = float(np.abs(waveform).max()) if waveform.size else 0.0
+    if peak > FULL_SCALE_WARNING:
+        _warn_once(
+            name, "full-scale",
+            "%s: samples reach %.3g, %.0f dB above full scale (1.0): integer values stored as "
+            "float, or a wrong gain? Read as they are", name, peak, 20 * math.log10(peak),
+        )
+
+
 def read_audio(
     path: str | Path | BinaryIO,
     start_s: float | None = None,
@@ -231,6 +300,7 @@ def read_audio(
     if data.shape[0] == 0:
         raise AudioError(f"{name}: no samples could be read (truncated file?)")
     _check_finite(data, name)
+    _check_full_scale(data, name)
     mono = resample(_apply_channel_policy(data, channel, name), rate)
     skip = out_first - read_first * SAMPLE_RATE // rate
     out = mono[skip : skip + num_samples]

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from slimdiar.errors import CheckpointError
-from slimdiar.fileio import make_temporary_dir, write_json_atomic
+from slimdiar.fileio import current_umask, make_temporary_dir, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def save_checkpoint(
     try:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / WEIGHTS_NAME))
+        os.chmod(tmp / WEIGHTS_NAME, 0o666 & ~current_umask())  # as the JSON files beside it
         write_json_atomic(tmp / CONFIG_NAME, {"kind": kind, "config": config})
         write_json_atomic(tmp / METADATA_NAME, metadata or {})
         reloaded = load_file(str(tmp / WEIGHTS_NAME))

@@ -48,8 +48,10 @@ def torch_load_safely(path: Path) -> dict:
             f"{path}: refused to load: the file needs code execution to unpickle "
             f"({str(error).splitlines()[0]}); convert it to safetensors or plain tensors first"
         ) from None
-    except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"{path}: unreadable checkpoint ({error})") from None
+    except Exception as error:  # a file that is not a torch checkpoint fails anywhere in torch
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})"
+        ) from None
 
 
 def _unused_keys_error(source, keys) -> CheckpointError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from slimdiar.data.formats import format_rttm_line
 from slimdiar.data.records import Turn
@@ -36,6 +36,27 @@ class DiarizationResult:
     exclusive_turns: list[Turn]
     speakers: list[str]
     info: dict = field(default_factory=dict)
+
+    def cropped(self, regions: list[tuple[float, float]]) -> DiarizationResult:
+        """The result restricted to ``regions`` (``(start_s, end_s)`` pairs, e.g. of a UEM).
+
+        Turns are cut at the region bounds; speakers left without a turn are dropped.
+        """
+        def crop(turns: list[Turn]) -> list[Turn]:
+            kept = []
+            for turn in turns:
+                for start_s, end_s in regions:
+                    onset_s = max(turn.onset_s, start_s)
+                    offset_s = min(turn.onset_s + turn.duration_s, end_s)
+                    if offset_s > onset_s:
+                        kept.append(replace(turn, onset_s=onset_s, duration_s=offset_s - onset_s))
+            return sorted(kept, key=lambda t: (t.onset_s, t.speaker))
+
+        turns = crop(self.turns)
+        speaking = {turn.speaker for turn in turns}
+        info = {**self.info, "regions_s": [list(region) for region in regions]}
+        return replace(self, turns=turns, exclusive_turns=crop(self.exclusive_turns),
+                       speakers=[s for s in self.speakers if s in speaking], info=info)
 
     @property
     def num_speakers(self) -> int:

@@ -3,13 +3,17 @@
 A run configuration is a dataclass whose fields are sections (dataclasses themselves). A TOML
 file gives any subset of the values; ``--set section.key=value`` overrides one of them, the value
 written as in TOML (``8``, ``2e-5``, ``true``, ``[0, 4, 8]``, ``"fbank"`` or plainly ``fbank``).
-Every value is checked against the field's type, and an unknown section or key is a
-:class:`~slimdiar.errors.ConfigError` that lists the valid ones.
+Every value is checked against the field's type and, where the section declares one in its
+``RANGES``, against the field's range (:func:`check_ranges`, called by each section's
+``__post_init__``); an unknown section or key, a value of the wrong type or out of range is a
+:class:`~slimdiar.errors.ConfigError` that names the key as the file and ``--set`` spell it
+(``optim.lr_head``), and the ``--set`` argument that gave it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -21,6 +25,61 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The values a number may take: ``low <= x`` (``low < x`` when ``low_open``), same for high."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low = None if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = None if self.high is None else f"{'<' if self.high_open else '<='} {self.high:g}"
+        return " and ".join(part for part in (low, high) if part) or "finite"
+
+
+def at_least(low: float) -> Range:
+    """``x >= low``."""
+    return Range(low=low)
+
+
+def above(low: float) -> Range:
+    """``x > low``."""
+    return Range(low=low, low_open=True)
+
+
+class FieldError(ConfigError):
+    """A value of one configuration key is out of its range; ``key`` is the dotted key."""
+
+    def __init__(self, key: str, reason: str):
+        self.key = key
+        self.reason = reason
+        super().__init__(f"{key} {reason}")
+
+
+def check_ranges(section) -> None:
+    """Check every field named in ``type(section).RANGES`` against its :class:`Range`.
+
+    Raises
+    ------
+    FieldError
+        For the first value out of range (``None`` values are not checked).
+    """
+    for name, allowed in getattr(type(section), "RANGES", {}).items():
+        value = getattr(section, name)
+        if value is not None and value not in allowed:
+            raise FieldError(name, f"must be {allowed}, got {value!r}")
 
 
 def _type_name(annotation) -> str:
@@ -99,7 +158,10 @@ def from_dict(cls, data: dict, prefix: str = ""):
             f"{', '.join(sorted(fields))}"
         )
     values = {name: _coerce(v, hints[name], prefix + name) for name, v in data.items()}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except FieldError as error:
+        raise FieldError(prefix + error.key, error.reason) from None
 
 
 def to_dict(config) -> dict:
@@ -170,12 +232,19 @@ def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
     ConfigError
         On an unreadable file, an unknown section or key, or a value of the wrong type.
     """
-    data: dict = {} if path is None else read_toml(path)
-    for text in overrides:
+    data: dict = {}
+    if path is not None:
+        data = read_toml(path)
+        try:
+            from_dict(cls, data)
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
+    for text in overrides:  # one at a time, so that an error names the --set that caused it
         apply_override(data, cls, text)
-    try:
-        return from_dict(cls, data)
-    except ConfigError as error:
-        if path is None:
-            raise
-        raise ConfigError(f"{path}: {error}") from None
+        try:
+            from_dict(cls, data)
+        except ConfigError as error:
+            if str(error).startswith("--set "):
+                raise
+            raise ConfigError(f"--set {text}: {error}") from None
+    return from_dict(cls, data)

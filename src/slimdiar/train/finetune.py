@@ -13,6 +13,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from slimdiar.models.config import PRESETS, WavLMConfig, preset
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.powerset import chunk_der, permutation_invariant_powerset_loss
 from slimdiar.models.wavlm import WavLM
-from slimdiar.train.config import to_dict
+from slimdiar.train.config import Range, above, at_least, check_ranges, to_dict
 from slimdiar.train.distributed import DistContext
 from slimdiar.train.objective import Objective, ParamGroup
 from slimdiar.train.trainer import Trainer, TrainerConfig, TrainResult
@@ -63,7 +64,15 @@ class ModelSection:
     max_speakers_per_chunk: int = 4
     max_speakers_per_frame: int = 2
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "d_model": at_least(1), "num_heads": at_least(1), "ffn_dim": at_least(1),
+        "conv_kernel": at_least(1), "num_blocks": at_least(1),
+        "dropout": Range(low=0, high=1, high_open=True),
+        "max_speakers_per_chunk": at_least(1), "max_speakers_per_frame": at_least(1),
+    }
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if self.frontend not in FRONTEND_VARIANTS:
             raise ConfigError(
                 f"model.frontend must be one of {', '.join(FRONTEND_VARIANTS)}, got "
@@ -134,6 +143,14 @@ class DataSection:
     val_shift_s: float = 8.0
     channel: int | None = None
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "chunk_duration_s": above(0), "shift_s": above(0), "val_chunk_duration_s": above(0),
+        "val_shift_s": above(0), "channel": at_least(0),
+    }
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
+
 
 def chunk_datasets(data: DataSection, grid: WavLMConfig, train_dir: str | Path,
                    dev_dir: str | Path,
@@ -153,6 +170,13 @@ class OptimSection:
     lr_backbone: float = 2e-5
     lr_head: float = 1e-3
     weight_decay: float = 0.01
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "lr_backbone": above(0), "lr_head": above(0), "weight_decay": at_least(0),
+    }
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass

@@ -19,6 +19,7 @@ import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -35,7 +36,7 @@ from slimdiar.prune import (
 )
 from slimdiar.prune.lagrangian import OBJECTIVES
 from slimdiar.train.averaging import lowest_loss_epochs, post_peak_epochs
-from slimdiar.train.config import to_dict
+from slimdiar.train.config import Range, above, at_least, check_ranges, to_dict
 from slimdiar.train.distributed import DistContext
 from slimdiar.train.finetune import (
     DataSection,
@@ -102,7 +103,14 @@ class PruneSection:
     final_model: str = "average"
     tolerance: float = 0.01
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "warmup_epochs": at_least(0), "tolerance": at_least(0),
+        **{f"{kind}_drop_rate": Range(low=0, high=1, low_open=True, high_open=True)
+           for kind in ("channel", "head", "ffn", "block")},
+    }
+
     def __post_init__(self) -> None:
+        check_ranges(self)
         if not 0.0 < self.sparsity < 1.0:
             raise ConfigError(f"sparsity must be strictly between 0 and 1, got {self.sparsity}")
         if self.objective not in OBJECTIVES:
@@ -125,6 +133,14 @@ class DistillOptimSection:
     lr_gates: float = 2e-2
     lr_lambda: float = 2e-2
     weight_decay: float = 0.0
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "lr_weights": above(0), "lr_gates": above(0), "lr_lambda": above(0),
+        "weight_decay": at_least(0),
+    }
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
 
 @dataclass

@@ -27,6 +27,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -38,6 +39,7 @@ from slimdiar.fileio import current_umask, write_json_atomic
 from slimdiar.models.checkpoint import is_checkpoint_dir
 from slimdiar.train.averaging import average_checkpoints
 from slimdiar.train.clipping import PercentileClipper
+from slimdiar.train.config import Range, at_least, check_ranges
 from slimdiar.train.distributed import (
     DistContext,
     EpochBatchSampler,
@@ -103,24 +105,17 @@ class TrainerConfig:
     max_steps_per_epoch: int = 0
     progress: bool = True
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "max_epochs": at_least(1), "patience": at_least(0), "batch_size": at_least(1),
+        "val_batch_size": at_least(0), "average_best": at_least(1), "num_workers": at_least(0),
+        "max_steps_per_epoch": at_least(0), "clip_history": at_least(1),
+        "clip_percentile": Range(low=0, high=100, low_open=True),
+    }
+
     def __post_init__(self) -> None:
-        checks = {
-            "max_epochs": self.max_epochs >= 1,
-            "patience": self.patience >= 0,
-            "batch_size": self.batch_size >= 1,
-            "val_batch_size": self.val_batch_size >= 0,
-            "average_best": self.average_best >= 1,
-            "num_workers": self.num_workers >= 0,
-            "max_steps_per_epoch": self.max_steps_per_epoch >= 0,
-            "precision": self.precision in PRECISIONS,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ConfigError(
-                f"invalid trainer settings: {values} (epochs, batch sizes and counts must be "
-                f"positive; precision one of {PRECISIONS})"
-            )
+        check_ranges(self)
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 @dataclass

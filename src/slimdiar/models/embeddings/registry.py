@@ -226,8 +226,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "torch.save(torch.load(src, weights_only=False)['state_dict'], dst), and pass that "
             "file"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({error})") from None
+    except Exception as error:  # a file that is not a torch checkpoint fails anywhere in torch
+        raise CheckpointError(
+            f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})"
+        ) from None
     for key in NESTED_STATE_DICT_KEYS:
         if isinstance(content, dict) and isinstance(content.get(key), dict):
             content = content[key]

@@ -42,3 +42,27 @@ def test_bench_of_an_architecture_file_counts_without_weights(tmp_path):
 def test_bench_unknown_model_is_a_clear_error(capsys):
     assert main(["bench", "wavlm-gigantic"]) == 2
     assert "neither a preset" in capsys.readouterr().err
+
+
+def test_bench_measures_precisions_side_by_side(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    from slimdiar.models import WavLM
+
+    WavLM.from_preset("wavlm-tiny").save_pretrained(tmp_path / "tiny")
+    assert main(["bench", "wavlm-tiny", str(tmp_path / "tiny"), "--seconds", "0.5",
+                 "--batch-size", "2", "--warmup", "0", "--repeats", "1", "--dtype",
+                 "float32", "bfloat16", "--json", str(out)]) == 0
+    assert "bfloat16" in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["dtypes"] == ["float32", "bfloat16"] and data["precision_mode"] == "autocast"
+    assert isinstance(data["cpu_native_bf16"], bool) and data["cpu_capability"]
+    rows = data["models"]
+    assert [(Path(r["name"]).name, r["dtype"]) for r in rows] == [
+        ("wavlm-tiny", "float32"), ("tiny", "float32"), ("wavlm-tiny", "bfloat16"),
+        ("tiny", "bfloat16"),
+    ]
+    for fp32, bf16 in zip(rows[:2], rows[2:], strict=True):
+        assert bf16["params"] == fp32["params"] and bf16["precision_mode"] == "autocast"
+        assert bf16["speedup_vs_float32"] == fp32["latency_s"] / bf16["latency_s"]
+        assert fp32["speedup_vs_float32"] == 1.0 and fp32["precision_mode"] is None
+    assert rows[2]["speedup_vs_first"] == 1.0  # speed-ups against the first model of each dtype

@@ -133,3 +133,37 @@ def test_empty_results_say_so(renderer, tmp_path):
     folder.mkdir()
     text, _ = renderer.render(folder, None)
     assert "No backbone results yet" in text and "No pipeline results yet" in text
+
+
+def test_precisions_side_by_side_and_embedding_stage(renderer, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    models = []
+    for dtype, scale in [("float32", 1.0), ("bfloat16", 2.0)]:
+        for name, latency in [("base", 0.4), ("small", 0.1)]:
+            models.append({"name": name, "dtype": dtype, "params": 1e6, "macs_per_second": 2e9,
+                           "latency_s": latency * scale, "latency_batch_s": 8 * latency * scale,
+                           "rtf": 0.1, "rtf_batch": 0.1, "speedup_vs_first": 1.0,
+                           "speedup_batch_vs_first": 1.0})
+    (folder / "precisions.json").write_text(json.dumps({
+        **BACKBONES, "models": models, "dtypes": ["float32", "bfloat16"], "dtype": "several",
+        "batch_size": 32, "precision_mode": "autocast", "cpu_capability": "AVX2",
+        "cpu_native_bf16": False, "command": "slimdiar bench base small --dtype float32 bfloat16",
+    }))
+    (folder / "embeddings.json").write_text(json.dumps({
+        "mode": "embeddings", "model": "resnet34", "seconds": 16.0, "num_windows": 11,
+        "num_pairs": 33, "per_pair_s": [30.0, 32.0], "per_window_s": [10.0, 8.0],
+        "speedups": [3.0, 4.0], "max_abs_diff": 2e-7, "device": "cpu", "threads": 2,
+        "torch": "2.13.0", "command": "python tools/bench_embeddings.py",
+    }))
+    text, skipped = renderer.render(folder, None)
+    assert not skipped
+    assert ("| model | params | MACs/s | b=1 float32 | b=1 bfloat16 | b=32 float32 | "
+            "b=32 bfloat16 | bfloat16 vs float32 b=1 | bfloat16 vs float32 b=32 |") in text
+    assert ("| `base` | 1.00M | 2.00G | 400.0 ms | 800.0 ms | 3200.0 ms | 6400.0 ms | 0.50x | "
+            "0.50x |") in text
+    assert "CPU capability AVX2, native bfloat16: no" in text
+    assert "Command: `slimdiar bench base small --dtype float32 bfloat16`" in text
+    assert ("| embeddings.json | 16 s | resnet34 | 11 | 33 | 30.0 s / 32.0 s | 10.0 s / 8.0 s | "
+            "3.00x / 4.00x | 2.0e-07 | device cpu, 2 threads, torch 2.13.0 |") in text
+    assert "No pipeline results yet" in text

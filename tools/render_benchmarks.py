@@ -5,15 +5,20 @@ Usage: .venv/bin/python tools/render_benchmarks.py [--results docs/results]
                                                    [--notes docs/benchmarks-notes.md]
                                                    [--out docs/benchmarks.md]
 
-Two kinds of result files are read:
+Three kinds of result files are read:
 
 - backbone benchmarks, the JSON written by ``slimdiar bench MODEL... --json FILE`` (a
   ``"models"`` list): one table per file with parameters, MACs per second of audio, latency,
   real-time factor and speed-up against the first model, at batch 1 and at the file's batch size;
+  a file measured in several precisions (``--dtype float32 bfloat16``, a ``"dtypes"`` list) gets
+  one row per model with the latencies of every precision side by side instead;
 - pipeline benchmarks, the JSON written by ``slimdiar bench --pipeline CKPT --json FILE``
   (``"mode": "pipeline"``): one table with a row per file, real-time factor of every stage and
   of the whole pipeline, peak resident memory and its increase over the resident size before
-  the run.
+  the run;
+- embedding-stage benchmarks, the JSON written by ``tools/bench_embeddings.py``
+  (``"mode": "embeddings"``): one row per file, the stage's seconds with one ResNet pass per
+  (window, speaker) and with one per window, and the speed-up.
 
 Any other JSON file is skipped with a message. The hand-written commentary of
 ``--notes`` is appended verbatim. The output is written atomically; never edit it by hand.
@@ -39,7 +44,10 @@ class ResultError(ValueError):
 
 def load_results(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]],
                                              list[str]]:
-    """Backbone results, pipeline results and messages about skipped files, by file name."""
+    """Backbone results, pipeline results and messages about skipped files, by file name.
+
+    Embedding-stage results are counted among the pipeline results (see :func:`render`).
+    """
     backbones, pipelines, skipped = [], [], []
     for path in sorted(results_dir.glob("*.json")):
         try:
@@ -48,7 +56,7 @@ def load_results(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[tuple
             raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
         if isinstance(data, dict) and isinstance(data.get("models"), list):
             backbones.append((path, data))
-        elif isinstance(data, dict) and data.get("mode") == "pipeline":
+        elif isinstance(data, dict) and data.get("mode") in ("pipeline", "embeddings"):
             pipelines.append((path, data))
         else:
             skipped.append(f"{path}: neither a backbone nor a pipeline benchmark; skipped")
@@ -105,6 +113,75 @@ def render_backbones(path: Path, data: dict) -> list[str]:
     return lines + _table(header, rows) + [""]
 
 
+def render_precisions(path: Path, data: dict) -> list[str]:
+    """Markdown lines for ``slimdiar bench MODEL... --dtype A B``: precisions side by side."""
+    dtypes = _field(path, data, "dtypes")
+    models = _field(path, data, "models")
+    batch_size = _field(path, data, "batch_size")
+    seconds = _field(path, data, "seconds")
+    by_model: dict[str, dict[str, dict]] = {}
+    for model in models:
+        for key in ("name", "dtype", "params", "macs_per_second", "latency_s", "latency_batch_s"):
+            if key not in model:
+                raise ResultError(f"{path}: a model entry has no {key!r}")
+        by_model.setdefault(model["name"], {})[model["dtype"]] = model
+    lower = [d for d in dtypes if d != "float32"]
+    header = ["model", "params", "MACs/s"]
+    header += [f"b=1 {d}" for d in dtypes] + [f"b={batch_size} {d}" for d in dtypes]
+    if "float32" in dtypes:
+        header += [f"{d} vs float32 b=1" for d in lower]
+        header += [f"{d} vs float32 b={batch_size}" for d in lower]
+    rows = []
+    for name, runs in by_model.items():
+        first = next(iter(runs.values()))
+        row = [f"`{name}`", f"{first['params'] / 1e6:.2f}M",
+               f"{first['macs_per_second'] / 1e9:.2f}G"]
+        for key in ("latency_s", "latency_batch_s"):
+            row += [f"{runs[d][key] * 1000:.1f} ms" if d in runs else "" for d in dtypes]
+        if "float32" in dtypes:
+            for key in ("latency_s", "latency_batch_s"):
+                row += [f"{runs['float32'][key] / runs[d][key]:.2f}x"
+                        if d in runs and "float32" in runs else "" for d in lower]
+        rows.append(row)
+    mode = data.get("precision_mode")
+    lines = [f"### {path.name}", "",
+             f"Latency per forward pass in each precision, side by side in one process; "
+             f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs "
+             f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}"
+             + (f"; lower precisions applied by {mode}" if mode else "")
+             + (f"; CPU capability {data['cpu_capability']}, native bfloat16: "
+                f"{'yes' if data.get('cpu_native_bf16') else 'no'}"
+                if "cpu_capability" in data else "") + ".", ""]
+    lines += _table(header, rows) + [""]
+    if data.get("command"):
+        lines += [f"Command: `{data['command']}`", ""]
+    return lines
+
+
+def render_embeddings(results: list[tuple[Path, dict]]) -> list[str]:
+    """Markdown lines for all ``tools/bench_embeddings.py`` result files: one row each."""
+    header = ["file", "audio", "model", "windows", "(window, speaker) pairs", "per pair",
+              "per window", "speed-ups", "max abs difference", "environment"]
+    rows = []
+    for path, data in results:
+        per_pair = _field(path, data, "per_pair_s")
+        per_window = _field(path, data, "per_window_s")
+        rows.append([
+            path.name, f"{_field(path, data, 'seconds'):g} s", str(data.get("model")),
+            str(_field(path, data, "num_windows")), str(_field(path, data, "num_pairs")),
+            " / ".join(f"{t:.1f} s" for t in per_pair),
+            " / ".join(f"{t:.1f} s" for t in per_window),
+            " / ".join(f"{x:.2f}x" for x in _field(path, data, "speedups")),
+            f"{_field(path, data, 'max_abs_diff'):.1e}", _environment(data),
+        ])
+    lines = _table(header, rows, left=(0, 1, 2, len(header) - 1)) + [""]
+    commands = [(path.name, data["command"]) for path, data in results if data.get("command")]
+    if commands:
+        lines += ["Commands:", ""] + [f"- {name}: `{command}`" for name, command in commands]
+        lines.append("")
+    return lines
+
+
 def render_pipelines(results: list[tuple[Path, dict]]) -> list[str]:
     """Markdown lines for all ``slimdiar bench --pipeline`` result files: one row each."""
     stages = [s for s in STAGE_ORDER if any(s in d.get("stages", {}) for _, d in results)]
@@ -147,14 +224,21 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
     ]
     if backbones:
         for path, data in backbones:
-            lines += render_backbones(path, data)
+            several = isinstance(data.get("dtypes"), list) and len(data["dtypes"]) > 1
+            lines += (render_precisions if several else render_backbones)(path, data)
     else:
         lines += ["No backbone results yet (`slimdiar bench MODEL... --json FILE`).", ""]
+    embeddings = [(path, data) for path, data in pipelines if data.get("mode") == "embeddings"]
+    pipelines = [(path, data) for path, data in pipelines if data.get("mode") == "pipeline"]
     lines += ["## Diarization pipeline", ""]
     if pipelines:
         lines += render_pipelines(pipelines)
     else:
         lines += ["No pipeline results yet (`slimdiar bench --pipeline CKPT --json FILE`).", ""]
+    if embeddings:
+        lines += ["### Embedding stage: one ResNet pass per window against one per "
+                  "(window, speaker)", ""]
+        lines += render_embeddings(embeddings)
     text = "\n".join(lines)
     if notes is not None:
         if not notes.is_file():

@@ -20,6 +20,7 @@ import torch
 
 from slimdiar.errors import ConfigError
 from slimdiar.models.config import PRESETS, WavLMConfig
+from slimdiar.models.precision import dtype_name, resolve_dtype, with_precision
 from slimdiar.models.wavlm import WavLM
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,15 @@ class BackboneResult:
     rtf_batch
         Real-time factor at ``batch_size``: processing time / total audio duration.
     speedup_vs_first, speedup_batch_vs_first
-        Latency of the first model divided by this model's, at batch 1 and at ``batch_size``.
+        Latency of the first model divided by this model's, at batch 1 and at ``batch_size``,
+        both in this result's precision.
+    dtype
+        Precision the model ran in.
+    precision_mode
+        How a lower precision was applied (``"autocast"`` or ``"weights"``; see
+        :mod:`slimdiar.models.precision`); ``None`` for float32.
+    speedup_vs_float32, speedup_batch_vs_float32
+        The same model's float32 latency divided by this one's, when float32 was measured too.
     """
 
     name: str
@@ -58,6 +67,10 @@ class BackboneResult:
     rtf_batch: float
     speedup_vs_first: float = 1.0
     speedup_batch_vs_first: float = 1.0
+    dtype: str = "float32"
+    precision_mode: str | None = None
+    speedup_vs_float32: float | None = None
+    speedup_batch_vs_float32: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -98,8 +111,9 @@ def benchmark_backbones(
     device: str = "cpu",
     warmup: int = 2,
     repeats: int = 5,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | list[torch.dtype] = torch.float32,
     progress: Callable[[str], None] | None = None,
+    precision_mode: str = "autocast",
 ) -> list[BackboneResult]:
     """Measure each backbone of ``specs`` on ``seconds`` of random audio.
 
@@ -117,9 +131,13 @@ def benchmark_backbones(
     warmup, repeats
         Untimed and timed runs per measurement.
     dtype
-        Weights and input dtype.
+        Precision, or several precisions measured side by side: every model in each of them,
+        one model after the other (results ordered by precision, then model).
     progress
         Called with a short status line before each measurement.
+    precision_mode
+        How a precision other than float32 is applied: ``"autocast"`` (float32 weights and
+        input, :func:`torch.autocast`) or ``"weights"`` (weights and input cast).
     """
     if not specs:
         raise ConfigError("give at least one model to benchmark")
@@ -127,6 +145,10 @@ def benchmark_backbones(
         raise ConfigError("seconds must be > 0, batch_size >= 1, repeats >= 1, warmup >= 0")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    dtypes = list(dtype) if isinstance(dtype, list | tuple) else [dtype]
+    dtypes = [resolve_dtype(d, device) for d in dtypes]
+    if len(set(dtypes)) != len(dtypes) or not dtypes:
+        raise ConfigError("give each precision once")
     num_samples = int(round(seconds * 16000))
 
     def sync():
@@ -134,47 +156,72 @@ def benchmark_backbones(
             torch.cuda.synchronize()
 
     results = []
-    for spec in specs:
-        model = load_backbone_for_bench(spec).to(device=device, dtype=dtype).eval()
-        if num_samples < model.config.receptive_field_samples:
-            raise ConfigError(f"{seconds} s is shorter than one frame of {spec}")
-        generator = torch.Generator().manual_seed(0)
-        single = torch.randn(1, num_samples, generator=generator).to(device=device, dtype=dtype)
-        batch = torch.randn(batch_size, num_samples, generator=generator).to(device=device,
-                                                                             dtype=dtype)
-        with torch.inference_mode():
-            if progress:
-                progress(f"{spec}: batch 1")
-            latency = _median_latency(functools.partial(model, single), warmup, repeats, sync)
-            if progress:
-                progress(f"{spec}: batch {batch_size}")
-            latency_batch = _median_latency(functools.partial(model, batch), warmup, repeats,
-                                            sync)
-        results.append(BackboneResult(
-            name=spec,
-            params=model.num_params(),
-            macs_per_second=model.macs(1.0),
-            latency_s=latency,
-            latency_batch_s=latency_batch,
-            rtf=latency / seconds,
-            rtf_batch=latency_batch / (seconds * batch_size),
-        ))
-        del model, single, batch
-    first = results[0]
+    for precision in dtypes:
+        lower = precision != torch.float32
+        input_dtype = precision if lower and precision_mode == "weights" else torch.float32
+        for spec in specs:
+            model = load_backbone_for_bench(spec).to(device=device).eval()
+            if num_samples < model.config.receptive_field_samples:
+                raise ConfigError(f"{seconds} s is shorter than one frame of {spec}")
+            params, macs = model.num_params(), model.macs(1.0)
+            run = with_precision(model, precision, precision_mode)
+            generator = torch.Generator().manual_seed(0)
+            single = torch.randn(1, num_samples, generator=generator).to(device, input_dtype)
+            batch = torch.randn(batch_size, num_samples, generator=generator).to(device,
+                                                                                 input_dtype)
+            label = f"{spec} ({dtype_name(precision)})"
+            with torch.inference_mode():
+                if progress:
+                    progress(f"{label}: batch 1")
+                latency = _median_latency(functools.partial(run, single), warmup, repeats, sync)
+                if progress:
+                    progress(f"{label}: batch {batch_size}")
+                latency_batch = _median_latency(functools.partial(run, batch), warmup, repeats,
+                                                sync)
+            results.append(BackboneResult(
+                name=spec,
+                params=params,
+                macs_per_second=macs,
+                latency_s=latency,
+                latency_batch_s=latency_batch,
+                rtf=latency / seconds,
+                rtf_batch=latency_batch / (seconds * batch_size),
+                dtype=dtype_name(precision),
+                precision_mode=precision_mode if lower else None,
+            ))
+            del model, run, single, batch
+    for precision in {r.dtype for r in results}:
+        same = [r for r in results if r.dtype == precision]
+        first = same[0]
+        for result in same:
+            result.speedup_vs_first = first.latency_s / result.latency_s
+            result.speedup_batch_vs_first = first.latency_batch_s / result.latency_batch_s
+    float32 = {r.name: r for r in results if r.dtype == "float32"}
     for result in results:
-        result.speedup_vs_first = first.latency_s / result.latency_s
-        result.speedup_batch_vs_first = first.latency_batch_s / result.latency_batch_s
+        if result.name in float32:
+            result.speedup_vs_float32 = float32[result.name].latency_s / result.latency_s
+            result.speedup_batch_vs_float32 = (
+                float32[result.name].latency_batch_s / result.latency_batch_s
+            )
     return results
 
 
-def environment(device: str, dtype: torch.dtype) -> dict:
+def environment(device: str, dtype: torch.dtype | list[torch.dtype]) -> dict:
     """Facts that a timing depends on."""
+    dtypes = list(dtype) if isinstance(dtype, list | tuple) else [dtype]
     info = {
         "device": device,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": dtype_name(dtypes[0]) if len(dtypes) == 1 else "several",
     }
+    if len(dtypes) > 1:
+        info["dtypes"] = [dtype_name(d) for d in dtypes]
+    if not device.startswith("cuda"):
+        from slimdiar.models.precision import cpu_bf16_support
+
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        info["cpu_native_bf16"] = cpu_bf16_support()[0]
     if device.startswith("cuda") and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name()
     else:

@@ -174,6 +174,8 @@ class PipelineBenchResult:
         Parameters of the segmentation model.
     device, threads, torch
         Where it ran, torch CPU threads, torch version.
+    dtype
+        Precision of both models (see :func:`slimdiar.pipeline.precision.set_pipeline_precision`).
     """
 
     model: str
@@ -193,6 +195,7 @@ class PipelineBenchResult:
     threads: int
     torch: str
     stage_peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    dtype: str = "float32"
 
     def to_dict(self) -> dict:
         """The documented JSON layout (``"mode": "pipeline"`` first)."""
@@ -215,12 +218,13 @@ class PipelineBenchResult:
             "device": self.device,
             "threads": self.threads,
             "torch": self.torch,
+            "dtype": self.dtype,
         }
 
 
 def _measure_in_this_process(
     model: str, audio: str, embedding: str | None, device: str, threads: int | None,
-    batch_size: int,
+    batch_size: int, dtype: str = "float32",
 ) -> dict:
     """Load the pipeline, run it once on ``audio``, return timings and memory (a plain dict)."""
     import gc
@@ -235,6 +239,10 @@ def _measure_in_this_process(
         model, embedding=embedding, device=device,
         settings={"windows": {"batch_size": batch_size}},
     )
+    if dtype != "float32":
+        from slimdiar.pipeline.precision import set_pipeline_precision
+
+        set_pipeline_precision(pipeline, dtype, device)
     gc.collect()
     rss_before = current_rss_mb()
     if rss_before is None:  # no /proc: the peak so far is the best available bound
@@ -376,6 +384,7 @@ def benchmark_pipeline(
     threads: int | None = None,
     batch_size: int = 32,
     seed: int = 0,
+    dtype: str = "float32",
 ) -> PipelineBenchResult:
     """Time the diarization pipeline stage by stage and measure its peak memory.
 
@@ -401,12 +410,17 @@ def benchmark_pipeline(
         Windows per segmentation batch (see :class:`~slimdiar.pipeline.PipelineConfig`).
     seed
         Seed of the synthetic recording.
+    dtype
+        Precision of both models: ``"float32"``, ``"bfloat16"`` or (GPU only) ``"float16"``.
 
     Returns
     -------
     PipelineBenchResult
     """
     validate_pipeline_bench(model, seconds, audio, batch_size)
+    from slimdiar.models.precision import resolve_dtype
+
+    resolve_dtype(dtype, device)  # refuse float16 on a CPU before any work
     with tempfile.TemporaryDirectory(prefix="slimdiar-bench-") as tmp:
         if audio is None:
             path = write_synthetic_conversation(Path(tmp) / "synthetic.wav", seconds, seed=seed)
@@ -414,7 +428,7 @@ def benchmark_pipeline(
         else:
             path = Path(audio)
         kwargs = dict(model=str(model), audio=str(path), embedding=embedding, device=device,
-                      threads=threads, batch_size=batch_size)
+                      threads=threads, batch_size=batch_size, dtype=dtype)
         measured, samples = _run_in_fresh_process(kwargs)
     duration_s = float(measured["duration_s"])
     stages = {
@@ -439,4 +453,5 @@ def benchmark_pipeline(
         threads=measured["threads"],
         torch=measured["torch"],
         stage_peak_rss_mb=_stage_peaks(measured, samples),
+        dtype=dtype,
     )

@@ -14,6 +14,7 @@ from slimdiar.cli._args import non_negative_int, output_file, positive_int
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import write_json_atomic
 from slimdiar.models.config import PRESETS
+from slimdiar.models.precision import resolve_dtype
 
 EPILOG = f"""\
 MODEL is a preset ({", ".join(sorted(PRESETS))}), an architecture JSON file
@@ -24,12 +25,13 @@ With --pipeline CKPT, the whole diarization pipeline (EEND checkpoint CKPT + emb
 runs instead on --seconds of synthetic multi-speaker audio (default: 600) or on --audio FILE,
 read from disk window by window, in a fresh process: the real-time factor of every stage and
 the peak resident memory (ru_maxrss) and its increase over the resident size before the run.
---device, --threads and --json apply to both modes; --batch-size, --dtype, --warmup and
---repeats to backbones only.
+--device, --threads, --dtype and --json apply to both modes (with --pipeline, one --dtype for
+both models); --batch-size, --precision-mode, --warmup and --repeats to backbones only.
 
 examples:
   slimdiar bench wavlm-base-plus wavlm-base-plus-s80 --seconds 8 --batch-size 4
   slimdiar bench wavlm-large wavlm-large-s80 --json bench.json
+  slimdiar bench wavlm-base-plus wavlm-base-plus-s80 --dtype float32 bfloat16 --batch-size 32
   slimdiar bench exp/prune/teacher exp/prune/pruned --device cuda
   slimdiar bench --pipeline exp/finetune/final --seconds 3600 --threads 1 --json pipe.json
   slimdiar bench --pipeline exp/prune/pruned --audio meeting.wav --embedding ge2e
@@ -55,9 +57,15 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    parser.add_argument("--warmup", type=non_negative_int, default=2,
-                        help="untimed runs (default: 2)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], nargs="+",
+                        default=["float32"], metavar="DTYPE",
+                        help="precision(s): float32, bfloat16 (fast on GPUs and on CPUs with "
+                             "AVX-512-BF16 or AMX), float16 (GPU only); several are measured "
+                             "side by side, each model in each (default: float32)")
+    parser.add_argument("--precision-mode", choices=["autocast", "weights"], default="autocast",
+                        help="how bfloat16/float16 is applied: autocast (float32 weights, "
+                             "torch.autocast; the default) or weights (weights and input cast)")
+    parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs (default: 2)")
     parser.add_argument("--repeats", type=positive_int, default=5,
                         help="timed runs; the median is reported (default: 5)")
     parser.add_argument("--json", type=output_file, metavar="FILE",
@@ -96,28 +104,40 @@ def run_backbones(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
+    dtypes = [resolve_dtype(name, args.device) for name in args.dtype]
     console = Console(stderr=True)
     with console.status("benchmarking") as status:
         results = benchmark_backbones(
             args.models, seconds=args.seconds, batch_size=args.batch_size, device=args.device,
-            warmup=args.warmup, repeats=args.repeats, dtype=dtype,
+            warmup=args.warmup, repeats=args.repeats, dtype=dtypes,
             progress=lambda text: status.update(f"benchmarking {text}"),
+            precision_mode=args.precision_mode,
         )
-    env = environment(args.device, dtype)
+    env = environment(args.device, dtypes)
+    several = len(dtypes) > 1
     table = Table(title=f"WavLM backbones on {args.seconds:g} s of audio "
-                        f"({env['device']}, {env['threads']} threads, {env['dtype']})")
+                        f"({env['device']}, {env['threads']} threads, "
+                        f"{', '.join(args.dtype)})")
     b = args.batch_size
-    for column in ["model", "params", "MACs/s", "latency b=1", "RTF b=1", "speed-up b=1",
-                   f"latency b={b}", f"RTF b={b}", f"speed-up b={b}"]:
-        table.add_column(column, justify="left" if column == "model" else "right")
+    columns = ["model", "params", "MACs/s", "latency b=1", "RTF b=1", "speed-up b=1",
+               f"latency b={b}", f"RTF b={b}", f"speed-up b={b}"]
+    if several:
+        columns[1:1] = ["dtype"]
+        columns += ["vs float32 b=1", f"vs float32 b={b}"]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "dtype") else "right")
     for r in results:
-        table.add_row(
+        row = [
             r.name, f"{r.params / 1e6:.2f}M", f"{r.macs_per_second / 1e9:.2f}G",
             f"{r.latency_s * 1000:.1f} ms", f"{r.rtf:.4f}", f"{r.speedup_vs_first:.2f}x",
             f"{r.latency_batch_s * 1000:.1f} ms", f"{r.rtf_batch:.4f}",
             f"{r.speedup_batch_vs_first:.2f}x",
-        )
+        ]
+        if several:
+            row[1:1] = [r.dtype]
+            row += [f"{x:.2f}x" if x is not None else "" for x in
+                    (r.speedup_vs_float32, r.speedup_batch_vs_float32)]
+        table.add_row(*row)
     width = None if sys.stdout.isatty() else 220
     Console(file=sys.stdout, width=width).print(table)
     if args.json:
@@ -127,7 +147,9 @@ def run_backbones(args) -> int:
             "batch_size": args.batch_size,
             "warmup": args.warmup,
             "repeats": args.repeats,
+            "precision_mode": args.precision_mode,
             **env,
+            "command": _command_line(),
         })
     return 0
 
@@ -137,6 +159,12 @@ def _command_line() -> str | None:
     if Path(sys.argv[0]).name in ("slimdiar", "__main__.py"):
         return shlex.join(["slimdiar", *sys.argv[1:]])
     return None
+
+
+def _single_dtype(names: list[str]) -> str:
+    if len(names) != 1:
+        raise ConfigError("--pipeline runs in one precision: give a single --dtype")
+    return names[0]
 
 
 def run_pipeline(args) -> int:
@@ -155,9 +183,11 @@ def run_pipeline(args) -> int:
         result = benchmark_pipeline(
             args.pipeline, seconds=seconds, audio=args.audio, embedding=args.embedding,
             device=args.device, threads=args.threads, batch_size=args.pipeline_batch_size,
+            dtype=_single_dtype(args.dtype),
         )
     table = Table(title=f"diarization pipeline on {result.seconds:g} s of audio "
-                        f"({result.device}, {result.threads} threads, torch {result.torch})")
+                        f"({result.device}, {result.threads} threads, {result.dtype}, "
+                        f"torch {result.torch})")
     for column in ["stage", "seconds", "RTF", "peak RSS in stage"]:
         table.add_column(column, justify="left" if column == "stage" else "right")
     for name, stage in result.stages.items():

@@ -296,6 +296,8 @@ class EEND(nn.Module):
                 f"frame_mask must have shape (batch, num_frames) = "
                 f"{(waveforms.shape[0], num_frames)}, got {tuple(frame_mask.shape)}"
             )
+        # a model cast to bfloat16/float16 (slimdiar.models.precision) runs in that precision
+        waveforms = waveforms.to(self.classifier.weight.dtype)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
             hidden_states = self.backbone(waveforms)
         features = self.combine_layers(hidden_states)
@@ -304,8 +306,8 @@ class EEND(nn.Module):
         # (batch, num_frames, d_model)
         x = self.conformer(x, frame_mask)
         # (batch, num_frames, d_model)
-        log_probs = F.log_softmax(self.classifier(x), dim=-1)
-        # (batch, num_frames, num_classes)
+        log_probs = F.log_softmax(self.classifier(x).float(), dim=-1)
+        # (batch, num_frames, num_classes) float32 whatever the precision of the weights
         return log_probs
 
     def combine_layers(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:

@@ -291,6 +291,16 @@ class GE2EEmbedding(nn.Module):
         """Fewest samples the model takes: one analysis window."""
         return self.config.window_num_samples
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Precision of the LSTM encoder."""
+        return self.encoder.linear.weight.dtype
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> GE2EEmbedding:
+        """Run the LSTM encoder in ``dtype``; the spectrogram and the averaging stay float32."""
+        self.encoder.to(dtype)
+        return self
+
     def embed_utterance(self, waveform: torch.Tensor) -> torch.Tensor:
         """Embedding of one utterance.
 
@@ -317,7 +327,7 @@ class GE2EEmbedding(nn.Module):
             # (num_frames, num_mel_bins)
             partials.extend(mel[start:end] for start, end in slices)
             owners.extend([index] * len(slices))
-        partial_embeddings = self.encoder(torch.stack(partials))
+        partial_embeddings = self.encoder(torch.stack(partials).to(self.compute_dtype)).float()
         # (num_partials, embedding_dim)
         owners = torch.tensor(owners, device=partial_embeddings.device)
         sums = torch.zeros(

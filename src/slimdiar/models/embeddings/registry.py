@@ -117,6 +117,25 @@ class SpeakerEmbedding:
         self.device = torch.device(device)
 
     @property
+    def shares_windows(self) -> bool:
+        """Whether :meth:`embed_windows` runs the network once per waveform for all speakers.
+
+        True for the ResNet, whose masks weight only the statistics pooling; false for GE2E,
+        which embeds the samples each mask selects (see ``docs/embeddings.md``).
+        """
+        return hasattr(self.model, "embed_windows")
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Precision the network runs in (its trunk, for the ResNet)."""
+        return getattr(self.model, "compute_dtype", torch.float32)
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> SpeakerEmbedding:
+        """Run the network in ``dtype``; features and pooling stay in float32. Returns self."""
+        self.model.set_compute_dtype(dtype)
+        return self
+
+    @property
     def dimension(self) -> int:
         """Size of the embedding."""
         return self.model.dimension
@@ -137,6 +156,62 @@ class SpeakerEmbedding:
             f"sample_rate={self.sample_rate}, device={str(self.device)!r})"
         )
 
+    def embed_windows(self, waveforms, weights) -> np.ndarray:
+        """Embed every masked speaker of each waveform.
+
+        With :attr:`shares_windows`, the network runs once per waveform and only the pooling
+        once per speaker; otherwise each (waveform, speaker) pair with a non-empty mask is
+        embedded on its own. Both give the numbers of ``self(waveforms[i], weights[i, k])``.
+
+        Parameters
+        ----------
+        waveforms : (batch, num_samples) np.ndarray or torch.Tensor
+            float32 audio in [-1, 1] at :attr:`sample_rate`.
+        weights : (batch, num_speakers, num_weight_frames) np.ndarray or torch.Tensor
+            Frame weights of each speaker of each waveform, at any resolution.
+
+        Returns
+        -------
+        embeddings : (batch, num_speakers, dimension) np.ndarray, float32
+            Unit L2 norm; NaN rows for all-zero weights (and where :meth:`__call__` gives NaN).
+        """
+        waveforms = self._waveforms(waveforms)
+        weights = torch.as_tensor(
+            np.asarray(weights) if not torch.is_tensor(weights) else weights
+        )
+        if weights.ndim != 3 or weights.shape[0] != waveforms.shape[0]:
+            raise AudioError(
+                f"weights of shape {tuple(weights.shape)} do not match waveforms of shape "
+                f"{tuple(waveforms.shape)}: expected (batch, num_speakers, num_weight_frames)"
+            )
+        weights = weights.to(self.device, torch.float32)
+        if not self.shares_windows:
+            window_index, speaker_index = np.nonzero((weights.sum(dim=-1) > 0).cpu().numpy())
+            embeddings = np.full((*weights.shape[:2], self.dimension), np.nan, dtype=np.float32)
+            if len(window_index):
+                embeddings[window_index, speaker_index] = self(
+                    waveforms[window_index], weights[window_index, speaker_index]
+                )
+            return embeddings
+        with torch.inference_mode():
+            embeddings = F.normalize(self.model.embed_windows(waveforms, weights), dim=-1)
+            # (batch, num_speakers, dimension)
+        return embeddings.float().cpu().numpy()
+
+    def _waveforms(self, waveforms) -> torch.Tensor:
+        """Validated (batch, num_samples) float32 waveforms on :attr:`device`."""
+        waveforms = torch.as_tensor(np.asarray(waveforms) if not torch.is_tensor(waveforms)
+                                    else waveforms)
+        if waveforms.ndim == 1:
+            waveforms = waveforms[None]
+        if waveforms.ndim != 2:
+            raise AudioError(
+                f"expected waveforms of shape (batch, num_samples), got {tuple(waveforms.shape)}"
+            )
+        if not torch.isfinite(waveforms).all():
+            raise AudioError("waveforms contain NaN or infinite samples")
+        return waveforms.to(self.device, torch.float32)
+
     def __call__(self, waveforms, weights=None) -> np.ndarray:
         """Embed a batch of waveforms.
 
@@ -156,17 +231,7 @@ class SpeakerEmbedding:
             Unit L2 norm; a row is NaN when its selection is empty (or, for GE2E, shorter than
             :attr:`min_num_samples`).
         """
-        waveforms = torch.as_tensor(np.asarray(waveforms) if not torch.is_tensor(waveforms)
-                                    else waveforms)
-        if waveforms.ndim == 1:
-            waveforms = waveforms[None]
-        if waveforms.ndim != 2:
-            raise AudioError(
-                f"expected waveforms of shape (batch, num_samples), got {tuple(waveforms.shape)}"
-            )
-        if not torch.isfinite(waveforms).all():
-            raise AudioError("waveforms contain NaN or infinite samples")
-        waveforms = waveforms.to(self.device, torch.float32)
+        waveforms = self._waveforms(waveforms)
         if weights is not None:
             weights = torch.as_tensor(
                 np.asarray(weights) if not torch.is_tensor(weights) else weights
@@ -182,7 +247,7 @@ class SpeakerEmbedding:
         with torch.inference_mode():
             embeddings = self.model(waveforms, weights)
             # (batch, dimension)
-            embeddings = F.normalize(embeddings, dim=-1)
+            embeddings = F.normalize(embeddings.float(), dim=-1)
         return embeddings.cpu().numpy().astype(np.float32)
 
 

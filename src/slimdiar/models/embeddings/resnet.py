@@ -223,7 +223,7 @@ class ResNet(nn.Module):
         -------
         frames : (batch, channels * freq, num_output_frames) torch.Tensor
         """
-        x = fbank.transpose(1, 2)[:, None]
+        x = fbank.transpose(1, 2)[:, None].to(self.conv1.weight.dtype)
         # (batch, 1, num_mel_bins, num_fbank_frames)
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
@@ -244,8 +244,26 @@ class ResNet(nn.Module):
         -------
         embeddings : (batch, embedding_dim) torch.Tensor
         """
-        frames = self.forward_frames(fbank)
-        # (batch, dimension, num_output_frames)
+        return self.pool(self.forward_frames(fbank), weights)
+
+    def pool(self, frames: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings from frame-level features: (weighted) statistics pooling, then ``seg_1``.
+
+        The pooling and the projection run in the precision of ``seg_1`` (float32 when only
+        the trunk is cast to bfloat16, see :meth:`ResNetEmbedding.set_compute_dtype`).
+
+        Parameters
+        ----------
+        frames : (batch, dimension, num_output_frames) torch.Tensor
+            From :meth:`forward_frames`.
+        weights : (batch, num_weight_frames) torch.Tensor, optional
+            Per-frame weights at any resolution, resampled (nearest) to the pooled frames.
+
+        Returns
+        -------
+        embeddings : (batch, embedding_dim) torch.Tensor
+        """
+        frames = frames.to(self.seg_1.weight.dtype)
         if weights is not None:
             weights = resample_weights(weights, frames.shape[-1])
         return self.seg_1(statistics_pooling(frames, weights))
@@ -307,6 +325,38 @@ class ResNetEmbedding(nn.Module):
         -------
         embeddings : (batch, dimension) torch.Tensor
         """
+        return self.resnet.pool(self.window_frames(waveforms), weights)
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Precision of the trunk."""
+        return self.resnet.conv1.weight.dtype
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> ResNetEmbedding:
+        """Run the trunk (the convolutions and batch norms) in ``dtype``.
+
+        The filterbank, the statistics pooling and the projection ``seg_1`` stay in float32:
+        the pooled standard deviations and the log mel energies lose too much in 8 mantissa
+        bits. Returns the model itself.
+        """
+        for name, module in self.resnet.named_children():
+            module.to(torch.float32 if name == "seg_1" else dtype)
+        return self
+
+    def window_frames(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """Frame-level features of whole waveforms: the filterbank and the ResNet trunk.
+
+        The filterbank and its mean normalisation are computed in float32 (float64 for a
+        float64 input), the trunk in the precision of its weights.
+
+        Parameters
+        ----------
+        waveforms : (batch, num_samples) torch.Tensor
+
+        Returns
+        -------
+        frames : (batch, channels * freq, num_output_frames) torch.Tensor
+        """
         if waveforms.shape[-1] < self.min_num_samples:
             raise AudioError(
                 f"{waveforms.shape[-1]} samples is too short for the ResNet embedding: it "
@@ -314,7 +364,42 @@ class ResNetEmbedding(nn.Module):
             )
         fbank = cepstral_mean_normalize(kaldi_fbank(waveforms, self.config.fbank))
         # (batch, num_fbank_frames, num_mel_bins)
-        return self.resnet(fbank, weights)
+        return self.resnet.forward_frames(fbank)
+
+    def embed_windows(self, waveforms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Embeddings of several masked speakers per waveform, the trunk run once per waveform.
+
+        Only the statistics pooling depends on a speaker's mask: the filterbank, its mean
+        normalisation and the trunk see the whole waveform. So the embedding of speaker ``k``
+        of waveform ``i`` is exactly ``self(waveforms[i:i+1], weights[i, k:k+1])``.
+
+        Parameters
+        ----------
+        waveforms : (batch, num_samples) torch.Tensor
+        weights : (batch, num_speakers, num_weight_frames) torch.Tensor
+            Frame weights of each speaker of each waveform, at any resolution.
+
+        Returns
+        -------
+        embeddings : (batch, num_speakers, dimension) torch.Tensor, float32
+            NaN for a speaker whose weights are all zero (its pooling is skipped).
+        """
+        if weights.ndim != 3 or weights.shape[0] != waveforms.shape[0]:
+            raise AudioError(
+                f"weights of shape {tuple(weights.shape)} do not match waveforms of shape "
+                f"{tuple(waveforms.shape)}: expected (batch, num_speakers, num_weight_frames)"
+            )
+        frames = self.window_frames(waveforms)
+        # (batch, dimension, num_output_frames)
+        window_index, speaker_index = torch.nonzero(weights.sum(dim=-1) > 0, as_tuple=True)
+        embeddings = torch.full(
+            (*weights.shape[:2], self.dimension), float("nan"), device=frames.device
+        )
+        if len(window_index):
+            embeddings[window_index, speaker_index] = self.resnet.pool(
+                frames[window_index], weights[window_index, speaker_index]
+            )
+        return embeddings
 
     @classmethod
     def from_state_dict(

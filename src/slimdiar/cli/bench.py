@@ -65,7 +65,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--precision-mode", choices=["autocast", "weights"], default="autocast",
                         help="how bfloat16/float16 is applied: autocast (float32 weights, "
                              "torch.autocast; the default) or weights (weights and input cast)")
-    parser.add_argument("--warmup", type=non_negative_int, default=2, help="untimed runs (default: 2)")
+    parser.add_argument("--warmup", type=non_negative_int, default=2,
+                        help="untimed runs (default: 2)")
     parser.add_argument("--repeats", type=positive_int, default=5,
                         help="timed runs; the median is reported (default: 5)")
     parser.add_argument("--json", type=output_file, metavar="FILE",

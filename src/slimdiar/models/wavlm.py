@@ -730,8 +730,9 @@ class WavLM(nn.Module):
         return [g.log_alpha for g in self.gates()]
 
     def weight_parameters(self) -> list[nn.Parameter]:
-        """Every parameter that is not a gate."""
-        return [p for n, p in self.named_parameters() if "log_alpha" not in n]
+        """Every trainable parameter that is not a gate (the fixed conv output scale is not)."""
+        return [p for n, p in self.named_parameters()
+                if "log_alpha" not in n and n != "feature_extractor.output_scale"]
 
     def enable_pruning(self, conv: bool = True, heads: bool = True, ffn: bool = True,
                        attention_blocks: bool = False, ffn_blocks: bool = False,

@@ -49,6 +49,9 @@ class ModelSection:
         Conformer head.
     max_speakers_per_chunk, max_speakers_per_frame
         The powerset (4 and 2: 11 classes).
+    layer_sum
+        ``"linear"`` (the reference: ``Linear(L+1, 1, bias=False)`` over the hidden states) or
+        ``"softmax"`` (softmax-normalised layer weights).
     """
 
     backbone: str = "wavlm-base-plus"
@@ -61,6 +64,7 @@ class ModelSection:
     dropout: float = 0.1
     max_speakers_per_chunk: int = 4
     max_speakers_per_frame: int = 2
+    layer_sum: str = "linear"
 
     def __post_init__(self) -> None:
         if self.frontend not in FRONTEND_VARIANTS:
@@ -220,6 +224,7 @@ def build_model(section: ModelSection, backbone: str | None = None) -> EEND:
         "dropout": section.dropout,
         "max_speakers_per_chunk": section.max_speakers_per_chunk,
         "max_speakers_per_frame": section.max_speakers_per_frame,
+        "layer_sum": section.layer_sum,
     }
     if section.frontend == "fbank":
         return EEND(EENDConfig(frontend="fbank", **head))

@@ -51,7 +51,8 @@ class ModelSection:
         The powerset (4 and 2: 11 classes).
     layer_sum
         ``"linear"`` (the reference: ``Linear(L+1, 1, bias=False)`` over the hidden states) or
-        ``"softmax"`` (softmax-normalised layer weights).
+        ``"softmax"`` (softmax-normalised layer weights); unset: ``"linear"`` with WavLM,
+        ``"softmax"`` (the identity on its one state) with the filterbank.
     """
 
     backbone: str = "wavlm-base-plus"
@@ -64,7 +65,7 @@ class ModelSection:
     dropout: float = 0.1
     max_speakers_per_chunk: int = 4
     max_speakers_per_frame: int = 2
-    layer_sum: str = "linear"
+    layer_sum: str | None = None
 
     def __post_init__(self) -> None:
         if self.frontend not in FRONTEND_VARIANTS:

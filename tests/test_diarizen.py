@@ -312,3 +312,96 @@ def test_released_base_s80_shape_matches_the_reference(tmp_path):
                                    atol=TOLERANCE, rtol=0)
     assert metadata["pipeline"]["windows"] == {"duration_s": 16.0, "step_s": 1.6,
                                                "batch_size": 32}
+
+
+# ---------------------------------------------------------------------- a pre-norm WavLM file
+def diarizen_kwargs(config: WavLMConfig) -> dict:
+    """The builder keywords DiariZen stores for a WavLM of this shape."""
+    return {
+        "extractor_mode": config.extractor_mode,
+        "extractor_conv_layer_config": [tuple(layer) for layer in config.conv_layers],
+        "extractor_conv_bias": False, "encoder_embed_dim": config.embed_dim,
+        "encoder_projection_dropout": 0.1, "encoder_pos_conv_kernel": config.pos_conv_kernel,
+        "encoder_pos_conv_groups": config.pos_conv_groups,
+        "encoder_num_layers": config.num_layers, "encoder_use_attention": config.use_attention,
+        "encoder_use_feed_forward": config.use_ffn,
+        "encoder_total_num_heads": [config.num_heads] * config.num_layers,
+        "encoder_remaining_heads": config.remaining_heads,
+        "encoder_num_buckets": config.num_buckets, "encoder_max_distance": config.max_distance,
+        "encoder_attention_dropout": 0.1, "encoder_ff_interm_features": config.ffn_dim,
+        "encoder_ff_interm_dropout": 0.0, "encoder_dropout": 0.1,
+        "encoder_layer_norm_first": config.layer_norm_first, "encoder_layer_drop": 0.1,
+        "aux_num_out": None, "normalize_waveform": config.normalize_waveform,
+        "extractor_prune_conv_channels": False, "encoder_prune_attention_heads": False,
+        "encoder_prune_attention_layer": False,
+        "encoder_prune_feed_forward_intermediate": False,
+        "encoder_prune_feed_forward_layer": False,
+    }
+
+
+def diarizen_state(model: WavLM) -> dict:
+    """Our WavLM's tensors under DiariZen's names, plus what DiariZen stores and never uses."""
+    config, state = model.config, {}
+    for key, value in model.state_dict().items():
+        name = key
+        if key == "feature_extractor.output_scale":
+            name = "feature_extractor.dummy_weight"
+        elif key.startswith("feature_extractor.conv_layers.") and ".norm." in key:
+            name = key.replace(".norm.", ".layer_norm.")
+        elif key.startswith("feature_projection."):
+            name = "encoder." + key
+        elif key.startswith("encoder.pos_conv."):
+            part = {"bias": "bias", "weight_g": "parametrizations.weight.original0",
+                    "weight_v": "parametrizations.weight.original1"}[key.rsplit(".", 1)[1]]
+            name = f"encoder.transformer.pos_conv_embed.conv.{part}"
+        elif key == "encoder.rel_attn_embed.weight":
+            name = "encoder.transformer.layers.0.attention.rel_attn_embed.weight"
+        elif key.startswith("encoder."):
+            name = "encoder.transformer." + key[len("encoder."):]
+        if name.endswith("gru_rel_pos_const"):
+            layer = int(key.split(".")[2])
+            full = torch.full((config.num_heads,), 7.0)  # removed heads: never used
+            full[config.remaining_heads[layer]] = value
+            value = full.reshape(1, -1, 1, 1)
+        state[name] = value
+    for i in range(config.num_layers):
+        for norm, present in (("layer_norm", config.use_attention[i]),
+                              ("final_layer_norm", config.use_ffn[i])):
+            if not present:
+                for kind in ("weight", "bias"):
+                    key = f"encoder.transformer.layers.{i}.{norm}.{kind}"
+                    state[key] = torch.full((config.embed_dim,), 3.0)
+    return state
+
+
+def test_pre_norm_wavlm_file_with_removed_blocks(tmp_path):
+    config = preset("wavlm-tiny-prenorm").replace(
+        remaining_heads=[[1, 3], []], use_attention=[True, False], ffn_dim=[0, 40],
+        use_ffn=[False, True], conv_output_scale=True)
+    torch.manual_seed(0)
+    model = WavLM(config).eval()
+    with torch.no_grad():
+        model.feature_extractor.output_scale.uniform_(0.5, 1.0)
+        for name, p in model.named_parameters():
+            if "norm" in name or "gru_rel_pos" in name:
+                p.add_(torch.randn_like(p) * 0.1)
+    state = diarizen_state(model)
+    assert "encoder.transformer.layers.1.layer_norm.weight" in state  # no attention in layer 1
+    torch.save({"config": diarizen_kwargs(config), "state_dict": state}, tmp_path / "wavlm.bin")
+    loaded = WavLM.from_pretrained(tmp_path / "wavlm.bin")
+    assert loaded.config.replace(name="x") == config.replace(name="x")
+    waveforms = torch.randn(2, 8000)
+    with torch.no_grad():
+        for a, b in zip(model(waveforms), loaded(waveforms)):
+            assert torch.equal(a, b)
+    # an unused LayerNorm is tolerated only where the layer lacks the block it would feed
+    state["encoder.transformer.layers.0.attention.extra.weight"] = torch.zeros(2)
+    torch.save({"config": diarizen_kwargs(config), "state_dict": state}, tmp_path / "bad.bin")
+    with pytest.raises(CheckpointError, match=r"layers\.0\.attention\.extra\.weight has no place"):
+        WavLM.from_pretrained(tmp_path / "bad.bin")
+    del state["encoder.transformer.layers.0.attention.extra.weight"]
+    del state["encoder.transformer.layers.0.attention.q_proj.bias"]
+    torch.save({"config": diarizen_kwargs(config), "state_dict": state}, tmp_path / "bad.bin")
+    with pytest.raises(CheckpointError, match=r"no tensor for the model's "
+                       r"encoder\.layers\.0\.attention\.q_proj\.bias"):
+        WavLM.from_pretrained(tmp_path / "bad.bin")

@@ -143,6 +143,10 @@ def test_frontend_variants_choose_the_parameter_groups(tmp_path):
 
     fbank = build_model(ModelSection(frontend="fbank", **small))
     assert fbank.config.frontend == "fbank"
+    assert updated.model.config.layer_sum == "linear"  # the reference's weight_sum
+    assert fbank.config.layer_sum == "softmax"  # the identity on the filterbank's one state
+    softmax = build_model(ModelSection(backbone="wavlm-tiny", layer_sum="softmax", **small))
+    assert softmax.config.layer_sum == "softmax" and softmax.layer_weights.shape == (3,)
     with pytest.raises(ConfigError, match="neither a WavLM preset"):
         build_model(ModelSection(backbone=str(tmp_path / "nothing")))
 

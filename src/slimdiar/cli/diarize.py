@@ -65,7 +65,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="audio file, directory of audio, or wav.scp"
     )
-    parser.add_argument("--model", metavar="CKPT", help="EEND checkpoint directory")
+    parser.add_argument("--model", metavar="CKPT",
+                        help="EEND checkpoint directory or DiariZen model directory")
     parser.add_argument("--out", type=output_dir, required=True, metavar="OUT_DIR",
                         help="output directory")
     count = parser.add_argument_group("number of speakers (default: found by clustering)")

@@ -65,7 +65,10 @@ class EENDConfig:
     layer_sum
         How the L+1 hidden states are combined: ``"linear"`` (an unnormalised
         ``Linear(L+1, 1, bias=False)``, the reference's ``weight_sum``) or ``"softmax"`` (weights
-        ``softmax(layer_weights)``). A stored config without this key means ``"softmax"``.
+        ``softmax(layer_weights)``). ``None``: ``"linear"`` for the WavLM front-end,
+        ``"softmax"`` for the filterbank (its one state passes unchanged, as in the reference's
+        filterbank model, which has no layer sum). A stored config without this key means
+        ``"softmax"``.
     """
 
     frontend: str = "wavlm"
@@ -80,9 +83,11 @@ class EENDConfig:
     dropout: float = 0.1
     max_speakers_per_chunk: int = 4
     max_speakers_per_frame: int = 2
-    layer_sum: str = "linear"
+    layer_sum: str | None = None
 
     def __post_init__(self) -> None:
+        if self.layer_sum is None:
+            self.layer_sum = "softmax" if self.frontend == "fbank" else "linear"
         if self.layer_sum not in LAYER_SUMS:
             raise ConfigError(
                 f"unknown layer_sum {self.layer_sum!r}; valid values: {', '.join(LAYER_SUMS)}"

@@ -51,6 +51,10 @@ class ModelSection:
         Conformer head.
     max_speakers_per_chunk, max_speakers_per_frame
         The powerset (4 and 2: 11 classes).
+    layer_sum
+        ``"linear"`` (the reference: ``Linear(L+1, 1, bias=False)`` over the hidden states) or
+        ``"softmax"`` (softmax-normalised layer weights); unset: ``"linear"`` with WavLM,
+        ``"softmax"`` (the identity on its one state) with the filterbank.
     """
 
     backbone: str = "wavlm-base-plus"
@@ -63,6 +67,7 @@ class ModelSection:
     dropout: float = 0.1
     max_speakers_per_chunk: int = 4
     max_speakers_per_frame: int = 2
+    layer_sum: str | None = None
 
     RANGES: ClassVar[dict[str, Range]] = {
         "d_model": at_least(1), "num_heads": at_least(1), "ffn_dim": at_least(1),
@@ -289,6 +294,7 @@ def build_model(section: ModelSection, backbone: str | None = None) -> EEND:
         "dropout": section.dropout,
         "max_speakers_per_chunk": section.max_speakers_per_chunk,
         "max_speakers_per_frame": section.max_speakers_per_frame,
+        "layer_sum": section.layer_sum,
     }
     if section.frontend == "fbank":
         return EEND(EENDConfig(frontend="fbank", **head))

@@ -320,6 +320,7 @@ def test_stage1_model_is_the_average_of_the_chosen_epochs_log_alphas_included(se
     (["--set", "prune.distill_layers=[0, 1, 7]"], "beyond the model's depth"),
     (["--set", 'prune.units=["conv", "neurons"]'], "units must be"),
     (["--set", "prune.gate_bound=0.5"], "gate_bound must be"),
+    (["--set", 'prune.final_model="best"'], "final_model must be one of"),
 ])
 def test_bad_settings_are_clear_errors_before_any_work(setup, capsys, args, message):
     root, train, dev = setup

@@ -208,9 +208,10 @@ class Demo:
             optim=DistillOptimSection(lr_gates=s.lr_gates, lr_lambda=s.lr_lambda),
             trainer=self._trainer(PruneTrainerConfig, s.prune_epochs),
         )
-        _, teacher, pruned = prune(config, self.out / "finetune" / "best", self.data / "train",
-                                   self.data / "dev", exp)
-        report = write_report(exp, teacher, pruned, s.sparsity)
+        result, teacher, pruned = prune(config, self.out / "finetune" / "best",
+                                        self.data / "train", self.data / "dev", exp)
+        report = write_report(exp, teacher, pruned, s.sparsity, config.prune.objective,
+                              {"rule": config.prune.final_model, "epochs": result.best_epochs})
         self.say(f"  {report['teacher']['params'] / 1e6:.3f}M -> "
                  f"{report['student']['params'] / 1e6:.3f}M WavLM parameters "
                  f"(sparsity {report['reached_sparsity']:.3f}, target {s.sparsity})")

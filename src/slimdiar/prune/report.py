@@ -166,7 +166,7 @@ def render_markdown(report: dict, plots: list[str]) -> str:
     final = report.get("final_model")
     if final:
         how = "average of epochs" if final["rule"] == "average" else "checkpoint of epoch"
-        lines[3:3] = [f"Final model (`{final['rule']}` rule): {how} "
+        lines[4:4] = [f"Final model (`{final['rule']}` rule): {how} "
                       f"{', '.join(str(e) for e in final['epochs'])}, then pruned.", ""]
     lines += ["", "Conv channels kept per layer: "
               + ", ".join(f"{s_}/{t_}" for s_, t_ in zip(report["conv_channels"]["student"],

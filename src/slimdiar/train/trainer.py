@@ -575,6 +575,7 @@ class Trainer:
                     "stage": self.objective.stage,
                     "epochs": epochs,
                     "val_losses": [h["val_loss"] for h in chosen],
+                    "val_metrics": [h.get("metrics", {}) for h in chosen],
                     "step": self.step,
                 },
             )

@@ -194,10 +194,10 @@ def one_process(setup):
 
 
 @pytest.mark.slow
-def test_jobs_write_the_same_files_as_one_process(setup, one_process, capsys):
+def test_jobs_write_the_same_files_as_one_process(setup, one_process, capfd):
     out = setup[0] / "jobs"
     status = main([*command_args(setup, out), "--jobs", "2"])
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err  # the workers write to the file descriptor
     assert status == 1, err  # the broken recording fails in its worker
     assert "slimdiar: error: " in err and "rec_broken" in err
     assert "rank 0 of 2" in err and "rank 1 of 2" in err

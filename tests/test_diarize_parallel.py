@@ -216,3 +216,42 @@ def test_torchrun_ranks_write_the_same_files_as_one_process(setup, one_process):
     assert "rank 0 of 2" in run.stderr and "rank 1 of 2" in run.stderr
     assert "all 2 ranks: 1 of 5 recordings failed" in run.stderr, run.stderr[-3000:]
     assert written(out) == one_process
+
+
+def test_each_rank_writes_only_its_own_recordings(setup, capsys, monkeypatch):
+    """Ranks run one after the other in this process (no rendezvous): together, what one writes."""
+    root, _, audio, reference = setup
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    oracle = ["--oracle-segmentation", str(reference), "--oracle-clustering", str(reference),
+              "--quiet"]
+
+    def diarize(out, rank=None, world_size=None):
+        if rank is None:
+            monkeypatch.delenv("RANK", raising=False)
+            monkeypatch.delenv("WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("RANK", str(rank))
+            monkeypatch.setenv("WORLD_SIZE", str(world_size))
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+        status = main(["diarize", str(audio), "--out", str(out), *oracle])
+        return status, capsys.readouterr().err
+
+    status, _ = diarize(root / "oracle-one")
+    assert status == 1
+    one = written(root / "oracle-one")
+    parts = shard(sorted((p.stem, p) for p in audio.iterdir()), 3,
+                  durations_s(sorted((p.stem, p) for p in audio.iterdir())))
+    union: dict[str, object] = {}
+    for rank, part in enumerate(parts):
+        status, err = diarize(root / f"oracle-rank{rank}", rank, 3)
+        mine = {uri for uri, _ in part} - {"rec_broken"}
+        files = written(root / f"oracle-rank{rank}")
+        assert {name.rsplit(".", 1)[0] for name in files} == mine  # its own, nothing else
+        assert status == (1 if "rec_broken" in {uri for uri, _ in part} else 0)
+        assert f"rank {rank} of 3: {len(part)} recordings" in err
+        union.update(files)
+    assert union == one
+    # more ranks than recordings: the last has nothing to do, and says so
+    status, err = diarize(root / "oracle-rank5", 5, 6)
+    assert status == 0 and "rank 5 of 6: 0 recordings, 0 failed" in err
+    assert not (root / "oracle-rank5").exists()

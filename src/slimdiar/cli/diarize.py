@@ -301,6 +301,8 @@ def run(args: argparse.Namespace) -> int:
         recordings = shard(recordings, rank.world_size, durations_s(recordings))[rank.rank]
         inputs.rejected = inputs.rejected if rank.rank == 0 else []
         args.device = rank_device(args.device, rank.local_rank)
+        if not recordings and not inputs.rejected:  # more ranks than recordings
+            return _parallel.finish_rank(rank, 0, [])
     reference: dict[str, list] | None = None
     if oracle_rttms:
         reference = {}

@@ -47,13 +47,14 @@ def current_rank(args: argparse.Namespace) -> Rank:
     return rank
 
 
-def run_jobs(args: argparse.Namespace, command) -> int:
+def run_jobs(args: argparse.Namespace, command, num_recordings: int) -> int:
     """Run ``command(args)`` in ``args.jobs`` worker processes; the worst exit status.
 
-    Returns 0 when every worker succeeded, otherwise the largest status of a worker
-    (1: a recording failed; 2: an error before any work; 130: interrupted).
+    No more workers start than there are recordings. Returns 0 when every worker succeeded,
+    otherwise the largest status of a worker (1: a recording failed; 2: an error before any
+    work; 130: interrupted).
     """
-    jobs = args.jobs
+    jobs = max(1, min(args.jobs, num_recordings))
     threads = args.threads or threads_per_job(jobs)
     worker_args = argparse.Namespace(**{**vars(args), "jobs": None, "threads": threads})
     context = multiprocessing.get_context("spawn")

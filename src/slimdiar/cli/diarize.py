@@ -127,8 +127,9 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parallel = parser.add_argument_group(
-        "several processes (under torchrun, or any launcher that sets RANK and WORLD_SIZE, "
-        "each rank diarizes its share of the inputs, on cuda:LOCAL_RANK with --device cuda)"
+        "several processes", "Under torchrun, or any launcher that sets RANK and WORLD_SIZE, "
+        "each rank diarizes its share of the recordings (on cuda:LOCAL_RANK with --device "
+        "cuda). See docs/pipeline.md.",
     )
     parallel.add_argument(
         "--jobs", type=positive_int, metavar="N",
@@ -294,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
     rank = _parallel.current_rank(args)
     inputs = collect_inputs(args.inputs)
     if (getattr(args, "jobs", None) or 1) > 1:
-        return _parallel.run_jobs(args, run)
+        return _parallel.run_jobs(args, run, len(inputs.recordings))
     _parallel.set_threads(args)
     recordings = inputs.recordings
     if rank.distributed:  # this rank's share; rank 0 reports the rejected inputs

@@ -7,8 +7,7 @@ Usage::
     slimdiar diarize --oracle-segmentation ref.rttm --oracle-clustering ref.rttm audio/ --out out/
     slimdiar diarize --model exp/ami/eend --config p.toml --set windows.step_s=1.6 a.wav --out o/
     slimdiar diarize --model exp/ami/eend data/ami/test --out out/ --jobs 2
-    torchrun --nproc_per_node 4 -m slimdiar diarize --model exp/ami/eend data/ami/test \
-        --out out/ --device cuda
+    torchrun --nproc_per_node 4 -m slimdiar diarize --model exp/eend test/ --out o/ --device cuda
 """
 
 from __future__ import annotations

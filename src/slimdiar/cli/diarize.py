@@ -6,6 +6,8 @@ Usage::
     slimdiar diarize --model exp/ami/eend meeting.wav --num-speakers 4 --out out/
     slimdiar diarize --oracle-segmentation ref.rttm --oracle-clustering ref.rttm audio/ --out out/
     slimdiar diarize --model exp/ami/eend --config p.toml --set windows.step_s=1.6 a.wav --out o/
+    slimdiar diarize --model exp/ami/eend data/ami/test --out out/ --jobs 2
+    torchrun --nproc_per_node 4 -m slimdiar diarize --model exp/eend test/ --out o/ --device cuda
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slimdiar.cli import _parallel
 from slimdiar.cli._args import output_dir, positive_float, positive_int, with_flag_names
 from slimdiar.data import read_rttm, read_uem, read_wav_scp, write_text_atomic
 from slimdiar.errors import ConfigError, SlimdiarError
@@ -126,6 +129,20 @@ def add_parser(subparsers) -> None:
         "--oracle-clustering", metavar="RTTM", help="cluster with this reference"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parallel = parser.add_argument_group(
+        "several processes", "Under torchrun, or any launcher that sets RANK and WORLD_SIZE, "
+        "each rank diarizes its share of the recordings (on cuda:LOCAL_RANK with --device "
+        "cuda). See docs/pipeline.md.",
+    )
+    parallel.add_argument(
+        "--jobs", type=positive_int, metavar="N",
+        help="diarize in N worker processes on this machine, each its share of the recordings",
+    )
+    parallel.add_argument(
+        "--threads", type=positive_int, metavar="T",
+        help="torch threads per process (default: the cores divided by --jobs with --jobs; "
+             "torch's choice otherwise)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -262,6 +279,7 @@ def _write_outputs(out_dir: Path, uri: str, result, exclusive: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     """Diarize every input recording; 0 when all succeeded, 1 when any failed."""
     from slimdiar.pipeline import DiarizationPipeline, SpeakerBounds
+    from slimdiar.pipeline.parallel import durations_s, rank_device, shard
 
     try:  # fail early, in the words of the command line
         SpeakerBounds(args.num_speakers, args.min_speakers, args.max_speakers)
@@ -277,8 +295,18 @@ def run(args: argparse.Namespace) -> int:
     from slimdiar.models.precision import resolve_dtype
 
     resolve_dtype(getattr(args, "dtype", "float32"), args.device)  # fail early
+    rank = _parallel.current_rank(args)
     inputs = collect_inputs(args.inputs)
+    if (getattr(args, "jobs", None) or 1) > 1:
+        return _parallel.run_jobs(args, run, len(inputs.recordings))
+    _parallel.set_threads(args)
     recordings = inputs.recordings
+    if rank.distributed:  # this rank's share; rank 0 reports the rejected inputs
+        recordings = shard(recordings, rank.world_size, durations_s(recordings))[rank.rank]
+        inputs.rejected = inputs.rejected if rank.rank == 0 else []
+        args.device = rank_device(args.device, rank.local_rank)
+        if not recordings and not inputs.rejected:  # more ranks than recordings
+            return _parallel.finish_rank(rank, 0, [])
     reference: dict[str, list] | None = None
     if oracle_rttms:
         reference = {}
@@ -311,7 +339,7 @@ def run(args: argparse.Namespace) -> int:
             if not turns:
                 print(f"slimdiar: warning: {uri}: no reference turns (taken as silence)",
                       file=sys.stderr)
-        hook, bar = _progress_hook(uri, args.quiet)
+        hook, bar = _progress_hook(uri, args.quiet or rank.distributed)
         try:
             result = pipeline(
                 path,
@@ -336,6 +364,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{uri}: {result.num_speakers} speakers, {len(result.turns)} turns",
                   file=sys.stderr)
+    if rank.distributed:  # a summary line per rank, then wait for the other ranks
+        return _parallel.finish_rank(rank, len(recordings) + len(inputs.rejected), failed)
     if failed:
         total = len(recordings) + len(inputs.rejected)
         print(

@@ -189,6 +189,7 @@ def test_diarize_with_the_demo_model_reproduces_the_demo_der(tmp_path, capsys):
     assert read_rttm(tmp_path / "other" / "t1.rttm") is not None
 
 
+@pytest.mark.slow
 def test_diarize_with_vbx_from_the_command_line(tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "eend")
     write_data(tmp_path / "data", {"r": [(0.5, 3.5, "a"), (3.0, 7.0, "b")]}, seed=3)

@@ -581,6 +581,11 @@ class VBxClustering:
 
         high = num_train if bounds.max_clusters is None else min(bounds.max_clusters, num_train)
         low = min(bounds.min_clusters, high)
+        if bounds.min_clusters > num_train:
+            logger.warning(
+                "asked for at least %d speakers but only %d speaker embeddings are usable; "
+                "using %d", bounds.min_clusters, num_train, num_train
+            )
         found = weights.shape[1]
         fallback = not low <= found <= high
         if fallback:

@@ -33,6 +33,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) sed -n '2,/^set -euo pipefail/p' "$script" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         --dry-run) dry_run=true; passed+=("$1"); shift; continue ;;
+        --allow-ge2e) passed+=("$1"); shift; continue ;;
     esac
     [ $# -ge 2 ] || die "option $1 needs a value"
     case " ${prepare_options[*]-} " in

@@ -3,7 +3,7 @@
 #            [--wavlm-base-plus CKPT] [--wavlm-large CKPT] [--models "base-plus large"]
 #            [--sparsities "0.8 0.9"] [--orders "finetune-first prune-first"] [--dry-run]
 #            [any option of recipes/run.sh: --ngpu N --device cuda --embedding PATH
-#             --channel K --stage N --stop-stage M --finetune-set K=V ...]
+#             --allow-ge2e --channel K --stage N --stop-stage M --finetune-set K=V ...]
 #
 # The runs behind the paper's table for one training set: for each WavLM (Base+ with
 # configs/wavlm-base-plus.toml and configs/prune-wavlm-base-plus.toml, Large with
@@ -41,7 +41,7 @@ die() {
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
-        --dry-run) passed+=("$1"); shift; continue ;;
+        --dry-run|--allow-ge2e) passed+=("$1"); shift; continue ;;
     esac
     [ $# -ge 2 ] || die "option $1 needs a value (see --help)"
     case "$1" in

@@ -35,7 +35,12 @@
 #   --final-model CKPT     diarize with this model in stage 4 instead of the stage-3 result
 #   --ngpu N               GPUs per training stage (N > 1: torchrun --nproc_per_node N)
 #   --channel K            read channel K of multi-channel audio in training (data.channel)
-#   --embedding NAME|PATH  speaker embedding model of stage 4 (default: slimdiar's default)
+#   --embedding PATH       the WeSpeaker ResNet34 speaker embedding of stage 4, as the paper's
+#                          recipe uses (pyannote/wespeaker-voxceleb-resnet34-LM pytorch_model.bin
+#                          or WeSpeaker's avg_model.pt); required for stage 4, which then
+#                          clusters with its threshold 0.70 and minimum cluster size 30
+#   --allow-ge2e           run stage 4 without it, with slimdiar's GE2E embedding and the
+#                          model's own clustering settings (not the paper's system)
 #   --device DEV           cpu or cuda for stage 4 (default cpu)
 #   --finetune-set K=V     extra --set for stages 0 and 3 (repeatable; also --prune-set,
 #                          --distill-set)
@@ -72,6 +77,7 @@ distill_sets=()
 stage=0
 stop_stage=4
 dry_run=false
+allow_ge2e=false
 
 usage() {
     sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
@@ -86,6 +92,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --dry-run) dry_run=true; shift; continue ;;
+        --allow-ge2e) allow_ge2e=true; shift; continue ;;
     esac
     [ $# -ge 2 ] || die "option $1 needs a value (see --help)"
     case "$1" in
@@ -124,6 +131,11 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 0 ]; then
 fi
 if [ "$stop_stage" -ge 4 ]; then
     [ ${#tests[@]} -gt 0 ] || die "--test is required for stage 4"
+    case "$embedding" in
+        ""|ge2e) [ "$allow_ge2e" = true ] || die "stage 4 needs the WeSpeaker ResNet34 embedding \
+of the paper's recipe: --embedding PATH (pyannote/wespeaker-voxceleb-resnet34-LM pytorch_model.bin \
+or WeSpeaker avg_model.pt), or --allow-ge2e to diarize with GE2E instead" ;;
+    esac
 fi
 
 # Training stages run under torchrun on several GPUs.
@@ -227,9 +239,12 @@ fi
 if do_stage 4; then
     model=${final_model:-$final_dir/best}
     embedding_args=()
-    if [ -n "$embedding" ]; then
-        embedding_args=(--embedding "$embedding")
-    fi
+    case "$embedding" in
+        "") ;;
+        ge2e) embedding_args=(--embedding ge2e) ;;
+        # the AHC settings of the paper's recipe belong to the ResNet34 embedding
+        *) embedding_args=(--embedding "$embedding" --threshold 0.70 --min-cluster-size 30) ;;
+    esac
     for test in "${tests[@]}"; do
         # data/ami/test -> ami_test
         name=$(basename "$(dirname "$test")")_$(basename "$test")

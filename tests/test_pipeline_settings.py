@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +187,33 @@ def test_diarize_with_the_demo_model_reproduces_the_demo_der(tmp_path, capsys):
     config = json.loads((tmp_path / "other" / "t1.json").read_text())["config"]
     assert config["clustering"]["threshold"] == 1.5
     assert read_rttm(tmp_path / "other" / "t1.rttm") is not None
+
+
+@pytest.mark.slow
+def test_diarize_with_vbx_from_the_command_line(tmp_path, capsys):
+    checkpoint = tiny_checkpoint(tmp_path / "eend")
+    write_data(tmp_path / "data", {"r": [(0.5, 3.5, "a"), (3.0, 7.0, "b")]}, seed=3)
+    plda = Path(__file__).parent / "data" / "diarizen" / "vbx" / "plda"
+    toml = tmp_path / "vbx.toml"
+    toml.write_text(f'[windows]\nduration_s = 2.0\nstep_s = 1.0\n[clustering]\nmethod = "vbx"\n'
+                    f'plda_dir = "{plda}"\nfb = 1.5\n')
+    out = tmp_path / "out"
+    status = main(["diarize", "--model", str(checkpoint), str(tmp_path / "data" / "wav.scp"),
+                   "--out", str(out), "--quiet", "--config", str(toml),
+                   "--set", "clustering.max_iters=5"])
+    assert status == 0, capsys.readouterr().err
+    config = json.loads((out / "r.json").read_text())["config"]
+    assert config["clustering"]["method"] == "vbx"
+    assert (config["clustering"]["fb"], config["clustering"]["max_iters"]) == (1.5, 5)
+    assert config["windows"]["duration_s"] == 2.0
+    # an option of another method is a clear error, before any work
+    status = main(["diarize", "--model", str(checkpoint), str(tmp_path / "data" / "wav.scp"),
+                   "--out", str(tmp_path / "bad"), "--config", str(toml), "--threshold", "0.5"])
+    assert status == 1
+    assert "unknown key clustering.threshold" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    # a missing PLDA is reported before any audio is read
+    status = main(["diarize", "--model", str(checkpoint), str(tmp_path / "data" / "wav.scp"),
+                   "--out", str(tmp_path / "bad"), "--clustering", "vbx"])
+    assert status == 1
+    assert "no such PLDA directory" in capsys.readouterr().err

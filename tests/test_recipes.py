@@ -44,7 +44,7 @@ def sets(command: list[str]) -> list[str]:
 
 BASE = ["--wavlm", "models/wavlm-base-plus", "--train", "data/train", "--dev", "data/dev",
         "--test", "data/ami/test", "--test", "data/aishell4/test", "--exp", "exp/run",
-        "--dry-run"]
+        "--embedding", "models/wespeaker/pytorch_model.bin", "--dry-run"]
 
 
 def test_every_recipe_starts_with_usage_and_strict_mode():
@@ -87,6 +87,10 @@ def test_finetune_first_commands():
     assert option(diarize1, "--model") == "exp/run/stage3-finetune/best"
     assert diarize1[2] == "data/ami/test/wav.scp"
     assert option(diarize1, "--out") == "exp/run/diarize/ami_test"
+    # the paper's embedding, with the clustering settings that belong to it
+    assert option(diarize1, "--embedding") == "models/wespeaker/pytorch_model.bin"
+    assert option(diarize1, "--threshold") == "0.70"
+    assert option(diarize1, "--min-cluster-size") == "30"
     assert option(score1, "--ref") == "data/ami/test"
     assert option(score1, "--hyp") == "exp/run/diarize/ami_test"
     assert option(score1, "--collar") == "0"
@@ -139,6 +143,24 @@ def test_bad_options(args, message):
     result = run_recipe(*BASE, *args)
     assert result.returncode == 1
     assert message in result.stderr
+
+
+def test_stage_4_needs_the_resnet_embedding_unless_ge2e_is_allowed():
+    no_embedding = [a for a in BASE if a not in ("--embedding",
+                                                 "models/wespeaker/pytorch_model.bin")]
+    for extra in ([], ["--embedding", "ge2e"]):
+        result = run_recipe(*no_embedding, *extra)
+        assert result.returncode == 1 and commands(result.stdout) == []
+        assert "stage 4 needs the WeSpeaker ResNet34 embedding" in result.stderr
+        assert "--allow-ge2e" in result.stderr
+    allowed = run_recipe(*no_embedding, "--allow-ge2e")
+    assert allowed.returncode == 0, allowed.stderr
+    diarize = [c for c in commands(allowed.stdout) if c[:2] == ["slimdiar", "diarize"]]
+    assert len(diarize) == 2
+    # GE2E runs with the model's own clustering settings, not the ResNet34's
+    assert all("--threshold" not in c and "--embedding" not in c for c in diarize)
+    # training stages alone need no embedding
+    assert run_recipe(*no_embedding, "--stop-stage", "3").returncode == 0
 
 
 def test_missing_required_options():
@@ -195,7 +217,8 @@ def test_tiny_finetune_first_end_to_end_and_restart(tmp_path):
     args = ["--wavlm", str(wavlm), "--config", str(REPO / "configs" / "tiny.toml"),
             "--train", str(data["train"]), "--dev", str(data["dev"]),
             "--test", str(data["test"]), "--exp", str(exp),
-            "--finetune-set", 'model.frontend="wavlm"', "--prune-set", "prune.warmup_epochs=1"]
+            "--finetune-set", 'model.frontend="wavlm"', "--prune-set", "prune.warmup_epochs=1",
+            "--allow-ge2e"]
     for value in TINY:
         args += ["--finetune-set", value]
     for value in TINY_DISTILL:
@@ -230,7 +253,7 @@ def test_paper_runs_of_the_compound_recipe(tmp_path):
     result = run_script(
         "compound/run.sh", "--dry-run", "--ami-dir", "/c/ami", "--ami-rttm-dir", "/s/rttms",
         "--aishell4-dir", "/c/a4", "--alimeeting-dir", "/c/ali", "--wavlm-base-plus", "m/bp",
-        "--wavlm-large", "m/l", "--ngpu", "2", cwd=tmp_path)
+        "--wavlm-large", "m/l", "--ngpu", "2", "--embedding", "m/resnet34.bin", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     printed = commands(result.stdout)
     prepares = [c for c in printed if c[:2] == ["slimdiar", "prepare"]]
@@ -282,7 +305,7 @@ def test_single_corpus_recipes(tmp_path, script, args, prepare):
     corpus = script.split("/")[0]
     result = run_script(script, "--dry-run", *args, "--wavlm-base-plus", "m/bp", "--models",
                         "base-plus", "--sparsities", "0.9", "--orders", "prune-first",
-                        cwd=tmp_path)
+                        "--allow-ge2e", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     printed = commands(result.stdout)
     assert printed[0] == prepare
@@ -291,6 +314,8 @@ def test_single_corpus_recipes(tmp_path, script, args, prepare):
     assert option(prune, "--dev") == f"data/{corpus}/dev"
     assert option(prune, "--out") == f"exp/{corpus}/base-plus/prune-first-s0.9/stage1-prune"
     assert printed[4][2] == f"data/{corpus}/test/wav.scp"
+    diarize = printed[4]
+    assert diarize[:2] == ["slimdiar", "diarize"] and "--embedding" not in diarize
     missing = run_script(script, "--dry-run", cwd=tmp_path)
     assert missing.returncode == 1 and "--corpus-dir is required" in missing.stderr
 

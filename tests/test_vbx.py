@@ -160,5 +160,7 @@ def test_plda_files_are_checked(tmp_path):
     plda = PLDA.load(DATA / "plda")
     with pytest.raises(ConfigError, match="lda_dim 200 exceeds"):
         plda.features(np.ones((2, 256)), 200)
+    with pytest.raises(ConfigError, match="have 192 dimensions, the PLDA model expects 256"):
+        plda.features(np.ones((2, 192)), 128)
     with pytest.raises(CheckpointError, match="no such PLDA directory"):
         VBxClustering(plda_dir=str(tmp_path / "absent")).prepare()

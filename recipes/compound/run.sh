@@ -43,6 +43,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) sed -n '2,/^set -euo pipefail/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
         --dry-run) dry_run=true; passed+=("$1"); shift; continue ;;
+        --allow-ge2e) passed+=("$1"); shift; continue ;;
         --data-only) data_only=true; shift; continue ;;
         --skip-invalid) skip_invalid=(--skip-invalid); shift; continue ;;
     esac

@@ -177,6 +177,16 @@ def training_pairs(
     return chunk_idx.astype(np.int64), speaker_idx.astype(np.int64)
 
 
+def spread_subset(
+    chunk_idx: np.ndarray, speaker_idx: np.ndarray, max_embeddings: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``max_embeddings`` of the pairs, evenly spread over the recording."""
+    if len(chunk_idx) <= max_embeddings:
+        return chunk_idx, speaker_idx
+    keep = np.unique(np.linspace(0, len(chunk_idx) - 1, max_embeddings).round().astype(int))
+    return chunk_idx[keep], speaker_idx[keep]
+
+
 def cosine_scores(embeddings: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     """``(num_chunks, num_local_speakers, num_clusters)`` cosine similarity to each centroid.
 
@@ -265,14 +275,14 @@ class AgglomerativeClustering:
         Fraction of a chunk's frames a local speaker must talk alone to take part in step 1.
     max_embeddings
         At most this many embeddings (evenly spread over the recording) shape the clusters in
-        steps 1-3, so that memory stays bounded on long recordings (the linkage holds all
-        pairwise distances: about 8 n² bytes, twice).
+        steps 1-3, so that memory stays bounded on long recordings: the clustering's peak is
+        about 8 n² bytes (measured: 0.5 GiB at 8000 embeddings; see docs/pipeline.md).
     """
 
     threshold: float = 0.70
     min_cluster_size: int = 30
     min_active_ratio: float = 0.1
-    max_embeddings: int = 4000
+    max_embeddings: int = 10000
 
     needs_embeddings: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = False
@@ -370,13 +380,9 @@ class AgglomerativeClustering:
             if active.any():
                 logger.warning("no usable speaker embedding: every local speaker is unassigned")
             return np.full(active.shape, -1, dtype=np.int64)
-        if len(chunk_idx) > self.max_embeddings:
-            # The linkage needs memory quadratic in its points: shape the clusters on an evenly
-            # spread subset; step 4 assigns every local speaker to their centroids anyway.
-            keep = np.unique(
-                np.linspace(0, len(chunk_idx) - 1, self.max_embeddings).round().astype(int)
-            )
-            chunk_idx, speaker_idx = chunk_idx[keep], speaker_idx[keep]
+        # The linkage needs memory quadratic in its points: beyond the bound, shape the clusters
+        # on an evenly spread subset; step 4 assigns every local speaker to a centroid anyway.
+        chunk_idx, speaker_idx = spread_subset(chunk_idx, speaker_idx, self.max_embeddings)
         train = np.asarray(embeddings[chunk_idx, speaker_idx], dtype=np.float64)
         labels = self.cluster_embeddings(train, bounds.min_clusters, bounds.max_clusters)
         centroids = np.stack([train[labels == k].mean(axis=0) for k in range(labels.max() + 1)])
@@ -491,6 +497,9 @@ class VBxClustering:
         Fraction of a chunk's frames a local speaker must talk alone to take part in step 1.
     min_prior
         Speakers with a larger VBx prior are kept.
+    max_embeddings
+        At most this many embeddings (evenly spread over the recording) are clustered, as in
+        :class:`AgglomerativeClustering` (the initialisation's linkage is quadratic in memory).
     """
 
     ahc_threshold: float = 0.6
@@ -503,6 +512,7 @@ class VBxClustering:
     plda_dir: str = "plda"
     min_active_ratio: float = 0.1
     min_prior: float = 1e-7
+    max_embeddings: int = 10000
 
     needs_embeddings: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = False
@@ -522,6 +532,8 @@ class VBxClustering:
             )
         if not 0 <= self.min_active_ratio <= 1:
             raise ConfigError(f"min_active_ratio must be in [0, 1], got {self.min_active_ratio}")
+        if self.max_embeddings < 2:
+            raise ConfigError(f"max_embeddings must be >= 2, got {self.max_embeddings}")
         self._plda: PLDA | None = None
 
     def prepare(self) -> None:
@@ -543,6 +555,7 @@ class VBxClustering:
         self.prepare()
         active = np.asarray(activities).sum(axis=1) > 0  # (chunks, speakers)
         chunk_idx, speaker_idx = training_pairs(activities, embeddings, self.min_active_ratio)
+        chunk_idx, speaker_idx = spread_subset(chunk_idx, speaker_idx, self.max_embeddings)
         num_train = len(chunk_idx)
         if num_train == 0:
             return None
@@ -568,6 +581,11 @@ class VBxClustering:
 
         high = num_train if bounds.max_clusters is None else min(bounds.max_clusters, num_train)
         low = min(bounds.min_clusters, high)
+        if bounds.min_clusters > num_train:
+            logger.warning(
+                "asked for at least %d speakers but only %d speaker embeddings are usable; "
+                "using %d", bounds.min_clusters, num_train, num_train
+            )
         found = weights.shape[1]
         fallback = not low <= found <= high
         if fallback:

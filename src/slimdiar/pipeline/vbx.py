@@ -158,10 +158,16 @@ class PLDA:
         Raises
         ------
         ConfigError
-            If ``lda_dim`` exceeds the dimension of the PLDA space.
+            If ``lda_dim`` exceeds the dimension of the PLDA space, or the embeddings do not
+            have the PLDA's input dimension.
         """
         if lda_dim > self.dimension:
             raise ConfigError(f"lda_dim {lda_dim} exceeds the PLDA's {self.dimension} dimensions")
+        if embeddings.shape[-1] != len(self.mean1):
+            raise ConfigError(
+                f"the speaker embeddings have {embeddings.shape[-1]} dimensions, the PLDA model "
+                f"expects {len(self.mean1)}: use the embedding model it was trained for"
+            )
         features = self.plda_transform(self.xvector_transform(embeddings), lda_dim)
         return features, self.psi[:lda_dim]
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "slimdiar"
-BASE = {"errors", "fileio"}
+BASE = {"errors", "fileio", "config"}
 # What each part of slimdiar may import from slimdiar (besides itself and BASE).
 ALLOWED = {
     "errors": set(),
     "fileio": set(),
+    "config": set(),
     "models": set(),
     "prune": {"models"},
     "data": {"models"},

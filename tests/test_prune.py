@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import save_file
 
 from slimdiar.cli import main
+from slimdiar.config import load_config
 from slimdiar.errors import ConfigError
 from slimdiar.models import WavLM
 from slimdiar.models.checkpoint import load_checkpoint
@@ -23,7 +24,6 @@ from slimdiar.models.hardconcrete import HardConcrete
 from slimdiar.prune import SparsityController, default_distill_layers, expected_sparsity
 from slimdiar.prune.distill import distillation_loss
 from slimdiar.train.averaging import post_peak_epochs
-from slimdiar.train.config import load_config
 from slimdiar.train.prune import (
     DistillConfig,
     DistillObjective,

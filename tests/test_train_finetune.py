@@ -11,6 +11,7 @@ import soundfile as sf
 import torch
 
 from slimdiar.cli import main
+from slimdiar.config import load_config
 from slimdiar.data import (
     ChunkDataset,
     DataDir,
@@ -25,7 +26,6 @@ from slimdiar.errors import ConfigError
 from slimdiar.models.eend import EEND
 from slimdiar.models.powerset import chunk_der
 from slimdiar.models.wavlm import WavLM
-from slimdiar.train.config import load_config
 from slimdiar.train.finetune import (
     FinetuneConfig,
     FinetuneObjective,

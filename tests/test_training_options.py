@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from slimdiar.config import load_config
 from slimdiar.errors import ConfigError
 from slimdiar.models.wavlm import WavLM, scale_gradient
-from slimdiar.train.config import load_config
 from slimdiar.train.finetune import FinetuneConfig, WavLMTrainingSection
 from slimdiar.train.prune import DistillConfig, PruneConfig
 

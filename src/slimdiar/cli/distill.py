@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from slimdiar.cli._training import add_data_arguments, add_run_arguments, run_stage
-from slimdiar.train.config import load_config
+from slimdiar.config import load_config
 
 DESCRIPTION = """\
 Further distillation of a pruned WavLM from the teacher, without gates (stage 2): the same

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 
 from slimdiar.cli._training import add_data_arguments, add_run_arguments, run_stage
-from slimdiar.train.config import load_config
+from slimdiar.config import load_config
 from slimdiar.train.finetune import FinetuneConfig, finetune
 
 DESCRIPTION = """\

@@ -26,12 +26,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from slimdiar.config import from_dict, parse_override, read_toml
 from slimdiar.errors import ConfigError
 from slimdiar.fileio import write_json_atomic
 from slimdiar.models.checkpoint import METADATA_NAME, read_metadata
 from slimdiar.models.config import SAMPLE_RATE
 from slimdiar.pipeline.clustering import CLUSTERING_METHODS, SpeakerBounds, make_clustering
-from slimdiar.train.config import from_dict, parse_override, read_toml
 
 SEGMENTATION_SOURCES = ("model", "oracle")
 

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import torch
 
+from slimdiar.config import Range, above, at_least, check_ranges, to_dict
 from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict
 from slimdiar.models.config import WavLMConfig
@@ -36,7 +37,6 @@ from slimdiar.prune import (
 )
 from slimdiar.prune.lagrangian import OBJECTIVES
 from slimdiar.train.averaging import lowest_loss_epochs, post_peak_epochs
-from slimdiar.train.config import Range, above, at_least, check_ranges, to_dict
 from slimdiar.train.distributed import DistContext
 from slimdiar.train.finetune import (
     DataSection,

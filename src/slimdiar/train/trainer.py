@@ -34,12 +34,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from slimdiar.config import Range, at_least, check_ranges
 from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.fileio import current_umask, write_json_atomic
 from slimdiar.models.checkpoint import is_checkpoint_dir
 from slimdiar.train.averaging import average_checkpoints
 from slimdiar.train.clipping import PercentileClipper
-from slimdiar.train.config import Range, at_least, check_ranges
 from slimdiar.train.distributed import (
     DistContext,
     EpochBatchSampler,

@@ -1,4 +1,4 @@
-"""Run configurations: TOML files read into nested dataclasses, with ``--set`` overrides.
+"""Configurations: TOML files read into nested dataclasses, with ``--set`` overrides.
 
 A run configuration is a dataclass whose fields are sections (dataclasses themselves). A TOML
 file gives any subset of the values; ``--set section.key=value`` overrides one of them, the value

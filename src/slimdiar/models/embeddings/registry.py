@@ -39,7 +39,7 @@ MODEL_NAMES = {
 #: GE2E's was measured with oracle segmentation on simulated conversations of unseen voices
 #: (``tools/measure_clustering_threshold.py``, ``docs/clustering-threshold.md``); the ResNet's
 #: is the reference recipe's, tuned for WeSpeaker's ResNet34.
-DEFAULT_THRESHOLDS = {"ge2e": 0.70, "resnet": 0.70}
+DEFAULT_THRESHOLDS = {"ge2e": 0.55, "resnet": 0.70}
 #: File names looked for, in order, when a directory is given.
 CHECKPOINT_FILE_NAMES = ("avg_model.pt", "pytorch_model.bin", "model.safetensors", "pretrained.pt")
 #: Containers in which training frameworks nest the state dict.

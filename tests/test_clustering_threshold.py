@@ -226,3 +226,16 @@ def test_reclustering_cached_embeddings_scores_like_a_fresh_pipeline(tool, tmp_p
     assert measured["rows"][1]["num_speakers"] == [1]
     assert measured["rows"][0]["num_speakers"] == [2] and measured["rows"][0]["der"] < 0.05
     assert measured["reference_num_speakers"] == [2] and measured["duration_s"] == 12.0
+
+
+def test_a_bad_data_directory_is_one_line_and_writes_nothing(tool, tmp_path, resnet_path,
+                                                             capsys):
+    good = write_tone_data(tmp_path / "good")
+    out_json, out_doc = tmp_path / "m.json", tmp_path / "m.md"
+    with pytest.raises(SystemExit) as exit_info:
+        tool.main([str(good), str(tmp_path / "missing"), "--embedding", str(resnet_path),
+                   "--json", str(out_json), "--doc", str(out_doc)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "missing: not a directory" in error and len(error.strip().splitlines()) == 1
+    assert not out_json.exists() and not out_doc.exists()

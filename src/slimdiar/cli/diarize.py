@@ -34,9 +34,11 @@ local speaker), clustering (agglomerative or VBx) with a per-window constraint, 
 reconstruction on the 20 ms frame grid.
 
 Pipeline settings, from lowest to highest precedence: the built-in defaults (8 s windows every
-0.8 s, agglomerative clustering at threshold 0.70), the settings saved with the model (its
-metadata, e.g. the threshold tuned on a dev set), --config FILE.toml, then --set section.key=value
-and the explicit options below (--step, --threshold, ...). See docs/pipeline.md for every key.
+0.8 s, agglomerative clustering at the embedding's own threshold: 0.70 for a WeSpeaker ResNet,
+the value measured in docs/clustering-threshold.md for GE2E), the settings saved with the model
+(its metadata, e.g. the threshold tuned on a dev set), --config FILE.toml, then --set
+section.key=value and the explicit options below (--step, --threshold, ...). See
+docs/pipeline.md for every key.
 
 For each recording, OUT_DIR/<uri>.rttm (the turns) and OUT_DIR/<uri>.json (turns, exclusive turns,
 models, options, timings) are written. A recording that fails is reported and skipped; the exit
@@ -104,7 +106,8 @@ def add_parser(subparsers) -> None:
     )
     settings.add_argument(
         "--threshold", type=float, metavar="D",
-        help="agglomerative distance threshold (clustering.threshold; built-in default 0.70)",
+        help="agglomerative distance threshold (clustering.threshold; default: the "
+        "embedding's, 0.70 for a WeSpeaker ResNet, see docs/clustering-threshold.md for GE2E)",
     )
     settings.add_argument(
         "--min-cluster-size", type=positive_int, metavar="N",

@@ -4,7 +4,7 @@ A :class:`PipelineConfig` has four sections and one top-level key::
 
     [windows]        duration_s = 8.0, step_s = 0.8, batch_size = 32
     [segmentation]   source = "model", median_filter_frames = 11, num_local_speakers = 4
-    [clustering]     method = "agglomerative", then that method's options (threshold = 0.7, ...)
+    [clustering]     method = "agglomerative", then that method's options (threshold, ...)
     [speakers]       num_speakers / min_speakers / max_speakers (unset: found by clustering)
     channel          0-based channel to diarize (unset: average all channels)
 
@@ -17,6 +17,8 @@ Settings come in layers, each a nested mapping of some of these keys, merged by
 ``metadata["pipeline"]``, a TOML file (:func:`read_settings`), ``section.key=value`` overrides
 (:func:`parse_settings`) and explicit command-line options. A layer that switches
 ``clustering.method`` to another method drops the clustering options of the layers before it.
+An agglomerative ``threshold`` that no layer gives is the embedding model's own default, set by
+:meth:`~slimdiar.pipeline.DiarizationPipeline.from_pretrained` (0.70 without an embedding).
 """
 
 from __future__ import annotations

@@ -210,8 +210,10 @@ class DiarizationPipeline:
         """Load the segmentation model from a checkpoint directory and an embedding model.
 
         The pipeline settings are, from lowest to highest precedence: the defaults of
-        :class:`PipelineConfig`, the checkpoint's ``metadata["pipeline"]`` (the settings the
-        model was tuned with) and ``settings``.
+        :class:`PipelineConfig`, the embedding model's default agglomerative clustering
+        threshold (``SpeakerEmbedding.default_threshold``: measured for GE2E, the reference
+        recipe's 0.70 for the ResNet), the checkpoint's ``metadata["pipeline"]`` (the settings
+        the model was tuned with) and ``settings``.
 
         Parameters
         ----------
@@ -252,6 +254,9 @@ class DiarizationPipeline:
             from slimdiar.models.embeddings import load_embedding_model
 
             embedding_model = load_embedding_model(embedding, device=device)
+            given = merge_settings(model_settings, *layers).get("clustering", {})
+            if config.clustering.method == "agglomerative" and "threshold" not in given:
+                config.clustering.options["threshold"] = float(embedding_model.default_threshold)
         return cls(
             segmentation_model,
             embedding_model,

@@ -22,6 +22,7 @@ from slimdiar.models.embeddings.ge2e import (
 )
 from slimdiar.models.embeddings.registry import (
     DEFAULT_EMBEDDING,
+    DEFAULT_THRESHOLDS,
     SpeakerEmbedding,
     load_embedding_model,
     read_state_dict,
@@ -36,6 +37,7 @@ from slimdiar.models.embeddings.resnet import (
 
 __all__ = [
     "DEFAULT_EMBEDDING",
+    "DEFAULT_THRESHOLDS",
     "FbankConfig",
     "GE2EConfig",
     "GE2EEmbedding",

@@ -114,6 +114,7 @@ def test_mfcc_deltas_vanish_on_a_steady_tone_and_tones_differ():
     assert not torch.allclose(low[0, :13], steady[0, :13], atol=1.0)
 
 
+@pytest.mark.slow
 def test_kmeans_targets_are_deterministic_for_a_seed(corpus):
     train, _ = corpus
     config = tiny_config()

@@ -73,6 +73,8 @@ class MixInfo:
         ``(batch,)`` index of the batch item mixed in, ``-1`` for noise or none.
     start, length
         ``(batch,)`` first sample and number of samples of the added segment.
+    source_start
+        ``(batch,)`` first sample of the segment in the source item (0 for noise).
     ratio_db
         ``(batch,)`` drawn energy ratio (primary over interference, dB).
     """
@@ -82,6 +84,7 @@ class MixInfo:
     start: torch.Tensor
     length: torch.Tensor
     ratio_db: torch.Tensor
+    source_start: torch.Tensor
 
 
 def mix_utterances(waveforms: torch.Tensor, num_samples: torch.Tensor, prob: float,
@@ -134,6 +137,7 @@ def mix_utterances(waveforms: torch.Tensor, num_samples: torch.Tensor, prob: flo
     start = (uniform() * (lengths - seg_len + 1)).long()
     source_start_draw = uniform()
     noise = torch.randn(waveforms.shape, generator=generator, device=device)
+    source_start = torch.zeros(batch, dtype=torch.long, device=device)
     for i in torch.nonzero(mixed).flatten().tolist():
         n, first = int(seg_len[i]), int(start[i])
         if source[i] >= 0:
@@ -142,6 +146,7 @@ def mix_utterances(waveforms: torch.Tensor, num_samples: torch.Tensor, prob: flo
             n = min(n, available)
             seg_len[i] = n
             j_first = int(source_start_draw[i] * (available - n + 1))
+            source_start[i] = j_first
             segment = waveforms[j, j_first: j_first + n]
         else:
             segment = noise[i, :n]
@@ -152,5 +157,5 @@ def mix_utterances(waveforms: torch.Tensor, num_samples: torch.Tensor, prob: flo
             continue
         scale = torch.sqrt(primary_power / (segment_power * 10 ** (ratio_db[i].double() / 10)))
         out[i, first: first + n] += (segment.double() * scale).to(out.dtype)
-    info = MixInfo(mixed, torch.where(mixed, source, -1), start, seg_len, ratio_db)
+    info = MixInfo(mixed, torch.where(mixed, source, -1), start, seg_len, ratio_db, source_start)
     return out, info

@@ -215,12 +215,15 @@ def render(data: dict) -> str:
             f"{100 * d['false_alarm']:.1f} % | {100 * d['confusion']:.1f} % | "
             + ", ".join(f"{100 * v:.1f}" for v in run["dev_der_per_epoch"]) + " |")
     pretrained, random = data["finetune"]
-    better = pretrained["dev"]["der"] < random["dev"]["der"]
+    gap = 100 * (random["dev"]["der"] - pretrained["dev"]["der"])
     lines += [
         "",
-        f"With this budget the pretrained backbone is {'better' if better else 'not better'}: "
-        f"{100 * pretrained['dev']['der']:.1f} % vs {100 * random['dev']['der']:.1f} % dev DER. "
-        "One seed and a few minutes of CPU: a smoke-scale measurement, not the demo's result.",
+        f"Dev DER {100 * pretrained['dev']['der']:.1f} % (pretrained) vs "
+        f"{100 * random['dev']['der']:.1f} % (random): {abs(gap):.1f} points "
+        f"{'lower' if gap > 0 else 'higher'} with pretraining. One seed, a few minutes of "
+        "CPU per run and a pretraining this short (compare its masked accuracy with the "
+        "frequency of the most common cluster): a gap of this size is within run-to-run "
+        "noise and shows that the path runs end to end, not that pretraining helps.",
         END,
     ]
     return "\n".join(lines) + "\n"

@@ -17,8 +17,8 @@ from slimdiar.errors import SlimdiarError
 
 # Module names under slimdiar.cli, in the order ``slimdiar --help`` lists them.
 COMMANDS: list[str] = [
-    "demo", "data", "prepare", "simulate", "pretrain", "finetune", "prune", "distill", "diarize", "score",
-    "bench",
+    "demo", "data", "prepare", "simulate", "finetune", "prune", "distill", "diarize", "score",
+    "bench", "pretrain",
 ]
 
 DESCRIPTION = """\

@@ -21,8 +21,10 @@ ALLOWED = {
     "scoring": set(),
     "pipeline": {"models", "data", "scoring"},
     "simulate": {"models", "data"},
+    "pretrain": {"models", "data", "train"},
     "bench": {"models", "data", "pipeline", "scoring"},
-    "demo": {"models", "prune", "data", "train", "pipeline", "scoring", "bench", "simulate"},
+    "demo": {"models", "prune", "data", "train", "pipeline", "scoring", "bench", "simulate",
+             "pretrain"},
     "cli": None,  # the command line may import anything; nothing imports it
 }
 THIRD_PARTY_FORBIDDEN = {

@@ -576,6 +576,13 @@ class WavLM(nn.Module):
             ``num_layers + 1`` tensors of shape ``(batch, num_frames, embed_dim)``: the
             transformer input, then the output of each layer.
         """
+        return self.encoder(self.project(waveforms))
+
+    def project(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """The transformer's input: ``(batch, num_samples)`` -> ``(batch, num_frames, E)``.
+
+        Conv feature extractor and feature projection, before the positional embedding.
+        """
         self.check_input(waveforms)
         if self.config.normalize_waveform:
             waveforms = self.normalize_waveform(waveforms)
@@ -585,8 +592,7 @@ class WavLM(nn.Module):
         features = scale_gradient(features, self.feature_grad_mult).transpose(1, 2)
         last_gate = (self.feature_extractor.conv_layers[-1].gate
                      if self.feature_extractor.output_scale is None else None)
-        x = self.feature_projection(features, last_gate)                      # (B, T, E)
-        return self.encoder(x)
+        return self.feature_projection(features, last_gate)                   # (B, T, E)
 
     # ------------------------------------------------------------------ counting
     def num_params(self) -> int:

@@ -611,21 +611,7 @@ class VBxClustering:
     ) -> np.ndarray:
         """Cluster the local speakers of a recording.
 
-        Parameters
-        ----------
-        activities
-            ``(num_chunks, num_frames, num_local_speakers)`` 0/1 activities.
-        embeddings
-            ``(num_chunks, num_local_speakers, dimension)`` embeddings, NaN for silent speakers.
-        reference_chunks
-            Unused.
-        bounds
-            Allowed number of speakers.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``(num_chunks, num_local_speakers)`` int64 global speaker, -1 if silent/unassigned.
+        Arguments and result as :meth:`AgglomerativeClustering.__call__`.
         """
         found = self.details(activities, embeddings, bounds)
         if found is None:

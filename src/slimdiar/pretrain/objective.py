@@ -23,7 +23,7 @@ from torch import nn
 
 from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.models.checkpoint import load_state_dict_strict
-from slimdiar.models.wavlm import WavLM, scale_gradient
+from slimdiar.models.wavlm import WavLM
 from slimdiar.pretrain.masking import mix_utterances, span_mask
 from slimdiar.pretrain.targets import ClusterTargets, frame_valid
 from slimdiar.train.objective import Objective, ParamGroup
@@ -153,18 +153,10 @@ def masked_hidden_states(wavlm: WavLM, waveforms: torch.Tensor, mask: torch.Tens
                          mask_embedding: torch.Tensor | None) -> list[torch.Tensor]:
     """WavLM's forward pass with masked frames replaced after the feature projection.
 
-    The same steps as :meth:`WavLM.forward`; between the feature projection and the
-    transformer, the frames where ``mask`` (``(batch, frames)`` bool) is true become
-    ``mask_embedding`` (``(E,)``), as in HuBERT.
+    Between :meth:`WavLM.project` and the transformer, the frames where ``mask``
+    (``(batch, frames)`` bool) is true become ``mask_embedding`` (``(E,)``), as in HuBERT.
     """
-    wavlm.check_input(waveforms)
-    if wavlm.config.normalize_waveform:
-        waveforms = wavlm.normalize_waveform(waveforms)
-    features = wavlm.feature_extractor(waveforms)                          # (B, C, T)
-    features = scale_gradient(features, wavlm.feature_grad_mult).transpose(1, 2)
-    last_gate = (wavlm.feature_extractor.conv_layers[-1].gate
-                 if wavlm.feature_extractor.output_scale is None else None)
-    x = wavlm.feature_projection(features, last_gate)                      # (B, T, E)
+    x = wavlm.project(waveforms)                                           # (B, T, E)
     if mask is not None:
         x = torch.where(mask[..., None], mask_embedding.to(x.dtype), x)
     return wavlm.encoder(x)

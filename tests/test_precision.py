@@ -165,3 +165,18 @@ def test_bench_refuses_float16_on_a_cpu(capsys):
     status = main(["bench", "wavlm-tiny", "--dtype", "float16"])
     err = capsys.readouterr().err
     assert status == 1 and "float16 runs on a GPU only" in err
+
+
+def test_diarize_in_bfloat16_writes_its_outputs(tmp_path, capsys):
+    import soundfile
+
+    checkpoint = tiny_eend().save_pretrained(tmp_path / "eend")
+    soundfile.write(tmp_path / "talk.wav", speech_like(batch=1, seconds=3.0)[0].numpy(), 16000)
+    (tmp_path / "ref.rttm").write_text("SPEAKER talk 1 0.00 3.00 <NA> <NA> A <NA> <NA>\n")
+    out = tmp_path / "out"
+    status = main(["diarize", str(tmp_path / "talk.wav"), "--model", str(checkpoint), "--out",
+                   str(out), "--oracle-clustering", str(tmp_path / "ref.rttm"), "--dtype",
+                   "bfloat16", "--step", "8.0", "--batch-size", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["talk.json", "talk.rttm"]

@@ -161,6 +161,7 @@ def test_backbone_mode_keeps_its_json(tmp_path):
     assert status == 0
     data = json.loads(out.read_text())
     assert set(data) == {"models", "seconds", "batch_size", "warmup", "repeats", "device",
-                         "threads", "torch", "dtype", "device_name"}
+                         "threads", "torch", "dtype", "device_name", "precision_mode",
+                         "cpu_capability", "cpu_native_bf16", "command"}
     assert data["seconds"] == 0.5
     assert [m["name"] for m in data["models"]] == ["wavlm-tiny"]

@@ -4,7 +4,7 @@ Measured on the tiny random models below (4 x 4 s of a modulated tone in noise, 
 bfloat16 log-probabilities differ from float32 by at most 0.025 (mean 0.004) with autocast or
 cast weights, and the hard powerset decisions (argmax) agree on 99.0-99.5 % of the frames. The
 tests assert 0.1 and 97 %. The ResNet embedding with a bfloat16 trunk keeps a cosine similarity
-above 0.9999 to float32; the test asserts 0.99.
+above 0.9999 to float32, GE2E with a bfloat16 LSTM as well; the tests assert 0.99.
 """
 
 import logging
@@ -27,6 +27,7 @@ from slimdiar.models.precision import (
 )
 from slimdiar.pipeline import DiarizationPipeline
 from slimdiar.pipeline.precision import set_pipeline_precision
+from test_embeddings_ge2e import tiny_model as tiny_ge2e
 from test_embeddings_resnet import random_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -90,6 +91,16 @@ def test_resnet_with_a_bfloat16_trunk_keeps_float32_features_and_pooling():
     assert out.dtype == np.float32
     cosine = (out * reference).sum(-1)
     assert not np.array_equal(out, reference) and cosine.min() >= 0.99
+
+
+def test_ge2e_with_a_bfloat16_lstm_stays_close_to_float32():
+    waveforms = np.asarray(speech_like(batch=2, seconds=2.0), dtype=np.float32)
+    reference = SpeakerEmbedding(tiny_ge2e(), "fp32")(waveforms)
+    low = SpeakerEmbedding(tiny_ge2e(), "bf16").set_compute_dtype(torch.bfloat16)
+    assert low.compute_dtype == torch.bfloat16
+    out = low(waveforms)
+    assert out.dtype == np.float32 and not np.array_equal(out, reference)
+    assert (out * reference).sum(-1).min() >= 0.99
 
 
 def test_float16_on_a_cpu_and_unknown_names_are_refused():
@@ -165,3 +176,18 @@ def test_bench_refuses_float16_on_a_cpu(capsys):
     status = main(["bench", "wavlm-tiny", "--dtype", "float16"])
     err = capsys.readouterr().err
     assert status == 1 and "float16 runs on a GPU only" in err
+
+
+def test_diarize_in_bfloat16_writes_its_outputs(tmp_path, capsys):
+    import soundfile
+
+    checkpoint = tiny_eend().save_pretrained(tmp_path / "eend")
+    soundfile.write(tmp_path / "talk.wav", speech_like(batch=1, seconds=3.0)[0].numpy(), 16000)
+    (tmp_path / "ref.rttm").write_text("SPEAKER talk 1 0.00 3.00 <NA> <NA> A <NA> <NA>\n")
+    out = tmp_path / "out"
+    status = main(["diarize", str(tmp_path / "talk.wav"), "--model", str(checkpoint), "--out",
+                   str(out), "--oracle-clustering", str(tmp_path / "ref.rttm"), "--dtype",
+                   "bfloat16", "--step", "8.0", "--batch-size", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["talk.json", "talk.rttm"]

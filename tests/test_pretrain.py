@@ -343,12 +343,12 @@ def test_cli_refuses_a_used_directory_and_bad_settings(corpus, tmp_path, capsys)
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "metrics.jsonl").write_text("")
     assert main(["pretrain", "--train", str(train), "--dev", str(dev), "--out",
-                 str(tmp_path / "exp")]) == 1
+                 str(tmp_path / "exp")]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["pretrain", "--train", str(train), "--dev", str(dev), "--out",
-                 str(tmp_path / "x"), "--layer", "2"]) == 1
+                 str(tmp_path / "x"), "--layer", "2"]) == 2
     assert "--targets-from" in capsys.readouterr().err
     assert main(["pretrain", "--train", str(train), "--dev", str(dev), "--out",
-                 str(tmp_path / "y"), "--set", "masking.prob=1.5"]) == 1
+                 str(tmp_path / "y"), "--set", "masking.prob=1.5"]) == 2
     assert "masking" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()

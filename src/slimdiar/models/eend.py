@@ -311,8 +311,11 @@ class EEND(nn.Module):
         # (batch, num_frames, d_model)
         x = self.conformer(x, frame_mask)
         # (batch, num_frames, d_model)
-        log_probs = F.log_softmax(self.classifier(x).float(), dim=-1)
-        # (batch, num_frames, num_classes) float32 whatever the precision of the weights
+        logits = self.classifier(x)
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()  # the log-softmax of a lower-precision model runs in float32
+        log_probs = F.log_softmax(logits, dim=-1)
+        # (batch, num_frames, num_classes)
         return log_probs
 
     def combine_layers(self, hidden_states: list[torch.Tensor]) -> torch.Tensor:

@@ -99,7 +99,7 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -
     if name not in DTYPES:
         raise ConfigError(f"unknown dtype {name!r}; use one of {', '.join(DTYPES)}")
     dtype = DTYPES[name]
-    device_type = torch.device(device).type
+    device_type = str(device).split(":")[0]  # an unknown device is reported where it is used
     if dtype == torch.float16 and device_type == "cpu":
         raise ConfigError(
             "float16 runs on a GPU only (CPUs have no fast float16 arithmetic); on a CPU use "

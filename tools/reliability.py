@@ -154,8 +154,8 @@ def make_inputs(work: Path) -> None:
     (work / "hyp.rttm").write_text(RTTM.replace(" a ", " good ") + RTTM)
     (work / "bad.rttm").write_text(RTTM + "SPEAKER a 1 zero 0.50 <NA> <NA> B <NA> <NA>\n")
     (work / "empty.rttm").write_text("")
-    (work / "scp-nowhere").write_text("good audio/good.wav\nlost nowhere/lost.wav\n")
-    (work / "scp-bad").write_text("good audio/good.wav\nlonely\n")
+    (work / "nowhere.scp").write_text("good audio/good.wav\nlost nowhere/lost.wav\n")
+    (work / "bad.scp").write_text("good audio/good.wav\nlonely\n")
     (work / "empty.scp").write_text("")
     rttms = work / "rttms"
     rttms.mkdir()
@@ -270,10 +270,10 @@ def cases(locked: str | None) -> list[Case]:
              ["diarize", "data-empty", "--out", "out", *model], "error", "lists no recording",
              absent=["out"]),
         Case("diarize", "a wav.scp line pointing nowhere",
-             ["diarize", "scp-nowhere", "--out", "out", *model, "--num-speakers", "1", *FAST],
+             ["diarize", "nowhere.scp", "--out", "out", *model, "--num-speakers", "1", *FAST],
              "batch", "no such audio file", present=["out/good.rttm"], absent=["out/lost.rttm"]),
-        Case("diarize", "a malformed wav.scp line", ["diarize", "scp-bad", "--out", "out", *model],
-             "error", "scp-bad:2", absent=["out"]),
+        Case("diarize", "a malformed wav.scp line", ["diarize", "bad.scp", "--out", "out", *model],
+             "error", "bad.scp:2", absent=["out"]),
         Case("diarize", "a malformed oracle RTTM line",
              ["diarize", "audio/good.wav", "--out", "out", "--oracle-segmentation", "bad.rttm",
               "--oracle-clustering", "bad.rttm"], "error", "bad.rttm:3", absent=["out"]),
@@ -473,6 +473,8 @@ def judge(case: Case, status: int, text: str, cwd: Path, temporary: list[str]) -
     """The verdict of one finished case."""
     if "Traceback (most recent call last)" in text:
         return "FAIL: traceback"
+    if case.expect in ("error", "batch") and status == 0:
+        return "FAIL: accepted"
     left = [p for p in case.absent if (cwd / p).exists()]
     if temporary or left:
         return f"FAIL: partial output ({', '.join(temporary + left)})"
@@ -483,8 +485,6 @@ def judge(case: Case, status: int, text: str, cwd: Path, temporary: list[str]) -
             return "interrupted cleanly"
         return f"FAIL: exit status {status} after Ctrl-C"
     if case.expect in ("error", "batch"):
-        if status == 0:
-            return "FAIL: accepted"
         if not message_lines or (case.reason is not None and case.reason not in text):
             return "FAIL: unclear message"
         missing = [p for p in case.present if not (cwd / p).exists()]

@@ -475,6 +475,8 @@ def judge(case: Case, status: int, text: str, cwd: Path, temporary: list[str]) -
         return "FAIL: traceback"
     if case.expect in ("error", "batch") and status == 0:
         return "FAIL: accepted"
+    if case.expect == "interrupt" and status == 0:
+        return "FAIL: Ctrl-C ignored, the command ran to its end"
     left = [p for p in case.absent if (cwd / p).exists()]
     if temporary or left:
         return f"FAIL: partial output ({', '.join(temporary + left)})"
@@ -518,8 +520,10 @@ def run_case(case: Case, inputs: Path, scratch: Path, env: dict) -> dict:
                               timeout=600)
         status, stdout, stderr = done.returncode, done.stdout, done.stderr
     else:
+        # A shell's background job inherits SIGINT ignored; a user's command does not.
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
+                                   stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(case.sigint_after_s)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=600)
@@ -584,7 +588,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "reliability.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "reliability.md")
-    parser.add_argument("--only", help="run only the cases whose command or case holds this")
+    parser.add_argument("--only", help="run only the cases whose command or case holds this, "
+                        "and replace their rows in an existing --json")
     parser.add_argument("--jobs", type=int, default=1,
                         help="cases run at the same time (default: 1)")
     parser.add_argument("--render-only", action="store_true",
@@ -631,10 +636,14 @@ def main() -> int:
         "cases": rows,
         "skipped": skipped,
     }
-    if not args.only:
-        write_json_atomic(args.json, report)
-        write_text_atomic(args.markdown, render_markdown(report))
-        print(f"wrote {args.json} and {args.markdown}")
+    if args.only and args.json.exists():
+        new = {(r["command"], r["what"]): r for r in rows}
+        old = json.loads(args.json.read_text())
+        kept = [new.pop((r["command"], r["what"]), r) for r in old["cases"]]
+        report["cases"] = kept + list(new.values())
+    write_json_atomic(args.json, report)
+    write_text_atomic(args.markdown, render_markdown(report))
+    print(f"wrote {args.json} and {args.markdown}")
     failures = [r for r in rows if r["verdict"].startswith("FAIL")]
     print(f"{len(rows)} cases, {len(failures)} failing")
     return 1 if failures else 0

@@ -176,6 +176,7 @@ def make_inputs(work: Path) -> None:
     (bad_uem / "uem").write_text("a 1 0 4\nb 1 0 three\n")
     (work / "data-empty").mkdir()
     (work / "data-empty" / "wav.scp").write_text("")
+    (work / "tiny.toml").write_text((ROOT / "configs" / "tiny.toml").read_text())
     (work / "neg.toml").write_text("[optim]\nlr_head = -1e-3\n")
     (work / "typo.toml").write_text("[model]\nd_modle = 3\n")
     (work / "broken.toml").write_text("[model\n")
@@ -377,8 +378,8 @@ def cases(locked: str | None) -> list[Case]:
         Case("finetune", "--out onto a file", ["finetune", *train, "--out", "a-file"], "error",
              "exists and is not a directory"),
         Case("finetune", "a negative learning rate in --set",
-             ["finetune", "--config", str(ROOT / "configs" / "tiny.toml"), "--set",
-              "optim.lr_head=-1", *train, "--out", "exp"], "error",
+             ["finetune", "--config", "tiny.toml", "--set", "optim.lr_head=-1", *train, "--out",
+              "exp"], "error",
              "--set optim.lr_head=-1: optim.lr_head must be > 0", absent=["exp"]),
         Case("finetune", "a negative learning rate in the TOML file",
              ["finetune", "--config", "neg.toml", *train, "--out", "exp"], "error",
@@ -389,11 +390,12 @@ def cases(locked: str | None) -> list[Case]:
         Case("finetune", "invalid TOML", ["finetune", "--config", "broken.toml", *train, "--out",
              "exp"], "error", "invalid TOML", absent=["exp"]),
         Case("finetune", "a word where a number goes in --set",
-             ["finetune", "--set", "trainer.batch_size=four", *train, "--out", "exp"], "error",
+             ["finetune", "--config", "tiny.toml", "--set", "trainer.batch_size=four", *train,
+              "--out", "exp"], "error",
              "--set trainer.batch_size=four", absent=["exp"]),
         Case("finetune", "a missing training directory",
-             ["finetune", "--train", "nowhere", "--dev", "data", "--out", "exp",
-              "--set", "model.backbone=wavlm-tiny"], "error", "nowhere"),
+             ["finetune", "--config", "tiny.toml", "--train", "nowhere", "--dev", "data",
+              "--out", "exp"], "error", "nowhere"),
         Case("prune", "--sparsity 1.5", ["prune", "--teacher", "eend", "--sparsity", "1.5",
              *train, "--out", "exp"], "error", "sparsity", absent=["exp"]),
         Case("prune", "a missing teacher", ["prune", "--teacher", "missing", *train, "--out",

@@ -302,7 +302,8 @@ def test_impossible_speaker_bounds_are_reported_before_any_work(tmp_path, capsys
         capsys, [tmp_path / "a.wav"], out, "--min-speakers", "3", "--max-speakers", "2",
         model=checkpoint,
     )
-    assert_failed(status, err, out, "min_speakers", "larger than max_speakers", exit_status=2)
+    assert_failed(status, err, out, "--min-speakers (3)", "larger than --max-speakers",
+                  exit_status=2)
     assert not out.exists()
 
 

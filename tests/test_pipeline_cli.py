@@ -97,7 +97,7 @@ def test_model_cli_with_wav_scp_and_exclusive_turns(tmp_path, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--min-speakers", "3", "--max-speakers", "2"], "larger than max_speakers"),
+        (["--min-speakers", "3", "--max-speakers", "2"], "larger than --max-speakers"),
         (["--num-speakers", "0"], "at least 1"),
         ([], "--model is required"),
         (["--oracle-segmentation", "a.rttm", "--oracle-clustering", "b.rttm"], "same reference"),

@@ -199,7 +199,7 @@ def test_bad_directories_give_one_line_errors(tmp_path, capsys):
         load_diarizen_dir(src)
     assert not is_diarizen_dir(tmp_path)
     status = main(["convert", "diarizen", str(tmp_path), "--out", str(tmp_path / "ckpt")])
-    assert status == 1
+    assert status == 2
     err = capsys.readouterr().err
     assert "not a DiariZen model directory" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "ckpt").exists()

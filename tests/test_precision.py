@@ -137,8 +137,9 @@ def test_bfloat16_on_a_cpu_without_it_warns_once(monkeypatch, caplog):
 def test_pipeline_in_bfloat16_finds_the_same_local_speakers(tmp_path):
     checkpoint = tiny_eend().save_pretrained(tmp_path / "eend")
     pipeline = DiarizationPipeline.from_pretrained(
-        checkpoint, embedding=None, step_s=1.0, batch_size=4, clustering="oracle",
-        window_duration_s=2.0,
+        checkpoint, embedding=None,
+        settings={"windows": {"step_s": 1.0, "batch_size": 4, "duration_s": 2.0},
+                  "clustering": {"method": "oracle"}},
     )
     embedding = SpeakerEmbedding(random_model(seed=3), "tiny-resnet")
     pipeline.embedding_model = embedding
@@ -168,14 +169,14 @@ def test_diarize_refuses_float16_on_a_cpu_before_any_work(tmp_path, capsys):
     status = main(["diarize", str(tmp_path), "--out", str(out), "--oracle-segmentation",
                    str(tmp_path / "ref.rttm"), "--dtype", "float16", "--quiet"])
     err = capsys.readouterr().err
-    assert status == 1 and "Traceback" not in err
+    assert status == 2 and "Traceback" not in err
     assert "float16 runs on a GPU only" in err and not out.exists()
 
 
 def test_bench_refuses_float16_on_a_cpu(capsys):
     status = main(["bench", "wavlm-tiny", "--dtype", "float16"])
     err = capsys.readouterr().err
-    assert status == 1 and "float16 runs on a GPU only" in err
+    assert status == 2 and "float16 runs on a GPU only" in err
 
 
 def test_diarize_in_bfloat16_writes_its_outputs(tmp_path, capsys):

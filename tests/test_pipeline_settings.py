@@ -209,11 +209,11 @@ def test_diarize_with_vbx_from_the_command_line(tmp_path, capsys):
     # an option of another method is a clear error, before any work
     status = main(["diarize", "--model", str(checkpoint), str(tmp_path / "data" / "wav.scp"),
                    "--out", str(tmp_path / "bad"), "--config", str(toml), "--threshold", "0.5"])
-    assert status == 1
+    assert status == 2
     assert "unknown key clustering.threshold" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     # a missing PLDA is reported before any audio is read
     status = main(["diarize", "--model", str(checkpoint), str(tmp_path / "data" / "wav.scp"),
                    "--out", str(tmp_path / "bad"), "--clustering", "vbx"])
-    assert status == 1
+    assert status == 2
     assert "no such PLDA directory" in capsys.readouterr().err

@@ -30,11 +30,16 @@ from scipy.cluster.vq import kmeans2
 from scipy.optimize import linear_sum_assignment
 from scipy.spatial.distance import cdist
 
+from slimdiar.config import Range, above, at_least, check_ranges
 from slimdiar.errors import ConfigError
 from slimdiar.pipeline.segmentation import local_reference_overlap
 from slimdiar.pipeline.vbx import PLDA, vbx
 
 logger = logging.getLogger(__name__)
+
+# The options that agglomerative clustering and VBx share, and their allowed values.
+SHARED_RANGES: dict[str, Range] = {"min_active_ratio": Range(low=0, high=1),
+                                   "max_embeddings": at_least(2)}
 
 
 def _check_count(name: str, value) -> None:
@@ -287,15 +292,12 @@ class AgglomerativeClustering:
     needs_embeddings: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = False
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "threshold": above(0), "min_cluster_size": at_least(1), **SHARED_RANGES,
+    }
+
     def __post_init__(self) -> None:
-        if not self.threshold > 0:
-            raise ConfigError(f"threshold must be positive, got {self.threshold}")
-        if self.min_cluster_size < 1:
-            raise ConfigError(f"min_cluster_size must be >= 1, got {self.min_cluster_size}")
-        if not 0 <= self.min_active_ratio <= 1:
-            raise ConfigError(f"min_active_ratio must be in [0, 1], got {self.min_active_ratio}")
-        if self.max_embeddings < 2:
-            raise ConfigError(f"max_embeddings must be >= 2, got {self.max_embeddings}")
+        check_ranges(self)
 
     def cluster_embeddings(
         self, embeddings: np.ndarray, min_clusters: int = 1, max_clusters: int | None = None
@@ -517,23 +519,14 @@ class VBxClustering:
     needs_embeddings: ClassVar[bool] = True
     needs_reference: ClassVar[bool] = False
 
+    RANGES: ClassVar[dict[str, Range]] = {
+        "ahc_threshold": above(0), "fa": above(0), "fb": above(0), "lda_dim": at_least(1),
+        "max_iters": at_least(1), "loop_probability": Range(low=0, high=1, high_open=True),
+        **SHARED_RANGES,
+    }
+
     def __post_init__(self) -> None:
-        if not self.ahc_threshold > 0:
-            raise ConfigError(f"ahc_threshold must be positive, got {self.ahc_threshold}")
-        if not (self.fa > 0 and self.fb > 0):
-            raise ConfigError(f"fa and fb must be positive, got {self.fa} and {self.fb}")
-        if self.lda_dim < 1 or self.max_iters < 1:
-            raise ConfigError(
-                f"lda_dim and max_iters must be >= 1, got {self.lda_dim} and {self.max_iters}"
-            )
-        if not 0 <= self.loop_probability < 1:
-            raise ConfigError(
-                f"loop_probability must be in [0, 1), got {self.loop_probability}"
-            )
-        if not 0 <= self.min_active_ratio <= 1:
-            raise ConfigError(f"min_active_ratio must be in [0, 1], got {self.min_active_ratio}")
-        if self.max_embeddings < 2:
-            raise ConfigError(f"max_embeddings must be >= 2, got {self.max_embeddings}")
+        check_ranges(self)
         self._plda: PLDA | None = None
 
     def prepare(self) -> None:

@@ -26,8 +26,8 @@ from slimdiar.errors import ConfigError
 from slimdiar.fileio import output_path_problem
 from slimdiar.models.config import preset
 from slimdiar.models.eend import EEND, EENDConfig
-from slimdiar.train.finetune import FinetuneConfig
-from slimdiar.train.prune import PruneConfig
+from slimdiar.stages.finetune import FinetuneConfig
+from slimdiar.stages.prune import PruneConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000

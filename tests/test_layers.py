@@ -1,4 +1,8 @@
-"""Imports go one way: models -> prune -> data -> train -> pipeline -> scoring/bench -> cli."""
+"""Imports go one way: models -> data -> train -> stages, models -> pipeline -> scoring/bench -> cli.
+
+The paper's stages (:mod:`slimdiar.stages`) stand on the one training loop (:mod:`slimdiar.train`),
+which stands on :mod:`slimdiar.models` and :mod:`slimdiar.data`; the loop knows no stage.
+"""
 
 from __future__ import annotations
 
@@ -15,15 +19,15 @@ ALLOWED = {
     "fileio": set(),
     "config": set(),
     "models": set(),
-    "prune": {"models"},
     "data": {"models"},
-    "train": {"models", "prune", "data"},
+    "train": {"models", "data"},
+    "stages": {"models", "data", "train", "pretrain"},
     "scoring": set(),
     "pipeline": {"models", "data", "scoring"},
     "simulate": {"models", "data"},
     "pretrain": {"models", "data", "train"},
     "bench": {"models", "data", "pipeline", "scoring"},
-    "demo": {"models", "prune", "data", "train", "pipeline", "scoring", "bench", "simulate",
+    "demo": {"models", "data", "train", "stages", "pipeline", "scoring", "bench", "simulate",
              "pretrain"},
     "cli": None,  # the command line may import anything; nothing imports it
 }
@@ -68,3 +72,15 @@ def test_imports_follow_the_layers(path):
             if allowed is not None and target != "__init__":
                 assert target in allowed | BASE | {part}, f"{path.name} imports slimdiar.{target}"
         assert top not in THIRD_PARTY_FORBIDDEN.get(part, set()), f"{path.name} imports {top}"
+
+
+def test_the_training_loop_knows_no_stage():
+    """``train`` imports neither ``stages`` nor ``pretrain``; ``models`` imports neither layer."""
+    for part, forbidden in (("train", {"stages", "pretrain"}),
+                            ("models", {"train", "stages", "pretrain", "data"})):
+        sources = sorted((PACKAGE / part).rglob("*.py"))
+        assert sources, part
+        for path in sources:
+            targets = {name.split(".")[1] for name in imported_modules(path)
+                       if name.startswith("slimdiar.")}
+            assert not targets & forbidden, f"{path.relative_to(PACKAGE)} imports {targets}"

@@ -28,9 +28,10 @@ from slimdiar.pretrain import (
     span_mask,
 )
 from slimdiar.pretrain.objective import MaskedPredictionObjective, masked_hidden_states
-from slimdiar.pretrain.stage import PretrainConfig, fit_targets, pretrain
 from slimdiar.pretrain.targets import load_centroids
-from slimdiar.train.finetune import ModelSection, build_model
+from slimdiar.stages.finetune import ModelSection, build_model
+from slimdiar.stages.pretrain import PretrainConfig, fit_targets
+from slimdiar.stages.pretrain import run as pretrain
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain-tiny.toml"
 RATE = 16000

@@ -21,21 +21,25 @@ from slimdiar.models.checkpoint import load_checkpoint
 from slimdiar.models.config import preset
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.hardconcrete import HardConcrete
-from slimdiar.prune import SparsityController, default_distill_layers, expected_sparsity
-from slimdiar.prune.distill import distillation_loss
-from slimdiar.train.averaging import post_peak_epochs
-from slimdiar.train.prune import (
+from slimdiar.stages.distill import (
     DistillConfig,
-    DistillObjective,
     DistillOptimSection,
     DistillTrainerConfig,
+    default_distill_layers,
+    distillation_loss,
+)
+from slimdiar.stages.prune import (
     PruneConfig,
+    PruneObjective,
     PruneSection,
     PruneTrainerConfig,
+    SparsityController,
     enable_units,
+    expected_sparsity,
     load_gated_student,
 )
-from slimdiar.train.trainer import STATE_NAME
+from slimdiar.train.averaging import post_peak_epochs
+from slimdiar.train.checkpoints import STATE_NAME
 from test_train_finetune import make_datadir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,6 +145,60 @@ def test_target_rises_linearly_over_the_warmup():
         SparsityController(1.0)
 
 
+def test_gradient_reversal_steps_exactly_as_gradient_ascent_did():
+    """λ's AdamW step through the gradient reversal, positive lr, equals the former ascent step.
+
+    The former trainer negated the multipliers' gradients after clipping and gave AdamW |lr|;
+    runs, two-process runs and resumed stage-1 runs written before the change depend on the
+    steps being the same bit for bit (and on the optimiser state having the same layout).
+    """
+    from slimdiar.train.clipping import PercentileClipper
+
+    def build():
+        torch.manual_seed(0)
+        model = WavLM.from_preset("wavlm-tiny").enable_pruning()
+        controller = SparsityController(0.5, warmup_epochs=0)
+        with torch.no_grad():  # multipliers away from 0, so that both terms have a gradient
+            controller.lambda1.fill_(-0.3)
+            controller.lambda2.fill_(0.2)
+        optimizer = torch.optim.AdamW([
+            {"params": model.gate_parameters(), "lr": 0.05, "weight_decay": 0.0,
+             "name": "gates"},
+            {"params": list(controller.parameters()), "lr": abs(-0.02), "weight_decay": 0.0,
+             "name": "lambda"},
+        ])
+        return model, controller, optimizer, PercentileClipper(90.0, 1000)
+
+    reference = float(WavLM.from_preset("wavlm-tiny").num_params())
+    old, new = build(), build()
+    for _ in range(5):
+        for (model, controller, optimizer, clipper), reversed_ in ((old, False), (new, True)):
+            sparsity = expected_sparsity(model, reference)
+            if reversed_:
+                penalty = controller.penalty(sparsity, 0.5)
+            else:  # the former loss and the trainer's former negation, after clipping
+                gap = sparsity - 0.5
+                penalty = controller.lambda1 * gap + controller.lambda2 * gap * gap
+            optimizer.zero_grad()
+            penalty.backward()
+            params = model.gate_parameters() + list(controller.parameters())
+            clipper(params)
+            if not reversed_:
+                for p in controller.parameters():
+                    p.grad.neg_()
+            optimizer.step()
+    for a, b in zip(old[1].parameters(), new[1].parameters()):
+        assert torch.equal(a, b)
+    assert old[1].lambda1.item() != -0.3 and old[1].lambda2.item() != 0.2
+    for a, b in zip(old[0].gate_parameters(), new[0].gate_parameters()):
+        assert torch.equal(a, b)
+    state_old, state_new = old[2].state_dict(), new[2].state_dict()
+    assert state_old["param_groups"] == state_new["param_groups"]
+    for key, value in state_old["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(tensor, state_new["state"][key][name]), (key, name)
+
+
 def test_lagrangian_grows_while_sparsity_lags_then_tracks_the_target():
     torch.manual_seed(0)
     model = WavLM.from_preset("wavlm-tiny").enable_pruning()
@@ -155,9 +213,7 @@ def test_lagrangian_grows_while_sparsity_lags_then_tracks_the_target():
         sparsity = expected_sparsity(model, reference)
         penalty = controller.penalty(sparsity, 0.5)
         optimizer.zero_grad()
-        penalty.backward()
-        for p in controller.parameters():
-            p.grad.neg_()  # gradient ascent on the multipliers
+        penalty.backward()  # the multipliers climb the penalty through its gradient reversal
         optimizer.step()
         history.append((sparsity.item(), controller.lambda1.item(), controller.lambda2.item()))
     lagging = [h for h in history[:60] if h[0] < 0.4]
@@ -211,8 +267,8 @@ def test_final_model_and_gate_bound_are_settings():
 def test_log_alphas_are_not_clamped_by_default():
     teacher = WavLM.from_preset("wavlm-tiny").eval()
     student = enable_units(WavLM.from_preset("wavlm-tiny"), PruneSection())
-    objective = DistillObjective(student, teacher, [0, 2], DistillOptimSection(),
-                                 SparsityController(0.5), gate_bound=PruneSection().gate_bound)
+    objective = PruneObjective(student, teacher, [0, 2], DistillOptimSection(),
+                               SparsityController(0.5), gate_bound=PruneSection().gate_bound)
     with torch.no_grad():
         for gate in student.gates():
             gate.log_alpha.uniform_(-20.0, 20.0)
@@ -242,8 +298,8 @@ def test_final_epochs_are_the_lowest_from_the_loss_peak_on():
 def test_on_target_rule_takes_the_one_best_on_target_checkpoint():
     teacher = WavLM.from_preset("wavlm-tiny").eval()
     student = enable_units(WavLM.from_preset("wavlm-tiny"), PruneSection())
-    objective = DistillObjective(student, teacher, [0, 2], DistillOptimSection(),
-                                 SparsityController(0.5), final_model="on-target")
+    objective = PruneObjective(student, teacher, [0, 2], DistillOptimSection(),
+                               SparsityController(0.5), final_model="on-target")
     runs = [{"epoch": 1, "val_loss": 0.1, "selectable": False, "metrics": {"total": 0.5}},
             {"epoch": 2, "val_loss": 0.4, "selectable": True, "metrics": {"total": 0.9}},
             {"epoch": 3, "val_loss": 0.3, "selectable": True, "metrics": {"total": 0.3}}]
@@ -423,8 +479,8 @@ def test_gates_follow_the_units_setting():
 def test_the_prune_objective_bounds_its_gates_after_each_step():
     teacher = WavLM.from_preset("wavlm-tiny").eval()
     student = enable_units(WavLM.from_preset("wavlm-tiny"), PruneSection())
-    objective = DistillObjective(student, teacher, [0, 2], DistillOptimSection(),
-                                 SparsityController(0.5), gate_bound=0.01)
+    objective = PruneObjective(student, teacher, [0, 2], DistillOptimSection(),
+                               SparsityController(0.5), gate_bound=0.01)
     with torch.no_grad():
         for gate in student.gates():
             gate.log_alpha.uniform_(-20.0, 20.0)

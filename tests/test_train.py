@@ -19,6 +19,7 @@ import torch
 
 from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, save_checkpoint
+from slimdiar.stages.prune import reverse_gradient
 from slimdiar.train import (
     Objective,
     ParamGroup,
@@ -77,7 +78,7 @@ class ToyObjective(Objective):
             ParamGroup("out", self.net[3].parameters(), lr=5e-2, optimizer="out"),
         ]
         if self.with_lambda:
-            groups.append(ParamGroup("lambda", [self.extra.lam], lr=-1e-1, optimizer="out"))
+            groups.append(ParamGroup("lambda", [self.extra.lam], lr=1e-1, optimizer="out"))
         return groups
 
     def loss(self, batch):
@@ -85,8 +86,8 @@ class ToyObjective(Objective):
         mse = torch.mean((prediction - batch["y"]) ** 2)
         loss = mse
         if self.with_lambda:
-            # constraint violation fixed at +1: ascent must raise lambda
-            loss = loss + self.extra.lam * 1.0
+            # constraint violation fixed at +1: through the gradient reversal lambda must rise
+            loss = loss + reverse_gradient(self.extra.lam) * 1.0
         return loss, {"mse": float(mse.detach())}
 
     def validate(self, batches):
@@ -279,7 +280,7 @@ def test_early_stopping_and_gradient_ascent(tmp_path):
     trainer.objective.validate = rising
     result = trainer.fit()
     assert result.stopped_early and result.epochs_run == 3 and result.best_epochs == [1]
-    # loss = mse + lambda * 1: ascent raises lambda by about lr per step (an Adam step ~ lr)
+    # loss = mse + reversed(lambda) * 1: lambda rises by about lr per step (an Adam step ~ lr)
     last = load_checkpoint(tmp_path / "exp/checkpoints/epoch-003")[0]["lam"].item()
     assert last == pytest.approx(0.1 * result.steps, rel=0.05)
     # the objective is left holding best/ (epoch 1, after 6 steps)
@@ -337,8 +338,8 @@ def test_invalid_settings_are_config_errors():
     with pytest.raises(ConfigError, match="precision"):
         TrainerConfig(precision="fp8")
     p = torch.nn.Parameter(torch.zeros(1))
-    with pytest.raises(ConfigError, match="weight_decay 0"):
-        ParamGroup("lam", [p], lr=-1.0, weight_decay=0.1)
+    with pytest.raises(ConfigError, match="learning rate must be > 0, got -1.0"):
+        ParamGroup("lam", [p], lr=-1.0)
     with pytest.raises(ConfigError, match="no parameters"):
         ParamGroup("empty", [], lr=1.0)
 

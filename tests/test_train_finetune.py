@@ -26,13 +26,8 @@ from slimdiar.errors import ConfigError
 from slimdiar.models.eend import EEND
 from slimdiar.models.powerset import chunk_der
 from slimdiar.models.wavlm import WavLM
-from slimdiar.train.finetune import (
-    FinetuneConfig,
-    FinetuneObjective,
-    ModelSection,
-    build_model,
-    finetune,
-)
+from slimdiar.stages.finetune import FinetuneConfig, FinetuneObjective, ModelSection, build_model
+from slimdiar.stages.finetune import run as finetune
 
 CONFIGS = Path(__file__).parents[1] / "configs"
 PITCHES_HZ = {"alice": 220.0, "bob": 520.0, "carol": 1100.0}

@@ -8,8 +8,10 @@ import torch
 from slimdiar.config import load_config
 from slimdiar.errors import ConfigError
 from slimdiar.models.wavlm import WavLM, scale_gradient
-from slimdiar.train.finetune import FinetuneConfig, WavLMTrainingSection
-from slimdiar.train.prune import DistillConfig, PruneConfig
+from slimdiar.stages.common import WavLMTrainingSection
+from slimdiar.stages.distill import DistillConfig
+from slimdiar.stages.finetune import FinetuneConfig
+from slimdiar.stages.prune import PruneConfig
 
 
 def _grads(model: WavLM, waveforms: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -130,43 +132,44 @@ class _Stop(Exception):
 
 
 def test_finetune_and_distill_train_wavlm_with_the_options(tmp_path, monkeypatch):
-    import slimdiar.train.finetune as finetune_module
-    import slimdiar.train.prune as prune_module
+    import slimdiar.stages.distill as distill_module
+    import slimdiar.stages.finetune as finetune_module
+    import slimdiar.stages.prune as prune_module
 
-    for module in (finetune_module, prune_module):
+    for module in (finetune_module, distill_module, prune_module):
         monkeypatch.setattr(module, "Trainer", _CapturingTrainer)
         monkeypatch.setattr(module, "chunk_datasets", lambda *a, **k: (None, None))
     config = load_config(FinetuneConfig, None, ["model.backbone=wavlm-tiny"])
     with pytest.raises(_Stop):
-        finetune_module.finetune(config, tmp_path, tmp_path, tmp_path / "ft")
+        finetune_module.run(config, tmp_path, tmp_path, tmp_path / "ft")
     backbone = _CapturingTrainer.objective.model.backbone
     assert backbone.feature_grad_mult == 0.1 and backbone.config.feat_proj_dropout == 0.1
 
     teacher = WavLM.from_preset("wavlm-tiny")
     teacher.save_pretrained(tmp_path / "teacher")
     with pytest.raises(_Stop):
-        prune_module.distill(DistillConfig(), tmp_path / "teacher", tmp_path / "teacher",
-                             tmp_path, tmp_path, tmp_path / "distill")
+        distill_module.run(DistillConfig(), tmp_path / "teacher", tmp_path / "teacher",
+                           tmp_path, tmp_path, tmp_path / "distill")
     student = _CapturingTrainer.objective.student
     assert student.feature_grad_mult == 0.1 and student.config.attention_dropout == 0.1
     assert _CapturingTrainer.objective.teacher.feature_grad_mult == 1.0
     with pytest.raises(_Stop):
-        prune_module.prune(PruneConfig(), tmp_path / "teacher", tmp_path, tmp_path,
-                           tmp_path / "prune")
+        prune_module.run(PruneConfig(), tmp_path / "teacher", tmp_path, tmp_path,
+                         tmp_path / "prune")
     student = _CapturingTrainer.objective.student
     assert student.feature_grad_mult == 0.1 and student.pruning_enabled
     assert student.config.dropout == 0.1
 
 
 def test_the_conv_output_scale_is_not_trained_by_stage_1(tmp_path, monkeypatch):
-    import slimdiar.train.prune as prune_module
+    import slimdiar.stages.prune as prune_module
 
     monkeypatch.setattr(prune_module, "Trainer", _CapturingTrainer)
     monkeypatch.setattr(prune_module, "chunk_datasets", lambda *a, **k: (None, None))
     WavLM.from_preset("wavlm-tiny").save_pretrained(tmp_path / "teacher")
     with pytest.raises(_Stop):
-        prune_module.prune(PruneConfig(), tmp_path / "teacher", tmp_path, tmp_path,
-                           tmp_path / "prune")
+        prune_module.run(PruneConfig(), tmp_path / "teacher", tmp_path, tmp_path,
+                         tmp_path / "prune")
     student = _CapturingTrainer.objective.student
     assert student.config.conv_output_scale
     assert not student.feature_extractor.output_scale.requires_grad

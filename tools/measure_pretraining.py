@@ -73,7 +73,8 @@ def source_scp(demo: Path, split: str, out: Path) -> dict:
 
 def run_pretrain(args, work: Path, train_scp: Path, dev_scp: Path) -> dict:
     from slimdiar.config import load_config
-    from slimdiar.pretrain.stage import PretrainConfig, pretrain
+    from slimdiar.stages.pretrain import PretrainConfig
+    from slimdiar.stages.pretrain import run as pretrain
 
     exp = work / "pretrain"
     shutil.rmtree(exp, ignore_errors=True)
@@ -110,13 +111,9 @@ def run_pretrain(args, work: Path, train_scp: Path, dev_scp: Path) -> dict:
 
 
 def run_finetune(args, work: Path, demo: Path, name: str, backbone: str) -> dict:
-    from slimdiar.train.finetune import (
-        DataSection,
-        FinetuneConfig,
-        ModelSection,
-        OptimSection,
-        finetune,
-    )
+    from slimdiar.stages.common import DataSection
+    from slimdiar.stages.finetune import FinetuneConfig, ModelSection, OptimSection
+    from slimdiar.stages.finetune import run as finetune
     from slimdiar.train.trainer import TrainerConfig
 
     exp = work / name

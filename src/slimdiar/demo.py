@@ -152,7 +152,8 @@ class Demo:
                      f"{split.duration_s / 60:.1f} min, {len(split.speakers)} speakers")
 
     def _finetune_config(self, epochs: int):
-        from slimdiar.train.finetune import DataSection, FinetuneConfig, ModelSection, OptimSection
+        from slimdiar.stages.common import DataSection
+        from slimdiar.stages.finetune import FinetuneConfig, ModelSection, OptimSection
         from slimdiar.train.trainer import TrainerConfig
 
         s = self.settings
@@ -172,7 +173,7 @@ class Demo:
                    **overrides)
 
     def finetune(self, name: str, epochs: int, backbone: str | None) -> None:
-        from slimdiar.train.finetune import finetune
+        from slimdiar.stages.finetune import run as finetune
 
         exp = self.out / name
         shutil.rmtree(exp, ignore_errors=True)
@@ -181,7 +182,7 @@ class Demo:
 
     def _distill_data(self):
         """Short chunks for distillation (no labels): more optimiser steps for the same audio."""
-        from slimdiar.train.finetune import DataSection
+        from slimdiar.stages.common import DataSection
 
         s = self.settings
         return DataSection(chunk_duration_s=s.distill_chunk_duration_s,
@@ -190,14 +191,10 @@ class Demo:
                            val_shift_s=s.chunk_duration_s)
 
     def prune(self) -> None:
-        from slimdiar.prune.report import write_report
-        from slimdiar.train.prune import (
-            DistillOptimSection,
-            PruneConfig,
-            PruneSection,
-            PruneTrainerConfig,
-            prune,
-        )
+        from slimdiar.stages.distill import DistillOptimSection
+        from slimdiar.stages.prune import PruneConfig, PruneSection, PruneTrainerConfig
+        from slimdiar.stages.prune import run as prune
+        from slimdiar.stages.report import write_report
 
         s = self.settings
         exp = self.out / "prune"
@@ -217,7 +214,8 @@ class Demo:
                  f"(sparsity {report['reached_sparsity']:.3f}, target {s.sparsity})")
 
     def distill(self) -> None:
-        from slimdiar.train.prune import DistillConfig, DistillTrainerConfig, distill
+        from slimdiar.stages.distill import DistillConfig, DistillTrainerConfig
+        from slimdiar.stages.distill import run as distill
 
         s = self.settings
         exp = self.out / "distill"

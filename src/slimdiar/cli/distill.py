@@ -49,10 +49,10 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Distil and print where the result is."""
-    from slimdiar.train.prune import DistillConfig, distill
+    from slimdiar.stages import distill
 
-    config = load_config(DistillConfig, args.config, args.overrides)
-    ctx, result = run_stage(config.trainer.device, lambda ctx: distill(
+    config = load_config(distill.DistillConfig, args.config, args.overrides)
+    ctx, result = run_stage(config.trainer.device, lambda ctx: distill.run(
         config, args.student, args.teacher, args.train, args.dev, args.out, ctx=ctx,
         resume=args.resume))
     if ctx.is_main:

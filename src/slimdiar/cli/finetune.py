@@ -15,7 +15,7 @@ import argparse
 
 from slimdiar.cli._training import add_data_arguments, add_run_arguments, run_stage
 from slimdiar.config import load_config
-from slimdiar.train.finetune import FinetuneConfig, finetune
+from slimdiar.stages import finetune
 
 DESCRIPTION = """\
 Fine-tune WavLM inside the end-to-end diarization model (stage 0; with a pruned backbone and
@@ -69,8 +69,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train, then print where the final model is."""
-    config = load_config(FinetuneConfig, args.config, args.overrides)
-    ctx, result = run_stage(config.trainer.device, lambda ctx: finetune(
+    config = load_config(finetune.FinetuneConfig, args.config, args.overrides)
+    ctx, result = run_stage(config.trainer.device, lambda ctx: finetune.run(
         config, args.train, args.dev, args.out, ctx=ctx, backbone=args.backbone,
         resume=args.resume,
     ))

@@ -71,7 +71,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Pretrain, then print where the WavLM is."""
     from slimdiar.errors import ConfigError
-    from slimdiar.pretrain.stage import PretrainConfig, pretrain
+    from slimdiar.stages import pretrain
 
     overrides = list(args.overrides)
     if args.backbone:
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.targets_from is not None:
         overrides.append(f"targets.source={json.dumps(args.targets_from)}")
         overrides.append(f"targets.layer={args.layer}")
-    config = load_config(PretrainConfig, args.config, overrides)
-    ctx, result = run_stage(config.trainer.device, lambda ctx: pretrain(
+    config = load_config(pretrain.PretrainConfig, args.config, overrides)
+    ctx, result = run_stage(config.trainer.device, lambda ctx: pretrain.run(
         config, args.train, args.dev, args.out, ctx=ctx, resume=args.resume))
     if ctx.is_main:
         print(f"done after {result.epochs_run} epochs ({result.steps} steps)")

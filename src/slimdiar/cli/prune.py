@@ -9,6 +9,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 from slimdiar.cli._training import add_data_arguments, add_run_arguments, run_stage
 from slimdiar.config import load_config
@@ -68,21 +70,18 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prune, write the pruned model and the report, print a summary."""
-    from slimdiar.prune.report import write_report
-    from slimdiar.train.prune import PruneConfig, prune
+    from slimdiar.stages import prune
 
     overrides = list(args.overrides)
     if args.sparsity is not None:
         overrides.append(f"prune.sparsity={args.sparsity!r}")
     if args.objective is not None:
         overrides.append(f'prune.objective="{args.objective}"')
-    config = load_config(PruneConfig, args.config, overrides)
-    ctx, (result, teacher, pruned) = run_stage(config.trainer.device, lambda ctx: prune(
+    config = load_config(prune.PruneConfig, args.config, overrides)
+    ctx, (result, _, _) = run_stage(config.trainer.device, lambda ctx: prune.run(
         config, args.teacher, args.train, args.dev, args.out, ctx=ctx, resume=args.resume))
     if ctx.is_main:
-        report = write_report(args.out, teacher, pruned, config.prune.sparsity,
-                              config.prune.objective,
-                              {"rule": config.prune.final_model, "epochs": result.best_epochs})
+        report = json.loads((Path(args.out) / "report.json").read_text())
         t, s = report["teacher"], report["student"]
         print(f"teacher {t['params'] / 1e6:.2f}M params, {t['macs_per_second'] / 1e9:.2f}G MACs/s")
         print(f"pruned  {s['params'] / 1e6:.2f}M params, {s['macs_per_second'] / 1e9:.2f}G MACs/s")

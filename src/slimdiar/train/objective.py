@@ -32,9 +32,9 @@ class ParamGroup:
     params
         The parameters; each belongs to exactly one group.
     lr
-        Constant learning rate. A negative value means gradient *ascent* with step ``|lr|`` (used
-        for Lagrange multipliers): the trainer negates these gradients before the optimiser step,
-        which for AdamW is the same as a negative learning rate when weight decay is zero.
+        Constant learning rate, > 0. Every group descends its loss; a parameter that must climb
+        it (a Lagrange multiplier) enters the loss through a gradient reversal
+        (:func:`slimdiar.stages.prune.reverse_gradient`).
     weight_decay
         Decoupled AdamW weight decay.
     optimizer
@@ -55,15 +55,10 @@ class ParamGroup:
         self.params = list(self.params)
         if not self.params:
             raise ConfigError(f"parameter group {self.name!r} holds no parameters")
-        if self.lr < 0 and self.weight_decay != 0:
+        if not self.lr > 0:
             raise ConfigError(
-                f"parameter group {self.name!r}: gradient ascent (lr < 0) needs weight_decay 0"
+                f"parameter group {self.name!r}: the learning rate must be > 0, got {self.lr}"
             )
-
-    @property
-    def ascent(self) -> bool:
-        """Whether this group climbs its objective instead of descending it."""
-        return self.lr < 0
 
 
 class Objective(abc.ABC):

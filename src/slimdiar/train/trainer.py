@@ -19,11 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import random
-import re
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,9 +31,18 @@ from tqdm import tqdm
 
 from slimdiar.config import Range, at_least, check_ranges
 from slimdiar.errors import CheckpointError, ConfigError
-from slimdiar.fileio import current_umask, write_json_atomic
-from slimdiar.models.checkpoint import is_checkpoint_dir
+from slimdiar.fileio import write_json_atomic
 from slimdiar.train.averaging import average_checkpoints
+from slimdiar.train.checkpoints import (
+    checkpoint_epoch,
+    checkpoint_name,
+    last_checkpoint,
+    read_training_state,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    write_checkpoint,
+)
 from slimdiar.train.clipping import PercentileClipper
 from slimdiar.train.distributed import (
     DistContext,
@@ -50,12 +54,11 @@ from slimdiar.train.distributed import (
     broadcast_tensors,
     gather_objects,
 )
+from slimdiar.train.metrics import METRICS_NAME, append_record, truncate_metrics
 from slimdiar.train.objective import Objective, ParamGroup
 
 logger = logging.getLogger(__name__)
 
-STATE_NAME = "training-state.pt"
-CHECKPOINT_PATTERN = re.compile(r"^epoch-(\d{3,})$")
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -131,23 +134,6 @@ class TrainResult:
     best_metrics: dict[str, float] = field(default_factory=dict)
 
 
-def checkpoint_name(epoch: int) -> str:
-    """Directory name of the checkpoint written after ``epoch`` (1-based) epochs."""
-    return f"epoch-{epoch:03d}"
-
-
-def last_checkpoint(exp_dir: str | Path) -> Path | None:
-    """The complete epoch checkpoint with the highest epoch in ``exp_dir``, if any."""
-    root = Path(exp_dir) / "checkpoints"
-    found = []
-    if root.is_dir():
-        for path in root.iterdir():
-            match = CHECKPOINT_PATTERN.match(path.name)
-            if match and (path / STATE_NAME).is_file() and is_checkpoint_dir(path):
-                found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
-
-
 def move_to_device(batch, device: torch.device):
     """``batch`` with every tensor (in dicts, lists and tuples) moved to ``device``."""
     if isinstance(batch, torch.Tensor):
@@ -157,35 +143,6 @@ def move_to_device(batch, device: torch.device):
     if isinstance(batch, list | tuple):
         return type(batch)(move_to_device(v, device) for v in batch)
     return batch
-
-
-def _rng_state() -> dict:
-    """The random states of this process as plain Python values (picklable, weights-only safe)."""
-    kind, key, *rest = np.random.get_state()
-    rng = {
-        "python": random.getstate(),
-        "numpy": [kind, key.tolist(), *rest],
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state().tolist()
-    return rng
-
-
-def _set_rng_state(rng: dict) -> None:
-    python = rng["python"]
-    random.setstate((python[0], tuple(python[1]), python[2]))
-    kind, key, *rest = rng["numpy"]
-    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), *rest))
-    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(torch.tensor(rng["cuda"], dtype=torch.uint8))
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -256,7 +213,7 @@ class Trainer:
     # ------------------------------------------------------------------ files
     @property
     def metrics_path(self) -> Path:
-        return self.exp_dir / "metrics.jsonl"
+        return self.exp_dir / METRICS_NAME
 
     @property
     def best_dir(self) -> Path:
@@ -264,8 +221,7 @@ class Trainer:
 
     def _log(self, record: dict) -> None:
         if self.ctx.is_main:
-            with open(self.metrics_path, "a") as stream:
-                stream.write(json.dumps(record) + "\n")
+            append_record(self.metrics_path, record)
 
     def _prepare_exp_dir(self, resume: bool) -> Path | None:
         """Check the experiment directory, write config.json, return the checkpoint to resume."""
@@ -284,30 +240,10 @@ class Trainer:
                 if changed:
                     logger.warning("resuming with a changed configuration: %s", ", ".join(changed))
             write_json_atomic(config_path, self.run_config)
-            self._truncate_metrics(0 if checkpoint is None else self._epoch_of(checkpoint))
+            truncate_metrics(self.metrics_path,
+                             0 if checkpoint is None else checkpoint_epoch(checkpoint))
         barrier(self.ctx)
         return checkpoint
-
-    @staticmethod
-    def _epoch_of(checkpoint: Path) -> int:
-        return int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
-
-    def _truncate_metrics(self, epochs_done: int) -> None:
-        """Keep only the records of the first ``epochs_done`` epochs (drops a killed epoch)."""
-        if not self.metrics_path.exists():
-            return
-        kept = []
-        for line in self.metrics_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if record.get("type") != "best" and record.get("epoch", math.inf) <= epochs_done:
-                kept.append(line)
-        fd, tmp = tempfile.mkstemp(prefix=".metrics.", dir=self.exp_dir)
-        with os.fdopen(fd, "w") as stream:
-            stream.writelines(line + "\n" for line in kept)
-        os.replace(tmp, self.metrics_path)
 
     # ------------------------------------------------------------------ checkpoints
     def _training_state(self, rng_states: list[dict]) -> dict:
@@ -324,39 +260,24 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write ``checkpoints/epoch-NNN`` for the epochs done so far (a collective call)."""
-        rng_states = gather_objects(_rng_state(), self.ctx)
+        rng_states = gather_objects(rng_state(), self.ctx)
         final = self.exp_dir / "checkpoints" / checkpoint_name(self.epoch)
         if self.ctx.is_main:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp_root = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp.", dir=final.parent))
-            try:
-                tmp = tmp_root / final.name
-                metadata = {
-                    "stage": self.objective.stage,
-                    "epoch": self.epoch,
-                    "step": self.step,
-                    "metrics": self.history[-1] if self.history else {},
-                }
-                self.objective.save(tmp, metadata)
-                state_tmp = tmp / f".{STATE_NAME}.tmp"
-                torch.save(self._training_state(rng_states), state_tmp)
-                os.replace(state_tmp, tmp / STATE_NAME)
-                os.chmod(tmp, 0o777 & ~current_umask())
-                if final.exists():
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-            finally:
-                shutil.rmtree(tmp_root, ignore_errors=True)
+            metadata = {
+                "stage": self.objective.stage,
+                "epoch": self.epoch,
+                "step": self.step,
+                "metrics": self.history[-1] if self.history else {},
+            }
+            write_checkpoint(final, lambda directory: self.objective.save(directory, metadata),
+                             self._training_state(rng_states))
             logger.info("saved %s", final)
         barrier(self.ctx)
         return final
 
     def load_checkpoint(self, checkpoint: Path) -> None:
         """Restore the objective and the loop state from an epoch checkpoint."""
-        try:
-            state = torch.load(checkpoint / STATE_NAME, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises several unrelated types
-            raise CheckpointError(f"{checkpoint / STATE_NAME}: unreadable ({error})") from None
+        state = read_training_state(checkpoint)
         self.objective.restore(checkpoint)
         if set(state["optimizers"]) != set(self.optimizers):
             raise CheckpointError(
@@ -370,7 +291,7 @@ class Trainer:
         self.history = list(state["history"])
         self.stopped_early = bool(state["stopped_early"])
         if state["world_size"] == self.ctx.world_size:
-            _set_rng_state(state["rng"][self.ctx.rank])
+            set_rng_state(state["rng"][self.ctx.rank])
         else:
             logger.warning(
                 "checkpoint written by %d processes, resumed on %d: random streams differ "
@@ -378,7 +299,7 @@ class Trainer:
                 state["world_size"],
                 self.ctx.world_size,
             )
-            _seed_everything(self.config.seed + 1000 * self.epoch + self.ctx.rank)
+            seed_everything(self.config.seed + 1000 * self.epoch + self.ctx.rank)
         logger.info("resumed from %s (epoch %d, step %d)", checkpoint, self.epoch, self.step)
 
     # ------------------------------------------------------------------ loop
@@ -397,7 +318,7 @@ class Trainer:
             On return the objective holds the averaged model of ``best/``.
         """
         checkpoint = self._prepare_exp_dir(resume)
-        _seed_everything(self.config.seed + self.ctx.rank)
+        seed_everything(self.config.seed + self.ctx.rank)
         if checkpoint is not None:
             self.load_checkpoint(checkpoint)
         while self.epoch < self.config.max_epochs and not self.stopped_early:
@@ -465,11 +386,6 @@ class Trainer:
             if skipped:
                 logger.warning("step %d: non-finite gradient norm, step skipped", self.step)
             else:
-                for group in self.groups:
-                    if group.ascent:
-                        for p in group.params:
-                            if p.grad is not None:
-                                p.grad.neg_()
                 for optimizer in self.optimizers.values():
                     optimizer.step()
                 self.objective.after_step()
@@ -626,7 +542,7 @@ def _build_optimizers(groups: list[ParamGroup]) -> dict[str, torch.optim.Optimiz
         by_id.setdefault(g.optimizer, []).append(
             {
                 "params": g.params,
-                "lr": abs(g.lr),
+                "lr": g.lr,
                 "weight_decay": g.weight_decay,
                 "betas": g.betas,
                 "eps": g.eps,

@@ -7,29 +7,15 @@ student, kept units per layer); ``report.md`` and the PNG plots are generated fr
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
 from pathlib import Path
 
 from slimdiar.fileio import write_json_atomic, write_text_atomic
+from slimdiar.train.metrics import read_metrics
 
 logger = logging.getLogger(__name__)
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """Records of a ``metrics.jsonl`` file (an incomplete last line is skipped)."""
-    records = []
-    path = Path(path)
-    if not path.exists():
-        return records
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            logger.warning("%s: skipping an incomplete line", path)
-    return records
 
 
 def pruning_report(teacher, student, target_sparsity: float, objective: str = "params",

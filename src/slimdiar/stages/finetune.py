@@ -10,22 +10,21 @@ same with a pruned backbone, 20 epochs and patience 5.
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
 import torch
 
 from slimdiar.config import Range, above, at_least, check_ranges, to_dict
-from slimdiar.data import ChunkDataset, DataDir
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import load_state_dict_strict
-from slimdiar.models.config import PRESETS, WavLMConfig, preset
+from slimdiar.models.config import PRESETS, preset
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.powerset import chunk_der, permutation_invariant_powerset_loss
 from slimdiar.models.wavlm import WavLM
+from slimdiar.stages.common import DataSection, WavLMTrainingSection, chunk_datasets
+from slimdiar.train.checkpoints import seed_everything
 from slimdiar.train.distributed import DistContext
 from slimdiar.train.objective import Objective, ParamGroup
 from slimdiar.train.trainer import Trainer, TrainerConfig, TrainResult
@@ -83,89 +82,6 @@ class ModelSection:
                 f"model.frontend must be one of {', '.join(FRONTEND_VARIANTS)}, got "
                 f"{self.frontend!r}"
             )
-
-
-@dataclass
-class WavLMTrainingSection:
-    """How WavLM trains in every stage where it is updated (the reference recipe's values).
-
-    Parameters
-    ----------
-    feature_grad_mult
-        Factor on the gradient flowing from the transformer into the conv feature extractor
-        (fairseq's ``feature_grad_mult``; reference 0.1). The Lagrangian's gradient on the conv
-        gates is not scaled. 1.0 turns the scaling off.
-    feat_proj_dropout, attention_dropout, hidden_dropout, activation_dropout
-        Dropout after the feature projection, on the attention probabilities, on the residual
-        branches and FFN output, and inside the FFN (the Hugging Face config keys of WavLM
-        Base+/Large; reference 0.1, 0.1, 0.1, 0.0). They override whatever the checkpoint's
-        config says.
-    """
-
-    feature_grad_mult: float = 0.1
-    feat_proj_dropout: float = 0.1
-    attention_dropout: float = 0.1
-    hidden_dropout: float = 0.1
-    activation_dropout: float = 0.0
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.feature_grad_mult <= 1.0:
-            raise ConfigError(
-                f"wavlm.feature_grad_mult must be in (0, 1], got {self.feature_grad_mult}"
-            )
-        for key in ("feat_proj_dropout", "attention_dropout", "hidden_dropout",
-                    "activation_dropout"):
-            value = getattr(self, key)
-            if not 0.0 <= value < 1.0:
-                raise ConfigError(f"wavlm.{key} must be in [0, 1), got {value}")
-
-    def apply(self, model: WavLM) -> WavLM:
-        """Set these options on ``model`` (a WavLM) and return it."""
-        return model.set_training_options(
-            self.feature_grad_mult, feat_proj_dropout=self.feat_proj_dropout,
-            attention_dropout=self.attention_dropout, dropout=self.hidden_dropout,
-            activation_dropout=self.activation_dropout,
-        )
-
-
-@dataclass
-class DataSection:
-    """Chunking of the training and validation data.
-
-    Parameters
-    ----------
-    chunk_duration_s, shift_s
-        Training chunks (8 s every 6 s).
-    val_chunk_duration_s, val_shift_s
-        Validation chunks (8 s every 8 s).
-    channel
-        Audio channel to read (0-based); unset: downmix to mono.
-    """
-
-    chunk_duration_s: float = 8.0
-    shift_s: float = 6.0
-    val_chunk_duration_s: float = 8.0
-    val_shift_s: float = 8.0
-    channel: int | None = None
-
-    RANGES: ClassVar[dict[str, Range]] = {
-        "chunk_duration_s": above(0), "shift_s": above(0), "val_chunk_duration_s": above(0),
-        "val_shift_s": above(0), "channel": at_least(0),
-    }
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-
-
-def chunk_datasets(data: DataSection, grid: WavLMConfig, train_dir: str | Path,
-                   dev_dir: str | Path,
-                   max_speakers: int = 4) -> tuple[ChunkDataset, ChunkDataset]:
-    """The training and validation chunks of a run, on the frame grid of ``grid``."""
-    train = ChunkDataset(DataDir.load(train_dir, data.channel), grid, data.chunk_duration_s,
-                         data.shift_s, max_speakers, data.channel)
-    dev = ChunkDataset(DataDir.load(dev_dir, data.channel), grid, data.val_chunk_duration_s,
-                       data.val_shift_s, max_speakers, data.channel)
-    return train, dev
 
 
 @dataclass
@@ -311,14 +227,7 @@ def build_model(section: ModelSection, backbone: str | None = None) -> EEND:
     return EEND.from_backbone_checkpoint(source, EENDConfig(freeze_backbone=frozen, **head))
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and PyTorch (before building a model, identically on every process)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def finetune(
+def run(
     config: FinetuneConfig,
     train_dir: str | Path,
     dev_dir: str | Path,

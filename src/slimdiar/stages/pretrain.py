@@ -41,8 +41,9 @@ from slimdiar.pretrain.targets import (
     load_centroids,
     save_centroids,
 )
+from slimdiar.stages.common import WavLMTrainingSection
+from slimdiar.train.checkpoints import seed_everything
 from slimdiar.train.distributed import DistContext, barrier
-from slimdiar.train.finetune import WavLMTrainingSection, seed_everything
 from slimdiar.train.trainer import Trainer, TrainerConfig, TrainResult
 
 logger = logging.getLogger(__name__)
@@ -227,9 +228,9 @@ def prepare_targets(section: TargetsSection, dataset: CropDataset, grid, seed: i
     return ClusterTargets(build_features(section.source, section.layer, grid), centroids)
 
 
-def pretrain(config: PretrainConfig, train_source: str | Path, dev_source: str | Path,
-             exp_dir: str | Path, ctx: DistContext | None = None,
-             resume: bool = False) -> TrainResult:
+def run(config: PretrainConfig, train_source: str | Path, dev_source: str | Path,
+        exp_dir: str | Path, ctx: DistContext | None = None,
+        resume: bool = False) -> TrainResult:
     """Pretrain a WavLM by masked prediction; ``exp_dir/best`` is the plain WavLM.
 
     Parameters

@@ -1,4 +1,4 @@
-"""Imports go one way: models -> data -> train -> stages, models -> pipeline -> scoring/bench -> cli.
+"""Imports go one way: models -> data -> train -> stages; models -> pipeline -> scoring -> cli.
 
 The paper's stages (:mod:`slimdiar.stages`) stand on the one training loop (:mod:`slimdiar.train`),
 which stands on :mod:`slimdiar.models` and :mod:`slimdiar.data`; the loop knows no stage.

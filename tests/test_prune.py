@@ -21,9 +21,9 @@ from slimdiar.models.checkpoint import load_checkpoint
 from slimdiar.models.config import preset
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.hardconcrete import HardConcrete
+from slimdiar.stages.common import DistillOptimSection
 from slimdiar.stages.distill import (
     DistillConfig,
-    DistillOptimSection,
     DistillTrainerConfig,
     default_distill_layers,
     distillation_loss,

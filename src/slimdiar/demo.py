@@ -191,7 +191,7 @@ class Demo:
                            val_shift_s=s.chunk_duration_s)
 
     def prune(self) -> None:
-        from slimdiar.stages.distill import DistillOptimSection
+        from slimdiar.stages.common import DistillOptimSection
         from slimdiar.stages.prune import PruneConfig, PruneSection, PruneTrainerConfig
         from slimdiar.stages.prune import run as prune
         from slimdiar.stages.report import write_report

@@ -1,4 +1,4 @@
-"""What the training stages share: how WavLM trains and how the data is chunked.
+"""What the training stages share: how WavLM trains, how the data is chunked, distillation lrs.
 
 Every stage (:mod:`~slimdiar.stages.finetune`, :mod:`~slimdiar.stages.prune`,
 :mod:`~slimdiar.stages.distill`, :mod:`~slimdiar.stages.pretrain`) is a config dataclass, an
@@ -100,3 +100,26 @@ def chunk_datasets(data: DataSection, grid: WavLMConfig, train_dir: str | Path,
     dev = ChunkDataset(DataDir.load(dev_dir, data.channel), grid, data.val_chunk_duration_s,
                        data.val_shift_s, max_speakers, data.channel)
     return train, dev
+
+
+@dataclass
+class DistillOptimSection:
+    """One AdamW with weight decay 0: student weights (stage 1 adds gates and multipliers).
+
+    ``lr_gates`` and ``lr_lambda`` are read by stage 1 only; the multipliers ascend through a
+    gradient reversal (:class:`~slimdiar.stages.prune.SparsityController`), so every learning
+    rate is positive.
+    """
+
+    lr_weights: float = 2e-4
+    lr_gates: float = 2e-2
+    lr_lambda: float = 2e-2
+    weight_decay: float = 0.0
+
+    RANGES: ClassVar[dict[str, Range]] = {
+        "lr_weights": above(0), "lr_gates": above(0), "lr_lambda": above(0),
+        "weight_decay": at_least(0),
+    }
+
+    def __post_init__(self) -> None:
+        check_ranges(self)

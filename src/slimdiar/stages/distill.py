@@ -13,16 +13,20 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from slimdiar.config import Range, above, at_least, check_ranges, to_dict
+from slimdiar.config import to_dict
 from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict
 from slimdiar.models.wavlm import WavLM
-from slimdiar.stages.common import DataSection, WavLMTrainingSection, chunk_datasets
+from slimdiar.stages.common import (
+    DataSection,
+    DistillOptimSection,
+    WavLMTrainingSection,
+    chunk_datasets,
+)
 from slimdiar.train.checkpoints import seed_everything
 from slimdiar.train.distributed import DistContext
 from slimdiar.train.objective import Objective, ParamGroup
@@ -111,29 +115,6 @@ def distillation_loss(
 
 
 @dataclass
-class DistillOptimSection:
-    """One AdamW with weight decay 0: student weights (stage 1 adds gates and multipliers).
-
-    ``lr_gates`` and ``lr_lambda`` are read by stage 1 only; the multipliers ascend through a
-    gradient reversal (:class:`~slimdiar.stages.prune.SparsityController`), so every learning
-    rate is positive.
-    """
-
-    lr_weights: float = 2e-4
-    lr_gates: float = 2e-2
-    lr_lambda: float = 2e-2
-    weight_decay: float = 0.0
-
-    RANGES: ClassVar[dict[str, Range]] = {
-        "lr_weights": above(0), "lr_gates": above(0), "lr_lambda": above(0),
-        "weight_decay": at_least(0),
-    }
-
-    def __post_init__(self) -> None:
-        check_ranges(self)
-
-
-@dataclass
 class DistillTrainerConfig(TrainerConfig):
     """Trainer settings of stage 2, the reference's: up to 20 epochs, global batch 64.
 
@@ -190,6 +171,8 @@ class DistillObjective(Objective):
 
     stage = "distill"
     checkpoint_kind = "wavlm"
+    #: The key prefixes of :meth:`state_dict`.
+    _state_prefixes: tuple[str, ...] = ("student.",)
 
     def __init__(self, student: WavLM, teacher: WavLM, layers: list[int],
                  optim: DistillOptimSection):
@@ -246,9 +229,6 @@ class DistillObjective(Objective):
         extra = [k for k in state_dict if not k.startswith(self._state_prefixes)]
         if extra:
             raise CheckpointError(f"unexpected keys in a distillation state: {extra[:10]}")
-
-    #: The key prefixes of :meth:`state_dict`.
-    _state_prefixes: tuple[str, ...] = ("student.",)
 
     def checkpoint_config(self) -> dict:
         return {"wavlm": self.student.config.to_dict(), "layers": self.layers}

@@ -1,16 +1,15 @@
 """Stage 1 (``slimdiar prune``): distill-and-prune WavLM under a Lagrangian sparsity control.
 
-Everything that configures this stage is in this file except the sections every WavLM stage
-shares (:class:`~slimdiar.stages.common.WavLMTrainingSection`,
-:class:`~slimdiar.stages.common.DataSection`) and the learning rates of the distillation stages
-(:class:`~slimdiar.stages.distill.DistillOptimSection`)::
+Everything that configures this stage is in this file except the sections it shares with the
+other stages, all in :mod:`slimdiar.stages.common`, and the trainer settings it extends
+(:class:`~slimdiar.train.trainer.TrainerConfig`)::
 
     PruneConfig
       prune    PruneSection          what to prune, how hard, which checkpoints become the model
-      wavlm    WavLMTrainingSection  dropout and feature_grad_mult of the student
-      data     DataSection           chunking
-      optim    DistillOptimSection   lr of weights, gate log-alphas, multipliers
-      trainer  PruneTrainerConfig    epochs, batch, patience, clipping, averaging
+      wavlm    WavLMTrainingSection  (common) dropout and feature_grad_mult of the student
+      data     DataSection           (common) chunking
+      optim    DistillOptimSection   (common) lr of weights, gate log-alphas, multipliers
+      trainer  PruneTrainerConfig    epochs, batch, patience (over TrainerConfig: clipping, ...)
 
 The student is a copy of the teacher's WavLM with hard-concrete gates; its loss is the
 layer-wise distillation loss plus ``λ1 (ŝ - t) + λ2 (ŝ - t)²``, where ``ŝ`` is the expected
@@ -42,10 +41,14 @@ from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict
 from slimdiar.models.config import WavLMConfig
 from slimdiar.models.wavlm import WavLM
-from slimdiar.stages.common import DataSection, WavLMTrainingSection, chunk_datasets
+from slimdiar.stages.common import (
+    DataSection,
+    DistillOptimSection,
+    WavLMTrainingSection,
+    chunk_datasets,
+)
 from slimdiar.stages.distill import (
     DistillObjective,
-    DistillOptimSection,
     default_distill_layers,
     load_teacher,
     validate_layers,

@@ -1,13 +1,15 @@
 """The one training loop of slimdiar.
 
-Every stage (fine-tuning, distill-and-prune, further distillation) runs here; it differs only by
-its :class:`~slimdiar.train.objective.Objective`. One experiment directory holds a run::
+Every stage (:mod:`slimdiar.stages`: fine-tuning, distill-and-prune, further distillation,
+pretraining) runs here; it differs only by its :class:`~slimdiar.train.objective.Objective`.
+The loop knows no stage. One experiment directory holds a run::
 
     EXP_DIR/config.json                     the resolved configuration of the run
     EXP_DIR/metrics.jsonl                   one JSON record per step and per epoch (1-based
-                                            "epoch" in both)
+                                            "epoch" in both): :mod:`slimdiar.train.metrics`
     EXP_DIR/checkpoints/epoch-NNN/          a checkpoint directory per epoch (1-based NNN) plus
-                                            training-state.pt (optimisers, clipper, RNG, counters)
+                                            training-state.pt (optimisers, clipper, RNG,
+                                            counters): :mod:`slimdiar.train.checkpoints`
     EXP_DIR/best/                           average of the best checkpoints by validation loss
 
 The same command runs on one process or under ``torchrun`` / ``accelerate launch``; only rank 0

@@ -240,3 +240,14 @@ def test_a_chunk_dataset_takes_any_frame_grid_description(tmp_path):
         ChunkDataset(DataDir.load(root), object())
     with pytest.raises(ConfigError, match="at 8000 Hz"):
         ChunkDataset(DataDir.load(root), FrameGrid(320, 400, 8000))
+
+
+def test_the_frame_grid_counts_the_frames_of_every_preset_and_the_filterbank():
+    """The grid's count of frames is the one the conv stack (or filterbank) really emits."""
+    from slimdiar.models.config import PRESETS
+    from slimdiar.models.frontend import FbankConfig
+
+    lengths = [0, 1, 399, 400, 401, 719, 720, 721, 16000, 127999, 128000, 128001, 160123]
+    for config in [preset(name) for name in PRESETS] + [FbankConfig()]:
+        grid = FrameGrid.from_config(config)
+        assert [grid.num_frames(n) for n in lengths] == [config.num_frames(n) for n in lengths]

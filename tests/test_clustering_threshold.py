@@ -12,8 +12,6 @@ import torch
 from slimdiar.data.datadir import DataDir
 from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.checkpoint import read_metadata
-from slimdiar.models.config import wavlm_tiny
-from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.embeddings import (
     DEFAULT_THRESHOLDS,
     FbankConfig,
@@ -23,7 +21,7 @@ from slimdiar.models.embeddings import (
 )
 from slimdiar.pipeline import DiarizationPipeline, PipelineConfig, save_settings
 from slimdiar.scoring import annotations_from_turns, score_diarization, timelines_from_regions
-from slimdiar.testing import ToneEmbedding, tone_waveform
+from slimdiar.testing import ToneEmbedding, tiny_eend, tone_waveform
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "measure_clustering_threshold.py"
@@ -54,9 +52,7 @@ def resnet_path(tmp_path):
 
 
 def tiny_checkpoint(path):
-    torch.manual_seed(0)
-    config = EENDConfig(wavlm=wavlm_tiny(), d_model=32, num_heads=2, ffn_dim=64, num_blocks=1)
-    return EEND(config).save_pretrained(path, metadata={"stage": "finetune"})
+    return tiny_eend().save_pretrained(path, metadata={"stage": "finetune"})
 
 
 # ---------------------------------------------------------------------- the default threshold

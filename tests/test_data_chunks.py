@@ -15,6 +15,7 @@ from slimdiar.data import (
 from slimdiar.errors import ConfigError
 from slimdiar.frames import SAMPLE_RATE, FrameGrid
 from slimdiar.models.config import preset, wavlm_base_plus
+from slimdiar.testing import tiny_eend
 
 
 def starts(chunks):
@@ -182,15 +183,6 @@ def test_data_layer_does_not_import_later_stages():
     assert result.stdout.strip() == ""
 
 
-def tiny_segmentation_model():
-    from slimdiar.models.config import wavlm_tiny
-    from slimdiar.models.eend import EEND, EENDConfig
-
-    torch.manual_seed(0)
-    return EEND(EENDConfig(wavlm=wavlm_tiny(), d_model=32, num_heads=2, ffn_dim=64,
-                           num_blocks=1)).eval()
-
-
 # (first, last) global frames of a turn, both included, and the chunk that holds it: chunks of
 # 8 s every 6 s, so chunk 1 starts at 6 s = global frame 300.
 FRAME_TURNS = [(0, 49, 0), (1, 2, 0), (120, 290, 0), (320, 420, 1), (300, 301, 1), (351, 498, 1)]
@@ -202,7 +194,7 @@ def test_training_labels_and_output_turns_put_frame_i_at_the_same_second(tmp_pat
     same second, on the one frame grid both take from the model."""
     from slimdiar.pipeline import DiarizationPipeline, PipelineConfig, activity_to_segments
 
-    model = tiny_segmentation_model()
+    model = tiny_eend()
     pipeline = DiarizationPipeline(model, None, PipelineConfig.from_dict(
         {"clustering": {"method": "oracle"}}))
     root, _ = make_dir(tmp_path)

@@ -18,8 +18,7 @@ from slimdiar.config import load_config
 from slimdiar.errors import ConfigError
 from slimdiar.models import WavLM
 from slimdiar.models.checkpoint import load_checkpoint
-from slimdiar.models.config import preset
-from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.models.eend import EEND
 from slimdiar.models.hardconcrete import HardConcrete
 from slimdiar.prune import SparsityController, default_distill_layers, expected_sparsity
 from slimdiar.prune.distill import distillation_loss
@@ -28,6 +27,7 @@ from slimdiar.testing import (
     TONE_PRUNE_SETTING,
     TONE_PRUNE_WARMUP_EPOCHS,
     finetune_tiny_teacher,
+    tiny_eend,
 )
 from slimdiar.train.averaging import post_peak_epochs
 from slimdiar.train.prune import (
@@ -58,10 +58,7 @@ FAST = [
 def setup(tmp_path_factory, tone_train_dev):
     root = tmp_path_factory.mktemp("prune")
     train, dev = tone_train_dev
-    torch.manual_seed(0)
-    teacher = EEND(EENDConfig(wavlm=preset("wavlm-tiny"), d_model=32, num_heads=2, ffn_dim=64,
-                              num_blocks=1))
-    teacher.save_pretrained(root / "teacher")
+    tiny_eend().save_pretrained(root / "teacher")
     return root, train, dev
 
 

@@ -18,6 +18,7 @@ import soundfile
 
 from slimdiar.cli import main
 from slimdiar.errors import ConfigError
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.pipeline.parallel import (
     Rank,
     durations_s,
@@ -30,7 +31,6 @@ from slimdiar.pipeline.parallel import (
 from slimdiar.testing import tiny_eend
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_RATE = 16000
 DURATIONS_S = {"rec_a": 9.0, "rec_b": 6.0, "rec_c": 12.0, "rec_d": 5.0}
 FAST = ["--step", "4.0", "--batch-size", "2", "--quiet", "--threads", "1"]
 

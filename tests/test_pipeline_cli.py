@@ -8,9 +8,9 @@ import soundfile
 
 from slimdiar.cli import main
 from slimdiar.data import read_rttm
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.testing import tiny_eend
 
-SAMPLE_RATE = 16000
 # boundaries on the 20 ms frame grid (frame i stands for [0.02 i + 0.0125, ...))
 REFERENCE = {
     "one": [(0.5125, 3.0125, "A"), (2.5125, 5.0125, "B")],

@@ -13,6 +13,7 @@ from slimdiar.cli import main
 from slimdiar.data import read_rttm
 from slimdiar.demo import Demo
 from slimdiar.errors import ConfigError
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.checkpoint import read_metadata
 from slimdiar.pipeline import (
     DiarizationPipeline,
@@ -25,7 +26,6 @@ from slimdiar.pipeline import (
 from slimdiar.testing import tiny_eend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SAMPLE_RATE = 16000
 
 
 def tiny_checkpoint(path):

@@ -1,9 +1,13 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules, over :mod:`slimdiar.testing`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+from slimdiar import testing
 
 
 @pytest.fixture
@@ -13,3 +17,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tone_train_dev(tmp_path_factory) -> tuple[Path, Path]:
+    """Training and development data directories of tone speakers (read-only: shared)."""
+    return testing.write_tone_train_dev(tmp_path_factory.mktemp("tones"))
+
+
+@pytest.fixture
+def tone_datadir(tmp_path) -> Path:
+    """A data directory of two 10 s tone conversations, in this test's own directory."""
+    return testing.write_tone_datadir(tmp_path / "tones")
+
+
+@pytest.fixture
+def tone_embedding() -> testing.ToneEmbedding:
+    """A speaker embedding that tells tone speakers apart."""
+    return testing.ToneEmbedding()
+
+
+@pytest.fixture
+def tiny_eend_model() -> torch.nn.Module:
+    """A random-init tiny diarization model (seed 0, eval mode)."""
+    return testing.tiny_eend()

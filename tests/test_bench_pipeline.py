@@ -17,9 +17,8 @@ from slimdiar.bench.pipeline import (
 )
 from slimdiar.cli import main
 from slimdiar.errors import CheckpointError, ConfigError
-from slimdiar.models.config import preset
-from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.pipeline import sliding_windows
+from slimdiar.testing import tiny_eend
 
 DOCUMENTED_KEYS = {"mode", "model", "seconds", "stages", "rtf", "peak_rss_mb", "rss_increase_mb",
                    "device", "threads", "torch"}
@@ -27,10 +26,7 @@ DOCUMENTED_KEYS = {"mode", "model", "seconds", "stages", "rtf", "peak_rss_mb", "
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    model = EEND(EENDConfig(wavlm=preset("wavlm-tiny"), d_model=32, num_heads=2, ffn_dim=64,
-                            num_blocks=1))
-    return model.save_pretrained(tmp_path_factory.mktemp("bench") / "eend")
+    return tiny_eend().save_pretrained(tmp_path_factory.mktemp("bench") / "eend")
 
 
 @pytest.fixture(scope="module")

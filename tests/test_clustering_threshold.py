@@ -10,9 +10,8 @@ import soundfile
 import torch
 
 from slimdiar.data.datadir import DataDir
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.checkpoint import read_metadata
-from slimdiar.models.config import wavlm_tiny
-from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.embeddings import (
     DEFAULT_THRESHOLDS,
     FbankConfig,
@@ -22,11 +21,11 @@ from slimdiar.models.embeddings import (
 )
 from slimdiar.pipeline import DiarizationPipeline, PipelineConfig, save_settings
 from slimdiar.scoring import annotations_from_turns, score_diarization, timelines_from_regions
+from slimdiar.testing import ToneEmbedding, tiny_eend, tone_waveform
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL = ROOT / "tools" / "measure_clustering_threshold.py"
 MEASUREMENT = ROOT / "docs" / "clustering-threshold.json"
-SAMPLE_RATE = 16000
 ORACLE = {"segmentation": {"source": "oracle"}}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -53,9 +52,7 @@ def resnet_path(tmp_path):
 
 
 def tiny_checkpoint(path):
-    torch.manual_seed(0)
-    config = EENDConfig(wavlm=wavlm_tiny(), d_model=32, num_heads=2, ffn_dim=64, num_blocks=1)
-    return EEND(config).save_pretrained(path, metadata={"stage": "finetune"})
+    return tiny_eend().save_pretrained(path, metadata={"stage": "finetune"})
 
 
 # ---------------------------------------------------------------------- the default threshold
@@ -159,43 +156,21 @@ def test_threshold_grids(tool):
             tool.parse_grid(bad)
 
 
-class BandEmbedding:
+def band_embedding():
     """Band energies of the selected samples: tells pure tones apart; counts its calls."""
-
-    name = "bands"
-    dimension = 16
-    sample_rate = SAMPLE_RATE
-    min_num_samples = 400
-
-    def __init__(self):
-        self.num_calls = 0
-
-    def __call__(self, waveforms, weights):
-        self.num_calls += 1
-        keep = np.repeat(weights, int(np.ceil(waveforms.shape[1] / weights.shape[1])), axis=1)
-        keep = keep[:, : waveforms.shape[1]] > 0.5
-        rows = []
-        for waveform, mask in zip(waveforms, keep):
-            spectrum = np.abs(np.fft.rfft(waveform[mask], n=2048))
-            bands = np.array([b.sum() for b in np.array_split(spectrum, self.dimension)])
-            rows.append(bands / max(np.linalg.norm(bands), 1e-12))
-        return np.stack(rows)
+    return ToneEmbedding(dimension=16, fft_size=2048, name="bands")
 
 
 def write_tone_data(directory: Path) -> Path:
     """A data directory of one 12 s recording, two speakers as two tones."""
-    turns = [(0.5, 4.0, "a", 300.0), (4.5, 8.0, "b", 2000.0), (8.5, 11.5, "a", 300.0)]
-    time_s = np.arange(12 * SAMPLE_RATE) / SAMPLE_RATE
-    waveform = 0.001 * np.random.default_rng(0).normal(size=len(time_s))
-    for onset_s, offset_s, _, hz in turns:
-        inside = (time_s >= onset_s) & (time_s < offset_s)
-        waveform[inside] += 0.3 * np.sin(2 * np.pi * hz * time_s[inside])
+    turns = [(0.5, 4.0, "a"), (4.5, 8.0, "b"), (8.5, 11.5, "a")]
+    waveform = tone_waveform(turns, 12.0, {"a": 300.0, "b": 2000.0}, seed=0)
     directory.mkdir()
-    soundfile.write(directory / "rec.wav", waveform.astype(np.float32), SAMPLE_RATE)
+    soundfile.write(directory / "rec.wav", waveform, SAMPLE_RATE)
     (directory / "wav.scp").write_text(f"rec {directory / 'rec.wav'}\n")
     (directory / "rttm").write_text("".join(
         f"SPEAKER rec 1 {on:.3f} {off - on:.3f} <NA> <NA> {spk} <NA> <NA>\n"
-        for on, off, spk, _ in turns))
+        for on, off, spk in turns))
     (directory / "uem").write_text("rec 1 0.000 12.000\n")
     return directory
 
@@ -205,7 +180,7 @@ def test_reclustering_cached_embeddings_scores_like_a_fresh_pipeline(tool, tmp_p
     settings = {"segmentation": {"source": "oracle"}, "windows": {"duration_s": 4.0,
                                                                   "step_s": 2.0}}
     config = PipelineConfig.from_dict(settings)
-    embedding = BandEmbedding()
+    embedding = band_embedding()
     cached = tool.CachedEmbeddingPipeline(None, embedding, config)
     thresholds = [0.1, 1.5]
     measured = tool.measure_dir(cached, data_dir, thresholds, 2, None)
@@ -213,7 +188,7 @@ def test_reclustering_cached_embeddings_scores_like_a_fresh_pipeline(tool, tmp_p
     assert calls_once > 0
     data = DataDir.load(data_dir)
     for threshold, row in zip(thresholds, measured["rows"]):
-        fresh = DiarizationPipeline(None, BandEmbedding(), PipelineConfig.from_dict(
+        fresh = DiarizationPipeline(None, band_embedding(), PipelineConfig.from_dict(
             {**settings, "clustering": {"threshold": threshold, "min_cluster_size": 2}}))
         result = fresh(data.recordings["rec"].path, reference=data.turns["rec"], uri="rec")
         total = score_diarization(annotations_from_turns(data.turns["rec"]),

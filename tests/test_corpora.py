@@ -21,40 +21,15 @@ from slimdiar.data.corpora import (
     speech_turns,
 )
 from slimdiar.errors import ConfigError, DataFormatError
-
-RATE = 16000
-
-
-# ---------------------------------------------------------------------- helpers
-def write_audio(path: Path, duration_s: float, channels: int, seed: int = 0) -> np.ndarray:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    data = rng.integers(-20000, 20000, size=(int(duration_s * RATE), channels)).astype(np.int16)
-    soundfile.write(path, data, RATE, subtype="PCM_16")
-    return data
-
-
-def long_textgrid(xmax: float, tiers: dict[str, list[tuple[float, float, str]]]) -> str:
-    """A TextGrid in Praat's long text format; gaps between intervals get empty intervals."""
-    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0 ",
-             f"xmax = {xmax} ", "tiers? <exists> ", f"size = {len(tiers)} ", "item []: "]
-    for number, (name, intervals) in enumerate(tiers.items(), start=1):
-        filled, cursor = [], 0.0
-        for start, end, text in intervals:
-            if start > cursor:
-                filled.append((cursor, start, ""))
-            filled.append((start, end, text))
-            cursor = end
-        if cursor < xmax:
-            filled.append((cursor, xmax, ""))
-        lines += [f"    item [{number}]:", '        class = "IntervalTier" ',
-                  f'        name = "{name}" ', "        xmin = 0 ", f"        xmax = {xmax} ",
-                  f"        intervals: size = {len(filled)} "]
-        for index, (start, end, text) in enumerate(filled, start=1):
-            text = text.replace('"', '""')
-            lines += [f"        intervals [{index}]:", f"            xmin = {start} ",
-                      f"            xmax = {end} ", f'            text = "{text}" ']
-    return "\n".join(lines) + "\n"
+from slimdiar.frames import SAMPLE_RATE
+from slimdiar.testing import (
+    ami_words_xml,
+    make_aishell4_release,
+    make_alimeeting_release,
+    make_ami_release,
+    praat_textgrid,
+    write_pcm_audio,
+)
 
 
 def rttm_rows(path: Path) -> list[tuple[str, float, float, str]]:
@@ -71,7 +46,7 @@ TIERS = {
 
 def test_textgrid_long_format_turns(tmp_path):
     path = tmp_path / "a.TextGrid"
-    path.write_text(long_textgrid(4.0, TIERS), encoding="utf-8")
+    path.write_text(praat_textgrid(4.0, TIERS), encoding="utf-8")
     textgrid = read_textgrid(path)
     assert (textgrid.start_s, textgrid.end_s) == (0.0, 4.0)
     assert [t.name for t in textgrid.tiers] == ["SPK 001", "002", "003"]
@@ -86,7 +61,7 @@ def test_textgrid_long_format_turns(tmp_path):
 
 def test_textgrid_short_format_and_utf16_read_the_same(tmp_path):
     long_path = tmp_path / "long.TextGrid"
-    long_path.write_text(long_textgrid(4.0, TIERS), encoding="utf-8")
+    long_path.write_text(praat_textgrid(4.0, TIERS), encoding="utf-8")
     short = (
         'File type = "ooTextFile"\nObject class = "TextGrid"\n\n0\n4\n<exists>\n2\n'
         '"IntervalTier"\n"SPK 001"\n0\n4\n4\n0\n0.5\n""\n0.5\n1.25\n"你好"\n1.25\n2.0\n"再见"\n'
@@ -114,7 +89,7 @@ def test_textgrid_short_format_and_utf16_read_the_same(tmp_path):
 )
 def test_textgrid_errors_name_file_and_line(tmp_path, edit, line, reason):
     path = tmp_path / "bad.TextGrid"
-    path.write_text(edit(long_textgrid(4.0, TIERS)), encoding="utf-8")
+    path.write_text(edit(praat_textgrid(4.0, TIERS)), encoding="utf-8")
     with pytest.raises(DataFormatError) as info:
         read_textgrid(path)
     assert info.value.path == str(path)
@@ -152,11 +127,11 @@ def test_merge_and_clip_turns():
 
 def test_extract_channel_is_exact_and_atomic(tmp_path):
     source = tmp_path / "in.flac"
-    data = write_audio(source, 0.5, 8, seed=3)
-    soundfile.write(source, data, RATE, subtype="PCM_16", format="FLAC")
+    data = write_pcm_audio(source, 0.5, 8, seed=3)
+    soundfile.write(source, data, SAMPLE_RATE, subtype="PCM_16", format="FLAC")
     out = extract_channel(source, tmp_path / "out" / "x.wav", 3)
     read, rate = soundfile.read(out, dtype="int16")
-    assert rate == RATE and read.ndim == 1
+    assert rate == SAMPLE_RATE and read.ndim == 1
     np.testing.assert_array_equal(read, data[:, 3])
     assert sorted(p.name for p in out.parent.iterdir()) == ["x.wav"]
     stamp = out.stat().st_mtime_ns
@@ -165,33 +140,9 @@ def test_extract_channel_is_exact_and_atomic(tmp_path):
 
 
 # ---------------------------------------------------------------------- AISHELL-4
-def make_aishell4(root: Path) -> dict[str, np.ndarray]:
-    sessions = {"train_L": ["20200707_L_R001S01C01", "20200708_L_R002S01C01"],
-                "train_M": ["20200710_M_R001S01C01"], "train_S": ["20200711_S_R001S01C01"],
-                "test": ["L_R003S01C02"]}
-    audio = {}
-    for seed, (part, names) in enumerate(sessions.items()):
-        # One part nested as some extractions leave it: train_S/train_S/wav.
-        part_dir = root / part / part if part == "train_S" else root / part
-        for index, name in enumerate(names):
-            data = write_audio(part_dir / "wav" / f"{name}.wav", 3.0, 8, seed=seed + index)
-            (part_dir / "wav" / f"{name}.wav").rename(part_dir / "wav" / f"{name}.flac")
-            soundfile.write(part_dir / "wav" / f"{name}.flac", data, RATE, format="FLAC",
-                            subtype="PCM_16")
-            audio[name] = data
-            # "<%>" and "<$>" are the corpus's non-speech marks.
-            tiers = {"001": [(0.5, 1.0, "甲"), (1.0, 1.5, "乙"), (2.0, 2.2, "<%>")],
-                     "002": [(1.25, 2.0, "丙")], "003": [(2.5, 3.2, "丁")],
-                     "004": [(0.1, 0.4, " <$> ")]}
-            path = part_dir / "TextGrid" / f"{name}.TextGrid"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(long_textgrid(3.2, tiers), encoding="utf-8")
-    return audio
-
-
 def test_aishell4_prepare(tmp_path):
     corpus = tmp_path / "aishell4"
-    make_aishell4(corpus)
+    make_aishell4_release(corpus)
     prepared = prepare_corpus("aishell4", corpus, tmp_path / "data", dev_sessions=1)
     assert [p.path.name for p in prepared] == ["train", "dev", "test"]
     ids = {p.path.name: [r.uri for r in read_wav_scp(p.path / "wav.scp")] for p in prepared}
@@ -213,7 +164,7 @@ def test_aishell4_prepare(tmp_path):
 
 def test_aishell4_extract_channel_and_invalid_textgrid(tmp_path):
     corpus = tmp_path / "aishell4"
-    audio = make_aishell4(corpus)
+    audio = make_aishell4_release(corpus)
     bad = corpus / "test" / "TextGrid" / "L_R003S01C02.TextGrid"
     bad.write_text(bad.read_text(encoding="utf-8").replace("xmax = 1.0 ", "xmax = 0.1 ", 1),
                    encoding="utf-8")
@@ -241,22 +192,9 @@ def test_aishell4_dev_split_is_disjoint_and_spread():
 
 
 # ---------------------------------------------------------------------- AliMeeting
-def make_alimeeting(root: Path) -> None:
-    layout = {"Train_Ali_far": ["R0003_M0046", "R0015_M0151"],
-              "Eval_Ali/Eval_Ali_far": ["R8001_M8004"], "Test_Ali/Test_Ali_far": ["R8003_M8001"]}
-    for part, sessions in layout.items():
-        for index, session in enumerate(sessions):
-            write_audio(root / part / "audio_dir" / f"{session}_MS{801 + index}.wav", 2.0, 8)
-            tiers = {f"{session}_F_SPK0093": [(0.1, 0.9, "好")],
-                     "M_SPK0094": [(0.5, 1.2, "对"), (1.5, 1.9, "嗯")]}
-            path = root / part / "textgrid_dir" / f"{session}.TextGrid"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(long_textgrid(2.0, tiers), encoding="utf-8")
-
-
 def test_alimeeting_prepare(tmp_path):
     corpus = tmp_path / "alimeeting"
-    make_alimeeting(corpus)
+    make_alimeeting_release(corpus)
     prepared = prepare_corpus("alimeeting", corpus, tmp_path / "data")
     assert [(p.path.name, p.num_recordings) for p in prepared] == [
         ("train", 2), ("dev", 1), ("test", 1)]
@@ -271,8 +209,8 @@ def test_alimeeting_prepare(tmp_path):
 
 def test_alimeeting_layout_errors(tmp_path):
     corpus = tmp_path / "alimeeting"
-    make_alimeeting(corpus)
-    write_audio(corpus / "Train_Ali_far" / "audio_dir" / "R0003_M0046_MS999.wav", 1.0, 8)
+    make_alimeeting_release(corpus)
+    write_pcm_audio(corpus / "Train_Ali_far" / "audio_dir" / "R0003_M0046_MS999.wav", 1.0, 8)
     with pytest.raises(DataFormatError, match="found R0003_M0046_MS801.wav, R0003_M0046_MS999"):
         prepare_corpus("alimeeting", corpus, tmp_path / "data", ["train"])
     with pytest.raises(DataFormatError, match="no AliMeeting Test_Ali_far directory"):
@@ -284,54 +222,8 @@ def test_alimeeting_layout_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------- AMI
-MEETINGS_XML = """<?xml version="1.0" encoding="ISO-8859-1"?>
-<nite:root xmlns:nite="http://nite.sourceforge.net/">
-  <meeting observation="ES2002a" type="scenario">
-    <speaker nxt_agent="A" global_name="FEE005" channel="1"/>
-    <speaker nxt_agent="B" global_name="MEE006" channel="0"/>
-  </meeting>
-  <meeting observation="ES2004a" type="scenario">
-    <speaker nxt_agent="A" global_name="FEE013" channel="0"/>
-  </meeting>
-</nite:root>
-"""
-
-
-def words_xml(meeting: str, agent: str, words: list[str]) -> str:
-    body = "\n".join(f"  {w}" for w in words)
-    return (f'<?xml version="1.0" encoding="ISO-8859-1"?>\n<nite:root nite:id="{meeting}.'
-            f'{agent}.words" xmlns:nite="http://nite.sourceforge.net/">\n{body}\n</nite:root>\n')
-
-
-def make_ami(root: Path) -> Path:
-    for meeting in ("ES2002a", "ES2004a"):
-        write_audio(root / "amicorpus" / meeting / "audio" / f"{meeting}.Array1-01.wav", 5.0, 1)
-    annotations = root / "annotations"
-    (annotations / "corpusResources").mkdir(parents=True)
-    (annotations / "corpusResources" / "meetings.xml").write_text(MEETINGS_XML)
-    (annotations / "words").mkdir()
-    (annotations / "words" / "ES2002a.A.words.xml").write_text(words_xml("ES2002a", "A", [
-        '<w nite:id="a0" starttime="0.50" endtime="0.80">Okay</w>',
-        '<w nite:id="a1" starttime="0.80" endtime="0.80" punc="true">.</w>',
-        '<w nite:id="a2" starttime="0.80" endtime="1.10">so</w>',
-        '<vocalsound nite:id="a3" starttime="1.10" endtime="1.60" type="laugh"/>',
-        '<w nite:id="a4" starttime="1.70" endtime="2.00">right</w>',
-        '<w nite:id="a5">untimed</w>',
-        '<disfmarker nite:id="a6" starttime="2.00" endtime="2.00"/>',
-        '<w nite:id="a7" starttime="4.90" endtime="5.40">late</w>',
-    ]))
-    (annotations / "words" / "ES2002a.B.words.xml").write_text(words_xml("ES2002a", "B", [
-        '<w nite:id="b0" starttime="1.00" endtime="1.50">yeah</w>',
-        '<gap nite:id="b1" starttime="1.50" endtime="2.50"/>',
-    ]))
-    (annotations / "words" / "ES2004a.A.words.xml").write_text(words_xml("ES2004a", "A", [
-        '<w nite:id="c0" starttime="0.25" endtime="0.75">hello</w>',
-    ]))
-    return annotations
-
-
 def test_ami_from_nxt_words(tmp_path):
-    annotations = make_ami(tmp_path / "ami")
+    annotations = make_ami_release(tmp_path / "ami")
     prepared = prepare_corpus("ami", tmp_path / "ami", tmp_path / "data", ["train", "test"],
                               annotations_dir=annotations, skip_missing=True)
     assert [(p.path.name, p.num_recordings) for p in prepared] == [("train", 1), ("test", 1)]
@@ -350,7 +242,7 @@ def test_ami_from_nxt_words(tmp_path):
 
 
 def test_ami_missing_meetings_and_bad_xml(tmp_path):
-    annotations = make_ami(tmp_path / "ami")
+    annotations = make_ami_release(tmp_path / "ami")
     with pytest.raises(DataFormatError) as info:
         ami.recordings(tmp_path / "ami", "test", annotations_dir=annotations)
     assert "AMI test: 15 meeting(s) incomplete: IS1009a (audio IS1009a.Array1-01.wav)" in str(
@@ -363,14 +255,14 @@ def test_ami_missing_meetings_and_bad_xml(tmp_path):
         ami.recordings(tmp_path / "ami", "test", annotations_dir=annotations, skip_missing=True)
     assert info.value.path == str(words) and info.value.line_number == 3
     assert "malformed XML" in str(info.value)
-    words.write_text(words_xml("ES2004a", "A", [
+    words.write_text(ami_words_xml("ES2004a", "A", [
         '<w nite:id="c0" starttime="zero" endtime="0.75">hello</w>']))
     with pytest.raises(DataFormatError, match="<w nite:id='c0'>: starttime 'zero' is not"):
         ami.recordings(tmp_path / "ami", "test", annotations_dir=annotations, skip_missing=True)
 
 
 def test_ami_from_setup_rttm_and_uem(tmp_path):
-    make_ami(tmp_path / "ami")
+    make_ami_release(tmp_path / "ami")
     rttms, uems = tmp_path / "setup" / "rttms", tmp_path / "setup" / "uems"
     (rttms / "test").mkdir(parents=True)
     (uems / "test").mkdir(parents=True)
@@ -400,7 +292,7 @@ def test_ami_partition_is_the_full_corpus_asr_one():
 # ---------------------------------------------------------------------- CLI
 def test_prepare_cli(tmp_path, capsys):
     corpus = tmp_path / "alimeeting"
-    make_alimeeting(corpus)
+    make_alimeeting_release(corpus)
     status = main(["prepare", "alimeeting", "--corpus-dir", str(corpus), "--out",
                    str(tmp_path / "data"), "--subsets", "dev,test", "--extract-channel"])
     out = capsys.readouterr().out
@@ -420,9 +312,9 @@ def test_prepare_cli(tmp_path, capsys):
 
 def test_annotation_longer_than_audio_is_reported_and_clipped(tmp_path, caplog):
     corpus = tmp_path / "alimeeting"
-    make_alimeeting(corpus)
+    make_alimeeting_release(corpus)
     textgrid = corpus / "Eval_Ali" / "Eval_Ali_far" / "textgrid_dir" / "R8001_M8004.TextGrid"
-    textgrid.write_text(long_textgrid(30.0, {"N_SPK1": [(1.5, 25.0, "长")]}), encoding="utf-8")
+    textgrid.write_text(praat_textgrid(30.0, {"N_SPK1": [(1.5, 25.0, "长")]}), encoding="utf-8")
     with caplog.at_level("WARNING"):
         prepare_corpus("alimeeting", corpus, tmp_path / "data", ["dev"])
     assert "R8001_M8004_MS801: the annotation spans 30.000 s but the audio lasts 2.000 s" in (

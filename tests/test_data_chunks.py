@@ -9,12 +9,13 @@ from slimdiar.data import (
     Turn,
     UEMRegion,
     chunk_regions,
-    frame_centers_s,
     frame_labels,
     read_audio,
 )
 from slimdiar.errors import ConfigError
+from slimdiar.frames import SAMPLE_RATE, FrameGrid
 from slimdiar.models.config import preset, wavlm_base_plus
+from slimdiar.testing import tiny_eend
 
 
 def starts(chunks):
@@ -64,8 +65,8 @@ def test_8_s_chunks_have_399_frames_on_the_wavlm_grid(tmp_path, name):
 
 def test_frame_labels_use_the_frame_centre():
     grid = wavlm_base_plus()
-    centers = frame_centers_s(grid, 399)
-    assert centers[0] == pytest.approx(200 / 16000)
+    centers = FrameGrid.from_config(grid).frame_centers_s(399)
+    assert centers[0] == pytest.approx(200 / SAMPLE_RATE)
     assert centers[1] - centers[0] == pytest.approx(0.02)
     labels, mask, speakers = frame_labels([Turn("r", 11.0, 1.0, "A")], 10.0, 8.0, centers)
     # centre (320 i + 200) / 16000 nearest to 1 s: i = 49 (0.9925 s), to 2 s: i = 99 (1.9925 s);
@@ -77,7 +78,7 @@ def test_frame_labels_use_the_frame_centre():
 
 
 def test_five_speakers_keep_the_four_who_talk_most():
-    centers = frame_centers_s(wavlm_base_plus(), 399)
+    centers = FrameGrid.from_config(wavlm_base_plus()).frame_centers_s(399)
     turns = [
         Turn("r", 0.0, 1.0, "E"),  # E: 1.0 + 0.5 = 1.5 s in the chunk
         Turn("r", 7.5, 0.5, "E"),
@@ -97,7 +98,7 @@ def test_five_speakers_keep_the_four_who_talk_most():
 
 
 def test_fewer_speakers_are_zero_padded_and_padding_is_masked():
-    centers = frame_centers_s(wavlm_base_plus(), 399)
+    centers = FrameGrid.from_config(wavlm_base_plus()).frame_centers_s(399)
     labels, mask, speakers = frame_labels(
         [Turn("r", 0.0, 10.0, "A")], 0.0, 4.0, centers, max_speakers=4
     )
@@ -172,8 +173,9 @@ def test_data_layer_does_not_import_later_stages():
 
     code = (
         "import sys, slimdiar.data\n"
-        "bad = sorted(m for m in sys.modules if m.startswith(('slimdiar.train', "
-        "'slimdiar.pipeline', 'slimdiar.cli', 'slimdiar.scoring', 'pyannote')))\n"
+        "bad = sorted(m for m in sys.modules if m.startswith(('slimdiar.models', "
+        "'slimdiar.train', 'slimdiar.pipeline', 'slimdiar.cli', 'slimdiar.scoring', "
+        "'pyannote')))\n"
         "print(','.join(bad))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -181,24 +183,63 @@ def test_data_layer_does_not_import_later_stages():
     assert result.stdout.strip() == ""
 
 
-def test_training_labels_and_output_turns_put_frame_i_at_the_same_second(tmp_path):
-    from slimdiar.pipeline import FrameGrid, activity_to_segments
+# (first, last) global frames of a turn, both included, and the chunk that holds it: chunks of
+# 8 s every 6 s, so chunk 1 starts at 6 s = global frame 300.
+FRAME_TURNS = [(0, 49, 0), (1, 2, 0), (120, 290, 0), (320, 420, 1), (300, 301, 1), (351, 498, 1)]
 
-    grid = FrameGrid.from_config(wavlm_base_plus())
-    # a turn from the middle of global frame 320 (6.4125 s) to that of frame 420 (8.4125 s)
-    onset_s, offset_s = float(grid.frame_center_s(320)), float(grid.frame_center_s(420))
-    assert onset_s == pytest.approx(0.02 * 320 + 0.0125)
+
+def test_training_labels_and_output_turns_put_frame_i_at_the_same_second(tmp_path):
+    """A turn from the middle of frame a to the middle of frame b labels frames a .. b of the
+    training chunk, and the pipeline turns those frames back into a turn that starts at the
+    same second, on the one frame grid both take from the model."""
+    from slimdiar.pipeline import DiarizationPipeline, PipelineConfig, activity_to_segments
+
+    model = tiny_eend()
+    pipeline = DiarizationPipeline(model, None, PipelineConfig.from_dict(
+        {"clustering": {"method": "oracle"}}))
     root, _ = make_dir(tmp_path)
-    (root / "rttm").write_text(
-        f"SPEAKER r 1 {onset_s:.4f} {offset_s - onset_s:.4f} <NA> <NA> A <NA> <NA>\n"
-    )
-    dataset = ChunkDataset(DataDir.load(root), wavlm_base_plus(), 8.0, 6.0)
-    second = dataset[1]  # starts at 6 s = global frame 300
-    local = np.flatnonzero(second["labels"][:, 0].numpy())
-    assert local[0] == 20 and local[-1] == 120  # both ends included, as the reference
-    # the same frames on the pipeline's global grid become a turn starting at the same second
-    binary = np.zeros((500, 1), dtype=np.uint8)
-    binary[300 + local, 0] = 1
-    [(start_s, end_s, _)] = activity_to_segments(binary, grid, duration_s=10.0)
-    assert start_s == pytest.approx(onset_s, abs=1e-9)
-    assert end_s == pytest.approx(offset_s + grid.frame_step_s, abs=1e-9)  # frame 420 included
+    dataset = ChunkDataset(DataDir.load(root), model, 8.0, 6.0)
+    assert dataset.grid == pipeline.grid == FrameGrid(320, 400, SAMPLE_RATE)
+    grid = pipeline.grid
+    assert float(grid.frame_center_s(320)) == pytest.approx(6.4125)  # 0.02 i + 0.0125 s
+    for first, last, index in FRAME_TURNS:
+        onset_s, offset_s = float(grid.frame_center_s(first)), float(grid.frame_center_s(last))
+        (root / "rttm").write_text(
+            f"SPEAKER r 1 {onset_s:.4f} {offset_s - onset_s:.4f} <NA> <NA> A <NA> <NA>\n"
+        )
+        item = ChunkDataset(DataDir.load(root), model, 8.0, 6.0)[index]
+        start_frame = int(round(item["start_s"] / grid.frame_step_s))
+        local = np.flatnonzero(item["labels"][:, 0].numpy())
+        # both ends included, as the reference labels them
+        assert (local[0], local[-1]) == (first - start_frame, last - start_frame)
+        np.testing.assert_allclose(item["start_s"] + dataset.centers_s[local[[0, -1]]],
+                                   [onset_s, offset_s], atol=1e-9)
+        # the same frames on the pipeline's global grid become a turn at the same seconds
+        binary = np.zeros((500, 1), dtype=np.uint8)
+        binary[start_frame + local, 0] = 1
+        [(start_s, end_s, _)] = activity_to_segments(binary, grid, duration_s=10.0)
+        assert start_s == pytest.approx(onset_s, abs=1e-9)
+        assert end_s == pytest.approx(offset_s + grid.frame_step_s, abs=1e-9)  # last included
+
+
+def test_a_chunk_dataset_takes_any_frame_grid_description(tmp_path):
+    root, _ = make_dir(tmp_path)
+    grid = FrameGrid(320, 400)
+    for description in (grid, wavlm_base_plus()):
+        dataset = ChunkDataset(DataDir.load(root), description)
+        assert dataset.grid == grid and dataset.num_frames == 399
+    with pytest.raises(ConfigError, match="describes no frame grid"):
+        ChunkDataset(DataDir.load(root), object())
+    with pytest.raises(ConfigError, match="at 8000 Hz"):
+        ChunkDataset(DataDir.load(root), FrameGrid(320, 400, 8000))
+
+
+def test_the_frame_grid_counts_the_frames_of_every_preset_and_the_filterbank():
+    """The grid's count of frames is the one the conv stack (or filterbank) really emits."""
+    from slimdiar.models.config import PRESETS
+    from slimdiar.models.frontend import FbankConfig
+
+    lengths = [0, 1, 399, 400, 401, 719, 720, 721, 16000, 127999, 128000, 128001, 160123]
+    for config in [preset(name) for name in PRESETS] + [FbankConfig()]:
+        grid = FrameGrid.from_config(config)
+        assert [grid.num_frames(n) for n in lengths] == [config.num_frames(n) for n in lengths]

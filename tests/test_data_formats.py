@@ -161,3 +161,40 @@ def test_atomic_write_leaves_no_temp_files_and_keeps_old_file_on_failure(tmp_pat
         write_text_atomic(target, 123)  # not text: the write fails half way
     assert target.read_text() == "second\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+
+
+# ---------------------------------------------------------------- committed edge cases
+EDGE_CASES = Path(__file__).resolve().parent / "data" / "formats"
+
+
+def test_rttm_and_uem_edge_cases_of_real_files(tmp_path):
+    """Tabs, runs of spaces, blank and comment lines, exponents, a second channel, non-ASCII
+    labels, a 1 ms turn, a speaker overlapping itself, touching UEM regions out of order."""
+    import numpy as np
+
+    from slimdiar.data.datadir import merge_intervals
+
+    turns = read_rttm(EDGE_CASES / "edge-cases.rttm")
+    assert [(t.uri, t.onset_s, t.duration_s, t.speaker, t.channel, t.line_number)
+            for t in turns] == [
+        ("ES2002a", 0.5, 1.25, "FEE005", 1, 2),
+        ("ES2002a", 1.0, 0.5, "MEE006", 1, 3),
+        ("ES2002a", 1.2, 0.1, "FEE005", 1, 5),
+        ("ES2002a", 3.0, 2.0, "MEE006", 2, 6),
+        ("20200707_L_R001S01C01", 0.0, 0.001, "说话人甲", 1, 7),
+        ("ES2002a", 1.75, 0.25, "FEE005", 1, 8),
+    ]
+    # FEE005's three turns (one inside another, one touching it) are one stretch of speech
+    spans = np.asarray([(t.onset_s, t.offset_s) for t in turns if t.speaker == "FEE005"])
+    np.testing.assert_allclose(merge_intervals(spans), [[0.5, 2.0]])
+    regions = read_uem(EDGE_CASES / "edge-cases.uem")
+    assert [(r.uri, r.start_s, r.end_s) for r in regions] == [
+        ("ES2002a", 2.5, 6.0), ("ES2002a", 0.0, 2.5), ("20200707_L_R001S01C01", 0.0, 10.0),
+        ("ES2002a", 7.25, 9.0)]
+    # written back (millisecond times, one space), they read the same
+    write_rttm(tmp_path / "rttm", turns)
+    write_uem(tmp_path / "uem", regions)
+    again = read_rttm(tmp_path / "rttm")
+    assert [(t.uri, t.onset_s, t.duration_s, t.speaker, t.channel) for t in again] == [
+        (t.uri, t.onset_s, t.duration_s, t.speaker, t.channel) for t in turns]
+    assert read_uem(tmp_path / "uem") == regions

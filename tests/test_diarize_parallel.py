@@ -15,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 from slimdiar.cli import main
 from slimdiar.errors import ConfigError
-from slimdiar.models.config import preset
-from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.pipeline.parallel import (
     Rank,
     durations_s,
@@ -30,9 +28,9 @@ from slimdiar.pipeline.parallel import (
     thread_environment,
     threads_per_job,
 )
+from slimdiar.testing import tiny_eend
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE_RATE = 16000
 DURATIONS_S = {"rec_a": 9.0, "rec_b": 6.0, "rec_c": 12.0, "rec_d": 5.0}
 FAST = ["--step", "4.0", "--batch-size", "2", "--quiet", "--threads", "1"]
 
@@ -135,10 +133,7 @@ def test_jobs_under_a_launcher_is_refused(tmp_path, capsys, monkeypatch):
 def setup(tmp_path_factory):
     """A tiny EEND checkpoint, four recordings and a broken one, and a reference RTTM."""
     root = tmp_path_factory.mktemp("parallel")
-    torch.manual_seed(0)
-    config = EENDConfig(wavlm=preset("wavlm-tiny"), d_model=32, num_heads=2, ffn_dim=64,
-                        num_blocks=1)
-    checkpoint = EEND(config).save_pretrained(root / "eend")
+    checkpoint = tiny_eend().save_pretrained(root / "eend")
     audio = root / "audio"
     audio.mkdir()
     rng = np.random.default_rng(0)

@@ -14,7 +14,6 @@ from slimdiar.errors import AudioError, CheckpointError, ConfigError
 from slimdiar.models.embeddings import load_embedding_model, read_state_dict
 from slimdiar.models.embeddings.ge2e import (
     GE2EConfig,
-    GE2EEmbedding,
     find_pretrained_ge2e,
     hz_to_slaney_mel,
     mel_power_spectrogram,
@@ -23,12 +22,7 @@ from slimdiar.models.embeddings.ge2e import (
     slaney_mel_filterbank,
     slaney_mel_to_hz,
 )
-
-
-def tiny_model(seed=0):
-    torch.manual_seed(seed)
-    config = GE2EConfig(hidden_size=8, num_layers=2, embedding_dim=6)
-    return GE2EEmbedding(config).eval()
+from slimdiar.testing import tiny_ge2e
 
 
 def test_slaney_mel_scale_values():
@@ -105,7 +99,7 @@ def test_volume_is_raised_to_the_target_but_never_lowered():
 
 
 def test_shapes_and_unit_norm():
-    model = tiny_model()
+    model = tiny_ge2e()
     with torch.no_grad():
         out = model(torch.randn(3, 30000) * 0.1)
     assert out.shape == (3, 6)
@@ -114,7 +108,7 @@ def test_shapes_and_unit_norm():
 
 
 def test_mask_embeds_the_concatenated_selected_samples():
-    model = tiny_model()
+    model = tiny_ge2e()
     waveforms = torch.randn(2, 24000) * 0.1
     mask = torch.zeros(2, 24000)
     mask[0, 1000:9000] = 1
@@ -129,7 +123,7 @@ def test_mask_embeds_the_concatenated_selected_samples():
 
 
 def test_frame_level_mask_is_spread_uniformly_over_the_samples():
-    model = tiny_model()
+    model = tiny_ge2e()
     waveforms = torch.randn(1, 16000) * 0.1
     frame_mask = torch.tensor([[0, 1, 1, 0, 0, 1, 1, 1, 0, 0]], dtype=torch.float32)
     with torch.no_grad():
@@ -140,7 +134,7 @@ def test_frame_level_mask_is_spread_uniformly_over_the_samples():
 
 
 def test_empty_or_too_short_selection_gives_nan():
-    model = tiny_model()
+    model = tiny_ge2e()
     mask = torch.zeros(2, 8000)
     mask[1, :300] = 1  # shorter than one 400-sample window
     with torch.no_grad():
@@ -150,7 +144,7 @@ def test_empty_or_too_short_selection_gives_nan():
 
 def test_mismatched_mask_is_an_audio_error():
     with pytest.raises(AudioError, match=r"weights of shape \(3, 10\) do not match"):
-        tiny_model()(torch.randn(2, 8000), torch.ones(3, 10))
+        tiny_ge2e()(torch.randn(2, 8000), torch.ones(3, 10))
 
 
 def test_bad_partial_rate_is_a_config_error():

@@ -6,7 +6,6 @@ import torch
 
 from slimdiar.errors import AudioError, CheckpointError
 from slimdiar.models.embeddings import load_embedding_model
-from slimdiar.models.embeddings.fbank import FbankConfig, wespeaker_fbank
 from slimdiar.models.embeddings.registry import InertGlobal, torch_load_inert
 from slimdiar.models.embeddings.resnet import (
     ResNetConfig,
@@ -15,23 +14,7 @@ from slimdiar.models.embeddings.resnet import (
     to_wespeaker_layout,
     wespeaker_resnet34,
 )
-
-
-def tiny_config():
-    fbank = FbankConfig(**{**wespeaker_fbank().__dict__, "num_mel_bins": 16})
-    return ResNetConfig(num_blocks=[1, 2, 1, 1], base_channels=4, embedding_dim=8, fbank=fbank)
-
-
-def random_model(seed=0):
-    torch.manual_seed(seed)
-    model = ResNetEmbedding(tiny_config())
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("running_var"):
-                tensor.uniform_(0.5, 2.0)
-            elif name.endswith("running_mean") or name.endswith("bn1.bias"):
-                tensor.normal_(0.0, 0.1)
-    return model.eval()
+from slimdiar.testing import tiny_resnet, tiny_resnet_config
 
 
 class NotATensor:
@@ -80,7 +63,7 @@ def test_resnet34_has_wespeakers_shapes_and_size():
 
 
 def test_min_num_samples_gives_two_pooled_frames():
-    model = random_model()
+    model = tiny_resnet()
     num_samples = model.min_num_samples
     assert num_samples == 400 + 8 * 160  # 9 fbank frames -> 2 frames after three halvings
     with torch.no_grad():
@@ -110,7 +93,7 @@ def test_pooling_with_no_selected_frame_is_nan():
 
 
 def test_masked_embedding_pools_only_the_masked_frames():
-    model = random_model()
+    model = tiny_resnet()
     waveforms = torch.randn(2, 16000)
     with torch.no_grad():
         unmasked = model(waveforms)
@@ -151,7 +134,7 @@ def save_pyannote_layout(model, path):
 
 
 def test_both_published_layouts_load_strictly_and_agree(tmp_path):
-    model = random_model(seed=1)
+    model = tiny_resnet(seed=1)
     save_wespeaker_layout(model, tmp_path / "avg_model.pt")
     save_pyannote_layout(model, tmp_path / "pytorch_model.bin")
     wespeaker = load_embedding_model(tmp_path / "avg_model.pt")
@@ -172,7 +155,7 @@ def test_both_published_layouts_load_strictly_and_agree(tmp_path):
 
 
 def test_front_prefixed_layout_loads(tmp_path):
-    model = random_model(seed=2)
+    model = tiny_resnet(seed=2)
     torch.save({f"front.{k}": v for k, v in model.resnet.state_dict().items()}, tmp_path / "m.pt")
     loaded = load_embedding_model(tmp_path / "m.pt")
     waveforms = torch.randn(1, 4000)
@@ -190,7 +173,7 @@ def test_layout_conversion_names_the_layout_and_drops_only_the_classifier():
 
 
 def test_missing_key_is_a_checkpoint_error_that_lists_it(tmp_path):
-    state = dict(random_model().resnet.state_dict())
+    state = dict(tiny_resnet().resnet.state_dict())
     del state["layer2.1.bn2.running_var"]
     torch.save(state, tmp_path / "avg_model.pt")
     with pytest.raises(CheckpointError, match=r"missing keys: layer2\.1\.bn2\.running_var"):
@@ -198,7 +181,7 @@ def test_missing_key_is_a_checkpoint_error_that_lists_it(tmp_path):
 
 
 def test_unexpected_key_is_a_checkpoint_error_that_lists_it(tmp_path):
-    state = {f"resnet.{k}": v for k, v in random_model().resnet.state_dict().items()}
+    state = {f"resnet.{k}": v for k, v in tiny_resnet().resnet.state_dict().items()}
     state["resnet.seg_2.weight"] = torch.zeros(8, 8)
     state["classifier.bias"] = torch.zeros(3)
     torch.save({"state_dict": state}, tmp_path / "pytorch_model.bin")
@@ -207,7 +190,7 @@ def test_unexpected_key_is_a_checkpoint_error_that_lists_it(tmp_path):
 
 
 def test_pyannote_lightning_checkpoint_loads_its_tensors_and_runs_no_code(tmp_path):
-    model = random_model(seed=3)
+    model = tiny_resnet(seed=3)
     marker = tmp_path / "marker"
     checkpoint = {
         "epoch": 12,
@@ -244,7 +227,7 @@ def test_pyannote_lightning_checkpoint_loads_its_tensors_and_runs_no_code(tmp_pa
 
 
 def test_a_placeholder_inside_the_state_dict_is_an_error(tmp_path):
-    state = dict(random_model().resnet.state_dict())
+    state = dict(tiny_resnet().resnet.state_dict())
     state["seg_1.weight"] = NotATensor()
     torch.save({"state_dict": state}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="entries that are not tensors: seg_1.weight"):
@@ -252,7 +235,7 @@ def test_a_placeholder_inside_the_state_dict_is_an_error(tmp_path):
 
 
 def test_inferred_config_round_trips():
-    config = tiny_config()
+    config = tiny_resnet_config()
     state = ResNetEmbedding(config).resnet.state_dict()
     assert ResNetConfig.from_state_dict(state) == config
     full = ResNetEmbedding(wespeaker_resnet34()).resnet.state_dict()

@@ -6,8 +6,7 @@ import pytest
 from slimdiar.errors import AudioError
 from slimdiar.models.embeddings.registry import SpeakerEmbedding
 from slimdiar.pipeline.embeddings import embed_speakers, embedding_masks
-from test_embeddings_ge2e import tiny_model
-from test_embeddings_resnet import random_model
+from slimdiar.testing import tiny_ge2e, tiny_resnet
 
 NUM_FRAMES = 50  # segmentation frames per window (20 ms each: 1 s windows)
 
@@ -25,7 +24,7 @@ def meeting_like_activities(num_chunks=6, num_speakers=3, seed=0):
 
 @pytest.fixture
 def resnet():
-    return SpeakerEmbedding(random_model(seed=3), "tiny-resnet")
+    return SpeakerEmbedding(tiny_resnet(seed=3), "tiny-resnet")
 
 
 def per_pair(model):
@@ -80,7 +79,7 @@ def test_window_embeddings_are_unit_norm_and_mismatched_weights_are_an_audio_err
 
 
 def test_ge2e_cannot_share_and_embeds_each_pair_on_its_own():
-    ge2e = SpeakerEmbedding(tiny_model(), "tiny-ge2e")
+    ge2e = SpeakerEmbedding(tiny_ge2e(), "tiny-ge2e")
     assert not ge2e.shares_windows
     activities = meeting_like_activities(num_chunks=3)
     masks = embedding_masks(activities, min_clean_frames=10)

@@ -2,6 +2,8 @@
 
 The paper's stages (:mod:`slimdiar.stages`) stand on the one training loop (:mod:`slimdiar.train`),
 which stands on :mod:`slimdiar.models` and :mod:`slimdiar.data`; the loop knows no stage.
+``frames`` (the sample rate and the frame grid), ``errors``, ``fileio`` and ``config`` are the
+floor that every part may import; ``data`` stands on ``frames``, ``errors`` and ``fileio`` alone.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "slimdiar"
-BASE = {"errors", "fileio", "config"}
+BASE = {"errors", "fileio", "config", "frames"}
 # What each part of slimdiar may import from slimdiar (besides itself and BASE).
 ALLOWED = {
     "errors": set(),
     "fileio": set(),
     "config": set(),
+    "frames": set(),
     "models": set(),
-    "data": {"models"},
+    "data": set(),
     "train": {"models", "data"},
     "stages": {"models", "data", "train", "pretrain"},
     "scoring": set(),
@@ -29,6 +32,7 @@ ALLOWED = {
     "bench": {"models", "data", "pipeline", "scoring"},
     "demo": {"models", "data", "train", "stages", "pipeline", "scoring", "bench", "simulate",
              "pretrain"},
+    "testing": {"models", "data"},
     "cli": None,  # the command line may import anything; nothing imports it
 }
 THIRD_PARTY_FORBIDDEN = {
@@ -84,3 +88,26 @@ def test_the_training_loop_knows_no_stage():
             targets = {name.split(".")[1] for name in imported_modules(path)
                        if name.startswith("slimdiar.")}
             assert not targets & forbidden, f"{path.relative_to(PACKAGE)} imports {targets}"
+
+
+# What ``data`` may import from slimdiar: nothing of the models, so that reading and labelling
+# data needs no model code.
+DATA_FLOOR = {"frames", "errors", "fileio"}
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "data").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_data_imports_only_frames_errors_and_fileio(path):
+    for name in imported_modules(path):
+        parts = name.split(".")
+        if parts[0] != "slimdiar" or len(parts) == 1:
+            continue
+        assert parts[1] != "models", f"{path.name} imports slimdiar.models"
+        assert parts[1] in DATA_FLOOR | {"data"}, f"{path.name} imports slimdiar.{parts[1]}"
+
+
+def test_the_floor_imports_only_errors():
+    for name in ("frames", "errors", "fileio"):
+        imported = {m.split(".")[1] for m in imported_modules(PACKAGE / f"{name}.py")
+                    if m.startswith("slimdiar.")}
+        assert imported <= {"errors"}, f"{name}.py imports slimdiar.{sorted(imported)}"

@@ -13,12 +13,11 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 import slimdiar.pipeline.pipeline as pipeline_module
 from slimdiar.data import Turn, read_rttm
 from slimdiar.errors import AudioError, ConfigError
-from slimdiar.models.config import wavlm_tiny
-from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.pipeline import DiarizationPipeline, PipelineConfig
+from slimdiar.testing import TONES_HZ, ToneEmbedding, tiny_eend, tone_waveform
 
-SAMPLE_RATE = 16000
-FREQUENCIES_HZ = {"alice": 350.0, "bob": 1250.0, "carol": 2900.0}
+FREQUENCIES_HZ = TONES_HZ
 # frame i of the WavLM grid stands for [0.02 i + 0.0125, 0.02 (i + 1) + 0.0125) s
 REFERENCE = [
     (0.5125, 6.0125, "alice"),
@@ -35,36 +34,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def synthesize(turns, duration_s=DURATION_S, seed=0):
     """Each speaker is a pure tone; silence is faint noise."""
-    rng = np.random.default_rng(seed)
-    time_s = np.arange(int(duration_s * SAMPLE_RATE)) / SAMPLE_RATE
-    waveform = 0.001 * rng.normal(size=len(time_s))
-    for onset_s, offset_s, speaker in turns:
-        inside = (time_s >= onset_s) & (time_s < offset_s)
-        waveform[inside] += 0.3 * np.sin(2 * np.pi * FREQUENCIES_HZ[speaker] * time_s[inside])
-    return waveform.astype(np.float32)
-
-
-class ToneEmbedding:
-    """A speaker embedding for pure tones: band energies of the selected samples."""
-
-    name = "tone-bands"
-    dimension = 32
-    sample_rate = SAMPLE_RATE
-    min_num_samples = 400
-
-    def __init__(self):
-        self.num_calls = 0
-
-    def __call__(self, waveforms, weights):
-        self.num_calls += 1
-        keep = np.repeat(weights, int(np.ceil(waveforms.shape[1] / weights.shape[1])), axis=1)
-        keep = keep[:, : waveforms.shape[1]] > 0.5
-        rows = []
-        for waveform, mask in zip(waveforms, keep):
-            spectrum = np.abs(np.fft.rfft(waveform[mask], n=4096))
-            bands = np.array([b.sum() for b in np.array_split(spectrum, self.dimension)])
-            rows.append(bands / max(np.linalg.norm(bands), 1e-12))
-        return np.stack(rows)
+    return tone_waveform(turns, duration_s, FREQUENCIES_HZ, seed)
 
 
 class SilentSegmentation(torch.nn.Module):
@@ -85,12 +55,6 @@ class SilentSegmentation(torch.nn.Module):
         log_probs = torch.full((waveforms.shape[0], num_frames, 11), -10.0)
         log_probs[..., 0] = 0.0
         return log_probs
-
-
-def tiny_eend():
-    torch.manual_seed(0)
-    config = EENDConfig(wavlm=wavlm_tiny(), d_model=32, num_heads=2, ffn_dim=64, num_blocks=1)
-    return EEND(config).eval()
 
 
 def der(turns, reference_triples, uem_end_s=DURATION_S):
@@ -148,9 +112,9 @@ def test_oracle_pipeline_error_is_bounded_by_frame_quantisation():
     assert der(result.turns, jittered) <= 2 * len(jittered) * 0.01 / speech_s + 1e-9
 
 
-def test_oracle_segmentation_with_embedding_clustering_finds_the_speakers():
+def test_oracle_segmentation_with_embedding_clustering_finds_the_speakers(tone_embedding):
     config = make_config(segmentation={"source": "oracle"}, clustering={"min_cluster_size": 5})
-    embedding = ToneEmbedding()
+    embedding = tone_embedding
     pipeline = DiarizationPipeline(None, embedding, config)
     result = pipeline((synthesize(REFERENCE), SAMPLE_RATE), reference=REFERENCE)
     assert result.num_speakers == 3
@@ -243,7 +207,8 @@ def test_missing_audio_and_models_are_clear_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------- model glue, streaming
-def test_model_segmentation_streams_windows_from_the_file(tmp_path, monkeypatch):
+def test_model_segmentation_streams_windows_from_the_file(tmp_path, monkeypatch,
+                                                          tiny_eend_model, tone_embedding):
     waveform = synthesize(REFERENCE, duration_s=9.0)
     path = write_wav(tmp_path / "talk.wav", waveform)
     reads = []
@@ -256,7 +221,7 @@ def test_model_segmentation_streams_windows_from_the_file(tmp_path, monkeypatch)
     monkeypatch.setattr(pipeline_module, "read_audio", spy)
     config = make_config(windows={"duration_s": 2.0, "step_s": 0.5, "batch_size": 3},
                     clustering={"min_cluster_size": 2})
-    pipeline = DiarizationPipeline(tiny_eend(), ToneEmbedding(), config)
+    pipeline = DiarizationPipeline(tiny_eend_model, tone_embedding, config)
     events = []
     result = pipeline(path, hook=lambda stage, payload, completed, total: events.append(
         (stage, payload is None, completed, total)))

@@ -5,14 +5,12 @@ import json
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 from slimdiar.cli import main
 from slimdiar.data import read_rttm
-from slimdiar.models.config import wavlm_tiny
-from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.frames import SAMPLE_RATE
+from slimdiar.testing import tiny_eend
 
-SAMPLE_RATE = 16000
 # boundaries on the 20 ms frame grid (frame i stands for [0.02 i + 0.0125, ...))
 REFERENCE = {
     "one": [(0.5125, 3.0125, "A"), (2.5125, 5.0125, "B")],
@@ -70,9 +68,7 @@ def test_oracle_cli_over_a_directory_skips_a_bad_recording(tmp_path, capsys):
 
 
 def test_model_cli_with_wav_scp_and_exclusive_turns(tmp_path, capsys):
-    torch.manual_seed(0)
-    config = EENDConfig(wavlm=wavlm_tiny(), d_model=32, num_heads=2, ffn_dim=64, num_blocks=1)
-    checkpoint = EEND(config).save_pretrained(tmp_path / "eend")
+    checkpoint = tiny_eend().save_pretrained(tmp_path / "eend")
     audio = write_audio(tmp_path / "audio", duration_s=9.0)
     scp = tmp_path / "wav.scp"
     scp.write_text("one audio/one.wav\ntwo audio/two.wav\n")

@@ -8,15 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-import torch
 
 from slimdiar.cli import main
 from slimdiar.data import read_rttm
 from slimdiar.demo import Demo
 from slimdiar.errors import ConfigError
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.checkpoint import read_metadata
-from slimdiar.models.config import wavlm_tiny
-from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.pipeline import (
     DiarizationPipeline,
     PipelineConfig,
@@ -25,15 +23,13 @@ from slimdiar.pipeline import (
     resolve_settings,
     save_settings,
 )
+from slimdiar.testing import tiny_eend
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-SAMPLE_RATE = 16000
 
 
 def tiny_checkpoint(path):
-    torch.manual_seed(0)
-    config = EENDConfig(wavlm=wavlm_tiny(), d_model=32, num_heads=2, ffn_dim=64, num_blocks=1)
-    return EEND(config).save_pretrained(path, metadata={"stage": "finetune"})
+    return tiny_eend().save_pretrained(path, metadata={"stage": "finetune"})
 
 
 # ---------------------------------------------------------------------- config layers

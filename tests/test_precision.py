@@ -27,8 +27,7 @@ from slimdiar.models.precision import (
 )
 from slimdiar.pipeline import DiarizationPipeline
 from slimdiar.pipeline.precision import set_pipeline_precision
-from test_embeddings_ge2e import tiny_model as tiny_ge2e
-from test_embeddings_resnet import random_model
+from slimdiar.testing import tiny_ge2e, tiny_resnet
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -83,8 +82,8 @@ def test_resnet_with_a_bfloat16_trunk_keeps_float32_features_and_pooling():
     waveforms = np.asarray(speech_like(batch=3, seconds=1.0), dtype=np.float32)
     masks = np.ones((3, 2, 50), dtype=np.float32)
     masks[:, 1, 30:] = 0
-    reference = SpeakerEmbedding(random_model(seed=3), "fp32").embed_windows(waveforms, masks)
-    low = SpeakerEmbedding(random_model(seed=3), "bf16").set_compute_dtype(torch.bfloat16)
+    reference = SpeakerEmbedding(tiny_resnet(seed=3), "fp32").embed_windows(waveforms, masks)
+    low = SpeakerEmbedding(tiny_resnet(seed=3), "bf16").set_compute_dtype(torch.bfloat16)
     assert low.compute_dtype == torch.bfloat16
     assert low.model.resnet.seg_1.weight.dtype == torch.float32
     out = low.embed_windows(waveforms, masks)
@@ -141,7 +140,7 @@ def test_pipeline_in_bfloat16_finds_the_same_local_speakers(tmp_path):
         settings={"windows": {"step_s": 1.0, "batch_size": 4, "duration_s": 2.0},
                   "clustering": {"method": "oracle"}},
     )
-    embedding = SpeakerEmbedding(random_model(seed=3), "tiny-resnet")
+    embedding = SpeakerEmbedding(tiny_resnet(seed=3), "tiny-resnet")
     pipeline.embedding_model = embedding
     audio = (speech_like(batch=1, seconds=5.0)[0].numpy(), 16000)
     reference_turns = [(0.0, 2.5, "A"), (2.0, 5.0, "B")]

@@ -18,8 +18,7 @@ from slimdiar.config import load_config
 from slimdiar.errors import ConfigError
 from slimdiar.models import WavLM
 from slimdiar.models.checkpoint import load_checkpoint
-from slimdiar.models.config import preset
-from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.models.eend import EEND
 from slimdiar.models.hardconcrete import HardConcrete
 from slimdiar.stages.common import DistillOptimSection
 from slimdiar.stages.distill import (
@@ -38,9 +37,15 @@ from slimdiar.stages.prune import (
     expected_sparsity,
     load_gated_student,
 )
+from slimdiar.testing import (
+    TONE_PRUNE_GATE_BOUND,
+    TONE_PRUNE_SETTING,
+    TONE_PRUNE_WARMUP_EPOCHS,
+    finetune_tiny_teacher,
+    tiny_eend,
+)
 from slimdiar.train.averaging import post_peak_epochs
 from slimdiar.train.checkpoints import STATE_NAME
-from test_train_finetune import make_datadir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,35 +58,11 @@ FAST = [
 ]
 
 
-def make_tone_data(root: Path) -> tuple[Path, Path]:
-    """The data of these tests: ``root/train`` (2 x 12 s) and ``root/dev`` (1 x 6 s) of tones."""
-    return (make_datadir(root / "train", seed=0, num_recordings=2, duration_s=12.0),
-            make_datadir(root / "dev", seed=1, num_recordings=1, duration_s=6.0))
-
-
-def finetune_mini_teacher(train: Path, dev: Path, out: Path) -> Path:
-    """Fine-tune a tiny ``wavlm-mini`` diarization model on ``train``; its ``best/``.
-
-    ``wavlm-mini`` is a random-init WavLM with Base+'s proportions, fine-grained enough for a
-    sparsity target of 0.9.
-    """
-    code = main(["finetune", "--config", str(ROOT / "configs" / "tiny.toml"), "--backbone",
-                 "wavlm-mini", "--train", str(train), "--dev", str(dev), "--out", str(out),
-                 "--set", 'model.frontend="wavlm"', "--set", "trainer.max_epochs=30",
-                 "--set", "trainer.progress=false", "--set", "trainer.average_best=1"])
-    if code != 0:
-        raise RuntimeError(f"fine-tuning the teacher in {out} failed")
-    return out / "best"
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tone_train_dev):
     root = tmp_path_factory.mktemp("prune")
-    train, dev = make_tone_data(root)
-    torch.manual_seed(0)
-    teacher = EEND(EENDConfig(wavlm=preset("wavlm-tiny"), d_model=32, num_heads=2, ffn_dim=64,
-                              num_blocks=1))
-    teacher.save_pretrained(root / "teacher")
+    train, dev = tone_train_dev
+    tiny_eend().save_pretrained(root / "teacher")
     return root, train, dev
 
 
@@ -390,14 +371,21 @@ def test_bad_settings_are_clear_errors_before_any_work(setup, capsys, args, mess
 
 
 # ---------------------------------------------------------------------- the stage end to end
-def test_prune_writes_a_smaller_exact_model_and_a_report(setup):
+@pytest.fixture(scope="module")
+def heads_ffn(setup):
+    """A stage-1 run that prunes heads and FFN units to 0.3; its experiment directory."""
     root, train, dev = setup
     code = run_prune(root, train, dev, "heads-ffn", "--sparsity", "0.3",
                      "--set", 'prune.units=["head", "ffn"]', "--set", "trainer.max_epochs=2",
                      "--set", "prune.warmup_epochs=1", "--set", "optim.lr_gates=0.2",
                      "--set", "optim.lr_lambda=0.5")
     assert code == 0
-    exp = root / "heads-ffn"
+    return root / "heads-ffn"
+
+
+def test_prune_writes_a_smaller_exact_model_and_a_report(setup, heads_ffn):
+    root, train, dev = setup
+    exp = heads_ffn
     teacher = WavLM.from_pretrained(root / "teacher")
     pruned = WavLM.from_pretrained(exp / "pruned")
     assert pruned.num_params() < teacher.num_params()
@@ -456,17 +444,15 @@ def test_prune_resume_reproduces_the_uninterrupted_run(setup):
         assert s1 == s2 and abs(l1 - l2) < 1e-6 and abs(a1 - a2) < 1e-6
 
 
-def test_distill_stage_trains_the_pruned_student(setup):
+def test_distill_stage_trains_the_pruned_student(setup, heads_ffn):
     root, train, dev = setup
-    if not (root / "heads-ffn" / "pruned").exists():
-        pytest.skip("needs the pruned model of test_prune_writes_a_smaller_exact_model")
-    code = main(["distill", "--student", str(root / "heads-ffn" / "pruned"), "--teacher",
+    code = main(["distill", "--student", str(heads_ffn / "pruned"), "--teacher",
                  str(root / "teacher"), "--train", str(train), "--dev", str(dev), "--out",
                  str(root / "distill"), *FAST, "--set", "trainer.max_epochs=1",
                  "--set", "trainer.max_steps_per_epoch=3", "--set", "trainer.average_best=1"])
     assert code == 0
     distilled = WavLM.from_pretrained(root / "distill" / "best")
-    assert distilled.config == WavLM.from_pretrained(root / "heads-ffn" / "pruned").config
+    assert distilled.config == WavLM.from_pretrained(heads_ffn / "pruned").config
 
 
 def test_gates_follow_the_units_setting():
@@ -509,32 +495,11 @@ def finetuned(setup):
     """A tiny diarization model fine-tuned on the tone data: the paper's teacher in miniature."""
     root, train, dev = setup
     out = root / "finetuned"
-    teacher = finetune_mini_teacher(train, dev, out)
+    teacher = finetune_tiny_teacher(train, dev, out, ROOT / "configs" / "tiny.toml")
     best = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
             if r["type"] == "best"]
     assert best[-1]["val/der"] < 0.1  # it has learnt the task
     return teacher
-
-
-# One setting for every target: 0.5 s chunks, epochs of 29 steps (half the data: twice as many
-# checkpoints to choose from), the target reaches its final value after 10 epochs and 30 more let
-# the multipliers settle; learning rates above the method's because a CPU test has ~1200 steps
-# where a real run has tens of thousands. With so few steps the multipliers swing the sparsity
-# around the target, so this setting bounds the gates' open probabilities, takes the one
-# on-target checkpoint as the final model and never stops early (not the reference's defaults:
-# no bound, the average of 5 epochs from the loss peak on, patience 5).
-WARMUP_EPOCHS = 10
-GATE_BOUND = 0.001
-ONE_SETTING = [
-    "--set", "data.chunk_duration_s=0.5", "--set", "data.shift_s=0.1",
-    "--set", "data.val_chunk_duration_s=2.0", "--set", "data.val_shift_s=2.0",
-    "--set", "trainer.num_workers=0", "--set", "trainer.progress=false",
-    "--set", "trainer.batch_size=4", "--set", "trainer.max_epochs=40",
-    "--set", "trainer.max_steps_per_epoch=29", "--set", f"prune.warmup_epochs={WARMUP_EPOCHS}",
-    "--set", "optim.lr_gates=0.05", "--set", "optim.lr_lambda=0.2",
-    "--set", f"prune.gate_bound={GATE_BOUND}", "--set", 'prune.final_model="on-target"',
-    "--set", "trainer.patience=0",
-]
 
 
 def chosen_epoch_record(exp: Path) -> dict:
@@ -552,7 +517,7 @@ def test_reached_sparsity_of_the_pruned_checkpoint_is_on_target(setup, finetuned
     root, train, dev = setup
     out = root / f"target{sparsity}"
     code = main(["prune", "--teacher", str(finetuned), "--sparsity", str(sparsity),
-                 "--train", str(train), "--dev", str(dev), "--out", str(out), *ONE_SETTING])
+                 "--train", str(train), "--dev", str(dev), "--out", str(out), *TONE_PRUNE_SETTING])
     assert code == 0
     teacher = WavLM.from_pretrained(finetuned)
     pruned = WavLM.from_pretrained(out / "pruned")
@@ -561,11 +526,11 @@ def test_reached_sparsity_of_the_pruned_checkpoint_is_on_target(setup, finetuned
     assert abs(reached - sparsity) <= 0.02
     # the final model is a checkpoint past the warm-up that was on target
     record = chosen_epoch_record(out)
-    assert record["selectable"] and record["epoch"] >= WARMUP_EPOCHS
+    assert record["selectable"] and record["epoch"] >= TONE_PRUNE_WARMUP_EPOCHS
     assert record["val/sparsity"] == pytest.approx(reached, abs=1e-6)
     # and every gate stayed inside the bound of its open probability
     state = load_checkpoint(out / "best")[0]
-    bound = GATE_BOUND
+    bound = TONE_PRUNE_GATE_BOUND
     for key, log_alpha in state.items():
         if key.endswith("log_alpha"):
             gate = HardConcrete(log_alpha.numel())
@@ -580,7 +545,7 @@ def test_mac_objective_lands_on_target_in_macs(setup, finetuned):
     root, train, dev = setup
     out = root / "macs"
     code = main(["prune", "--teacher", str(finetuned), "--sparsity", "0.5", "--train",
-                 str(train), "--dev", str(dev), "--out", str(out), *ONE_SETTING,
+                 str(train), "--dev", str(dev), "--out", str(out), *TONE_PRUNE_SETTING,
                  "--set", 'prune.objective="macs"'])
     assert code == 0
     teacher = WavLM.from_pretrained(finetuned)

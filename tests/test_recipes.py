@@ -16,6 +16,13 @@ import soundfile
 from slimdiar.data import DataDir
 from slimdiar.data.corpora import prepare_corpus
 from slimdiar.models.wavlm import WavLM
+from slimdiar.testing import (
+    ami_words_xml,
+    make_aishell4_release,
+    make_alimeeting_release,
+    make_ami_release,
+    write_pcm_audio,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_SH = REPO / "recipes" / "run.sh"
@@ -320,18 +327,15 @@ def test_single_corpus_recipes(tmp_path, script, args, prepare):
     assert missing.returncode == 1 and "--corpus-dir is required" in missing.stderr
 
 
-def test_compound_data_from_synthetic_releases(tmp_path, monkeypatch):
+def test_compound_data_from_synthetic_releases(tmp_path):
     """Corpora prepared beforehand are reused; the compound sets are their concatenation."""
-    monkeypatch.syspath_prepend(str(Path(__file__).parent))
-    from test_corpora import make_aishell4, make_alimeeting, make_ami, words_xml, write_audio
-
-    annotations = make_ami(tmp_path / "ami")
-    write_audio(tmp_path / "ami" / "amicorpus" / "IS1008a" / "audio" / "IS1008a.Array1-01.wav",
+    annotations = make_ami_release(tmp_path / "ami")
+    write_pcm_audio(tmp_path / "ami" / "amicorpus" / "IS1008a" / "audio" / "IS1008a.Array1-01.wav",
                 2.0, 1)
-    (annotations / "words" / "IS1008a.A.words.xml").write_text(words_xml("IS1008a", "A", [
+    (annotations / "words" / "IS1008a.A.words.xml").write_text(ami_words_xml("IS1008a", "A", [
         '<w nite:id="d0" starttime="0.10" endtime="0.90">hi</w>']))
-    make_aishell4(tmp_path / "aishell4")
-    make_alimeeting(tmp_path / "alimeeting")
+    make_aishell4_release(tmp_path / "aishell4")
+    make_alimeeting_release(tmp_path / "alimeeting")
     data = tmp_path / "data"
     prepare_corpus("ami", tmp_path / "ami", data / "ami", annotations_dir=annotations,
                    skip_missing=True)

@@ -5,60 +5,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from slimdiar.cli import main
 from slimdiar.config import load_config
-from slimdiar.data import (
-    ChunkDataset,
-    DataDir,
-    Recording,
-    Turn,
-    UEMRegion,
-    write_rttm,
-    write_uem,
-    write_wav_scp,
-)
+from slimdiar.data import ChunkDataset, DataDir
 from slimdiar.errors import ConfigError
 from slimdiar.models.eend import EEND
 from slimdiar.models.powerset import chunk_der
 from slimdiar.models.wavlm import WavLM
 from slimdiar.stages.finetune import FinetuneConfig, FinetuneObjective, ModelSection, build_model
 from slimdiar.stages.finetune import run as finetune
+from slimdiar.testing import write_tone_datadir
 
 CONFIGS = Path(__file__).parents[1] / "configs"
-PITCHES_HZ = {"alice": 220.0, "bob": 520.0, "carol": 1100.0}
-SAMPLE_RATE = 16000
-
-
-def make_datadir(root: Path, seed: int = 0, num_recordings: int = 2, duration_s: float = 10.0):
-    """Recordings where each speaker is a tone of its own pitch, with turns that overlap."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    recordings, turns, regions = [], [], []
-    for r in range(num_recordings):
-        uri = f"rec{r}"
-        t = np.arange(int(duration_s * SAMPLE_RATE)) / SAMPLE_RATE
-        audio = 0.01 * rng.standard_normal(len(t))
-        onset_s, previous = 0.2, None
-        while onset_s < duration_s - 0.5:
-            speaker = str(rng.choice([s for s in PITCHES_HZ if s != previous]))
-            offset_s = min(onset_s + rng.uniform(1.5, 3.0), duration_s)
-            active = (t >= onset_s) & (t < offset_s)
-            audio[active] += 0.3 * np.sin(2 * np.pi * PITCHES_HZ[speaker] * t[active])
-            turns.append(Turn(uri, round(onset_s, 3), round(offset_s - onset_s, 3), speaker))
-            previous = speaker
-            onset_s = offset_s + rng.uniform(-0.6, 0.4)  # negative: overlapping turns
-        sf.write(root / f"{uri}.wav", audio.astype(np.float32), SAMPLE_RATE)
-        recordings.append(Recording(uri, root / f"{uri}.wav"))
-        regions.append(UEMRegion(uri, 0.0, duration_s))
-    write_wav_scp(root / "wav.scp", recordings)
-    write_rttm(root / "rttm", turns)
-    write_uem(root / "uem", regions)
-    return root
 
 
 # ---------------------------------------------------------------------- configs
@@ -151,7 +112,7 @@ def test_frozen_pretrained_backbone_is_loaded_and_kept(tmp_path):
     torch.manual_seed(5)
     pretrained = WavLM.from_preset("wavlm-tiny")
     pretrained.save_pretrained(tmp_path / "wavlm")
-    data = make_datadir(tmp_path / "data", num_recordings=1, duration_s=6.0)
+    data = write_tone_datadir(tmp_path / "data", num_recordings=1, duration_s=6.0)
     status = main([
         "finetune", "--config", str(CONFIGS / "tiny.toml"), "--train", str(data), "--dev",
         str(data), "--out", str(tmp_path / "exp"), "--backbone", str(tmp_path / "wavlm"),
@@ -170,8 +131,8 @@ def test_frozen_pretrained_backbone_is_loaded_and_kept(tmp_path):
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_to_diarize_tones(tmp_path):
-    data = make_datadir(tmp_path / "data")
+def test_tiny_model_learns_to_diarize_tones(tmp_path, tone_datadir):
+    data = tone_datadir
     exp = tmp_path / "exp"
     status = main([
         "finetune", "--config", str(CONFIGS / "tiny.toml"), "--train", str(data), "--dev",
@@ -199,7 +160,7 @@ def test_tiny_model_learns_to_diarize_tones(tmp_path):
 
 
 def test_resumed_finetuning_matches_the_uninterrupted_run(tmp_path):
-    data = make_datadir(tmp_path / "data", num_recordings=1, duration_s=6.0)
+    data = write_tone_datadir(tmp_path / "data", num_recordings=1, duration_s=6.0)
     overrides = ["model.dropout=0.2", "trainer.batch_size=2", "trainer.max_steps_per_epoch=2",
                  "trainer.progress=false", "trainer.average_best=1"]
     two = load_config(FinetuneConfig, CONFIGS / "tiny.toml", overrides + ["trainer.max_epochs=2"])

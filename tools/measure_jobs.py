@@ -39,21 +39,17 @@ BEGIN, END = "<!-- begin jobs-measurement -->", "<!-- end jobs-measurement -->"
 def make_inputs(root: Path, recordings: int, seconds: float) -> tuple[Path, Path]:
     """A tiny EEND checkpoint and a directory of noise recordings under ``root``."""
     import soundfile
-    import torch
 
-    from slimdiar.models.config import preset
-    from slimdiar.models.eend import EEND, EENDConfig
+    from slimdiar.frames import SAMPLE_RATE
+    from slimdiar.testing import tiny_eend
 
-    torch.manual_seed(0)
-    config = EENDConfig(wavlm=preset("wavlm-tiny"), d_model=32, num_heads=2, ffn_dim=64,
-                        num_blocks=1)
-    checkpoint = EEND(config).save_pretrained(root / "eend")
+    checkpoint = tiny_eend().save_pretrained(root / "eend")
     audio = root / "audio"
     audio.mkdir()
     rng = np.random.default_rng(0)
     for i in range(recordings):
-        waveform = 0.1 * rng.normal(size=int(seconds * 16000))
-        soundfile.write(audio / f"rec{i}.wav", waveform.astype(np.float32), 16000)
+        waveform = 0.1 * rng.normal(size=int(seconds * SAMPLE_RATE))
+        soundfile.write(audio / f"rec{i}.wav", waveform.astype(np.float32), SAMPLE_RATE)
     return checkpoint, audio
 
 

@@ -6,9 +6,10 @@ Usage: .venv/bin/python tools/measure_pruning.py [--seeds 3407 1 2] [--targets 0
                                                  [--json docs/pruning-targets.json]
                                                  [--out docs/pruning-targets.md] [--render-only]
 
-The set-up is the one of ``tests/test_prune.py``: tone "speakers" (the test data), a tiny
-diarization model with the ``wavlm-mini`` WavLM fine-tuned on them (the teacher), and one prune
-setting (``ONE_SETTING`` of the test) for every target. Each target and seed is one
+The set-up is the one of ``tests/test_prune.py``, from :mod:`slimdiar.testing`: tone "speakers"
+(``write_tone_train_dev``), a tiny diarization model with the ``wavlm-mini`` WavLM fine-tuned on
+them (``finetune_tiny_teacher``, the teacher), and one prune setting (``TONE_PRUNE_SETTING``)
+for every target. Each target and seed is one
 ``slimdiar prune`` run, ``--jobs`` at a time with one thread each. For each run the JSON holds
 the sparsity that the pruned checkpoint reached (counted parameters, and MACs for one second of
 audio), the epoch chosen as the final model, and the deterministic sparsity after every epoch.
@@ -28,10 +29,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
+from slimdiar.fileio import write_text_atomic
+from slimdiar.testing import TONE_PRUNE_SETTING, finetune_tiny_teacher, write_tone_train_dev
 
-from slimdiar.fileio import write_text_atomic  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 GENERATED_BY = "python tools/measure_pruning.py"
 
@@ -90,16 +91,16 @@ def reference_setting(setting: list[str]) -> list[str]:
 
 
 def measure(args) -> dict:
-    from test_prune import ONE_SETTING, finetune_mini_teacher, make_tone_data
-
-    setting = ONE_SETTING if args.setting == "tests" else reference_setting(ONE_SETTING)
+    setting = (TONE_PRUNE_SETTING if args.setting == "tests"
+               else reference_setting(TONE_PRUNE_SETTING))
 
     jobs = [("params", t, s) for t in args.targets for s in args.seeds]
     jobs += [("macs", t, s) for t in args.mac_targets for s in args.seeds]
     with tempfile.TemporaryDirectory(prefix="slimdiar-prune-targets-") as tmp:
         work = Path(tmp)
-        make_tone_data(work)
-        teacher = finetune_mini_teacher(work / "train", work / "dev", work / "finetuned")
+        write_tone_train_dev(work)
+        teacher = finetune_tiny_teacher(work / "train", work / "dev", work / "finetuned",
+                                        ROOT / "configs" / "tiny.toml")
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = [pool.submit(run_one, work, teacher, o, t, s, setting)
                        for o, t, s in jobs]

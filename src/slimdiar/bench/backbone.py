@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from slimdiar.errors import ConfigError
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.config import PRESETS, WavLMConfig
 from slimdiar.models.precision import dtype_name, resolve_dtype, with_precision
 from slimdiar.models.wavlm import WavLM
@@ -149,7 +150,7 @@ def benchmark_backbones(
     dtypes = [resolve_dtype(d, device) for d in dtypes]
     if len(set(dtypes)) != len(dtypes) or not dtypes:
         raise ConfigError("give each precision once")
-    num_samples = int(round(seconds * 16000))
+    num_samples = int(round(seconds * SAMPLE_RATE))
 
     def sync():
         if device.startswith("cuda"):

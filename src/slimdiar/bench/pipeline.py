@@ -33,7 +33,7 @@ import numpy as np
 import soundfile
 
 from slimdiar.errors import AudioError, CheckpointError, ConfigError, SlimdiarError
-from slimdiar.models.config import SAMPLE_RATE
+from slimdiar.frames import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 

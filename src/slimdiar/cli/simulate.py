@@ -8,6 +8,7 @@ from pathlib import Path
 
 from slimdiar.cli._args import non_negative_int, output_dir, positive_int, with_flag_names
 from slimdiar.errors import ConfigError
+from slimdiar.frames import SAMPLE_RATE
 
 DESCRIPTION = """\
 Simulate conversations from single-speaker utterances (Landini et al., 2022) and write them as
@@ -110,7 +111,8 @@ def add_parser(subparsers) -> None:
                         "off)")
     parser.add_argument("--rt60-s", type=parse_range, default=(0.2, 0.6), metavar="LOW-HIGH",
                         help="reverberation time range in seconds (default: 0.2-0.6)")
-    parser.add_argument("--sample-rate", type=positive_int, default=16000, help="default: 16000")
+    parser.add_argument("--sample-rate", type=positive_int, default=SAMPLE_RATE,
+                        help=f"default: {SAMPLE_RATE}")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
     parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
                         help="voice pool cache (default: ~/.cache/slimdiar/tts)")

@@ -5,7 +5,7 @@ frame grid) and nothing above it.
 """
 
 from slimdiar.data.audio import AudioInfo, audio_info, load_audio, read_audio, resample
-from slimdiar.data.chunks import Chunk, ChunkDataset, chunk_regions, frame_centers_s, frame_labels
+from slimdiar.data.chunks import Chunk, ChunkDataset, chunk_regions, frame_labels
 from slimdiar.data.datadir import DataDir, DataSummary
 from slimdiar.data.formats import (
     format_rttm_line,
@@ -31,7 +31,6 @@ __all__ = [
     "audio_info",
     "chunk_regions",
     "format_rttm_line",
-    "frame_centers_s",
     "frame_labels",
     "load_audio",
     "read_audio",

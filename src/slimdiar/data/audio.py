@@ -1,7 +1,7 @@
 """Reading audio: by offset, at 16 kHz, with an explicit channel policy.
 
 Every waveform that enters slimdiar goes through :func:`resample` (soxr) to
-:data:`~slimdiar.models.config.SAMPLE_RATE` and through one channel policy: ``channel=K`` keeps
+:data:`~slimdiar.frames.SAMPLE_RATE` and through one channel policy: ``channel=K`` keeps
 channel ``K`` (0-based), ``channel=None`` averages all channels to mono. Audio is read by offset
 with soundfile, so a chunk of a long recording never loads the whole file.
 """
@@ -20,7 +20,7 @@ import soundfile
 import soxr
 
 from slimdiar.errors import AudioError
-from slimdiar.models.config import SAMPLE_RATE
+from slimdiar.frames import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -242,7 +242,7 @@ def read_audio(
         Where to start reading, in seconds (default: the beginning).
     duration_s
         How much to read, in seconds (default: to the end). The result has
-        ``round(duration_s * 16000)`` samples.
+        ``round(duration_s * SAMPLE_RATE)`` samples.
     channel
         0-based channel to keep, or ``None`` to average all channels.
 
@@ -280,7 +280,7 @@ def read_audio(
                 f"{name}: requested start {start_s:.3f} s is at or after the end of the audio "
                 f"({total_s:.3f} s)"
             )
-        # Work on the 16 kHz grid of the whole file: output sample j is at time j / 16000.
+        # Work on the 16 kHz grid of the whole file: output sample j is at time j / SAMPLE_RATE.
         out_first = int(round(start_s * SAMPLE_RATE))
         if duration_s is None:
             num_samples = int(round(total * SAMPLE_RATE / rate)) - out_first

@@ -3,11 +3,10 @@
 A chunk is ``chunk_duration_s`` of audio that starts inside a UEM region. Consecutive chunks of a
 region start ``shift_s`` apart and the last one reaches the end of the region; the part of a chunk
 past the end of its region (or a whole region shorter than a chunk) is zero-padded and masked out.
-Frame ``i`` of a chunk covers samples ``[i * step, i * step + receptive_field)`` of it; its time
-is the middle of that span, as in the pipeline's output turns, and a turn labels the frames from
-the one nearest to its onset to the one nearest to its offset, both included. Frame counts
-always come from the frame grid (e.g. :class:`~slimdiar.models.config.WavLMConfig`), never from
-a config value.
+Frames, their counts and their times come from :class:`~slimdiar.frames.FrameGrid`, the grid the
+pipeline reads its output turns from: frame ``i`` of a chunk is at the middle of the samples it
+sees, and a turn labels the frames from the one nearest to its onset to the one nearest to its
+offset, both included.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
@@ -26,19 +24,9 @@ from slimdiar.data.audio import read_audio
 from slimdiar.data.datadir import DataDir, intersect_intervals, merge_intervals
 from slimdiar.data.records import Turn, UEMRegion
 from slimdiar.errors import ConfigError
-from slimdiar.models.config import SAMPLE_RATE
+from slimdiar.frames import SAMPLE_RATE, FrameGrid
 
 logger = logging.getLogger(__name__)
-
-
-class FrameGrid(Protocol):
-    """Anything that describes a model's output frames (``WavLMConfig`` does)."""
-
-    frame_step_samples: int
-    receptive_field_samples: int
-
-    def num_frames(self, num_samples: int) -> int:
-        """Number of output frames for ``num_samples`` input samples."""
 
 
 @dataclass(frozen=True)
@@ -115,18 +103,6 @@ def chunk_regions(
                 continue
             chunks.append(Chunk(region.uri, start_s, chunk_duration_s, valid_s))
     return chunks
-
-
-def frame_centers_s(frame_grid: FrameGrid, num_frames: int) -> np.ndarray:
-    """Centre of each frame, in seconds from the start of the chunk.
-
-    Returns
-    -------
-    numpy.ndarray
-        ``(num_frames,)`` float64.
-    """
-    step, field_ = frame_grid.frame_step_samples, frame_grid.receptive_field_samples
-    return (np.arange(num_frames) * step + field_ / 2.0) / SAMPLE_RATE
 
 
 def frame_labels(
@@ -206,8 +182,8 @@ class ChunkDataset(Dataset):
     datadir
         A loaded :class:`DataDir`.
     frame_grid
-        The model's frame grid (``frame_step_samples``, ``receptive_field_samples``,
-        ``num_frames``), e.g. a :class:`~slimdiar.models.config.WavLMConfig`.
+        The model's :class:`~slimdiar.frames.FrameGrid`, or anything it is built from
+        (``FrameGrid.from_config``: a WavLM config, a diarization model).
     chunk_duration_s
         Chunk length in seconds.
     shift_s
@@ -221,14 +197,14 @@ class ChunkDataset(Dataset):
     -----
     Each item is a dict with ``"waveform"`` ``(num_samples,)`` float32, ``"labels"``
     ``(num_frames, max_speakers)`` float32 0/1, ``"mask"`` ``(num_frames,)`` bool, ``"uri"`` and
-    ``"start_s"``, where ``num_samples = round(chunk_duration_s * 16000)`` and
+    ``"start_s"``, where ``num_samples = round(chunk_duration_s * SAMPLE_RATE)`` and
     ``num_frames = frame_grid.num_frames(num_samples)``.
     """
 
     def __init__(
         self,
         datadir: DataDir,
-        frame_grid: FrameGrid,
+        frame_grid: FrameGrid | object,
         chunk_duration_s: float = 8.0,
         shift_s: float = 6.0,
         max_speakers: int = 4,
@@ -250,13 +226,19 @@ class ChunkDataset(Dataset):
         self.datadir = datadir
         self.max_speakers = int(max_speakers)
         self.channel = channel
+        self.grid = FrameGrid.from_config(frame_grid)
+        if self.grid.sample_rate != SAMPLE_RATE:
+            raise ConfigError(
+                f"the frame grid is at {self.grid.sample_rate} Hz but audio is read at "
+                f"{SAMPLE_RATE} Hz"
+            )
         self.num_samples = int(round(chunk_duration_s * SAMPLE_RATE))
-        self.num_frames = int(frame_grid.num_frames(self.num_samples))
+        self.num_frames = self.grid.num_frames(self.num_samples)
         if self.num_frames < 1:
             raise ConfigError(
                 f"a {chunk_duration_s} s chunk is shorter than one frame of the model"
             )
-        self.centers_s = frame_centers_s(frame_grid, self.num_frames)
+        self.centers_s = self.grid.frame_centers_s(self.num_frames)
         self.chunks = chunk_regions(
             datadir.all_regions(),
             chunk_duration_s=chunk_duration_s,

@@ -15,8 +15,8 @@ from importlib import resources
 from pathlib import Path
 
 from slimdiar.errors import ConfigError
+from slimdiar.frames import SAMPLE_RATE  # noqa: F401  (re-exported)
 
-SAMPLE_RATE = 16000
 EXTRACTOR_MODES = ("group_norm", "layer_norm")
 DROPOUT_KEYS = ("feat_proj_dropout", "attention_dropout", "dropout", "activation_dropout")
 

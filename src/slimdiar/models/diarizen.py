@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from slimdiar.errors import CheckpointError, ConfigError
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.config import WavLMConfig, preset
 
 try:  # Python >= 3.11
@@ -430,8 +431,10 @@ def eend_config_from_diarizen(args: dict, wavlm: WavLMConfig, source):
             f"{source}: output_activate_function = {args['output_activate_function']!r} is not "
             "supported (only false, as in the released models)"
         )
-    if int(args.get("sample_rate", 16000)) != 16000:
-        raise CheckpointError(f"{source}: sample_rate must be 16000, got {args['sample_rate']}")
+    if int(args.get("sample_rate", SAMPLE_RATE)) != SAMPLE_RATE:
+        raise CheckpointError(
+            f"{source}: sample_rate must be {SAMPLE_RATE}, got {args['sample_rate']}"
+        )
     layers = int(args.get("wavlm_layer_num", wavlm.num_layers + 1))
     if layers != wavlm.num_layers + 1:
         raise CheckpointError(

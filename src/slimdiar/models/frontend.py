@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from slimdiar.errors import AudioError, ConfigError
-from slimdiar.models.config import SAMPLE_RATE, WavLMConfig
+from slimdiar.frames import SAMPLE_RATE
+from slimdiar.models.config import WavLMConfig
 from slimdiar.models.wavlm import WavLM
 
 FRONTENDS = ("wavlm", "fbank")

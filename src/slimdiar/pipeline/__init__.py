@@ -5,6 +5,7 @@ turns. Each stage is a function on numpy arrays, tested on its own; :class:`Diar
 chains them with the segmentation and embedding models.
 """
 
+from slimdiar.frames import FrameGrid
 from slimdiar.pipeline.clustering import (
     CLUSTERING_METHODS,
     AgglomerativeClustering,
@@ -43,7 +44,7 @@ from slimdiar.pipeline.segmentation import (
     reference_frame_activity,
     speaker_count,
 )
-from slimdiar.pipeline.windows import FrameGrid, Windows, sliding_windows
+from slimdiar.pipeline.windows import Windows, sliding_windows
 
 __all__ = [
     "CLUSTERING_METHODS",

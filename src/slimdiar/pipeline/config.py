@@ -31,8 +31,8 @@ from pathlib import Path
 from slimdiar.config import from_dict, parse_override, read_toml
 from slimdiar.errors import ConfigError
 from slimdiar.fileio import write_json_atomic
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.checkpoint import METADATA_NAME, read_metadata
-from slimdiar.models.config import SAMPLE_RATE
 from slimdiar.pipeline.clustering import CLUSTERING_METHODS, SpeakerBounds, make_clustering
 
 SEGMENTATION_SOURCES = ("model", "oracle")

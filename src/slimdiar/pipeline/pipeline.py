@@ -31,7 +31,7 @@ import numpy as np
 from slimdiar.data.audio import audio_info, load_audio, read_audio
 from slimdiar.data.records import Turn
 from slimdiar.errors import ConfigError
-from slimdiar.models.config import SAMPLE_RATE
+from slimdiar.frames import SAMPLE_RATE, FrameGrid
 from slimdiar.pipeline.clustering import SpeakerBounds
 from slimdiar.pipeline.config import PipelineConfig, merge_settings, resolve_settings
 from slimdiar.pipeline.embeddings import embed_speakers, embedding_masks
@@ -51,7 +51,7 @@ from slimdiar.pipeline.segmentation import (
     reference_frame_activity,
     speaker_count,
 )
-from slimdiar.pipeline.windows import FrameGrid, Windows, batches, sliding_windows
+from slimdiar.pipeline.windows import Windows, batches, sliding_windows
 
 logger = logging.getLogger(__name__)
 
@@ -181,11 +181,7 @@ class DiarizationPipeline:
             getattr(embedding_model, "name", None) if embedding_model is not None else None
         )
         if segmentation_model is not None:
-            self.grid = FrameGrid(
-                int(segmentation_model.frame_step_samples),
-                int(segmentation_model.receptive_field_samples),
-                SAMPLE_RATE,
-            )
+            self.grid = FrameGrid.from_config(segmentation_model)
             self.mapping = segmentation_model.powerset.mapping.detach().cpu().numpy()
             self.num_local_speakers = int(self.mapping.shape[1])
             segmentation_model.eval().to(device)

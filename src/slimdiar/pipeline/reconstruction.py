@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from slimdiar.pipeline.windows import FrameGrid
+from slimdiar.frames import FrameGrid
 
 
 def aggregate_clusters(

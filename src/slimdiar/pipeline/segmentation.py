@@ -16,7 +16,7 @@ import numpy as np
 from scipy.ndimage import median_filter
 
 from slimdiar.errors import ConfigError
-from slimdiar.pipeline.windows import FrameGrid
+from slimdiar.frames import FrameGrid
 
 
 def binarize_powerset(

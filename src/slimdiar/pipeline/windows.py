@@ -4,8 +4,9 @@ A recording of ``num_samples`` samples is cut into windows ("chunks") of ``windo
 samples every ``step_samples`` samples. The last window starts on the step grid and is zero-padded
 so that the windows cover the recording to its last sample (a recording shorter than one window
 gives one padded window). Inside a window the model emits frames every ``frame_step_samples``
-samples, each seeing ``receptive_field_samples`` samples; the same grid, started at sample 0 of
-the recording, is the global frame grid on which the chunks are aggregated.
+samples, each seeing ``receptive_field_samples`` samples; the same grid
+(:class:`slimdiar.frames.FrameGrid`), started at sample 0 of the recording, is the global frame
+grid on which the chunks are aggregated.
 """
 
 from __future__ import annotations
@@ -15,65 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from slimdiar.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class FrameGrid:
-    """The frame grid of a segmentation model.
-
-    Frame ``i`` of a signal sees samples ``[i * frame_step_samples, i * frame_step_samples +
-    receptive_field_samples)``; its time is the middle of that span (WavLM: ``0.02 i + 0.0125``
-    s), in training labels and output turns alike. It stands for the interval from its middle to
-    the next frame's middle, so a run of active frames ``a .. b - 1`` is the turn from the middle
-    of frame ``a`` to the middle of frame ``b``.
-
-    Parameters
-    ----------
-    frame_step_samples
-        Samples between two consecutive frames (320 for WavLM).
-    receptive_field_samples
-        Samples seen by one frame (400 for WavLM).
-    sample_rate
-        Samples per second.
-    """
-
-    frame_step_samples: int
-    receptive_field_samples: int
-    sample_rate: int = 16000
-
-    def __post_init__(self) -> None:
-        if self.frame_step_samples < 1 or self.receptive_field_samples < 1 or self.sample_rate < 1:
-            raise ConfigError(f"frame grid values must be >= 1, got {self}")
-
-    @classmethod
-    def from_config(cls, config, sample_rate: int = 16000) -> FrameGrid:
-        """The grid of a config with ``frame_step_samples`` and ``receptive_field_samples``."""
-        return cls(int(config.frame_step_samples), int(config.receptive_field_samples), sample_rate)
-
-    @property
-    def frame_step_s(self) -> float:
-        """Seconds between two consecutive frames."""
-        return self.frame_step_samples / self.sample_rate
-
-    def num_frames(self, num_samples: int) -> int:
-        """Number of frames the model emits for ``num_samples`` samples (0 if too short)."""
-        if num_samples < self.receptive_field_samples:
-            return 0
-        return (int(num_samples) - self.receptive_field_samples) // self.frame_step_samples + 1
-
-    def frame_center_s(self, frame_index: np.ndarray | int) -> np.ndarray | float:
-        """Time, in seconds from the signal start, of the middle of frame(s) ``frame_index``."""
-        index = np.asarray(frame_index)
-        middle = index * self.frame_step_samples + self.receptive_field_samples / 2
-        return middle / self.sample_rate
-
-    def frame_bounds_s(self, frame_index: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
-        """Start and end, in seconds, of the interval that frame(s) ``frame_index`` stand for.
-
-        From the frame's middle to the next frame's middle.
-        """
-        center_s = self.frame_center_s(frame_index)
-        return center_s, center_s + self.frame_step_s
+from slimdiar.frames import FrameGrid
 
 
 @dataclass(frozen=True)

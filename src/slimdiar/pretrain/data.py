@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from slimdiar.data.audio import audio_info, read_audio
 from slimdiar.data.formats import read_wav_scp
 from slimdiar.errors import ConfigError
-from slimdiar.models.config import SAMPLE_RATE
+from slimdiar.frames import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 

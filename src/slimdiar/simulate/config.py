@@ -23,6 +23,7 @@ from functools import lru_cache
 import numpy as np
 
 from slimdiar.errors import ConfigError
+from slimdiar.frames import SAMPLE_RATE
 
 NOISE_TYPES = ("white", "pink", "babble")
 
@@ -253,7 +254,7 @@ class SimulationConfig:
     min_speakers: int = 2
     max_speakers: int = 4
     turns: TurnTakingConfig = field(default_factory=TurnTakingConfig)
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     edge_silence_s: float = 0.5
     speaker_gain_db: tuple[float, float] = (-3.0, 3.0)
     level_dbfs: float = -26.0

@@ -64,7 +64,7 @@ def utterance_features(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     audio
         Speech of one speaker, shape (num_samples,).
     sample_rate
-        Samples per second (>= 16000 for the full band).
+        Samples per second (>= :data:`~slimdiar.frames.SAMPLE_RATE` for the full band).
 
     Returns
     -------

@@ -26,6 +26,7 @@ import soxr
 from scipy.signal import lfilter
 
 from slimdiar.errors import AudioError, ConfigError, DataFormatError
+from slimdiar.frames import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -210,7 +211,8 @@ class CorpusSource(SpeakerSource):
         Speakers with fewer utterances are left out.
     """
 
-    def __init__(self, path: str | Path, sample_rate: int = 16000, *, min_utterances: int = 1):
+    def __init__(self, path: str | Path, sample_rate: int = SAMPLE_RATE, *,
+                 min_utterances: int = 1):
         super().__init__(sample_rate)
         self.path = Path(path)
         if self.path.is_dir():
@@ -307,7 +309,7 @@ class ToneSource(SpeakerSource):
         self,
         num_speakers: int = 12,
         utterances_per_speaker: int = 10,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         *,
         duration_s: tuple[float, float] = (0.8, 3.0),
         f0_low_hz: float = 90.0,

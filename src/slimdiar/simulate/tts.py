@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from slimdiar.errors import AudioError, ConfigError
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.simulate.sentences import SENTENCES
 from slimdiar.simulate.sources import (
     SpeakerSource,
@@ -40,7 +41,7 @@ from slimdiar.simulate.sources import (
 
 logger = logging.getLogger(__name__)
 
-CACHE_SAMPLE_RATE = 16000
+CACHE_SAMPLE_RATE = SAMPLE_RATE
 CACHE_VERSION = 1
 ENGINES = ("espeak-ng", "flite", "festival")
 ENGINE_COMMANDS = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "festival"}
@@ -227,7 +228,7 @@ class TTSVoicePool(SpeakerSource):
         *,
         num_speakers: int | None = None,
         utterances_per_speaker: int = 15,
-        sample_rate: int = 16000,
+        sample_rate: int = SAMPLE_RATE,
         voices: Sequence[VoiceSpec] | None = None,
     ):
         super().__init__(sample_rate)

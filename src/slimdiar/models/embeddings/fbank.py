@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from slimdiar.errors import AudioError, ConfigError
+from slimdiar.frames import SAMPLE_RATE
 
 WINDOW_TYPES = ("povey", "hamming", "hanning", "rectangular")
 
@@ -66,7 +67,7 @@ class FbankConfig:
         Factor applied to the waveform first; WeSpeaker multiplies [-1, 1] audio by 32768.
     """
 
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     num_mel_bins: int = 80
     frame_length_ms: float = 25.0
     frame_shift_ms: float = 10.0

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimdiar.errors import AudioError, CheckpointError, ConfigError
+from slimdiar.frames import SAMPLE_RATE
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class GE2EConfig:
         left as they are.
     """
 
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     num_mel_bins: int = 40
     window_ms: float = 25.0
     hop_ms: float = 10.0

@@ -117,7 +117,7 @@ class PLDA:
         expected = {"mean1": (dim_in,), "mean2": (dim,), "mu": (dim,), "tr": (dim, dim),
                     "psi": (dim,)}
         for name, shape in expected.items():
-            array = x.get(name, p.get(name))
+            array = x[name] if name in x else p[name]
             if array.shape != shape:
                 raise CheckpointError(
                     f"{directory}: {name} has shape {array.shape}, expected {shape} for an lda "

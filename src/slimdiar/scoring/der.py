@@ -293,14 +293,14 @@ def merge_speaker_turns(annotation: Annotation) -> tuple[Annotation, int]:
     merged = Annotation(uri=annotation.uri)
     num_merged = 0
     for label in sorted(spans, key=str):
-        current: list[float] | None = None
-        for start, end in sorted(spans[label]):
-            if current is not None and start < current[1]:
+        first, *rest = sorted(spans[label])  # every label has at least one turn
+        current = list(first)
+        for start, end in rest:
+            if start < current[1]:
                 current[1] = max(current[1], end)
                 num_merged += 1
                 continue
-            if current is not None:
-                _add_turn(merged, current, label)
+            _add_turn(merged, current, label)
             current = [start, end]
         _add_turn(merged, current, label)
     return merged, num_merged

@@ -104,6 +104,7 @@ class SpeakerBounds:
         return self.max_speakers
 
     def to_dict(self) -> dict:
+        """The three counts as a JSON-ready dict (``None`` where not given)."""
         return {
             "num_speakers": self.num_speakers,
             "min_speakers": self.min_speakers,

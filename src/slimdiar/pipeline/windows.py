@@ -111,6 +111,7 @@ class Windows:
 
     @property
     def num_chunks(self) -> int:
+        """Number of windows."""
         return int(len(self.start_samples))
 
     def start_frames(self, grid: FrameGrid) -> np.ndarray:

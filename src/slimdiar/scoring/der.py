@@ -144,6 +144,7 @@ class FileScore:
     reason: str | None = None
 
     def to_dict(self) -> dict:
+        """The error components, JER, status, scored duration and reason as a JSON-ready dict."""
         data = self.components.to_dict()
         data.update({"jer": self.jer, "status": self.status, "scored_duration": self.scored_s,
                      "reason": self.reason})

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -42,7 +42,7 @@ SHARED_RANGES: dict[str, Range] = {"min_active_ratio": Range(low=0, high=1),
                                    "max_embeddings": at_least(2)}
 
 
-def _check_count(name: str, value) -> None:
+def _check_count(name: str, value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
@@ -673,14 +673,33 @@ class OracleClustering:
         return constrained_assignment(overlap, active)
 
 
-CLUSTERING_METHODS: dict[str, type] = {
+class Clustering(Protocol):
+    """What every clustering method is: flags saying what it needs, and the call."""
+
+    #: Whether the method reads speaker embeddings (the pipeline computes them only then).
+    needs_embeddings: ClassVar[bool]
+    #: Whether the method reads the reference turns (an oracle).
+    needs_reference: ClassVar[bool]
+
+    def __call__(
+        self,
+        activities: np.ndarray,
+        embeddings: np.ndarray | None,
+        reference_chunks: np.ndarray | None = None,
+        bounds: SpeakerBounds | None = None,
+    ) -> np.ndarray:
+        """``(num_chunks, num_local_speakers)`` int64 global speakers, -1 if unassigned."""
+        ...
+
+
+CLUSTERING_METHODS: dict[str, type[Clustering]] = {
     "agglomerative": AgglomerativeClustering,
     "oracle": OracleClustering,
     "vbx": VBxClustering,
 }
 
 
-def make_clustering(name: str, **options):
+def make_clustering(name: str, **options: object) -> Clustering:
     """Build the clustering method registered as ``name`` with its options.
 
     Raises

@@ -1,10 +1,13 @@
 # make demo  - run the embedded end-to-end demo (creates .venv and installs what it needs)
 # make test  - run the test suite (creates .venv and installs what it needs)
+# make lint  - ruff on src and tests, then mypy on the type-checked packages (MYPY_PATHS)
 VENV := .venv
 STAMP_TEST := $(VENV)/.stamp-test
 STAMP_DEMO := $(VENV)/.stamp-demo
 DEMO_OUT ?= exp/demo
 PYTEST_ARGS ?=
+# The packages mypy checks.
+MYPY_PATHS := src/slimdiar/pipeline src/slimdiar/scoring src/slimdiar/data src/slimdiar/models
 
 .PHONY: demo demo-quick test lint clean
 
@@ -27,6 +30,7 @@ test: $(STAMP_TEST)
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/mypy $(MYPY_PATHS)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info

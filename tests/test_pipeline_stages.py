@@ -11,6 +11,7 @@ from slimdiar.pipeline import (
     FrameGrid,
     OracleClustering,
     SpeakerBounds,
+    VBxClustering,
     activity_to_segments,
     aggregate_clusters,
     binarize_powerset,
@@ -322,6 +323,14 @@ def test_oracle_clustering_follows_the_reference():
     assert np.array_equal(hard, truth)
     with pytest.raises(ConfigError, match="reference"):
         OracleClustering()(activities, None, None)
+
+
+@pytest.mark.parametrize("clustering", [AgglomerativeClustering(), VBxClustering()])
+def test_embedding_clustering_without_embeddings_is_a_config_error(clustering):
+    # checked before the PLDA model is read: the default plda_dir need not exist
+    activities, _, _ = synthetic_recording(seed=4, num_chunks=3)
+    with pytest.raises(ConfigError, match="needs the speaker embeddings"):
+        clustering(activities, None)
 
 
 @pytest.mark.parametrize(

@@ -1,3 +1,5 @@
+"""``python -m slimdiar``: the ``slimdiar`` command line."""
+
 import sys
 
 try:

@@ -224,7 +224,7 @@ def read_toml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: unreadable config file ({error})") from None
 
 
-def load_config(cls, path: str | Path | None = None, overrides: list[str] = ()):
+def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[str] = ()):
     """Read a TOML file (optional) into dataclass ``cls`` and apply ``section.key=value`` overrides.
 
     Raises

@@ -10,6 +10,7 @@ class.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import numpy as np
 
@@ -76,6 +77,12 @@ class FrameGrid:
             return 0
         return (int(num_samples) - self.receptive_field_samples) // self.frame_step_samples + 1
 
+    @overload
+    def frame_center_s(self, frame_index: int) -> float: ...
+
+    @overload
+    def frame_center_s(self, frame_index: np.ndarray) -> np.ndarray: ...
+
     def frame_center_s(self, frame_index: np.ndarray | int) -> np.ndarray | float:
         """Time, in seconds from the signal start, of the middle of frame(s) ``frame_index``."""
         index = np.asarray(frame_index)
@@ -86,7 +93,15 @@ class FrameGrid:
         """``(num_frames,)`` float64 middles of frames ``0 .. num_frames - 1``, in seconds."""
         return np.asarray(self.frame_center_s(np.arange(int(num_frames))), dtype=np.float64)
 
-    def frame_bounds_s(self, frame_index: np.ndarray | int) -> tuple[np.ndarray, np.ndarray]:
+    @overload
+    def frame_bounds_s(self, frame_index: int) -> tuple[float, float]: ...
+
+    @overload
+    def frame_bounds_s(self, frame_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def frame_bounds_s(
+        self, frame_index: np.ndarray | int
+    ) -> tuple[np.ndarray | float, np.ndarray | float]:
         """Start and end, in seconds, of the interval that frame(s) ``frame_index`` stand for.
 
         From the frame's middle to the next frame's middle.

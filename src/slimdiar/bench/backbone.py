@@ -74,6 +74,7 @@ class BackboneResult:
     speedup_batch_vs_float32: float | None = None
 
     def to_dict(self) -> dict:
+        """The fields as a JSON-ready dict."""
         return asdict(self)
 
 

@@ -39,6 +39,7 @@ examples:
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add the ``bench`` command to ``subparsers`` and return its parser."""
     parser = subparsers.add_parser(
         "bench",
         help="parameters, MACs, latency and real-time factor of WavLM backbones",
@@ -86,6 +87,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    """Run ``slimdiar bench``: the backbone comparison or, with ``--pipeline``, the pipeline."""
     if args.pipeline is not None:
         if args.models:
             raise ConfigError("give either backbone MODELs or --pipeline CKPT, not both")
@@ -100,6 +102,7 @@ def run(args) -> int:
 
 
 def run_backbones(args) -> int:
+    """Benchmark the backbones ``args.models``, print the table and write ``--json`` if given."""
     from rich.console import Console
     from rich.table import Table
 
@@ -169,6 +172,7 @@ def _single_dtype(names: list[str]) -> str:
 
 
 def run_pipeline(args) -> int:
+    """Time each stage of the pipeline ``args.pipeline``; print the table, write ``--json``."""
     from rich.console import Console
     from rich.table import Table
 

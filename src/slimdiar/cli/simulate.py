@@ -79,6 +79,7 @@ def scale_splits(splits: dict[str, int], total: int) -> dict[str, int]:
 
 
 def add_parser(subparsers) -> None:
+    """Add the ``simulate`` command to ``subparsers``."""
     parser = subparsers.add_parser(
         "simulate",
         help="simulate conversations as training data",
@@ -145,6 +146,7 @@ def _source(args, sample_rate: int):
 
 
 def run(args) -> int:
+    """Run ``slimdiar simulate``: write the simulated conversations as a data directory."""
     from dataclasses import replace
 
     from tqdm import tqdm

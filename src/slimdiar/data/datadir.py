@@ -289,7 +289,8 @@ class DataDir:
 
     def summary(self) -> DataSummary:
         """Count recordings, hours, speakers, speech and overlap (inside the UEM)."""
-        speakers_per_recording, turns_per_speaker = {}, Counter()
+        speakers_per_recording: dict[str, int] = {}
+        turns_per_speaker: Counter[str] = Counter()
         rows, speech_total, overlap_total, scored_total = [], 0.0, 0.0, 0.0
         for uri, recording in self.recordings.items():
             turns = self.turns[uri]

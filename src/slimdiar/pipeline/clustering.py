@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import warnings
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import numpy as np
 from scipy.cluster.hierarchy import fcluster, linkage
@@ -42,7 +42,7 @@ SHARED_RANGES: dict[str, Range] = {"min_active_ratio": Range(low=0, high=1),
                                    "max_embeddings": at_least(2)}
 
 
-def _check_count(name: str, value) -> None:
+def _check_count(name: str, value: object) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
@@ -104,6 +104,7 @@ class SpeakerBounds:
         return self.max_speakers
 
     def to_dict(self) -> dict:
+        """The three counts as a JSON-ready dict (``None`` where not given)."""
         return {
             "num_speakers": self.num_speakers,
             "min_speakers": self.min_speakers,
@@ -375,6 +376,8 @@ class AgglomerativeClustering:
         numpy.ndarray
             ``(num_chunks, num_local_speakers)`` int64 global speaker, -1 if silent/unassigned.
         """
+        if embeddings is None:
+            raise ConfigError("agglomerative clustering needs the speaker embeddings")
         bounds = bounds or SpeakerBounds()
         active = np.asarray(activities).sum(axis=1) > 0  # (chunks, speakers)
         chunk_idx, speaker_idx = training_pairs(activities, embeddings, self.min_active_ratio)
@@ -398,15 +401,15 @@ def _kmeans(features: np.ndarray, num_clusters: int, num_starts: int = 3) -> np.
     Deterministic: start ``i`` uses k-means++ seeded with ``i``; starts that leave a cluster
     empty lose to those that do not.
     """
-    best: tuple | None = None
+    starts: list[tuple[int, float, np.ndarray]] = []  # (empty clusters, inertia, labels)
     for seed in range(num_starts):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # an empty cluster: that start is ranked last
             centres, labels = kmeans2(features, num_clusters, minit="++", seed=seed)
         empty = num_clusters - len(np.unique(labels))
         inertia = float(np.sum((features - centres[labels]) ** 2))
-        if best is None or (empty, inertia) < best[:2]:
-            best = (empty, inertia, labels)
+        starts.append((empty, inertia, labels))
+    best = min(starts, key=lambda start: start[:2])  # the first of equals
     return np.unique(best[2], return_inverse=True)[1].astype(np.int64)
 
 
@@ -529,10 +532,14 @@ class VBxClustering:
         check_ranges(self)
         self._plda: PLDA | None = None
 
-    def prepare(self) -> None:
-        """Read the PLDA model (once); raises :class:`~slimdiar.errors.CheckpointError`."""
+    def prepare(self) -> PLDA:
+        """Read the PLDA model (once) and return it.
+
+        Raises :class:`~slimdiar.errors.CheckpointError`.
+        """
         if self._plda is None:
             self._plda = PLDA.load(self.plda_dir)
+        return self._plda
 
     def details(
         self,
@@ -545,7 +552,7 @@ class VBxClustering:
         ``None`` when no local speaker has a usable embedding.
         """
         bounds = bounds or SpeakerBounds()
-        self.prepare()
+        plda = self.prepare()
         active = np.asarray(activities).sum(axis=1) > 0  # (chunks, speakers)
         chunk_idx, speaker_idx = training_pairs(activities, embeddings, self.min_active_ratio)
         chunk_idx, speaker_idx = spread_subset(chunk_idx, speaker_idx, self.max_embeddings)
@@ -563,7 +570,7 @@ class VBxClustering:
             ahc_labels = np.unique(
                 fcluster(merges, self.ahc_threshold, criterion="distance"), return_inverse=True
             )[1].astype(np.int64)
-            features, phi = self._plda.features(train, self.lda_dim)
+            features, phi = plda.features(train, self.lda_dim)
             result = vbx(features, phi, ahc_labels, fa=self.fa, fb=self.fb,
                          loop_probability=self.loop_probability, max_iters=self.max_iters,
                          init_smoothing=self.init_smoothing)
@@ -587,6 +594,8 @@ class VBxClustering:
                 "VBx found %d speakers, outside the allowed range [%d, %d]; using k-means "
                 "with %d clusters on the same features instead", found, low, high, wanted
             )
+            # One embedding always fits the bounds, so VBx ran and gave the features.
+            assert features is not None
             labels = _kmeans(features, wanted)
             weights = np.eye(wanted)[labels] / np.bincount(labels, minlength=wanted)
         centroids = weights.T @ train  # (num_clusters, dimension)
@@ -606,6 +615,8 @@ class VBxClustering:
 
         Arguments and result as :meth:`AgglomerativeClustering.__call__`.
         """
+        if embeddings is None:
+            raise ConfigError("VBx clustering needs the speaker embeddings")
         found = self.details(activities, embeddings, bounds)
         if found is None:
             active = np.asarray(activities).sum(axis=1) > 0
@@ -662,14 +673,33 @@ class OracleClustering:
         return constrained_assignment(overlap, active)
 
 
-CLUSTERING_METHODS: dict[str, type] = {
+class Clustering(Protocol):
+    """What every clustering method is: flags saying what it needs, and the call."""
+
+    #: Whether the method reads speaker embeddings (the pipeline computes them only then).
+    needs_embeddings: ClassVar[bool]
+    #: Whether the method reads the reference turns (an oracle).
+    needs_reference: ClassVar[bool]
+
+    def __call__(
+        self,
+        activities: np.ndarray,
+        embeddings: np.ndarray | None,
+        reference_chunks: np.ndarray | None = None,
+        bounds: SpeakerBounds | None = None,
+    ) -> np.ndarray:
+        """``(num_chunks, num_local_speakers)`` int64 global speakers, -1 if unassigned."""
+        ...
+
+
+CLUSTERING_METHODS: dict[str, type[Clustering]] = {
     "agglomerative": AgglomerativeClustering,
     "oracle": OracleClustering,
     "vbx": VBxClustering,
 }
 
 
-def make_clustering(name: str, **options):
+def make_clustering(name: str, **options: object) -> Clustering:
     """Build the clustering method registered as ``name`` with its options.
 
     Raises

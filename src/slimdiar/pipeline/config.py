@@ -134,6 +134,7 @@ class ClusteringSection:
         return make_clustering(self.method, **self.options)
 
     def to_dict(self) -> dict:
+        """The method and its options, as one flat dict (the TOML section)."""
         return {"method": self.method, **self.options}
 
 
@@ -149,6 +150,7 @@ class SpeakersSection:
         self.bounds()  # validates
 
     def bounds(self) -> SpeakerBounds:
+        """The configured counts as :class:`SpeakerBounds`."""
         return SpeakerBounds(self.num_speakers, self.min_speakers, self.max_speakers)
 
 
@@ -175,10 +177,12 @@ class PipelineConfig:
 
     @property
     def window_samples(self) -> int:
+        """Window duration in samples at 16 kHz."""
         return int(round(self.windows.duration_s * SAMPLE_RATE))
 
     @property
     def step_samples(self) -> int:
+        """Samples between two window starts at 16 kHz."""
         return int(round(self.windows.step_s * SAMPLE_RATE))
 
     def make_clustering(self):

@@ -87,7 +87,7 @@ class _AudioReader:
         stop = min(start_sample + num_samples, self.num_samples)
         if self.waveform is not None:
             part = self.waveform[start_sample:stop]
-        elif stop > start_sample:
+        elif self.path is not None and stop > start_sample:
             part = read_audio(
                 self.path,
                 start_s=start_sample / SAMPLE_RATE,
@@ -331,7 +331,7 @@ class DiarizationPipeline:
             int(start_frames[-1]) + self.chunk_num_frames,
         )
         reference_chunks = None
-        if needs_reference:
+        if needs_reference and reference is not None:  # checked above: both or neither
             ref_activity, ref_labels = reference_frame_activity(
                 as_turn_triples(reference), num_frames, self.grid
             )
@@ -404,6 +404,8 @@ class DiarizationPipeline:
             ``(num_chunks, chunk_num_frames, num_local_speakers)`` uint8.
         """
         if self.config.segmentation.source == "oracle":
+            if reference_chunks is None:
+                raise ConfigError("oracle segmentation needs the reference turns of the recording")
             activities, _ = oracle_chunk_activities(reference_chunks, self.num_local_speakers)
             _notify(hook, "segmentation", activities, windows.num_chunks, windows.num_chunks)
             return activities

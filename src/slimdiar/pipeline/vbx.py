@@ -117,7 +117,7 @@ class PLDA:
         expected = {"mean1": (dim_in,), "mean2": (dim,), "mu": (dim,), "tr": (dim, dim),
                     "psi": (dim,)}
         for name, shape in expected.items():
-            array = x.get(name, p.get(name))
+            array = x[name] if name in x else p[name]
             if array.shape != shape:
                 raise CheckpointError(
                     f"{directory}: {name} has shape {array.shape}, expected {shape} for an lda "
@@ -172,7 +172,9 @@ class PLDA:
         return features, self.psi[:lda_dim]
 
 
-def _forward_backward(log_likelihoods: np.ndarray, transitions: np.ndarray, initial: np.ndarray):
+def _forward_backward(
+    log_likelihoods: np.ndarray, transitions: np.ndarray, initial: np.ndarray
+) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """Posteriors of an HMM; returns ``(gamma, log_total, log_alpha, log_beta)``."""
     num_steps, num_states = log_likelihoods.shape
     log_tr = np.log(transitions)

@@ -11,6 +11,7 @@ grid on which the chunks are aggregated.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +40,7 @@ class Windows:
 
     @property
     def num_chunks(self) -> int:
+        """Number of windows."""
         return int(len(self.start_samples))
 
     def start_frames(self, grid: FrameGrid) -> np.ndarray:
@@ -98,7 +100,7 @@ def sliding_windows(num_samples: int, window_samples: int, step_samples: int) ->
     return Windows(starts, int(window_samples), int(num_samples))
 
 
-def batches(num_items: int, batch_size: int):
+def batches(num_items: int, batch_size: int) -> Iterator[slice]:
     """Yield ``slice`` objects that split ``range(num_items)`` into batches of ``batch_size``."""
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")

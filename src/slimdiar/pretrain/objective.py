@@ -193,14 +193,17 @@ class MaskedPredictionObjective(Objective):
         self._step = 0
 
     def modules(self) -> dict[str, nn.Module]:
+        """The model, the prediction heads and the (frozen) target model."""
         return {"wavlm": self.wavlm, "heads": self.heads, "targets": self.targets}
 
     def train(self, mode: bool = True) -> None:
+        """Set the model and heads to training (``True``) or evaluation mode; targets stay eval."""
         self.wavlm.train(mode)
         self.heads.train(mode)
         self.targets.eval()
 
     def parameter_groups(self) -> list[ParamGroup]:
+        """The model's trainable parameters and the heads, at the same learning rate."""
         betas = (0.9, self.optim.beta2)
         return [
             ParamGroup("wavlm", [p for p in self.wavlm.parameters() if p.requires_grad],
@@ -210,9 +213,11 @@ class MaskedPredictionObjective(Objective):
         ]
 
     def on_step(self, epoch: int, step: int, epoch_progress: float) -> None:
+        """Record the step index, which seeds the masks and the mixing of the step."""
         self._step = step
 
     def buffers_to_sync(self) -> list[torch.Tensor]:
+        """The model's floating-point buffers."""
         return [b for b in self.wavlm.buffers() if b.is_floating_point()]
 
     def _generator(self, device: torch.device, salt: int) -> torch.Generator:
@@ -261,11 +266,13 @@ class MaskedPredictionObjective(Objective):
         return loss, scalars, counts
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Masked-prediction loss of one batch, with utterance mixing; ``(loss, scalars)``."""
         generator = self._generator(batch["waveform"].device, self._step)
         loss, scalars, _ = self._forward(batch, generator, mix=True)
         return loss, scalars
 
     def validate(self, batches: Iterable) -> dict[str, tuple[float, float]]:
+        """Loss and accuracy on the masked frames, without mixing and with fixed masks."""
         frames = correct = loss_sum = 0.0
         for index, batch in enumerate(batches):
             # the same masks every epoch: validation losses are comparable
@@ -276,11 +283,13 @@ class MaskedPredictionObjective(Objective):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's and the heads' tensors, under ``wavlm.`` and ``heads.``."""
         state = {f"wavlm.{k}": v for k, v in self.wavlm.state_dict().items()}
         state.update({f"heads.{k}": v for k, v in self.heads.state_dict().items()})
         return state
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load what :meth:`state_dict` returned; a missing or unexpected key is an error."""
         load_state_dict_strict(
             self.wavlm, {k[6:]: v for k, v in state_dict.items() if k.startswith("wavlm.")},
             "pretraining state (wavlm)")
@@ -292,5 +301,6 @@ class MaskedPredictionObjective(Objective):
             raise CheckpointError(f"unexpected keys in a pretraining state: {extra[:10]}")
 
     def checkpoint_config(self) -> dict:
+        """The model's architecture, the number of target clusters and the projection size."""
         return {"wavlm": self.wavlm.config.to_dict(), "num_clusters": self.targets.num_clusters,
                 "proj_dim": self.heads.projection.out_features}

@@ -144,6 +144,7 @@ class FileScore:
     reason: str | None = None
 
     def to_dict(self) -> dict:
+        """The error components, JER, status, scored duration and reason as a JSON-ready dict."""
         data = self.components.to_dict()
         data.update({"jer": self.jer, "status": self.status, "scored_duration": self.scored_s,
                      "reason": self.reason})
@@ -293,14 +294,14 @@ def merge_speaker_turns(annotation: Annotation) -> tuple[Annotation, int]:
     merged = Annotation(uri=annotation.uri)
     num_merged = 0
     for label in sorted(spans, key=str):
-        current: list[float] | None = None
-        for start, end in sorted(spans[label]):
-            if current is not None and start < current[1]:
+        first, *rest = sorted(spans[label])  # every label has at least one turn
+        current = list(first)
+        for start, end in rest:
+            if start < current[1]:
                 current[1] = max(current[1], end)
                 num_merged += 1
                 continue
-            if current is not None:
-                _add_turn(merged, current, label)
+            _add_turn(merged, current, label)
             current = [start, end]
         _add_turn(merged, current, label)
     return merged, num_merged

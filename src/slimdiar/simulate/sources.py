@@ -267,16 +267,20 @@ class CorpusSource(SpeakerSource):
         return files
 
     def speakers(self) -> list[str]:
+        """Speaker labels (the corpus folders), sorted."""
         return list(self._files)
 
     def utterance_ids(self, speaker: str) -> list[str]:
+        """Identifiers of the audio files of ``speaker``, sorted."""
         return list(self._files[speaker])
 
     def load(self, speaker: str, utterance_id: str) -> Utterance | None:
+        """Read one file, trimmed to its speech; ``None`` when it holds no speech."""
         audio = read_mono(self._files[speaker][utterance_id], self.sample_rate)
         return trim_to_speech(speaker, utterance_id, audio, self.sample_rate)
 
     def describe(self) -> str:
+        """One line that names the corpus folder and its number of speakers."""
         return f"corpus {self.path} ({len(self._files)} speakers)"
 
 
@@ -330,15 +334,18 @@ class ToneSource(SpeakerSource):
         self._labels = [f"tone{k:03d}" for k in range(num_speakers)]
 
     def speakers(self) -> list[str]:
+        """Speaker labels ``tone000``, ``tone001``, ..."""
         return list(self._labels)
 
     def utterance_ids(self, speaker: str) -> list[str]:
+        """Identifiers ``<speaker>-000``, ``<speaker>-001``, ... of the utterances."""
         return [f"{speaker}-{j:03d}" for j in range(self.utterances_per_speaker)]
 
     def _rng(self, speaker_index: int, utterance_index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, speaker_index, utterance_index])
 
     def load(self, speaker: str, utterance_id: str) -> Utterance:
+        """Synthesise one utterance (the same for the same seed, speaker and identifier)."""
         if speaker not in self._labels:
             raise ConfigError(f"unknown tone speaker {speaker!r}")
         speaker_index = self._labels.index(speaker)
@@ -365,6 +372,7 @@ class ToneSource(SpeakerSource):
         return Utterance(speaker, utterance_id, audio.astype(np.float32), segments)
 
     def describe(self) -> str:
+        """One line with the number of speakers and of utterances per speaker."""
         return (f"synthetic tone source ({self.num_speakers} speakers, "
                 f"{self.utterances_per_speaker} utterances each)")
 

@@ -265,6 +265,7 @@ class TTSVoicePool(SpeakerSource):
         self._specs = {spec.label: spec for spec in usable}
 
     def speakers(self) -> list[str]:
+        """Labels of the usable voices, sorted."""
         return sorted(self._specs)
 
     def spec(self, speaker: str) -> VoiceSpec:
@@ -272,6 +273,7 @@ class TTSVoicePool(SpeakerSource):
         return self._specs[speaker]
 
     def utterance_ids(self, speaker: str) -> list[str]:
+        """Identifiers ``s<index>`` of the sentences that ``speaker`` says."""
         spec = self._specs[speaker]
         return [f"s{index:03d}" for index in sentence_indices(spec, self.utterances_per_speaker)]
 
@@ -331,6 +333,10 @@ class TTSVoicePool(SpeakerSource):
         synthesize(spec, texts, [self.cache_path(speaker, u) for u in utterance_ids])
 
     def load(self, speaker: str, utterance_id: str) -> Utterance | None:
+        """Read one utterance from the cache (synthesising it first if needed), trimmed to speech.
+
+        ``None`` when it holds no speech.
+        """
         path = self.cache_path(speaker, utterance_id)
         if not path.is_file():
             self._synthesize(speaker, [utterance_id])
@@ -338,5 +344,6 @@ class TTSVoicePool(SpeakerSource):
         return trim_to_speech(speaker, utterance_id, audio, self.sample_rate)
 
     def describe(self) -> str:
+        """One line with the number of voices and of utterances per voice."""
         return (f"built-in voice pool ({len(self._specs)} speakers, "
                 f"{self.utterances_per_speaker} utterances each)")

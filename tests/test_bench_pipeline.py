@@ -17,8 +17,8 @@ from slimdiar.bench.pipeline import (
 )
 from slimdiar.cli import main
 from slimdiar.errors import CheckpointError, ConfigError
-from slimdiar.models.config import preset
 from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.models.wavlm.config import preset
 from slimdiar.pipeline import sliding_windows
 
 DOCUMENTED_KEYS = {"mode", "model", "seconds", "stages", "rtf", "peak_rss_mb", "rss_increase_mb",

@@ -11,7 +11,6 @@ import torch
 
 from slimdiar.data.datadir import DataDir
 from slimdiar.models.checkpoint import read_metadata
-from slimdiar.models.config import wavlm_tiny
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.embeddings import (
     DEFAULT_THRESHOLDS,
@@ -20,6 +19,7 @@ from slimdiar.models.embeddings import (
     ResNetEmbedding,
     wespeaker_fbank,
 )
+from slimdiar.models.wavlm.config import wavlm_tiny
 from slimdiar.pipeline import DiarizationPipeline, PipelineConfig, save_settings
 from slimdiar.scoring import annotations_from_turns, score_diarization, timelines_from_regions
 

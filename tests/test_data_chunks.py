@@ -14,7 +14,7 @@ from slimdiar.data import (
     read_audio,
 )
 from slimdiar.errors import ConfigError
-from slimdiar.models.config import preset, wavlm_base_plus
+from slimdiar.models.wavlm.config import preset, wavlm_base_plus
 
 
 def starts(chunks):

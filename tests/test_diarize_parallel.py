@@ -19,8 +19,8 @@ import torch
 
 from slimdiar.cli import main
 from slimdiar.errors import ConfigError
-from slimdiar.models.config import preset
 from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.models.wavlm.config import preset
 from slimdiar.pipeline.parallel import (
     Rank,
     durations_s,

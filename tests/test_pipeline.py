@@ -13,8 +13,8 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 import slimdiar.pipeline.pipeline as pipeline_module
 from slimdiar.data import Turn, read_rttm
 from slimdiar.errors import AudioError, ConfigError
-from slimdiar.models.config import wavlm_tiny
 from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.models.wavlm.config import wavlm_tiny
 from slimdiar.pipeline import DiarizationPipeline, PipelineConfig
 
 SAMPLE_RATE = 16000

@@ -9,8 +9,8 @@ import torch
 
 from slimdiar.cli import main
 from slimdiar.data import read_rttm
-from slimdiar.models.config import wavlm_tiny
 from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.models.wavlm.config import wavlm_tiny
 
 SAMPLE_RATE = 16000
 # boundaries on the 20 ms frame grid (frame i stands for [0.02 i + 0.0125, ...))

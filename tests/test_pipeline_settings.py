@@ -15,8 +15,8 @@ from slimdiar.data import read_rttm
 from slimdiar.demo import Demo
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import read_metadata
-from slimdiar.models.config import wavlm_tiny
 from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.models.wavlm.config import wavlm_tiny
 from slimdiar.pipeline import (
     DiarizationPipeline,
     PipelineConfig,

@@ -18,9 +18,9 @@ from slimdiar.config import load_config
 from slimdiar.errors import ConfigError
 from slimdiar.models import WavLM
 from slimdiar.models.checkpoint import load_checkpoint
-from slimdiar.models.config import preset
 from slimdiar.models.eend import EEND, EENDConfig
-from slimdiar.models.hardconcrete import HardConcrete
+from slimdiar.models.wavlm.config import preset
+from slimdiar.models.wavlm.hardconcrete import HardConcrete
 from slimdiar.prune import SparsityController, default_distill_layers, expected_sparsity
 from slimdiar.prune.distill import distillation_loss
 from slimdiar.train.averaging import post_peak_epochs

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from slimdiar.errors import AudioError, CheckpointError, ConfigError
 from slimdiar.models import WavLM, WavLMConfig, preset
-from slimdiar.models.convert import parse_conv_layers
+from slimdiar.models.wavlm.convert import parse_conv_layers
 
 transformers = pytest.importorskip("transformers")
 
@@ -410,7 +410,7 @@ def test_expected_params_are_differentiable_and_track_gates():
 
 
 def test_hard_concrete_deterministic_mask_closes_the_expected_number():
-    from slimdiar.models.hardconcrete import HardConcrete
+    from slimdiar.models.wavlm.hardconcrete import HardConcrete
 
     gate = HardConcrete(10)
     with torch.no_grad():

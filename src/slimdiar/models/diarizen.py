@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from slimdiar.errors import CheckpointError, ConfigError
-from slimdiar.models.config import WavLMConfig, preset
+from slimdiar.models.wavlm.config import WavLMConfig, preset
 
 try:  # Python >= 3.11
     import tomllib
@@ -322,7 +322,7 @@ def _check_complete(state: dict, expected: dict, source) -> None:
 
 # ---------------------------------------------------------------------------- WavLM files
 def _torch_load(path: Path):
-    from slimdiar.models.convert import torch_load_safely
+    from slimdiar.models.wavlm.convert import torch_load_safely
 
     return torch_load_safely(path)
 

@@ -22,10 +22,10 @@ from slimdiar.config import Range, above, at_least, check_ranges, to_dict
 from slimdiar.data import ChunkDataset, DataDir
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import load_state_dict_strict
-from slimdiar.models.config import PRESETS, WavLMConfig, preset
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.powerset import chunk_der, permutation_invariant_powerset_loss
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import PRESETS, WavLMConfig, preset
 from slimdiar.train.distributed import DistContext
 from slimdiar.train.objective import Objective, ParamGroup
 from slimdiar.train.trainer import Trainer, TrainerConfig, TrainResult

@@ -26,8 +26,8 @@ import torch
 from slimdiar.config import Range, above, at_least, check_ranges, to_dict
 from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict
-from slimdiar.models.config import WavLMConfig
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import WavLMConfig
 from slimdiar.prune import (
     SparsityController,
     default_distill_layers,

@@ -17,6 +17,7 @@ Numerically the forward passes follow ``transformers.WavLMModel``.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +48,36 @@ def _slice_norm_(norm: nn.Module, index: torch.Tensor) -> None:
         norm.normalized_shape = (len(index),)
 
 
-class Gated(nn.Module):
+def add_up(terms: Iterable):
+    """``0 + t0 + t1 + ...`` in order (so a float count comes out the same bit for bit)."""
+    total = 0
+    for term in terms:
+        total = total + term
+    return total
+
+
+class Counted(nn.Module):
+    """A block that counts its parameters and MACs from its sizes (``dims``).
+
+    Subclasses yield the terms; a model adds up the terms of all its blocks in order.
+    """
+
+    def param_terms(self, *dims) -> Iterator:
+        raise NotImplementedError
+
+    def mac_terms(self, frames: int, *dims) -> Iterator:
+        raise NotImplementedError
+
+    def num_params(self, *dims):
+        """Parameters at the sizes ``dims`` (an int, or a tensor for expected sizes)."""
+        return add_up(self.param_terms(*dims))
+
+    def macs(self, frames: int, *dims):
+        """Multiply-accumulates for ``frames`` input frames at the sizes ``dims``."""
+        return add_up(self.mac_terms(frames, *dims))
+
+
+class Gated(Counted):
     """A block with hard-concrete gates: ``GATES`` maps each unit it can gate to an attribute."""
 
     GATES: dict[PruneUnit, str] = {}
@@ -131,20 +161,19 @@ class ConvLayer(Gated):
         channels = gated_size(self.gate, self.out_channels, count)
         return max(channels, 1) if count is Count.DETERMINISTIC else channels
 
-    def num_params(self, in_channels, channels):
+    def param_terms(self, in_channels, channels) -> Iterator:
         """Parameters with ``in_channels`` inputs and ``channels`` outputs."""
-        total = in_channels * channels * self.kernel_size
+        yield in_channels * channels * self.kernel_size
         if self.norm is not None:
-            total = total + 2 * channels
-        return total
+            yield 2 * channels
 
     def output_length(self, length: int) -> int:
         """Output frames for ``length`` input frames."""
         return max(0, (length - self.kernel_size) // self.stride + 1)
 
-    def macs(self, length: int, in_channels, channels):
-        """MACs for ``length`` output frames."""
-        return length * in_channels * channels * self.kernel_size
+    def mac_terms(self, frames: int, in_channels, channels) -> Iterator:
+        """MACs for ``frames`` input frames."""
+        yield self.output_length(frames) * in_channels * channels * self.kernel_size
 
     # ------------------------------------------------------------------ pruning
     def kept(self) -> Kept:
@@ -176,7 +205,7 @@ class ConvLayer(Gated):
         self.drop_gates()
 
 
-class FeatureExtractor(nn.Module):
+class FeatureExtractor(Counted):
     """The stack of conv layers that turns a waveform into 20 ms frames."""
 
     def __init__(self, config: WavLMConfig):
@@ -223,23 +252,21 @@ class FeatureExtractor(nn.Module):
         """Output channels of every conv layer under ``count``."""
         return [layer.dims(count) for layer in self.conv_layers]
 
-    def num_params(self, dims: list):
-        total, in_channels = 0, 1
+    def param_terms(self, dims: list) -> Iterator:
+        in_channels = 1
         for layer, channels in zip(self.conv_layers, dims):
-            total = total + layer.num_params(in_channels, channels)
+            yield from layer.param_terms(in_channels, channels)
             in_channels = channels
         if self.output_scale is not None:
-            total = total + in_channels
-        return total
+            yield in_channels
 
-    def macs(self, num_samples: int, dims: list):
-        """MACs for ``num_samples`` input samples."""
-        total, in_channels, length = 0, 1, num_samples
+    def mac_terms(self, frames: int, dims: list) -> Iterator:
+        """MACs for ``frames`` input samples."""
+        in_channels = 1
         for layer, channels in zip(self.conv_layers, dims):
-            length = layer.output_length(length)
-            total = total + layer.macs(length, in_channels, channels)
+            yield from layer.mac_terms(frames, in_channels, channels)
+            frames = layer.output_length(frames)
             in_channels = channels
-        return total
 
     # ------------------------------------------------------------------ pruning
     def kept(self) -> list[Kept]:
@@ -267,7 +294,7 @@ class FeatureExtractor(nn.Module):
                 for layer in self.conv_layers]
 
 
-class FeatureProjection(nn.Module):
+class FeatureProjection(Counted):
     """LayerNorm(conv_dim) -> [last conv layer's channel gate] -> Linear(conv_dim -> E)."""
 
     def __init__(self, conv_dim: int, embed_dim: int, eps: float, dropout: float):
@@ -283,12 +310,12 @@ class FeatureProjection(nn.Module):
             x = x * channel_gate()
         return self.dropout(self.projection(x))
 
-    def num_params(self, in_channels):
+    def param_terms(self, in_channels) -> Iterator:
         E = self.projection.out_features
-        return 2 * in_channels + in_channels * E + E
+        yield from (2 * in_channels, in_channels * E, E)
 
-    def macs(self, frames: int, in_channels):
-        return frames * in_channels * self.projection.out_features
+    def mac_terms(self, frames: int, in_channels) -> Iterator:
+        yield frames * in_channels * self.projection.out_features
 
     def prune_(self, kept: Kept, fold: Kept | None) -> None:
         """Keep the input channels ``kept``; multiply the projection by ``fold``'s scales."""
@@ -424,16 +451,16 @@ class SelfAttention(Gated):
         probability = block_probability(self.block_gate, heads, count)
         return (heads if probability else 0), probability
 
-    def num_params(self, dims: tuple):
+    def param_terms(self, dims: tuple) -> Iterator:
         heads, probability = dims
         E, d = self.embed_dim, self.head_dim
         gate_dim = self.gru_rel_pos_linear.in_features
-        return probability * (heads * (4 * E * d + 3 * d + 1) + E + 8 * gate_dim + 8)
+        yield probability * (heads * (4 * E * d + 3 * d + 1) + E + 8 * gate_dim + 8)
 
-    def macs(self, frames: int, dims: tuple):
+    def mac_terms(self, frames: int, dims: tuple) -> Iterator:
         heads, probability = dims
         E, d, T = self.embed_dim, self.head_dim, frames
-        return probability * (4 * T * E * d * heads + 2 * T * T * d * heads)
+        yield probability * (4 * T * E * d * heads + 2 * T * T * d * heads)
 
     # ------------------------------------------------------------------ pruning
     def kept(self) -> Kept:
@@ -499,14 +526,14 @@ class FeedForward(Gated):
         probability = block_probability(self.block_gate, units, count)
         return (units if probability else 0), probability
 
-    def num_params(self, dims: tuple):
+    def param_terms(self, dims: tuple) -> Iterator:
         units, probability = dims
         E = self.output_dense.out_features
-        return probability * (units * (2 * E + 1) + E)
+        yield probability * (units * (2 * E + 1) + E)
 
-    def macs(self, frames: int, dims: tuple):
+    def mac_terms(self, frames: int, dims: tuple) -> Iterator:
         units, probability = dims
-        return probability * 2 * frames * self.output_dense.out_features * units
+        yield probability * 2 * frames * self.output_dense.out_features * units
 
     # ------------------------------------------------------------------ pruning
     def kept(self) -> Kept:
@@ -529,7 +556,7 @@ class FeedForward(Gated):
 _ABSENT = (0, 0.0)
 
 
-class EncoderLayer(nn.Module):
+class EncoderLayer(Counted):
     """A transformer layer, post-norm (Base+) or pre-norm (Large); either block may be absent."""
 
     def __init__(self, config: WavLMConfig, index: int):
@@ -578,25 +605,21 @@ class EncoderLayer(nn.Module):
         feed_forward = self.feed_forward.dims(count) if self.feed_forward is not None else _ABSENT
         return attention, feed_forward
 
-    def num_params(self, dims: tuple):
+    def param_terms(self, dims: tuple) -> Iterator:
         attention, feed_forward = dims
+        if self.attention is not None:
+            yield from self.attention.param_terms(attention)
+        if self.feed_forward is not None:
+            yield from self.feed_forward.param_terms(feed_forward)
         E = self.embed_dim
-        norms = 2 * E * (attention[1] + feed_forward[1]) if self.layer_norm_first else 4 * E
-        total = 0.0
-        if self.attention is not None:
-            total = total + self.attention.num_params(attention)
-        if self.feed_forward is not None:
-            total = total + self.feed_forward.num_params(feed_forward)
-        return total + norms
+        yield 2 * E * (attention[1] + feed_forward[1]) if self.layer_norm_first else 4 * E
 
-    def macs(self, frames: int, dims: tuple):
+    def mac_terms(self, frames: int, dims: tuple) -> Iterator:
         attention, feed_forward = dims
-        total = 0.0
         if self.attention is not None:
-            total = total + self.attention.macs(frames, attention)
+            yield from self.attention.mac_terms(frames, attention)
         if self.feed_forward is not None:
-            total = total + self.feed_forward.macs(frames, feed_forward)
-        return total
+            yield from self.feed_forward.mac_terms(frames, feed_forward)
 
     # ------------------------------------------------------------------ pruning
     def kept(self) -> tuple[Kept, Kept]:
@@ -626,7 +649,7 @@ class EncoderLayer(nn.Module):
                 self.final_layer_norm = None
 
 
-class PositionalConv(nn.Module):
+class PositionalConv(Counted):
     """Convolutional positional embedding with weight normalisation over dim 2."""
 
     def __init__(self, embed_dim: int, kernel_size: int, groups: int):
@@ -650,17 +673,17 @@ class PositionalConv(nn.Module):
             y = y[:, :, :-1]
         return F.gelu(y).transpose(1, 2)
 
-    def num_params(self) -> int:
+    def param_terms(self) -> Iterator:
         E, k = self.bias.numel(), self.kernel_size
-        return E * (E // self.groups) * k + k + E
+        yield from (E * (E // self.groups) * k, k, E)
 
-    def macs(self, frames: int) -> int:
+    def mac_terms(self, frames: int) -> Iterator:
         E, k = self.bias.numel(), self.kernel_size
         output_frames = frames + 2 * (k // 2) - k + 1
-        return output_frames * E * (E // self.groups) * k
+        yield output_frames * E * (E // self.groups) * k
 
 
-class Encoder(nn.Module):
+class Encoder(Counted):
     """Positional conv -> (LayerNorm) -> transformer layers sharing one relative position bias."""
 
     def __init__(self, config: WavLMConfig):
@@ -702,18 +725,16 @@ class Encoder(nn.Module):
     def dims(self, count: Count) -> list:
         return [layer.dims(count) for layer in self.layers]
 
-    def num_params(self, dims: list):
-        E = self.layer_norm.normalized_shape[0]
-        total = self.pos_conv.num_params() + 2 * E + self.rel_attn_embed.weight.numel()
+    def param_terms(self, dims: list) -> Iterator:
+        yield from self.pos_conv.param_terms()
+        yield from (2 * self.layer_norm.normalized_shape[0], self.rel_attn_embed.weight.numel())
         for layer, layer_dims in zip(self.layers, dims):
-            total = total + layer.num_params(layer_dims)
-        return total
+            yield from layer.param_terms(layer_dims)
 
-    def macs(self, frames: int, dims: list):
-        total = self.pos_conv.macs(frames)
+    def mac_terms(self, frames: int, dims: list) -> Iterator:
+        yield from self.pos_conv.mac_terms(frames)
         for layer, layer_dims in zip(self.layers, dims):
-            total = total + layer.macs(frames, layer_dims)
-        return total
+            yield from layer.mac_terms(frames, layer_dims)
 
     # ------------------------------------------------------------------ pruning
     def kept(self) -> list[tuple[Kept, Kept]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from pathlib import Path
 
 import torch
@@ -21,7 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimdiar.errors import AudioError
-from slimdiar.models.wavlm.components import Encoder, FeatureExtractor, FeatureProjection, Gated
+from slimdiar.models.wavlm.components import (
+    Encoder,
+    FeatureExtractor,
+    FeatureProjection,
+    Gated,
+    add_up,
+)
 from slimdiar.models.wavlm.config import DROPOUT_KEYS, WavLMConfig, preset
 from slimdiar.models.wavlm.hardconcrete import HardConcrete
 from slimdiar.models.wavlm.units import (
@@ -243,17 +250,17 @@ class WavLM(nn.Module):
         :attr:`Count.EXPECTED` meets a gate.
         """
         conv = self.feature_extractor.dims(count)
-        return (self.feature_extractor.num_params(conv)
-                + self.feature_projection.num_params(conv[-1])
-                + self.encoder.num_params(self.encoder.dims(count)))
+        return add_up(chain(self.feature_extractor.param_terms(conv),
+                            self.feature_projection.param_terms(conv[-1]),
+                            self.encoder.param_terms(self.encoder.dims(count))))
 
     def count_macs(self, num_samples: int, count: Count):
         """Multiply-accumulates for ``num_samples`` of audio, sizes counted as ``count`` says."""
         frames = self.config.conv_lengths(num_samples)[-1]
         conv = self.feature_extractor.dims(count)
-        return (self.feature_extractor.macs(num_samples, conv)
-                + self.feature_projection.macs(frames, conv[-1])
-                + self.encoder.macs(frames, self.encoder.dims(count)))
+        return add_up(chain(self.feature_extractor.mac_terms(num_samples, conv),
+                            self.feature_projection.mac_terms(frames, conv[-1]),
+                            self.encoder.mac_terms(frames, self.encoder.dims(count))))
 
     def analytic_num_params(self) -> int:
         """Parameters computed from the architecture (equals :meth:`num_params`)."""

@@ -68,3 +68,9 @@ def test_imports_follow_the_layers(path):
             if allowed is not None and target != "__init__":
                 assert target in allowed | BASE | {part}, f"{path.name} imports slimdiar.{target}"
         assert top not in THIRD_PARTY_FORBIDDEN.get(part, set()), f"{path.name} imports {top}"
+
+
+def test_checkpoint_conversion_does_not_import_the_model():
+    names = imported_modules(PACKAGE / "models" / "wavlm" / "convert.py")
+    assert "slimdiar.models.wavlm.model" not in names
+    assert "slimdiar.models.wavlm" not in names

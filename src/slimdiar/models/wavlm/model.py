@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimdiar.errors import AudioError
+from slimdiar.models.checkpoint import load_state_dict_strict, save_checkpoint
 from slimdiar.models.wavlm.components import (
     Encoder,
     FeatureExtractor,
@@ -30,6 +31,7 @@ from slimdiar.models.wavlm.components import (
     add_up,
 )
 from slimdiar.models.wavlm.config import DROPOUT_KEYS, WavLMConfig, preset
+from slimdiar.models.wavlm.convert import read_wavlm
 from slimdiar.models.wavlm.hardconcrete import HardConcrete
 from slimdiar.models.wavlm.units import (
     DEFAULT_UNITS,
@@ -114,9 +116,6 @@ class WavLM(nn.Module):
             ``model``), a DiariZen WavLM file (a dict with ``config`` and ``state_dict``), or a
             slimdiar checkpoint directory written by :meth:`save_pretrained`.
         """
-        from slimdiar.models.checkpoint import load_state_dict_strict
-        from slimdiar.models.wavlm.convert import read_wavlm
-
         config, state = read_wavlm(path)
         model = cls(config)
         load_state_dict_strict(model, state, Path(path))
@@ -127,8 +126,6 @@ class WavLM(nn.Module):
 
     def save_pretrained(self, directory: str | Path, metadata: dict | None = None) -> Path:
         """Write a slimdiar checkpoint directory (gates are not saved; prune first)."""
-        from slimdiar.models.checkpoint import save_checkpoint
-
         if self.pruning_enabled:
             raise RuntimeError(
                 "this WavLM has pruning gates; call prune() and save the pruned model, or use "

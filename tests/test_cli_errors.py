@@ -24,8 +24,8 @@ from slimdiar.data import audio_info, read_audio, read_rttm
 from slimdiar.demo import Demo
 from slimdiar.errors import ConfigError
 from slimdiar.fileio import output_path_problem
-from slimdiar.models.config import preset
 from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.models.wavlm.config import preset
 from slimdiar.stages.finetune import FinetuneConfig
 from slimdiar.stages.prune import PruneConfig
 

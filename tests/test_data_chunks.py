@@ -14,7 +14,7 @@ from slimdiar.data import (
 )
 from slimdiar.errors import ConfigError
 from slimdiar.frames import SAMPLE_RATE, FrameGrid
-from slimdiar.models.config import preset, wavlm_base_plus
+from slimdiar.models.wavlm.config import preset, wavlm_base_plus
 from slimdiar.testing import tiny_eend
 
 
@@ -236,8 +236,8 @@ def test_a_chunk_dataset_takes_any_frame_grid_description(tmp_path):
 
 def test_the_frame_grid_counts_the_frames_of_every_preset_and_the_filterbank():
     """The grid's count of frames is the one the conv stack (or filterbank) really emits."""
-    from slimdiar.models.config import PRESETS
     from slimdiar.models.frontend import FbankConfig
+    from slimdiar.models.wavlm.config import PRESETS
 
     lengths = [0, 1, 399, 400, 401, 719, 720, 721, 16000, 127999, 128000, 128001, 160123]
     for config in [preset(name) for name in PRESETS] + [FbankConfig()]:

@@ -19,8 +19,8 @@ import torch
 from slimdiar.cli import main
 from slimdiar.data import read_rttm
 from slimdiar.data.records import Turn
-from slimdiar.models.config import preset
 from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.models.wavlm.config import preset
 from slimdiar.pipeline.pipeline import default_frame_grid
 from slimdiar.pipeline.result import DiarizationResult
 

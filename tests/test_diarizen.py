@@ -21,7 +21,6 @@ import torch
 from slimdiar.cli import main
 from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.models import WavLM
-from slimdiar.models.config import WavLMConfig, preset
 from slimdiar.models.diarizen import (
     DIARIZEN_WAVLM_SHAPES,
     convert_diarizen_dir,
@@ -30,6 +29,7 @@ from slimdiar.models.diarizen import (
     load_diarizen_dir,
 )
 from slimdiar.models.eend import EEND
+from slimdiar.models.wavlm.config import WavLMConfig, preset
 
 DATA = Path(__file__).resolve().parent / "data" / "diarizen"
 TINY = DATA / "tiny"

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from slimdiar.errors import AudioError, CheckpointError, ConfigError
-from slimdiar.models.config import wavlm_base_plus, wavlm_tiny
 from slimdiar.models.conformer import Conformer
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.frontend import Fbank, FbankConfig, build_backbone, mel_filterbank
 from slimdiar.models.powerset import permutation_invariant_powerset_loss
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import wavlm_base_plus, wavlm_tiny
 
 TINY_HEAD = dict(d_model=32, num_heads=2, ffn_dim=64, num_blocks=2, conv_kernel=7)
 ONE_SECOND = 16000

@@ -111,3 +111,9 @@ def test_the_floor_imports_only_errors():
         imported = {m.split(".")[1] for m in imported_modules(PACKAGE / f"{name}.py")
                     if m.startswith("slimdiar.")}
         assert imported <= {"errors"}, f"{name}.py imports slimdiar.{sorted(imported)}"
+
+
+def test_checkpoint_conversion_does_not_import_the_model():
+    names = imported_modules(PACKAGE / "models" / "wavlm" / "convert.py")
+    assert "slimdiar.models.wavlm.model" not in names
+    assert "slimdiar.models.wavlm" not in names

@@ -16,7 +16,6 @@ import torch
 import slimdiar.models.precision as precision
 from slimdiar.cli import main
 from slimdiar.errors import ConfigError
-from slimdiar.models.config import wavlm_tiny
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.embeddings.registry import SpeakerEmbedding
 from slimdiar.models.precision import (
@@ -25,6 +24,7 @@ from slimdiar.models.precision import (
     resolve_dtype,
     with_precision,
 )
+from slimdiar.models.wavlm.config import wavlm_tiny
 from slimdiar.pipeline import DiarizationPipeline
 from slimdiar.pipeline.precision import set_pipeline_precision
 from slimdiar.testing import tiny_ge2e, tiny_resnet

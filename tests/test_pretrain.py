@@ -15,8 +15,8 @@ from slimdiar.cli import main
 from slimdiar.config import load_config
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import load_checkpoint
-from slimdiar.models.config import preset
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import preset
 from slimdiar.pretrain import (
     MFCC,
     ClusterTargets,

@@ -19,7 +19,7 @@ from slimdiar.errors import ConfigError
 from slimdiar.models import WavLM
 from slimdiar.models.checkpoint import load_checkpoint
 from slimdiar.models.eend import EEND
-from slimdiar.models.hardconcrete import HardConcrete
+from slimdiar.models.wavlm.hardconcrete import HardConcrete
 from slimdiar.stages.common import DistillOptimSection
 from slimdiar.stages.distill import (
     DistillConfig,

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from slimdiar.errors import AudioError, CheckpointError, ConfigError
 from slimdiar.models import WavLM, WavLMConfig, preset
-from slimdiar.models.convert import parse_conv_layers
+from slimdiar.models.wavlm.convert import parse_conv_layers
 
 transformers = pytest.importorskip("transformers")
 
@@ -408,8 +408,72 @@ def test_expected_params_are_differentiable_and_track_gates():
     assert abs(model.expected_macs(1.0).item() - model.macs(1.0)) / model.macs(1.0) < 1e-4
 
 
+def test_units_list_gates_what_the_keyword_form_gates():
+    from slimdiar.models.wavlm import PruneUnit
+
+    torch.manual_seed(3)
+    by_keyword = WavLM.from_preset("wavlm-tiny").enable_pruning(
+        conv=False, attention_blocks=True, ffn_drop_rate=0.3, block_drop_rate=0.2)
+    torch.manual_seed(3)
+    by_list = WavLM.from_preset("wavlm-tiny").enable_pruning(
+        ["heads", PruneUnit.FFN, "attention_blocks"],
+        {PruneUnit.FFN: 0.3, "attention_blocks": 0.2})
+    names = [n for n, _ in by_keyword.named_parameters() if "log_alpha" in n]
+    assert names == [n for n, _ in by_list.named_parameters() if "log_alpha" in n]
+    assert "encoder.layers.0.attention.block_gate.log_alpha" in names
+    assert not any("feature_extractor" in n or "feed_forward.block_gate" in n for n in names)
+    for a, b in zip(by_keyword.gates(), by_list.gates()):
+        assert a.init_drop_rate == b.init_drop_rate
+        assert torch.equal(a.log_alpha, b.log_alpha)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda m: m.enable_pruning(["channels"]), "unknown pruning unit 'channels'"),
+    (lambda m: m.enable_pruning("conv"), "must be a list"),
+    (lambda m: m.enable_pruning(["conv"], conv=False), "either as a list"),
+    (lambda m: m.enable_pruning(rates={"bias": 0.1}), "unknown pruning unit 'bias'"),
+])
+def test_bad_pruning_units_are_clear_errors(call, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        call(WavLM.from_preset("wavlm-tiny"))
+
+
+@pytest.mark.parametrize("name", ["wavlm-tiny", "wavlm-tiny-prenorm"])
+def test_every_block_counts_its_own_parameters(name):
+    from slimdiar.models.wavlm.units import Count
+
+    model = WavLM.from_preset(name)
+    extractor = model.feature_extractor
+    in_channels = 1
+    for layer in extractor.conv_layers:
+        own = sum(p.numel() for p in layer.parameters())
+        assert layer.num_params(in_channels, layer.dims(Count.EXACT)) == own
+        in_channels = layer.out_channels
+    for layer in model.encoder.layers:
+        for block in (layer.attention, layer.feed_forward):
+            assert block.num_params(block.dims(Count.EXACT)) == sum(
+                p.numel() for p in block.parameters())
+        assert layer.num_params(layer.dims(Count.EXACT)) == sum(
+            p.numel() for p in layer.parameters())
+    own = sum(p.numel() for p in model.encoder.pos_conv.parameters())
+    assert model.encoder.pos_conv.num_params() == own
+
+
+def test_deterministic_count_is_what_each_block_keeps():
+    from slimdiar.models.wavlm.units import Count
+
+    model = randomised_gated_model("wavlm-tiny", conv=True)
+    for layer in model.encoder.layers:
+        heads, _ = layer.attention.dims(Count.DETERMINISTIC)
+        units, _ = layer.feed_forward.dims(Count.DETERMINISTIC)
+        attention, feed_forward = layer.kept()
+        assert (heads, units) == (len(attention), len(feed_forward))
+    for layer in model.feature_extractor.conv_layers:
+        assert layer.dims(Count.DETERMINISTIC) == len(layer.kept())
+
+
 def test_hard_concrete_deterministic_mask_closes_the_expected_number():
-    from slimdiar.models.hardconcrete import HardConcrete
+    from slimdiar.models.wavlm.hardconcrete import HardConcrete
 
     gate = HardConcrete(10)
     with torch.no_grad():

@@ -11,7 +11,7 @@ What it runs, each a ``slimdiar bench`` command whose JSON goes under ``--out``
 (default ``docs/results/gpu/``):
 
 - backbones: Base+ against Base+ s80 and Large against Large s80 (the published pruned
-  shapes, ``src/slimdiar/models/presets/*-s80.json``, random weights), 8 s of audio, batch 1
+  shapes, ``src/slimdiar/models/wavlm/presets/*-s80.json``, random weights), 8 s of audio, batch 1
   and 32, float32 and bfloat16 (``backbone-base-plus.json``, ``backbone-large.json``);
 - the whole pipeline on 600 s of synthetic audio with the paper's components, random weights:
   an EEND model on Base+ and on Base+ s80, WeSpeaker's ResNet34 embeddings, 8 s windows every
@@ -111,9 +111,9 @@ def write_models(plan: Plan, work: Path) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from slimdiar.models.config import preset
     from slimdiar.models.eend import EEND, EENDConfig
     from slimdiar.models.embeddings.resnet import ResNetConfig, ResNetEmbedding, wespeaker_resnet34
+    from slimdiar.models.wavlm.config import preset
 
     torch.manual_seed(0)
     for name, shape in plan.pipelines.items():

@@ -100,8 +100,8 @@ def make_inputs(work: Path) -> None:
     import soundfile
     import torch
 
-    from slimdiar.models.config import preset
     from slimdiar.models.eend import EEND, EENDConfig
+    from slimdiar.models.wavlm.config import preset
 
     torch.manual_seed(0)
     config = EENDConfig(wavlm=preset("wavlm-tiny"), d_model=32, num_heads=2, ffn_dim=64,

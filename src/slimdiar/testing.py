@@ -40,11 +40,11 @@ import torch
 from slimdiar.data.formats import write_rttm, write_uem, write_wav_scp
 from slimdiar.data.records import Recording, Turn, UEMRegion
 from slimdiar.frames import SAMPLE_RATE
-from slimdiar.models.config import wavlm_tiny
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.embeddings.fbank import FbankConfig, wespeaker_fbank
 from slimdiar.models.embeddings.ge2e import GE2EConfig, GE2EEmbedding
 from slimdiar.models.embeddings.resnet import ResNetConfig, ResNetEmbedding
+from slimdiar.models.wavlm.config import wavlm_tiny
 
 __all__ = [
     "DATADIR_PITCHES_HZ",

@@ -20,9 +20,9 @@ import torch
 
 from slimdiar.errors import ConfigError
 from slimdiar.frames import SAMPLE_RATE
-from slimdiar.models.config import PRESETS, WavLMConfig
 from slimdiar.models.precision import dtype_name, resolve_dtype, with_precision
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import PRESETS, WavLMConfig
 
 logger = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from slimdiar.bench.backbone import benchmark_backbones, environment
 from slimdiar.cli._args import non_negative_int, output_file, positive_int
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import write_json_atomic
-from slimdiar.models.config import PRESETS
 from slimdiar.models.precision import resolve_dtype
+from slimdiar.models.wavlm.config import PRESETS
 
 EPILOG = f"""\
 MODEL is a preset ({", ".join(sorted(PRESETS))}), an architecture JSON file

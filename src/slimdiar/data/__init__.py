@@ -1,6 +1,6 @@
 """Data layer: records, strict file readers, audio at 16 kHz, data directories, training chunks.
 
-Imports one way: this package uses :mod:`slimdiar.models.config` (for the sample rate and the
+Imports one way: this package uses :mod:`slimdiar.models.wavlm.config` (for the sample rate and the
 frame grid) and nothing above it.
 """
 

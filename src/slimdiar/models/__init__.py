@@ -1,6 +1,5 @@
 """Neural network models: the prunable WavLM backbone and the diarization head."""
 
-from slimdiar.models.config import WavLMConfig, preset
-from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm import WavLM, WavLMConfig, preset
 
 __all__ = ["WavLM", "WavLMConfig", "preset"]

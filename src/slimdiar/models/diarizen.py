@@ -29,7 +29,7 @@ import torch
 
 from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.frames import SAMPLE_RATE
-from slimdiar.models.config import WavLMConfig, preset
+from slimdiar.models.wavlm.config import WavLMConfig, preset
 
 try:  # Python >= 3.11
     import tomllib
@@ -323,7 +323,7 @@ def _check_complete(state: dict, expected: dict, source) -> None:
 
 # ---------------------------------------------------------------------------- WavLM files
 def _torch_load(path: Path):
-    from slimdiar.models.convert import torch_load_safely
+    from slimdiar.models.wavlm.convert import torch_load_safely
 
     return torch_load_safely(path)
 

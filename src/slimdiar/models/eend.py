@@ -30,11 +30,11 @@ from torch import nn
 
 from slimdiar.errors import AudioError, CheckpointError, ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
-from slimdiar.models.config import WavLMConfig, preset
 from slimdiar.models.conformer import Conformer
 from slimdiar.models.frontend import FRONTENDS, FbankConfig, build_backbone
 from slimdiar.models.powerset import Powerset
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import WavLMConfig, preset
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from slimdiar.errors import AudioError, ConfigError
 from slimdiar.frames import SAMPLE_RATE
-from slimdiar.models.config import WavLMConfig
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import WavLMConfig
 
 FRONTENDS = ("wavlm", "fbank")
 

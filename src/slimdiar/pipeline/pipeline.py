@@ -125,7 +125,7 @@ def check_device(device: str) -> None:
 
 def default_frame_grid() -> FrameGrid:
     """The WavLM frame grid (20 ms step, 25 ms receptive field), from the Base+ preset."""
-    from slimdiar.models.config import wavlm_base_plus
+    from slimdiar.models.wavlm.config import wavlm_base_plus
 
     return FrameGrid.from_config(wavlm_base_plus(), SAMPLE_RATE)
 

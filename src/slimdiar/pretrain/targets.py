@@ -25,9 +25,9 @@ from torch import nn
 
 from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, save_checkpoint
-from slimdiar.models.config import WavLMConfig
 from slimdiar.models.frontend import FbankConfig, mel_filterbank
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import WavLMConfig
 
 logger = logging.getLogger(__name__)
 

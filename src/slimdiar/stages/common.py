@@ -15,8 +15,8 @@ from typing import ClassVar
 from slimdiar.config import Range, above, at_least, check_ranges
 from slimdiar.data import ChunkDataset, DataDir
 from slimdiar.errors import ConfigError
-from slimdiar.models.config import WavLMConfig
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import WavLMConfig
 
 
 @dataclass

@@ -19,10 +19,10 @@ import torch
 from slimdiar.config import Range, above, at_least, check_ranges, to_dict
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import load_state_dict_strict
-from slimdiar.models.config import PRESETS, preset
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.powerset import chunk_der, permutation_invariant_powerset_loss
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import PRESETS, preset
 from slimdiar.stages.common import DataSection, WavLMTrainingSection, chunk_datasets
 from slimdiar.train.checkpoints import seed_everything
 from slimdiar.train.distributed import DistContext

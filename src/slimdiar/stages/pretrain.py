@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader
 from slimdiar.config import to_dict
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import is_checkpoint_dir
-from slimdiar.models.config import PRESETS, preset
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import PRESETS, preset
 from slimdiar.pretrain.data import CropDataset
 from slimdiar.pretrain.objective import (
     DenoiseSection,

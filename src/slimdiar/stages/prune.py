@@ -39,8 +39,8 @@ from torch import nn
 from slimdiar.config import Range, at_least, check_ranges, to_dict
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict
-from slimdiar.models.config import WavLMConfig
 from slimdiar.models.wavlm import WavLM
+from slimdiar.models.wavlm.config import WavLMConfig
 from slimdiar.stages.common import (
     DataSection,
     DistillOptimSection,

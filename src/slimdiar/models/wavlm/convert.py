@@ -1,6 +1,7 @@
-"""Loading WavLM weights from the formats they are published in.
+"""Reading WavLM weights from the formats they are published in.
 
-Three sources, one entry point (:func:`load_wavlm`):
+One entry point, :func:`read_wavlm`, returns ``(config, state_dict)`` in our key layout; the
+caller builds the model (:meth:`slimdiar.models.wavlm.WavLM.from_pretrained`). The sources:
 
 - a Hugging Face directory: ``config.json`` (``WavLMModel``) + ``model.safetensors`` or
   ``pytorch_model.bin``, optionally ``preprocessor_config.json`` (``do_normalize``);
@@ -29,8 +30,8 @@ from pathlib import Path
 import torch
 
 from slimdiar.errors import CheckpointError
-from slimdiar.models.checkpoint import is_checkpoint_dir, load_checkpoint, load_state_dict_strict
-from slimdiar.models.config import WavLMConfig
+from slimdiar.models.checkpoint import is_checkpoint_dir, load_checkpoint
+from slimdiar.models.wavlm.config import WavLMConfig
 
 logger = logging.getLogger(__name__)
 
@@ -77,35 +78,30 @@ def _rename_keys(raw: dict, rename, ignored: re.Pattern, source) -> dict:
     return state
 
 
-def load_wavlm(path: str | Path):
-    """Load a WavLM: a Hugging Face dir, an original or DiariZen file, a slimdiar checkpoint."""
-    from slimdiar.models.wavlm import WavLM
+def read_wavlm(path: str | Path) -> tuple[WavLMConfig, dict]:
+    """The config and state dict of a WavLM checkpoint in any of the formats above.
 
+    Raises
+    ------
+    CheckpointError
+        If ``path`` does not exist or holds none of these formats (the message says why).
+    """
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or directory")
-    if path.is_dir():
-        if is_checkpoint_dir(path):
-            header = json.loads((path / "config.json").read_text())
-            if isinstance(header, dict) and "kind" in header:
-                config, state = _from_slimdiar(path)
-            else:
-                config, state = _from_huggingface(path)
-        elif (path / "config.json").is_file():
-            config, state = _from_huggingface(path)
-        else:
-            raise CheckpointError(
-                f"{path}: not a WavLM checkpoint directory (expected config.json with "
-                "model.safetensors or pytorch_model.bin)"
-            )
-    else:
-        config, state = _from_file(path)
-    model = WavLM(config)
-    load_state_dict_strict(model, state, path)
-    model.eval()
-    logger.info("loaded %s (%.1fM parameters) from %s", config.name, model.num_params() / 1e6,
-                path)
-    return model
+    if not path.is_dir():
+        return _from_file(path)
+    if is_checkpoint_dir(path):
+        header = json.loads((path / "config.json").read_text())
+        if isinstance(header, dict) and "kind" in header:
+            return _from_slimdiar(path)
+        return _from_huggingface(path)
+    if (path / "config.json").is_file():
+        return _from_huggingface(path)
+    raise CheckpointError(
+        f"{path}: not a WavLM checkpoint directory (expected config.json with "
+        "model.safetensors or pytorch_model.bin)"
+    )
 
 
 # ---------------------------------------------------------------------------- slimdiar

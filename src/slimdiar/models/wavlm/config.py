@@ -15,7 +15,6 @@ from importlib import resources
 from pathlib import Path
 
 from slimdiar.errors import ConfigError
-from slimdiar.frames import SAMPLE_RATE  # noqa: F401  (re-exported)
 
 EXTRACTOR_MODES = ("group_norm", "layer_norm")
 DROPOUT_KEYS = ("feat_proj_dropout", "attention_dropout", "dropout", "activation_dropout")
@@ -255,7 +254,8 @@ PRESET_FILES = {
 
 
 def _preset_from_file(name: str) -> WavLMConfig:
-    text = resources.files("slimdiar.models").joinpath("presets", PRESET_FILES[name]).read_text()
+    presets = resources.files("slimdiar.models.wavlm").joinpath("presets")
+    text = presets.joinpath(PRESET_FILES[name]).read_text()
     config = WavLMConfig.from_dict(json.loads(text))
     config.name = name
     return config

@@ -32,7 +32,7 @@ from slimdiar.pretrain.stage import PretrainConfig, fit_targets, pretrain
 from slimdiar.pretrain.targets import load_centroids
 from slimdiar.train.finetune import ModelSection, build_model
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain-tiny.toml"
+CONFIG = "pretrain-tiny"
 RATE = 16000
 
 

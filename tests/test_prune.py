@@ -61,7 +61,7 @@ def finetune_mini_teacher(train: Path, dev: Path, out: Path) -> Path:
     ``wavlm-mini`` is a random-init WavLM with Base+'s proportions, fine-grained enough for a
     sparsity target of 0.9.
     """
-    code = main(["finetune", "--config", str(ROOT / "configs" / "tiny.toml"), "--backbone",
+    code = main(["finetune", "--config", "tiny", "--backbone",
                  "wavlm-mini", "--train", str(train), "--dev", str(dev), "--out", str(out),
                  "--set", 'model.frontend="wavlm"', "--set", "trainer.max_epochs=30",
                  "--set", "trainer.progress=false", "--set", "trainer.average_best=1"])
@@ -193,7 +193,7 @@ def test_stage_defaults_are_the_reference_recipe():
     ("prune-wavlm-large.toml", 32, [0, 8, 16, 24]),
 ])
 def test_stage1_configs_of_the_recipe(name, batch_size, layers):
-    config = load_config(PruneConfig, ROOT / "configs" / name)
+    config = load_config(PruneConfig, name)
     assert config.trainer.batch_size == batch_size
     assert config.prune.distill_layers == layers
     assert config.prune.final_model == "average" and config.prune.gate_bound == 0.0

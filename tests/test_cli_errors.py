@@ -21,7 +21,7 @@ import slimdiar.cli.score
 from slimdiar.cli import build_parser, main
 from slimdiar.config import load_config
 from slimdiar.data import audio_info, read_audio, read_rttm
-from slimdiar.demo import Demo
+from slimdiar.demo.run import Demo
 from slimdiar.errors import ConfigError
 from slimdiar.fileio import output_path_problem
 from slimdiar.models.config import preset

@@ -12,7 +12,7 @@ import torch
 
 from slimdiar.cli import main
 from slimdiar.data import read_rttm
-from slimdiar.demo import Demo
+from slimdiar.demo.run import Demo
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import read_metadata
 from slimdiar.models.config import wavlm_tiny

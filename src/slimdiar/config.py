@@ -164,6 +164,12 @@ def from_dict(cls, data: dict, prefix: str = ""):
             f"{', '.join(prefix + k for k in unknown)}; valid keys of {where}: "
             f"{', '.join(sorted(fields))}"
         )
+    missing = [name for name, f in fields.items() if name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        where = f"[{prefix.rstrip('.')}]" if prefix else "the configuration"
+        raise ConfigError(f"{where} lacks the key{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(prefix + k for k in missing)}")
     values = {name: _coerce(v, hints[name], prefix + name) for name, v in data.items()}
     try:
         return cls(**values)

@@ -39,7 +39,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print its table."""
-    from slimdiar.demo import Demo, check_settings, render_report
+    from slimdiar.demo.report import render_report
+    from slimdiar.demo.run import Demo, check_settings
 
     check_settings()
     if args.verbose == 0:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from slimdiar.cli._args import non_negative_int, output_dir, positive_int, with_flag_names
 from slimdiar.errors import ConfigError
+from slimdiar.simulate.config import TurnTakingConfig
 
 DESCRIPTION = """\
 Simulate conversations from single-speaker utterances (Landini et al., 2022) and write them as
@@ -93,11 +94,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--num-recordings", type=non_negative_int, default=None, metavar="N",
                         help="total recordings, shared among the splits in their proportions")
     parser.add_argument("--duration-s", type=float, default=60.0,
-                        help="length of a recording in seconds (default: 60)")
+                        help="length of a recording in seconds (default: %(default)g)")
     parser.add_argument("--speakers-per-recording", type=lambda t: parse_range(t, int),
                         default=(2, 4), metavar="MIN-MAX", help="default: 2-4")
     parser.add_argument("--overlap-ratio", type=float, default=None,
-                        help="fraction of the speech with two speakers (default: 0.12, or the "
+                        help="fraction of the speech with two speakers (default: "
+                        f"{TurnTakingConfig().overlap_ratio:g}, or the "
                         "value measured in --stats-from)")
     parser.add_argument("--stats-from", type=Path, default=None, metavar="RTTM",
                         help="estimate pause and overlap distributions from this RTTM file")
@@ -111,14 +113,14 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--rt60-s", type=parse_range, default=(0.2, 0.6), metavar="LOW-HIGH",
                         help="reverberation time range in seconds (default: 0.2-0.6)")
     parser.add_argument("--sample-rate", type=positive_int, default=16000, help="default: 16000")
-    parser.add_argument("--seed", type=int, default=0, help="default: 0")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
                         help="voice pool cache (default: ~/.cache/slimdiar/tts)")
     parser.add_argument("--tts-speakers", type=positive_int, default=None, metavar="N",
                         help="use the first N voices of the pool (default: all), or N tone "
                         "speakers with TONES (default: 24)")
     parser.add_argument("--utterances-per-speaker", type=positive_int, default=15,
-                        help="sentences each pool or tone speaker says (default: 15)")
+                        help="sentences each pool or tone speaker says (default: %(default)s)")
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="parallel worker processes (the output does not depend on it)")
     parser.add_argument("--overwrite", action="store_true",

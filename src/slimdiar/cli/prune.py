@@ -9,7 +9,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 
 from slimdiar.cli._args import number
 from slimdiar.cli._training import add_data_arguments, add_run_arguments, run_stage
@@ -31,6 +30,10 @@ paper's order) or a pre-trained WavLM (the 'prune before fine-tune' baseline): s
 """
 
 
+def _toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(f'"{value}"' for value in values) + "]"
+
+
 def epilog(defaults: PruneConfig, large: PruneConfig) -> str:
     """The help's epilog, its numbers taken from ``defaults`` and the bundled Large config."""
     p, o, t = defaults.prune, defaults.optim, defaults.trainer
@@ -41,7 +44,7 @@ def epilog(defaults: PruneConfig, large: PruneConfig) -> str:
         f"  global batch {t.batch_size} (--config prune-wavlm-large: {large.trainer.batch_size} "
         f"for Large), warm-up {number(p.warmup_epochs)}, lr {number(o.lr_weights)} weights /",
         f"  {number(o.lr_gates)} gates / {number(o.lr_lambda)} lambda, units = "
-        f"{json.dumps(p.units)}, distill_layers = [0, L/3, 2L/3, L],",
+        f"{_toml_list(p.units)}, distill_layers = [0, L/3, 2L/3, L],",
         f"  no clamp on the log-alphas (prune.gate_bound = {number(p.gate_bound)}).",
         """  e.g. --set prune.units='["conv","head","ffn","attention_block"]' """
         "--set trainer.batch_size=8",

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from slimdiar.cli._args import non_negative_int, output_dir, positive_int, with_flag_names
 from slimdiar.errors import ConfigError
-from slimdiar.simulate.config import TurnTakingConfig
 
 DESCRIPTION = """\
 Simulate conversations from single-speaker utterances (Landini et al., 2022) and write them as
@@ -79,6 +78,8 @@ def scale_splits(splits: dict[str, int], total: int) -> dict[str, int]:
 
 
 def add_parser(subparsers) -> None:
+    from slimdiar.simulate.config import TurnTakingConfig
+
     parser = subparsers.add_parser(
         "simulate",
         help="simulate conversations as training data",
@@ -113,7 +114,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--rt60-s", type=parse_range, default=(0.2, 0.6), metavar="LOW-HIGH",
                         help="reverberation time range in seconds (default: 0.2-0.6)")
     parser.add_argument("--sample-rate", type=positive_int, default=16000, help="default: 16000")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--seed", type=int, default=0, help="default: 0")
     parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
                         help="voice pool cache (default: ~/.cache/slimdiar/tts)")
     parser.add_argument("--tts-speakers", type=positive_int, default=None, metavar="N",

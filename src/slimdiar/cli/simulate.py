@@ -77,9 +77,14 @@ def scale_splits(splits: dict[str, int], total: int) -> dict[str, int]:
     return {name: result.get(name, 0) for name in splits}
 
 
-def add_parser(subparsers) -> None:
+def default_overlap_ratio() -> float:
+    """The overlap ratio of a simulation without ``--overlap-ratio`` or ``--stats-from``."""
     from slimdiar.simulate.config import TurnTakingConfig
 
+    return TurnTakingConfig().overlap_ratio
+
+
+def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "simulate",
         help="simulate conversations as training data",
@@ -100,7 +105,7 @@ def add_parser(subparsers) -> None:
                         default=(2, 4), metavar="MIN-MAX", help="default: 2-4")
     parser.add_argument("--overlap-ratio", type=float, default=None,
                         help="fraction of the speech with two speakers (default: "
-                        f"{TurnTakingConfig().overlap_ratio:g}, or the "
+                        f"{default_overlap_ratio():g}, or the "
                         "value measured in --stats-from)")
     parser.add_argument("--stats-from", type=Path, default=None, metavar="RTTM",
                         help="estimate pause and overlap distributions from this RTTM file")

@@ -5,9 +5,9 @@
 #            [any option of recipes/run.sh: --ngpu N --device cuda --embedding PATH
 #             --allow-ge2e --channel K --stage N --stop-stage M --finetune-set K=V ...]
 #
-# The runs behind the paper's table for one training set: for each WavLM (Base+ with
-# configs/wavlm-base-plus.toml and configs/prune-wavlm-base-plus.toml, Large with
-# configs/wavlm-large.toml and configs/prune-wavlm-large.toml), each order and each
+# The runs behind the paper's table for one training set: for each WavLM (Base+ with the
+# bundled configs wavlm-base-plus and prune-wavlm-base-plus, Large with wavlm-large and
+# prune-wavlm-large), each order and each
 # sparsity, recipes/run.sh into EXP_ROOT/<model>/<order>-s<sparsity>/. Stage 0 (fine-tuning the
 # full model) runs once per model, in the first finetune-first run, and the other
 # finetune-first runs reuse it; that fine-tuned model is also diarized and scored on its own
@@ -79,8 +79,8 @@ for model in $models; do
             fi
             echo "=== $model, $order, sparsity $sparsity: $exp"
             "$repo/recipes/run.sh" --order "$order" --wavlm "$wavlm" \
-                --config "$repo/configs/wavlm-$model.toml" --sparsity "$sparsity" \
-                --prune-config "$repo/configs/prune-wavlm-$model.toml" \
+                --config "wavlm-$model" --sparsity "$sparsity" \
+                --prune-config "prune-wavlm-$model" \
                 --train "$train" --dev "$dev" "${tests[@]}" --exp "$exp" \
                 ${reuse[@]+"${reuse[@]}"} ${passed[@]+"${passed[@]}"}
             if [ "$order" = finetune-first ] && [ -z "$finetuned" ]; then

@@ -23,8 +23,8 @@
 # Options:
 #   --order ORDER          finetune-first (default) or prune-first
 #   --wavlm CKPT           pre-trained WavLM: Hugging Face dir, original .pt or slimdiar dir
-#   --config TOML          fine-tuning config of stages 0 and 3
-#                          (default: configs/wavlm-base-plus.toml of this repository)
+#   --config TOML          fine-tuning config of stages 0 and 3: a file or the name of a
+#                          bundled config (default: wavlm-base-plus)
 #   --prune-config TOML    optional config of stage 1;  --distill-config TOML: of stage 2
 #   --sparsity S           target sparsity of stage 1 (default 0.8)
 #   --train/--dev DIR      training and validation data directories
@@ -48,7 +48,7 @@
 #   --dry-run              print the commands instead of running them
 #
 # Example:
-#   recipes/run.sh --wavlm models/wavlm-base-plus --config configs/wavlm-base-plus.toml \
+#   recipes/run.sh --wavlm models/wavlm-base-plus --config wavlm-base-plus \
 #       --sparsity 0.8 --train data/compound/train --dev data/compound/dev \
 #       --test data/ami/test --test data/aishell4/test --test data/alimeeting/test \
 #       --exp exp/base-plus/finetune-first-s0.8 --ngpu 4 --device cuda
@@ -57,7 +57,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 order=finetune-first
 wavlm=""
-config=$repo/configs/wavlm-base-plus.toml
+config=wavlm-base-plus
 prune_config=""
 distill_config=""
 sparsity=0.8

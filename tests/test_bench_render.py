@@ -167,3 +167,98 @@ def test_precisions_side_by_side_and_embedding_stage(renderer, tmp_path):
     assert ("| embeddings.json | 16 s | resnet34 | 11 | 33 | 30.0 s / 32.0 s | 10.0 s / 8.0 s | "
             "3.00x / 4.00x | 2.0e-07 | device cpu, 2 threads, torch 2.13.0 |") in text
     assert "No pipeline results yet" in text
+
+
+# ---------------------------------------------------------------------- generated doc tables
+ROOT = TOOL.parents[1]
+PROFILE = {"seconds": 8.0, "threads": 2, "torch": "2.13.0", "models": {
+    "wavlm-base-plus": {"total_ms": 1088.1, "conv layer 0": 97.1, "conv layers 1-6": 296.7,
+                        "positional conv": 84.7, "attention": 262.2, "ffn": 320.9,
+                        "other (norms, projection, bias)": 26.6},
+    "mine": {"total_ms": 249.8, "conv layer 0": 4.3, "conv layers 1-6": 37.1,
+             "positional conv": 75.2, "attention": 65.3, "ffn": 54.3,
+             "other (norms, projection, bias)": 13.7}}}
+
+
+def load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_profile_marker_in_the_notes_becomes_the_table_of_its_file(renderer, tmp_path):
+    folder = tmp_path / "results"
+    (folder / "profiles").mkdir(parents=True)
+    (folder / "profiles" / "p.json").write_text(json.dumps(PROFILE))
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Notes\n\nTime per part:\n\n<!-- backbone-profile: profiles/p.json -->\n"
+                     "\nAfter.\n")
+    text, _ = renderer.render(folder, notes)
+    assert "backbone-profile" not in text
+    assert "| part | Base+ ms | mine ms |" in text
+    assert "| conv layers 1-6 | 297 | 37 |" in text and "| total | 1088 | 250 |" in text
+    assert "| rest (projection, norms) | 27 | 14 |" in text
+    assert "One forward pass of 8 s at batch 1; 2 threads, torch 2.13.0 (`p.json`).\n\nAfter." \
+        in text
+    del PROFILE["models"]["mine"]["ffn"]
+    (folder / "profiles" / "p.json").write_text(json.dumps(PROFILE))
+    with pytest.raises(renderer.ResultError, match=r"p.json: model 'mine' has no 'ffn'"):
+        renderer.render(folder, notes)
+
+
+def test_the_committed_benchmarks_page_is_what_the_tool_renders(renderer, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the page names its folders relative to the checkout
+    text, _ = renderer.render(Path("docs/results"), Path("docs/benchmarks-notes.md"))
+    assert (ROOT / "docs" / "benchmarks.md").read_text() == text
+
+
+COST = {
+    "measured_cpu": {"source": "`time_s`", "cores": 2, "load_average": [7, 10], "rows": [
+        {"configuration": "big", "batch": "2 × 8 s", "median_s_per_step": 44.7,
+         "min_s_per_step": 40.0, "model": "M", "chunks": 2}]},
+    "gpu_estimate": {"recipe_config": "wavlm-base-plus", "training_hours": 60,
+                     "models": [{"name": "M", "gmac_per_second": 20.625}],
+                     "forward_backward_factor": 3, "flop_per_mac": 2, "head_gflop_per_chunk": 10,
+                     "gpu": "H100", "fp32": {"peak_tflops": 20, "assumed_tflops": 10},
+                     "bf16": {"peak_tflops": 160, "assumed_tflops": 40}},
+}
+
+
+def test_training_cost_tables_from_a_hand_computed_case():
+    tool = load_tool("render_training_cost")
+    from slimdiar.config import bundled_config, read_toml
+
+    # 60 h / 6 s shift = 36,000 chunks; 8 s x 20.625 GMAC/s x 2 x 3 = 990 GFLOP + 10 of the head:
+    # 3.6e16 FLOP per epoch, 1 h at 10 TFLOP/s, 0.25 h at 40, 100 epochs (the recipe's) 100 h
+    sections = tool.render(COST, read_toml(bundled_config("wavlm-base-plus")))
+    estimate = "\n".join(sections["estimate"])
+    assert "≈ 36,000 chunks of 8 s (≈ 600 steps of 64 chunks)" in estimate
+    assert "≈ 990 GFLOP per chunk" in estimate and "≈ 3.6 × 10^16 FLOP (M)" in estimate
+    assert "at 50 % of an H100's 20 TFLOP/s FP32 peak" in estimate
+    assert ("| M | ≈ 1 H100-hour | ≈ 0.25 H100-hour | ≈ 100 H100-hours |" in estimate)
+    assert "Early stopping (patience 10) usually ends a run well before 100 epochs" in estimate
+    measured = "\n".join(sections["measured"])
+    assert "| big | 2 × 8 s | 44.7 | 40 |" in measured
+    assert "2 chunks × ≈ 1000 GFLOP in 40 s is ≈ 50 GFLOP/s" in measured
+    with pytest.raises(tool.CostError, match="exactly one"):
+        tool.fill("no markers", sections)
+
+
+def test_the_committed_training_cost_tables_are_what_the_tool_renders(tmp_path):
+    tool = load_tool("render_training_cost")
+    doc = tmp_path / "training.md"
+    doc.write_text((ROOT / "docs" / "training.md").read_text())
+    assert tool.main(["--data", str(ROOT / "docs" / "training-cost.json"), "--doc",
+                      str(doc)]) == 0
+    assert doc.read_text() == (ROOT / "docs" / "training.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_cost_data_quotes_the_analytic_macs_of_the_presets():
+    from slimdiar.models import WavLM
+
+    data = json.loads((ROOT / "docs" / "training-cost.json").read_text())
+    for model in data["gpu_estimate"]["models"]:
+        macs = WavLM.from_preset(model["preset"]).macs(1.0)
+        assert model["gmac_per_second"] == pytest.approx(macs / 1e9, abs=0.005)

@@ -21,7 +21,7 @@ import slimdiar.cli.score
 from slimdiar.cli import build_parser, main
 from slimdiar.config import load_config
 from slimdiar.data import audio_info, read_audio, read_rttm
-from slimdiar.demo import Demo
+from slimdiar.demo.run import Demo
 from slimdiar.errors import ConfigError
 from slimdiar.fileio import output_path_problem
 from slimdiar.models.eend import EEND, EENDConfig
@@ -263,7 +263,7 @@ def test_library_checks_are_reported_with_the_flags_the_user_typed(tmp_path, cap
 
 def test_negative_learning_rates_and_counts_in_a_config_are_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"^--set optim\.lr_head=-1: optim\.lr_head must be > 0"):
-        load_config(FinetuneConfig, ROOT / "configs" / "tiny.toml", ["optim.lr_head=-1"])
+        load_config(FinetuneConfig, "tiny", ["optim.lr_head=-1"])
     with pytest.raises(ConfigError, match=r"optim\.lr_gates must be > 0, got -0\.02"):
         load_config(PruneConfig, None, ["optim.lr_gates=-0.02"])
     with pytest.raises(ConfigError, match=r"trainer\.clip_percentile must be > 0 and <= 100"):
@@ -277,7 +277,7 @@ def test_negative_learning_rates_and_counts_in_a_config_are_refused(tmp_path):
 
 
 def test_a_bad_set_value_is_blamed_on_the_set_not_on_the_file(tmp_path, capsys):
-    config = ROOT / "configs" / "tiny.toml"
+    config = "tiny.toml"
     with pytest.raises(ConfigError) as caught:
         load_config(FinetuneConfig, config, ["trainer.max_epochs=2", "trainer.batch_size=four"])
     message = str(caught.value)

@@ -11,7 +11,7 @@ import soundfile
 
 from slimdiar.cli import main
 from slimdiar.data import read_rttm
-from slimdiar.demo import Demo
+from slimdiar.demo.run import Demo
 from slimdiar.errors import ConfigError
 from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.checkpoint import read_metadata

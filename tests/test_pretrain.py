@@ -33,7 +33,7 @@ from slimdiar.stages.finetune import ModelSection, build_model
 from slimdiar.stages.pretrain import PretrainConfig, fit_targets
 from slimdiar.stages.pretrain import run as pretrain
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pretrain-tiny.toml"
+CONFIG = "pretrain-tiny"
 RATE = 16000
 
 

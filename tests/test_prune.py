@@ -230,7 +230,7 @@ def test_stage_defaults_are_the_reference_recipe():
     ("prune-wavlm-large.toml", 32, [0, 8, 16, 24]),
 ])
 def test_stage1_configs_of_the_recipe(name, batch_size, layers):
-    config = load_config(PruneConfig, ROOT / "configs" / name)
+    config = load_config(PruneConfig, name)
     assert config.trainer.batch_size == batch_size
     assert config.prune.distill_layers == layers
     assert config.prune.final_model == "average" and config.prune.gate_bound == 0.0
@@ -495,7 +495,7 @@ def finetuned(setup):
     """A tiny diarization model fine-tuned on the tone data: the paper's teacher in miniature."""
     root, train, dev = setup
     out = root / "finetuned"
-    teacher = finetune_tiny_teacher(train, dev, out, ROOT / "configs" / "tiny.toml")
+    teacher = finetune_tiny_teacher(train, dev, out)
     best = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
             if r["type"] == "best"]
     assert best[-1]["val/der"] < 0.1  # it has learnt the task

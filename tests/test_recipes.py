@@ -77,7 +77,7 @@ def test_finetune_first_commands():
     assert finetune[:2] == ["slimdiar", "finetune"]
     assert option(finetune, "--backbone") == "models/wavlm-base-plus"
     assert option(finetune, "--out") == "exp/run/stage0-finetune"
-    assert option(finetune, "--config") == str(REPO / "configs" / "wavlm-base-plus.toml")
+    assert option(finetune, "--config") == "wavlm-base-plus"
     assert sets(finetune) == ["trainer.batch_size=8"]
     assert prune[:2] == ["slimdiar", "prune"]
     assert option(prune, "--teacher") == "exp/run/stage0-finetune/best"
@@ -221,7 +221,7 @@ def test_tiny_finetune_first_end_to_end_and_restart(tmp_path):
     data = toy_data(tmp_path / "data")
     wavlm = WavLM.from_preset("wavlm-tiny").save_pretrained(tmp_path / "wavlm-tiny")
     exp = tmp_path / "exp"
-    args = ["--wavlm", str(wavlm), "--config", str(REPO / "configs" / "tiny.toml"),
+    args = ["--wavlm", str(wavlm), "--config", "tiny",
             "--train", str(data["train"]), "--dev", str(data["dev"]),
             "--test", str(data["test"]), "--exp", str(exp),
             "--finetune-set", 'model.frontend="wavlm"', "--prune-set", "prune.warmup_epochs=1",
@@ -280,13 +280,11 @@ def test_paper_runs_of_the_compound_recipe(tmp_path):
     assert prunes["exp/compound/large/finetune-first-s0.9/stage1-prune"] == shared
     assert prunes["exp/compound/large/prune-first-s0.8/stage1-prune"] == "m/l"
     configs = {option(c, "--config") for c in trainings if "finetune" in c}
-    assert configs == {str(REPO / "configs" / "wavlm-base-plus.toml"),
-                       str(REPO / "configs" / "wavlm-large.toml")}
+    assert configs == {"wavlm-base-plus", "wavlm-large"}
     # stage 1 of each WavLM runs with its own reference setting (Large: global batch 32)
     prune_configs = {option(c, "--out").split("/")[2]: option(c, "--config")
                      for c in trainings if "prune" in c}
-    assert prune_configs == {"base-plus": str(REPO / "configs" / "prune-wavlm-base-plus.toml"),
-                             "large": str(REPO / "configs" / "prune-wavlm-large.toml")}
+    assert prune_configs == {"base-plus": "prune-wavlm-base-plus", "large": "prune-wavlm-large"}
     diarized = [option(c, "--model") for c in printed if c[:2] == ["slimdiar", "diarize"]]
     # 3 test sets x (8 pruned runs + 2 unpruned models).
     assert len(diarized) == 3 * 10

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,15 @@ from slimdiar.simulate import SimulationConfig, simulate_data_dirs
 from slimdiar.simulate.sentences import SENTENCES
 from slimdiar.simulate.similarity import select_distinct, utterance_features, voice_distances
 from slimdiar.simulate.sources import ToneSource
-from slimdiar.simulate.tts import TTSVoicePool, VoiceSpec, engine_available, sentence_indices
+from slimdiar.simulate.tts import (
+    ENGINES,
+    TTSVoicePool,
+    VoiceSpec,
+    builtin_voices,
+    engine_available,
+    pool_json,
+    sentence_indices,
+)
 
 needs_espeak = pytest.mark.skipif(
     not engine_available("espeak-ng"),
@@ -26,9 +36,7 @@ VOICES = (
 
 
 def test_voice_labels_are_unique_and_free_of_spaces():
-    from slimdiar.simulate.voice_pool import VOICE_POOL
-
-    labels = [spec.label for spec in VOICE_POOL]
+    labels = [spec.label for spec in builtin_voices()]
     assert len(labels) == len(set(labels)) >= 20
     assert not any(c.isspace() for label in labels for c in label)
     assert VoiceSpec("flite", "slt", -300, 0.92).label == "fli-slt-300c-t92"
@@ -104,3 +112,12 @@ def test_asking_for_more_pool_speakers_than_available_is_an_error(tmp_path):
         return
     with pytest.raises(ConfigError, match="asked for 5 pool speakers but only 3"):
         TTSVoicePool(tmp_path, num_speakers=5, voices=VOICES)
+
+
+def test_the_builtin_pool_is_package_data_in_the_tools_format():
+    voices = builtin_voices()
+    assert voices[0] == VoiceSpec("flite", "slt", -300, 0.92) and len(voices) == 67
+    assert all(v.engine in ENGINES and isinstance(v.pitch_cents, int) for v in voices)
+    # the committed file is exactly what tools/voice_pool.py writes for these voices
+    written = (resources.files("slimdiar.simulate") / "voice-pool.json").read_text("utf-8")
+    assert pool_json(voices) == written

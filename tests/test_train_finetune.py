@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,13 +18,11 @@ from slimdiar.stages.finetune import FinetuneConfig, FinetuneObjective, ModelSec
 from slimdiar.stages.finetune import run as finetune
 from slimdiar.testing import write_tone_datadir
 
-CONFIGS = Path(__file__).parents[1] / "configs"
-
 
 # ---------------------------------------------------------------------- configs
 def test_recipe_configs_hold_the_reference_settings():
     for name in ("wavlm-base-plus", "wavlm-large"):
-        config = load_config(FinetuneConfig, CONFIGS / f"{name}.toml")
+        config = load_config(FinetuneConfig, name)
         assert config.model.backbone == name and config.model.frontend == "wavlm"
         assert (config.optim.lr_backbone, config.optim.lr_head) == (2e-5, 1e-3)
         assert (config.data.chunk_duration_s, config.data.shift_s) == (8.0, 6.0)
@@ -38,7 +35,7 @@ def test_recipe_configs_hold_the_reference_settings():
 
 
 def test_overrides_are_type_checked():
-    config = load_config(FinetuneConfig, CONFIGS / "tiny.toml", [
+    config = load_config(FinetuneConfig, "tiny", [
         "trainer.batch_size=4", "optim.lr_head=5e-4", "model.frontend=wavlm-frozen",
         'model.backbone="wavlm-small"', "data.channel=0", "trainer.progress=false",
     ])
@@ -114,7 +111,7 @@ def test_frozen_pretrained_backbone_is_loaded_and_kept(tmp_path):
     pretrained.save_pretrained(tmp_path / "wavlm")
     data = write_tone_datadir(tmp_path / "data", num_recordings=1, duration_s=6.0)
     status = main([
-        "finetune", "--config", str(CONFIGS / "tiny.toml"), "--train", str(data), "--dev",
+        "finetune", "--config", "tiny", "--train", str(data), "--dev",
         str(data), "--out", str(tmp_path / "exp"), "--backbone", str(tmp_path / "wavlm"),
         "--set", "model.frontend=wavlm-frozen", "--set", "trainer.max_epochs=2",
         "--set", "trainer.batch_size=2", "--set", "trainer.progress=false",
@@ -135,7 +132,7 @@ def test_tiny_model_learns_to_diarize_tones(tmp_path, tone_datadir):
     data = tone_datadir
     exp = tmp_path / "exp"
     status = main([
-        "finetune", "--config", str(CONFIGS / "tiny.toml"), "--train", str(data), "--dev",
+        "finetune", "--config", "tiny", "--train", str(data), "--dev",
         str(data), "--out", str(exp), "--set", "trainer.max_epochs=12",
         "--set", "trainer.progress=false",
     ])
@@ -163,8 +160,8 @@ def test_resumed_finetuning_matches_the_uninterrupted_run(tmp_path):
     data = write_tone_datadir(tmp_path / "data", num_recordings=1, duration_s=6.0)
     overrides = ["model.dropout=0.2", "trainer.batch_size=2", "trainer.max_steps_per_epoch=2",
                  "trainer.progress=false", "trainer.average_best=1"]
-    two = load_config(FinetuneConfig, CONFIGS / "tiny.toml", overrides + ["trainer.max_epochs=2"])
-    one = load_config(FinetuneConfig, CONFIGS / "tiny.toml", overrides + ["trainer.max_epochs=1"])
+    two = load_config(FinetuneConfig, "tiny", overrides + ["trainer.max_epochs=2"])
+    one = load_config(FinetuneConfig, "tiny", overrides + ["trainer.max_epochs=1"])
     finetune(two, data, data, tmp_path / "straight")
     finetune(one, data, data, tmp_path / "resumed")
     finetune(two, data, data, tmp_path / "resumed", resume=True)

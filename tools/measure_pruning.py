@@ -99,8 +99,7 @@ def measure(args) -> dict:
     with tempfile.TemporaryDirectory(prefix="slimdiar-prune-targets-") as tmp:
         work = Path(tmp)
         write_tone_train_dev(work)
-        teacher = finetune_tiny_teacher(work / "train", work / "dev", work / "finetuned",
-                                        ROOT / "configs" / "tiny.toml")
+        teacher = finetune_tiny_teacher(work / "train", work / "dev", work / "finetuned")
         with ThreadPoolExecutor(args.jobs) as pool:
             futures = [pool.submit(run_one, work, teacher, o, t, s, setting)
                        for o, t, s in jobs]

@@ -5,6 +5,8 @@ Usage::
     python tools/profile_backbones.py --out docs/results/profiles/backbone-profile.json
 
 One forward pass of 8 s at batch 1 per preset, random weights, median of 3 after a warm-up.
+``tools/render_benchmarks.py`` turns the file into the profile table of docs/benchmarks.md, where
+docs/benchmarks-notes.md holds ``<!-- backbone-profile: profiles/backbone-profile.json -->``.
 """
 
 from __future__ import annotations

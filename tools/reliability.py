@@ -176,7 +176,8 @@ def make_inputs(work: Path) -> None:
     (bad_uem / "uem").write_text("a 1 0 4\nb 1 0 three\n")
     (work / "data-empty").mkdir()
     (work / "data-empty" / "wav.scp").write_text("")
-    (work / "tiny.toml").write_text((ROOT / "configs" / "tiny.toml").read_text())
+    tiny = ROOT / "src" / "slimdiar" / "configs" / "tiny.toml"
+    (work / "tiny.toml").write_text(tiny.read_text())
     (work / "neg.toml").write_text("[optim]\nlr_head = -1e-3\n")
     (work / "typo.toml").write_text("[model]\nd_modle = 3\n")
     (work / "broken.toml").write_text("[model\n")

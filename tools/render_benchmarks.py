@@ -21,13 +21,16 @@ Three kinds of result files are read:
   (window, speaker) and with one per window, and the speed-up.
 
 Any other JSON file is skipped with a message. The hand-written commentary of
-``--notes`` is appended verbatim. The output is written atomically; never edit it by hand.
+``--notes`` is appended verbatim, except that a line ``<!-- backbone-profile: FILE -->`` becomes
+the table of the time per part of each model in ``RESULTS/FILE``, the JSON written by
+``tools/profile_backbones.py``. The output is written atomically; never edit it by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +39,14 @@ from slimdiar.fileio import write_text_atomic
 GENERATED_BY = "python tools/render_benchmarks.py"
 #: Stage columns of the pipeline table, in the order the pipeline runs them.
 STAGE_ORDER = ("segmentation", "speaker_counting", "embeddings", "clustering", "reconstruction")
+#: A line of the notes replaced by a profile table, and the labels of that table.
+PROFILE_MARKER = re.compile(r"^<!-- backbone-profile: (\S+) -->$", re.MULTILINE)
+PROFILE_PARTS = {"conv layer 0": "conv layer 0", "conv layers 1-6": "conv layers 1-6",
+                 "positional conv": "positional conv", "attention": "attention (all layers)",
+                 "ffn": "FFN (all layers)", "other (norms, projection, bias)":
+                 "rest (projection, norms)", "total_ms": "total"}
+MODEL_LABELS = {"wavlm-base-plus": "Base+", "wavlm-base-plus-s80": "Base+ s80",
+                "wavlm-large": "Large", "wavlm-large-s80": "Large s80"}
 
 
 class ResultError(ValueError):
@@ -208,6 +219,32 @@ def render_pipelines(results: list[tuple[Path, dict]]) -> list[str]:
     return lines
 
 
+def render_profile(path: Path) -> list[str]:
+    """Markdown lines for one ``tools/profile_backbones.py`` file: milliseconds per model part."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
+    models = _field(path, data, "models")
+    header = ["part", *[f"{MODEL_LABELS.get(name, name)} ms" for name in models]]
+    rows = []
+    for key, label in PROFILE_PARTS.items():
+        for name, parts in models.items():
+            if key not in parts:
+                raise ResultError(f"{path}: model {name!r} has no {key!r}")
+        rows.append([label, *[f"{parts[key]:.0f}" for parts in models.values()]])
+    return _table(header, rows) + [
+        "", f"One forward pass of {_field(path, data, 'seconds'):g} s at batch 1; "
+        f"{data.get('threads', '?')} threads, torch {data.get('torch', '?')} "
+        f"(`{path.name}`)."]
+
+
+def fill_profiles(text: str, results_dir: Path) -> str:
+    """``text`` with each ``<!-- backbone-profile: FILE -->`` line replaced by its table."""
+    return PROFILE_MARKER.sub(
+        lambda match: "\n".join(render_profile(results_dir / match.group(1))), text)
+
+
 def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
     """The text of docs/benchmarks.md and the messages about skipped files."""
     backbones, pipelines, skipped = load_results(results_dir)
@@ -243,7 +280,7 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
     if notes is not None:
         if not notes.is_file():
             raise ResultError(f"{notes}: no such notes file")
-        text += "\n" + notes.read_text()
+        text += "\n" + fill_profiles(notes.read_text(), results_dir)
     return text.rstrip("\n") + "\n", skipped
 
 

@@ -15,7 +15,7 @@ import json
 import re
 from pathlib import Path
 
-from slimdiar.demo import render_report
+from slimdiar.demo.report import render_report
 from slimdiar.fileio import write_json_atomic, write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[1]

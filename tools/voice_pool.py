@@ -21,7 +21,8 @@ Writes:
 - ``docs/voice-pool.json``: candidates, split-half distances, threshold, the chosen voices, the
   smallest distance among them (and, where the GE2E speaker embedding model is available, its
   cosine similarities as a cross-check);
-- ``src/slimdiar/simulate/voice_pool.py``: the chosen voices, one pitch shift of each engine
+- ``src/slimdiar/simulate/voice-pool.json`` (package data, read by
+  ``slimdiar.simulate.tts.builtin_voices``): the chosen voices, one pitch shift of each engine
   voice per round, so that the first voices of the pool are as varied as possible;
 - the table between the ``voice-pool`` markers of ``docs/simulate.md``.
 
@@ -51,9 +52,12 @@ from slimdiar.simulate.similarity import (  # noqa: E402
 )
 from slimdiar.simulate.sources import read_mono  # noqa: E402
 from slimdiar.simulate.tts import (  # noqa: E402
+    POOL_FILE,
     VoiceSpec,
     available_engines,
+    builtin_voices,
     engine_version,
+    pool_json,
     synthesize,
 )
 
@@ -72,7 +76,7 @@ TEMPOS = (0.92, 1.0, 1.08)
 PROBE_SENTENCES = (2, 6, 10, 17, 24, 41, 62, 88)
 
 JSON_PATH = ROOT / "docs" / "voice-pool.json"
-POOL_MODULE = ROOT / "src" / "slimdiar" / "simulate" / "voice_pool.py"
+POOL_PATH = ROOT / "src" / "slimdiar" / "simulate" / POOL_FILE
 DOCS_PATH = ROOT / "docs" / "simulate.md"
 BEGIN, END = "<!-- voice-pool:begin -->", "<!-- voice-pool:end -->"
 
@@ -182,25 +186,6 @@ def spread_out(specs: list[VoiceSpec]) -> list[VoiceSpec]:
     return ordered
 
 
-def write_pool_module(specs: list[VoiceSpec]) -> None:
-    lines = [
-        '"""The voices of the built-in pool, chosen by ``tools/voice_pool.py`` (do not edit).',
-        "",
-        "Measured pairwise distinct; see docs/simulate.md and docs/voice-pool.json.",
-        '"""',
-        "",
-        "from slimdiar.simulate.tts import VoiceSpec",
-        "",
-        "VOICE_POOL: tuple[VoiceSpec, ...] = (",
-    ]
-    lines += [
-        f"    VoiceSpec({s.engine!r}, {s.voice!r}, {s.pitch_cents}, {s.tempo!r}),"
-        for s in specs
-    ]
-    lines += [")", ""]
-    POOL_MODULE.write_text("\n".join(lines), encoding="utf-8")
-
-
 def markdown_table(report: dict) -> str:
     chosen = report["chosen"]
     engines: dict[str, int] = {}
@@ -275,9 +260,7 @@ def main() -> int:
     if not engines:
         raise SystemExit("no text-to-speech engine installed: run tools/setup-env.sh demo")
     if args.check_only:
-        from slimdiar.simulate.voice_pool import VOICE_POOL
-
-        specs = [s for s in VOICE_POOL if s.engine in engines]
+        specs = [s for s in builtin_voices() if s.engine in engines]
     else:
         specs = candidates(engines)
     with tempfile.TemporaryDirectory() as temporary:
@@ -348,9 +331,9 @@ def main() -> int:
     logging.info("%d of %d voices are distinct (threshold %.2f); wrote %s", len(chosen),
                  len(specs), threshold, JSON_PATH)
     if not args.check_only:
-        write_pool_module(spread_out([specs[i] for i in chosen]))
+        POOL_PATH.write_text(pool_json(spread_out([specs[i] for i in chosen])), encoding="utf-8")
         update_docs(markdown_table(report))
-        logging.info("wrote %s and the table of %s", POOL_MODULE, DOCS_PATH)
+        logging.info("wrote %s and the table of %s", POOL_PATH, DOCS_PATH)
     return 0
 
 

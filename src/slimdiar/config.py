@@ -8,6 +8,11 @@ Every value is checked against the field's type and, where the section declares 
 ``__post_init__``); an unknown section or key, a value of the wrong type or out of range is a
 :class:`~slimdiar.errors.ConfigError` that names the key as the file and ``--set`` spell it
 (``optim.lr_head``), and the ``--set`` argument that gave it.
+
+The configurations that come with slimdiar (the reference recipe's, CPU-sized ones, the demo's)
+are package data in ``slimdiar/configs/``: wherever a config file is asked for, the name of one
+of them (``wavlm-base-plus``, or ``wavlm-base-plus.toml``) does as well as a path
+(:func:`config_source`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import math
 import sys
 import types
 import typing
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from slimdiar.errors import ConfigError
@@ -157,6 +164,12 @@ def from_dict(cls, data: dict, prefix: str = ""):
             f"{', '.join(prefix + k for k in unknown)}; valid keys of {where}: "
             f"{', '.join(sorted(fields))}"
         )
+    missing = [name for name, f in fields.items() if name not in data
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        where = f"[{prefix.rstrip('.')}]" if prefix else "the configuration"
+        raise ConfigError(f"{where} lacks the key{'s' if len(missing) > 1 else ''} "
+                          f"{', '.join(prefix + k for k in missing)}")
     values = {name: _coerce(v, hints[name], prefix + name) for name, v in data.items()}
     try:
         return cls(**values)
@@ -211,11 +224,53 @@ def apply_override(data: dict, cls, text: str) -> None:
             current = annotation
 
 
-def read_toml(path: str | Path) -> dict:
+def bundled_configs() -> list[str]:
+    """Names of the configurations that come with slimdiar (``slimdiar/configs/*.toml``)."""
+    folder = resources.files("slimdiar") / "configs"
+    return sorted(entry.name.removesuffix(".toml") for entry in folder.iterdir()
+                  if entry.name.endswith(".toml"))
+
+
+def bundled_config(name: str) -> Traversable:
+    """The bundled configuration ``name`` (with or without ``.toml``).
+
+    Raises
+    ------
+    ConfigError
+        If slimdiar has no configuration of that name; the message lists those it has.
+    """
+    stem = name.removesuffix(".toml")
+    if stem not in bundled_configs():
+        raise ConfigError(f"{name}: no such bundled config; bundled configs: "
+                          f"{', '.join(bundled_configs())}")
+    return resources.files("slimdiar") / "configs" / f"{stem}.toml"
+
+
+def config_source(spec: str | Path) -> Path | Traversable:
+    """What ``--config SPEC`` reads: the file ``spec`` if it exists, else the bundled config.
+
+    A ``spec`` that names no existing file and holds no directory part (``wavlm-base-plus``,
+    ``tiny.toml``) is looked up among :func:`bundled_configs`; any other stays a path.
+
+    Raises
+    ------
+    ConfigError
+        If ``spec`` is neither an existing file nor a bundled name but could have been one.
+    """
+    path = Path(spec)
+    if path.exists() or len(path.parts) != 1:
+        return path
+    if path.name.removesuffix(".toml") not in bundled_configs():
+        raise ConfigError(f"{spec}: no such config file, nor a bundled config (bundled: "
+                          f"{', '.join(bundled_configs())})")
+    return bundled_config(path.name)
+
+
+def read_toml(path: str | Path | Traversable) -> dict:
     """The mapping of a TOML file; :class:`ConfigError` if it is missing or not valid TOML."""
-    path = Path(path)
+    source = Path(path) if isinstance(path, str) else path
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(source.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as error:
@@ -227,6 +282,8 @@ def read_toml(path: str | Path) -> dict:
 def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[str] = ()):
     """Read a TOML file (optional) into dataclass ``cls`` and apply ``section.key=value`` overrides.
 
+    ``path`` is a file or the name of a bundled configuration (:func:`config_source`).
+
     Raises
     ------
     ConfigError
@@ -234,7 +291,7 @@ def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[
     """
     data: dict = {}
     if path is not None:
-        data = read_toml(path)
+        data = read_toml(config_source(path))
         try:
             from_dict(cls, data)
         except ConfigError as error:

@@ -252,7 +252,7 @@ def tiny_resnet(seed: int = 0) -> ResNetEmbedding:
 
 # ---------------------------------------------------------------------- a tiny teacher
 def finetune_tiny_teacher(train: str | Path, dev: str | Path, out: str | Path,
-                          config: str | Path) -> Path:
+                          config: str | Path = "tiny") -> Path:
     """Fine-tune a tiny diarization model on tone data with ``slimdiar finetune``; its ``best/``.
 
     The WavLM is ``wavlm-mini`` (random init, Base+'s proportions: fine-grained enough for a
@@ -265,7 +265,7 @@ def finetune_tiny_teacher(train: str | Path, dev: str | Path, out: str | Path,
     out
         Experiment directory to write.
     config
-        The fine-tuning config file of the head and the data (``configs/tiny.toml``).
+        The fine-tuning config of the head and the data: a file or a bundled name (``tiny``).
 
     Raises
     ------

@@ -75,3 +75,11 @@ def with_flag_names(error: Exception, *names: str, **flags: str) -> ConfigError:
 
 positive_int = int_at_least(1)
 non_negative_int = int_at_least(0)
+
+
+def number(value: float) -> str:
+    """A default as the help text shows it: the shorter of ``0.8`` / ``2e-4`` forms (``2e-4``)."""
+    plain = f"{value:g}"
+    mantissa, _, exponent = f"{value:e}".partition("e")
+    scientific = f"{float(mantissa):g}e{int(exponent)}"
+    return scientific if len(scientific) < len(plain) else plain

@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable
 
 from slimdiar.cli._args import output_dir
+from slimdiar.config import bundled_configs
 from slimdiar.train.distributed import DistContext, init_distributed, shutdown_distributed
 
 
@@ -21,7 +22,9 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def add_run_arguments(parser: argparse.ArgumentParser, config_required: bool) -> None:
     """``--config``, ``--set`` and ``--resume``, as every training command takes them."""
     parser.add_argument("--config", required=config_required, metavar="TOML",
-                        help="run configuration" + ("" if config_required else " (optional)"))
+                        help="run configuration" + ("" if config_required else " (optional)")
+                        + ": a TOML file or the name of a bundled one ("
+                        + ", ".join(bundled_configs()) + ")")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE",
                         help="override one configuration value (repeatable)")

@@ -16,15 +16,20 @@ from slimdiar.models.checkpoint import write_json_atomic
 from slimdiar.models.precision import resolve_dtype
 from slimdiar.models.wavlm.config import PRESETS
 
+#: Audio of one backbone input, and of the synthetic recording of --pipeline, in seconds.
+BACKBONE_SECONDS = 8.0
+PIPELINE_SECONDS = 600.0
+
 EPILOG = f"""\
 MODEL is a preset ({", ".join(sorted(PRESETS))}), an architecture JSON file
 (e.g. the published pruned shapes; random weights are fine for speed) or a checkpoint directory.
 The first MODEL is the reference of the speed-up columns.
 
 With --pipeline CKPT, the whole diarization pipeline (EEND checkpoint CKPT + embedding model)
-runs instead on --seconds of synthetic multi-speaker audio (default: 600) or on --audio FILE,
-read from disk window by window, in a fresh process: the real-time factor of every stage and
-the peak resident memory (ru_maxrss) and its increase over the resident size before the run.
+runs instead on --seconds of synthetic multi-speaker audio (default: {PIPELINE_SECONDS:g}) or on
+--audio FILE, read from disk window by window, in a fresh process: the real-time factor of every
+stage and the peak resident memory (ru_maxrss) and its increase over the resident size before the
+run.
 --device, --threads, --dtype and --json apply to both modes (with --pipeline, one --dtype for
 both models); --batch-size, --precision-mode, --warmup and --repeats to backbones only.
 
@@ -51,10 +56,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("models", nargs="*", metavar="MODEL", help="models to compare")
     parser.add_argument("--seconds", type=float, default=None,
-                        help="audio duration of one input (default: 8), or with --pipeline of "
-                             "the synthetic recording (default: 600)")
+                        help=f"audio duration of one input (default: {BACKBONE_SECONDS:g}), or "
+                             f"with --pipeline of the synthetic recording (default: "
+                             f"{PIPELINE_SECONDS:g})")
     parser.add_argument("--batch-size", type=positive_int, default=8,
-                        help="batch size measured besides 1 (default: 8)")
+                        help="batch size measured besides 1 (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (default: torch's choice)")
@@ -67,9 +73,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="how bfloat16/float16 is applied: autocast (float32 weights, "
                              "torch.autocast; the default) or weights (weights and input cast)")
     parser.add_argument("--warmup", type=non_negative_int, default=2,
-                        help="untimed runs (default: 2)")
+                        help="untimed runs (default: %(default)s)")
     parser.add_argument("--repeats", type=positive_int, default=5,
-                        help="timed runs; the median is reported (default: 5)")
+                        help="timed runs; the median is reported (default: %(default)s)")
     parser.add_argument("--json", type=output_file, metavar="FILE",
                         help="also write the results as JSON")
     pipeline = parser.add_argument_group("pipeline mode")
@@ -81,7 +87,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     pipeline.add_argument("--embedding", default="ge2e",
                           help="speaker embedding model name or checkpoint (default: ge2e)")
     pipeline.add_argument("--pipeline-batch-size", type=positive_int, default=32,
-                          help="windows per segmentation batch (default: 32)")
+                          help="windows per segmentation batch (default: %(default)s)")
     parser.set_defaults(func=run)
     return parser
 
@@ -97,7 +103,7 @@ def run(args) -> int:
     if args.audio is not None:
         raise ConfigError("--audio is an option of --pipeline mode")
     if args.seconds is None:
-        args.seconds = 8.0
+        args.seconds = BACKBONE_SECONDS
     return run_backbones(args)
 
 
@@ -178,7 +184,7 @@ def run_pipeline(args) -> int:
 
     from slimdiar.bench.pipeline import benchmark_pipeline, validate_pipeline_bench
 
-    seconds = args.seconds if args.seconds is not None or args.audio else 600.0
+    seconds = args.seconds if args.seconds is not None or args.audio else PIPELINE_SECONDS
     validate_pipeline_bench(args.pipeline, seconds, args.audio, args.pipeline_batch_size)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")

@@ -58,7 +58,7 @@ def add_parser(subparsers) -> None:
     )
     check.add_argument(
         "--max-rows", type=non_negative_int, default=20, metavar="N",
-        help="recordings listed in the per-recording table (default: 20)",
+        help="recordings listed in the per-recording table (default: %(default)s)",
     )
     check.set_defaults(func=run_check)
 

@@ -28,18 +28,20 @@ def add_parser(subparsers) -> None:
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=output_dir, default="exp/demo",
-                        help="output directory (default exp/demo)")
+                        help="output directory (default %(default)s)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke-test sizes: a few minutes, not an accuracy claim")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the whole run (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the whole run (default %(default)s)")
     parser.add_argument("--jobs", type=positive_int, default=2,
-                        help="processes for speech synthesis and simulation (default 2)")
+                        help="processes for speech synthesis and simulation (default %(default)s)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print its table."""
-    from slimdiar.demo import Demo, check_settings, render_report
+    from slimdiar.demo.report import render_report
+    from slimdiar.demo.run import Demo, check_settings
 
     check_settings()
     if args.verbose == 0:

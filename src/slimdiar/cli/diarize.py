@@ -22,19 +22,25 @@ from slimdiar.cli import _parallel
 from slimdiar.cli._args import output_dir, positive_float, positive_int, with_flag_names
 from slimdiar.data import read_rttm, read_uem, read_wav_scp, write_text_atomic
 from slimdiar.errors import ConfigError, SlimdiarError
+from slimdiar.pipeline.clustering import AgglomerativeClustering
+from slimdiar.pipeline.config import WindowsSection
 
 logger = logging.getLogger(__name__)
 
+#: The built-in window settings, whose numbers the help quotes.
+WINDOWS = WindowsSection()
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".sph", ".aiff", ".aif")
 
-DESCRIPTION = """\
+DESCRIPTION = f"""\
 Diarize recordings with an EEND segmentation model and speaker embeddings: sliding windows,
 powerset decisions with a median filter, a frame-level speaker count, one embedding per (window,
 local speaker), clustering (agglomerative or VBx) with a per-window constraint, and
 reconstruction on the 20 ms frame grid.
 
-Pipeline settings, from lowest to highest precedence: the built-in defaults (8 s windows every
-0.8 s, agglomerative clustering at the embedding's own threshold: 0.70 for a WeSpeaker ResNet,
+Pipeline settings, from lowest to highest precedence: the built-in defaults \
+({WINDOWS.duration_s:g} s windows
+every {WINDOWS.step_s:g} s, agglomerative clustering at the embedding's own threshold: 0.70 for a \
+WeSpeaker ResNet,
 the value measured in docs/clustering-threshold.md for GE2E), the settings saved with the model
 (its metadata, e.g. the threshold tuned on a dev set), --config FILE.toml, then --set
 section.key=value and the explicit options below (--step, --threshold, ...). See
@@ -94,11 +100,13 @@ def add_parser(subparsers) -> None:
     )
     settings.add_argument(
         "--step", type=positive_float, metavar="SECONDS",
-        help="seconds between window starts (windows.step_s; built-in default 0.8)",
+        help="seconds between window starts (windows.step_s; built-in default "
+        f"{WINDOWS.step_s:g})",
     )
     settings.add_argument(
         "--batch-size", type=positive_int, metavar="N",
-        help="windows per segmentation batch (windows.batch_size; built-in default 32)",
+        help="windows per segmentation batch (windows.batch_size; built-in default "
+        f"{WINDOWS.batch_size})",
     )
     settings.add_argument(
         "--clustering", choices=["agglomerative", "vbx"],
@@ -112,7 +120,8 @@ def add_parser(subparsers) -> None:
     settings.add_argument(
         "--min-cluster-size", type=positive_int, metavar="N",
         help="agglomerative clusters smaller than N join the closest large one "
-        "(clustering.min_cluster_size; built-in default 30)",
+        "(clustering.min_cluster_size; built-in default "
+        f"{AgglomerativeClustering.min_cluster_size})",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 
+from slimdiar.cli._args import number
 from slimdiar.cli._training import add_data_arguments, add_run_arguments, run_stage
 from slimdiar.config import load_config
+from slimdiar.stages.distill import DistillConfig
 
 DESCRIPTION = """\
 Further distillation of a pruned WavLM from the teacher, without gates (stage 2): the same
@@ -20,10 +22,16 @@ student (the average of the best checkpoints by validation loss), a plain WavLM 
 'slimdiar finetune --backbone' takes for stage 3.
 """
 
-EPILOG = """\
+
+def epilog(defaults: DistillConfig) -> str:
+    """The help's epilog, its numbers taken from ``defaults``."""
+    o, t = defaults.optim, defaults.trainer
+    return f"""\
 configuration (optional TOML with [data], [optim], [trainer] and distill_layers):
-  defaults are the reference's: up to 20 epochs, global batch 64, early stop after 5 epochs
-  without a lower validation loss, lr 2e-4, weight decay 0, the final model averages the 5 best.
+  defaults are the reference's: up to {t.max_epochs} epochs, global batch {t.batch_size}, \
+early stop after {t.patience} epochs
+  without a lower validation loss, lr {number(o.lr_weights)}, weight decay \
+{number(o.weight_decay)}, the final model averages the {t.average_best} best.
 
 example:
   slimdiar distill --student exp/prune80/pruned --teacher exp/ft/best \\
@@ -35,7 +43,7 @@ def add_parser(subparsers) -> None:
     """Register ``slimdiar distill``."""
     parser = subparsers.add_parser(
         "distill", help="further distillation of a pruned WavLM (stage 2)",
-        description=DESCRIPTION, epilog=EPILOG,
+        description=DESCRIPTION, epilog=epilog(DistillConfig()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--student", required=True, metavar="CKPT",

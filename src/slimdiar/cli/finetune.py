@@ -2,7 +2,7 @@ r"""``slimdiar finetune``: train the diarization model (WavLM + Conformer, power
 
 Usage::
 
-    slimdiar finetune --config configs/wavlm-base-plus.toml \
+    slimdiar finetune --config wavlm-base-plus \
         --train data/train --dev data/dev --out exp/base-plus \
         --backbone checkpoints/wavlm-base-plus
     torchrun --nproc_per_node 4 -m slimdiar finetune --config ... --out exp/base-plus
@@ -30,8 +30,9 @@ loss: the model every later command loads. The same command runs on several GPUs
 
 EPILOG = """\
 configuration:
-  A TOML file with sections [model], [data], [optim] and [trainer] (see configs/*.toml); any
-  value can be overridden with --set SECTION.KEY=VALUE, e.g. --set trainer.batch_size=32,
+  A TOML file with sections [model], [data], [optim] and [trainer], or the name of a bundled
+  one (--config wavlm-base-plus, wavlm-large or tiny: see docs/training.md); any value can be
+  overridden with --set SECTION.KEY=VALUE, e.g. --set trainer.batch_size=32,
   --set model.frontend=wavlm-frozen, --set optim.lr_head=5e-4.
 
 front-ends (model.frontend):
@@ -40,9 +41,9 @@ front-ends (model.frontend):
   fbank          log-mel filterbank, no self-supervised model
 
 examples:
-  slimdiar finetune --config configs/tiny.toml --train data/toy/train --dev data/toy/dev \\
+  slimdiar finetune --config tiny --train data/toy/train --dev data/toy/dev \\
       --out exp/tiny
-  torchrun --nproc_per_node 4 -m slimdiar finetune --config configs/wavlm-large.toml \\
+  torchrun --nproc_per_node 4 -m slimdiar finetune --config wavlm-large \\
       --train data/compound/train --dev data/compound/dev --out exp/large \\
       --backbone models/wavlm-large
 """

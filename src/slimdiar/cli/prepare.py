@@ -63,7 +63,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--subsets", default=None, metavar="LIST",
                         help="comma-separated subsets (default: train,dev,test)")
     parser.add_argument("--channel", type=non_negative_int, default=0, metavar="K",
-                        help="0-based channel used (default: 0)")
+                        help="0-based channel used (default: %(default)s)")
     parser.add_argument("--extract-channel", action="store_true",
                         help="copy the channel to mono files OUT/audio/<uri>.wav")
     parser.add_argument("--skip-invalid", action="store_true",
@@ -78,10 +78,10 @@ def add_parser(subparsers) -> None:
                      help="AMI NXT manual annotations (words/, corpusResources/)")
     ami.add_argument("--merge-gap", type=float, default=0.0, metavar="SECONDS",
                      help="NXT words of a speaker at most this far apart form one turn "
-                     "(default: 0, only touching words)")
+                     "(default: %(default)g, only touching words)")
     aishell4 = parser.add_argument_group("AISHELL-4")
     aishell4.add_argument("--dev-sessions", type=non_negative_int, default=10, metavar="N",
-                          help="training sessions held out as dev (default: 10)")
+                          help="training sessions held out as dev (default: %(default)s)")
     parser.set_defaults(func=run)
 
 

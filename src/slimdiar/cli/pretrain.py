@@ -2,11 +2,11 @@ r"""``slimdiar pretrain``: self-supervised pretraining of a WavLM (HuBERT/WavLM 
 
 Usage::
 
-    slimdiar pretrain --config configs/pretrain-tiny.toml --train audio/train --dev audio/dev \
+    slimdiar pretrain --config pretrain-tiny --train audio/train --dev audio/dev \
         --out exp/pt1
-    slimdiar pretrain --config configs/pretrain-tiny.toml --train audio/train --dev audio/dev \
+    slimdiar pretrain --config pretrain-tiny --train audio/train --dev audio/dev \
         --targets-from exp/pt1/best --layer 3 --set targets.num_clusters=500 --out exp/pt2
-    slimdiar finetune --config configs/tiny.toml --backbone exp/pt2/best ...
+    slimdiar finetune --config tiny --backbone exp/pt2/best ...
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ OUT/best the final WavLM alone: the checkpoint 'slimdiar finetune --backbone' an
 
 EPILOG = """\
 configuration (optional TOML; sections [model], [targets], [masking], [denoise], [head],
-[wavlm], [data], [optim], [trainer]; see configs/pretrain-tiny.toml), e.g.
+[wavlm], [data], [optim], [trainer]; the bundled --config pretrain-tiny is one), e.g.
   --set targets.num_clusters=100 --set masking.prob=0.08 --set denoise.prob=0
   --set data.crop_duration_s=4 --set trainer.max_epochs=20
 

@@ -12,8 +12,10 @@ import argparse
 import json
 from pathlib import Path
 
+from slimdiar.cli._args import number
 from slimdiar.cli._training import add_data_arguments, add_run_arguments, run_stage
-from slimdiar.config import load_config
+from slimdiar.config import bundled_config, load_config
+from slimdiar.stages.prune import PruneConfig
 
 DESCRIPTION = """\
 Structured pruning of WavLM with distillation from a teacher (stage 1 of the method).
@@ -29,40 +31,61 @@ OUT/report.md and PNG plots describe what was kept.
 paper's order) or a pre-trained WavLM (the 'prune before fine-tune' baseline): same code.
 """
 
-EPILOG = """\
-configuration (optional TOML with sections [prune], [data], [optim], [trainer]):
-  defaults are the reference's: up to 30 epochs (early stop: patience 5 past the warm-up),
-  global batch 64 (configs/prune-wavlm-large.toml: 32 for Large), warm-up 5, lr 2e-4 weights /
-  2e-2 gates / 2e-2 lambda, units = ["conv", "head", "ffn"], distill_layers = [0, L/3, 2L/3, L],
-  no clamp on the log-alphas (prune.gate_bound = 0).
-  e.g. --set prune.units='["conv","head","ffn","attention_block"]' --set trainer.batch_size=8
-  The final model (prune.final_model = "average") averages, log-alphas included, the
-  trainer.average_best (5) epochs with the lowest total validation loss (distillation +
-  Lagrangian) from the epoch where that loss peaks on; "on-target" takes the one checkpoint past
-  the warm-up within prune.tolerance (0.01) of the target with the lowest validation
-  distillation loss. More in docs/pruning.md.
 
-examples:
-  slimdiar prune --teacher exp/ft/best --sparsity 0.8 --train data/train --dev data/dev \\
-      --out exp/prune80
-  slimdiar prune --teacher models/wavlm-base-plus --sparsity 0.8 --objective macs ...
-  torchrun --nproc_per_node 4 -m slimdiar prune --teacher exp/ft/best --sparsity 0.9 ...
-"""
+def _toml_list(values: list[str]) -> str:
+    return "[" + ", ".join(f'"{value}"' for value in values) + "]"
+
+
+def epilog(defaults: PruneConfig, large: PruneConfig) -> str:
+    """The help's epilog, its numbers taken from ``defaults`` and the bundled Large config."""
+    p, o, t = defaults.prune, defaults.optim, defaults.trainer
+    return "\n".join([
+        "configuration (optional TOML with sections [prune], [data], [optim], [trainer]):",
+        f"  defaults are the reference's: up to {t.max_epochs} epochs (early stop: patience "
+        f"{t.patience} past the warm-up),",
+        f"  global batch {t.batch_size} (--config prune-wavlm-large: {large.trainer.batch_size} "
+        f"for Large), warm-up {number(p.warmup_epochs)}, lr {number(o.lr_weights)} weights /",
+        f"  {number(o.lr_gates)} gates / {number(o.lr_lambda)} lambda, units = "
+        f"{_toml_list(p.units)}, distill_layers = [0, L/3, 2L/3, L],",
+        f"  no clamp on the log-alphas (prune.gate_bound = {number(p.gate_bound)}).",
+        """  e.g. --set prune.units='["conv","head","ffn","attention_block"]' """
+        "--set trainer.batch_size=8",
+        f'  The final model (prune.final_model = "{p.final_model}") averages, log-alphas '
+        "included, the",
+        f"  trainer.average_best ({t.average_best}) epochs with the lowest total validation "
+        "loss (distillation +",
+        "  Lagrangian) from the epoch where that loss peaks on; \"on-target\" takes the one "
+        "checkpoint past",
+        f"  the warm-up within prune.tolerance ({number(p.tolerance)}) of the target with the "
+        "lowest validation",
+        "  distillation loss. More in docs/pruning.md.",
+        "",
+        "examples:",
+        "  slimdiar prune --teacher exp/ft/best --sparsity 0.8 --train data/train --dev "
+        "data/dev \\",
+        "      --out exp/prune80",
+        "  slimdiar prune --teacher models/wavlm-base-plus --sparsity 0.8 --objective macs ...",
+        "  torchrun --nproc_per_node 4 -m slimdiar prune --teacher exp/ft/best --sparsity 0.9 ...",
+        "",
+    ])
 
 
 def add_parser(subparsers) -> None:
     """Register ``slimdiar prune``."""
     parser = subparsers.add_parser(
         "prune", help="distill and prune WavLM to a target sparsity (stage 1)",
-        description=DESCRIPTION, epilog=EPILOG,
+        description=DESCRIPTION,
+        epilog=epilog(PruneConfig(),
+                      load_config(PruneConfig, bundled_config("prune-wavlm-large"))),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--teacher", required=True, metavar="CKPT",
                         help="fine-tuned diarization checkpoint or pre-trained WavLM")
     parser.add_argument("--sparsity", type=float, metavar="S",
-                        help="target fraction of WavLM removed, in (0, 1) (default 0.8)")
+                        help="target fraction of WavLM removed, in (0, 1) (default "
+                        f"{number(PruneConfig().prune.sparsity)})")
     parser.add_argument("--objective", choices=["params", "macs"],
-                        help="what sparsity measures (default: params)")
+                        help=f"what sparsity measures (default: {PruneConfig().prune.objective})")
     add_data_arguments(parser)
     add_run_arguments(parser, config_required=False)
     parser.set_defaults(func=run)

@@ -65,7 +65,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--uem", metavar="UEM", help="scored regions (UEM file)")
     parser.add_argument(
         "--collar", type=float, default=0.0, metavar="SECONDS",
-        help="no-score collar on each side of reference boundaries (default: 0.0)",
+        help="no-score collar on each side of reference boundaries (default: %(default)s)",
     )
     parser.add_argument(
         "--skip-overlap", action="store_true", help="do not score overlapped reference speech"

@@ -78,6 +78,13 @@ def scale_splits(splits: dict[str, int], total: int) -> dict[str, int]:
     return {name: result.get(name, 0) for name in splits}
 
 
+def default_overlap_ratio() -> float:
+    """The overlap ratio of a simulation without ``--overlap-ratio`` or ``--stats-from``."""
+    from slimdiar.simulate.config import TurnTakingConfig
+
+    return TurnTakingConfig().overlap_ratio
+
+
 def add_parser(subparsers) -> None:
     """Add the ``simulate`` command to ``subparsers``."""
     parser = subparsers.add_parser(
@@ -95,11 +102,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--num-recordings", type=non_negative_int, default=None, metavar="N",
                         help="total recordings, shared among the splits in their proportions")
     parser.add_argument("--duration-s", type=float, default=60.0,
-                        help="length of a recording in seconds (default: 60)")
+                        help="length of a recording in seconds (default: %(default)g)")
     parser.add_argument("--speakers-per-recording", type=lambda t: parse_range(t, int),
                         default=(2, 4), metavar="MIN-MAX", help="default: 2-4")
     parser.add_argument("--overlap-ratio", type=float, default=None,
-                        help="fraction of the speech with two speakers (default: 0.12, or the "
+                        help="fraction of the speech with two speakers (default: "
+                        f"{default_overlap_ratio():g}, or the "
                         "value measured in --stats-from)")
     parser.add_argument("--stats-from", type=Path, default=None, metavar="RTTM",
                         help="estimate pause and overlap distributions from this RTTM file")
@@ -121,7 +129,7 @@ def add_parser(subparsers) -> None:
                         help="use the first N voices of the pool (default: all), or N tone "
                         "speakers with TONES (default: 24)")
     parser.add_argument("--utterances-per-speaker", type=positive_int, default=15,
-                        help="sentences each pool or tone speaker says (default: 15)")
+                        help="sentences each pool or tone speaker says (default: %(default)s)")
     parser.add_argument("--jobs", type=positive_int, default=1,
                         help="parallel worker processes (the output does not depend on it)")
     parser.add_argument("--overwrite", action="store_true",

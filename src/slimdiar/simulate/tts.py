@@ -4,7 +4,8 @@ A pool speaker is a :class:`VoiceSpec`: an engine (espeak-ng, flite or festival)
 voices, a pitch shift in cents and a tempo factor applied with sox. Which specs form the pool is
 not a guess: ``tools/voice_pool.py`` synthesises candidate voices, measures how far apart they
 are (:mod:`slimdiar.simulate.similarity`) and keeps only candidates clearly farther apart than a
-voice is from itself; it writes the chosen list to :mod:`slimdiar.simulate.voice_pool`.
+voice is from itself; it writes the chosen list to the package data file
+``slimdiar/simulate/voice-pool.json`` (:data:`POOL_FILE`), which :func:`builtin_voices` reads.
 
 :class:`TTSVoicePool` is a :class:`~slimdiar.simulate.sources.SpeakerSource` over that list:
 each speaker says its own subset of :data:`~slimdiar.simulate.sentences.SENTENCES`. Synthesised
@@ -14,6 +15,7 @@ runs can share a cache); :meth:`TTSVoicePool.prepare` fills the cache with paral
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -24,6 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,13 @@ CACHE_VERSION = 1
 ENGINES = ("espeak-ng", "flite", "festival")
 ENGINE_COMMANDS = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "festival"}
 SYNTHESIS_TIMEOUT_S = 120
+#: The built-in pool: package data of :mod:`slimdiar.simulate`, written by tools/voice_pool.py.
+POOL_FILE = "voice-pool.json"
+POOL_ABOUT = (
+    "The voices of the built-in pool, chosen by tools/voice_pool.py (do not edit): measured "
+    "pairwise distinct, see docs/simulate.md and docs/voice-pool.json; one pitch shift of each "
+    "engine voice per round, so that the first voices of the pool are as varied as possible."
+)
 
 
 @dataclass(frozen=True)
@@ -200,6 +210,21 @@ def default_cache_dir() -> Path:
     return Path(base) / "slimdiar" / "tts"
 
 
+def pool_json(voices: Sequence[VoiceSpec]) -> str:
+    """The text of :data:`POOL_FILE` for ``voices``, in pool order (one voice per line)."""
+    lines = [json.dumps({"engine": v.engine, "voice": v.voice, "pitch_cents": v.pitch_cents,
+                         "tempo": v.tempo}) for v in voices]
+    return ('{\n "about": ' + json.dumps(POOL_ABOUT) + ',\n "voices": [\n  '
+            + ",\n  ".join(lines) + "\n ]\n}\n")
+
+
+@cache
+def builtin_voices() -> tuple[VoiceSpec, ...]:
+    """The voices of the built-in pool, in pool order, read from :data:`POOL_FILE`."""
+    text = (resources.files(__package__) / POOL_FILE).read_text(encoding="utf-8")
+    return tuple(VoiceSpec(**voice) for voice in json.loads(text)["voices"])
+
+
 class TTSVoicePool(SpeakerSource):
     """Speakers of the built-in voice pool.
 
@@ -214,7 +239,7 @@ class TTSVoicePool(SpeakerSource):
     sample_rate
         Sample rate in Hz of the loaded utterances (the cache holds 16 kHz audio).
     voices
-        The pool (default: :data:`slimdiar.simulate.voice_pool.VOICE_POOL`).
+        The pool (default: :func:`builtin_voices`).
 
     Raises
     ------
@@ -233,9 +258,7 @@ class TTSVoicePool(SpeakerSource):
     ):
         super().__init__(sample_rate)
         if voices is None:
-            from slimdiar.simulate.voice_pool import VOICE_POOL
-
-            voices = VOICE_POOL
+            voices = builtin_voices()
         installed = set(available_engines())
         usable = [spec for spec in voices if spec.engine in installed]
         if not usable:

@@ -147,7 +147,7 @@ class PruneTrainerConfig(TrainerConfig):
     validation distillation loss (with ``prune.final_model = "on-target"``: from the first
     on-target epoch). ``average_best`` (5) is the number of epochs the ``"average"`` final model
     averages. The reference trains WavLM Large with a global batch of 32
-    (``configs/prune-wavlm-large.toml``).
+    (the bundled ``prune-wavlm-large``).
     """
 
     max_epochs: int = 30

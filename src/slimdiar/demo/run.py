@@ -28,22 +28,22 @@ from pathlib import Path
 
 import torch
 
+from slimdiar.config import bundled_config, load_config
+from slimdiar.demo.report import NO_PRETRAINING, build_report, render_report
 from slimdiar.errors import ConfigError
 from slimdiar.fileio import write_json_atomic, write_text_atomic
 from slimdiar.models.checkpoint import is_checkpoint_dir
 
 logger = logging.getLogger(__name__)
 
-NO_PRETRAINING = (
-    "No pretrained self-supervised weights exist offline: the WavLM of this demo starts from "
-    "random initialisation, so its DER says how the method behaves on a small model trained "
-    "from scratch on simulated speech, not what a pretrained WavLM reaches."
-)
-
 
 @dataclass
 class DemoSettings:
-    """Sizes of one demo run (``quick`` for a smoke test of a few minutes at most)."""
+    """Sizes of one demo run (``quick`` for a smoke test of a few minutes at most).
+
+    Each run's values are a bundled configuration (:func:`demo_settings`); the defaults here are
+    those both runs share.
+    """
 
     splits: dict[str, int]
     duration_s: float
@@ -75,19 +75,12 @@ class DemoSettings:
     })
 
 
-FULL = DemoSettings(
-    splits={"train": 24, "dev": 3, "test": 5}, duration_s=60.0, tts_speakers=0,
-    utterances_per_speaker=15, chunk_duration_s=4.0, shift_s=4.0, finetune_epochs=10,
-    prune_epochs=8, prune_warmup_epochs=3, distill_epochs=1, finetune_pruned_epochs=8,
-    batch_size=16, max_steps_per_epoch=0, distill_shift_s=1.0,
-)
-QUICK = DemoSettings(
-    splits={"train": 6, "dev": 2, "test": 2}, duration_s=30.0, tts_speakers=16,
-    utterances_per_speaker=6, chunk_duration_s=4.0, shift_s=4.0, finetune_epochs=2,
-    prune_epochs=3, prune_warmup_epochs=1, distill_epochs=1, finetune_pruned_epochs=1,
-    batch_size=8, max_steps_per_epoch=4, bench_seconds=4.0, pipeline_step_s=2.0,
-    thresholds=(0.45, 0.6),
-)
+def demo_settings(quick: bool = False) -> DemoSettings:
+    """The sizes of the full demo or, with ``quick``, of ``slimdiar demo --quick``.
+
+    They are the bundled configurations ``configs/demo.toml`` and ``configs/demo-quick.toml``.
+    """
+    return load_config(DemoSettings, bundled_config("demo-quick" if quick else "demo"))
 
 
 class Demo:
@@ -111,7 +104,7 @@ class Demo:
                  say: Callable[[str], None] = print):
         self.out = Path(out)
         self.quick = quick
-        self.settings = QUICK if quick else FULL
+        self.settings = demo_settings(quick)
         self.seed = seed
         self.jobs = jobs
         self.say = say
@@ -120,6 +113,7 @@ class Demo:
     # ------------------------------------------------------------------ paths
     @property
     def data(self) -> Path:
+        """The simulated corpus's data directories."""
         return self.out / "data"
 
     def _stage(self, name: str, done: bool, run: Callable[[], None]) -> None:
@@ -134,6 +128,7 @@ class Demo:
 
     # ------------------------------------------------------------------ stages
     def simulate(self) -> None:
+        """Stage: simulate the train/dev/test meetings from the built-in voices."""
         from slimdiar.simulate import SimulationConfig, simulate_data_dirs
         from slimdiar.simulate.tts import TTSVoicePool
 
@@ -173,6 +168,7 @@ class Demo:
                    **overrides)
 
     def finetune(self, name: str, epochs: int, backbone: str | None) -> None:
+        """Stage 0 or 3: fine-tune a diarization model into ``out/name``."""
         from slimdiar.stages.finetune import run as finetune
 
         exp = self.out / name
@@ -191,10 +187,10 @@ class Demo:
                            val_shift_s=s.chunk_duration_s)
 
     def prune(self) -> None:
+        """Stage 1: prune the fine-tuned WavLM to the demo's sparsity into ``out/prune``."""
         from slimdiar.stages.common import DistillOptimSection
         from slimdiar.stages.prune import PruneConfig, PruneSection, PruneTrainerConfig
         from slimdiar.stages.prune import run as prune
-        from slimdiar.stages.report import write_report
 
         s = self.settings
         exp = self.out / "prune"
@@ -205,15 +201,14 @@ class Demo:
             optim=DistillOptimSection(lr_gates=s.lr_gates, lr_lambda=s.lr_lambda),
             trainer=self._trainer(PruneTrainerConfig, s.prune_epochs),
         )
-        result, teacher, pruned = prune(config, self.out / "finetune" / "best",
-                                        self.data / "train", self.data / "dev", exp)
-        report = write_report(exp, teacher, pruned, s.sparsity, config.prune.objective,
-                              {"rule": config.prune.final_model, "epochs": result.best_epochs})
+        prune(config, self.out / "finetune" / "best", self.data / "train", self.data / "dev", exp)
+        report = json.loads((exp / "report.json").read_text())
         self.say(f"  {report['teacher']['params'] / 1e6:.3f}M -> "
                  f"{report['student']['params'] / 1e6:.3f}M WavLM parameters "
                  f"(sparsity {report['reached_sparsity']:.3f}, target {s.sparsity})")
 
     def distill(self) -> None:
+        """Stage 2: distil the fine-tuned model into the pruned student, into ``out/distill``."""
         from slimdiar.stages.distill import DistillConfig, DistillTrainerConfig
         from slimdiar.stages.distill import run as distill
 
@@ -305,6 +300,7 @@ class Demo:
         return scores
 
     def bench(self) -> None:
+        """Measure the unpruned and pruned backbones side by side into ``out/bench.json``."""
         from slimdiar.bench.backbone import benchmark_backbones, environment
 
         models = [str(self.out / "finetune" / "best"), str(self.out / "finetune-pruned" / "best")]
@@ -359,90 +355,6 @@ class Demo:
         write_json_atomic(self.out / "report.json", report)
         write_text_atomic(self.out / "report.md", render_report(report))
         return report
-
-
-def build_report(out: Path, quick: bool) -> dict:
-    """Collect the measured numbers of a finished demo into one dict."""
-    bench = json.loads((out / "bench.json").read_text())
-    pruning = json.loads((out / "prune" / "report.json").read_text())
-    rows = []
-    for name, bench_row, label in (("finetune", bench["models"][0], "fine-tuned"),
-                                   ("finetune-pruned", bench["models"][1], "pruned + fine-tuned")):
-        der = json.loads((out / name / "der.json").read_text())
-        rows.append({
-            "system": label,
-            "params": bench_row["params"],
-            "macs_per_second": bench_row["macs_per_second"],
-            "cpu_speedup": bench_row["speedup_vs_first"],
-            "cpu_speedup_batch": bench_row["speedup_batch_vs_first"],
-            "rtf": bench_row["rtf"],
-            "der": der["total"]["der"],
-            "missed": der["total"]["missed"],
-            "false_alarm": der["total"]["false_alarm"],
-            "confusion": der["total"]["confusion"],
-            "total_speech": der["total"]["total"],
-            "pipeline_rtf": der["pipeline_rtf"],
-            "clustering_threshold": der["clustering_threshold"],
-        })
-    return {
-        "quick": quick,
-        "note": NO_PRETRAINING,
-        "target_sparsity": pruning["target_sparsity"],
-        "reached_sparsity": pruning["reached_sparsity"],
-        "rows": rows,
-        "kept": {key: {"teacher": pruning[key]["teacher"], "student": pruning[key]["student"]}
-                 for key in ("conv_channels", "heads", "ffn_units")},
-        "device": bench["device"],
-        "threads": bench["threads"],
-        "torch": bench["torch"],
-        "plots": [f"prune/{p}" for p in pruning.get("plots", [])],
-    }
-
-
-def render_report(report: dict) -> str:
-    """``report.md`` (and the README's demo table) from a report dict."""
-    lines = [
-        "| system | sparsity | params | MACs/s | CPU speed-up (b=1) | DER % | missed % | "
-        "false alarm % | confusion % |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for i, row in enumerate(report["rows"]):
-        total = row["total_speech"] or float("nan")
-        sparsity = "0 %" if i == 0 else f"{report['reached_sparsity'] * 100:.0f} %"
-        lines.append(
-            f"| {row['system']} | {sparsity} | {row['params'] / 1e6:.3f}M | "
-            f"{row['macs_per_second'] / 1e9:.3f}G | {row['cpu_speedup']:.2f}× | "
-            f"{row['der'] * 100:.1f} | {row['missed'] / total * 100:.1f} | "
-            f"{row['false_alarm'] / total * 100:.1f} | {row['confusion'] / total * 100:.1f} |"
-        )
-    kind = "quick smoke run (not an accuracy claim)" if report["quick"] else "full demo"
-    text = [
-        f"Demo report ({kind}); WavLM backbone sizes, CPU speed on {report['device']} with "
-        f"{report['threads']} threads (torch {report['torch']}), DER with collar 0 on the "
-        "held-out simulated test set (unseen speakers).",
-        "",
-        *lines,
-        "",
-        "Clustering threshold tuned on the dev set: " + ", ".join(
-            f"{row['system']} {row['clustering_threshold']:.2f}" for row in report["rows"]) + ".",
-        "",
-        *_kept_lines(report.get("kept")),
-        report["note"],
-        "",
-        *[f"![{p}]({p})" for p in report["plots"]],
-    ]
-    return "\n".join(text) + "\n"
-
-
-def _kept_lines(kept: dict | None) -> list[str]:
-    """What the pruned WavLM kept of each part (reports written before it was recorded: none)."""
-    if not kept:
-        return []
-    names = {"conv_channels": "conv channels", "heads": "attention heads per layer",
-             "ffn_units": "FFN units per layer"}
-    lines = [f"- {names[key]}: {value['student']} of {value['teacher']}"
-             for key, value in kept.items()]
-    return ["Kept by pruning:", "", *lines, ""]
 
 
 def check_settings() -> None:

@@ -1,0 +1,1 @@
+"""The embedded demo: :mod:`slimdiar.demo.run` runs it, :mod:`slimdiar.demo.report` reports it."""

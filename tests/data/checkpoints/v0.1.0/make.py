@@ -11,10 +11,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from slimdiar.models.config import wavlm_tiny
-from slimdiar.models.eend import EEND, EENDConfig
-from slimdiar.models.wavlm import WavLM
 from slimdiar.prune import SparsityController
 from slimdiar.train.prune import DistillObjective, DistillOptimSection, PruneSection, enable_units
+
+from slimdiar.models.eend import EEND, EENDConfig
+from slimdiar.models.wavlm import WavLM
 
 WRITTEN_BY = {"written_by": "slimdiar 0.1.0 (before the package split)"}
 

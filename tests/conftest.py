@@ -41,3 +41,11 @@ def tone_embedding() -> testing.ToneEmbedding:
 def tiny_eend_model() -> torch.nn.Module:
     """A random-init tiny diarization model (seed 0, eval mode)."""
     return testing.tiny_eend()
+
+
+@pytest.fixture(scope="session")
+def pretrain_corpus(tmp_path_factory) -> tuple[Path, Path]:
+    """Train (6 x 4 s) and dev (2 x 2 s) audio trees of tone sequences (read-only: shared)."""
+    root = tmp_path_factory.mktemp("audio")
+    return (testing.write_tone_sequence_tree(root / "train", 6, 4.0, 0),
+            testing.write_tone_sequence_tree(root / "dev", 2, 2.0, 1))

@@ -218,6 +218,33 @@ class ToneEmbedding:
 
 
 # ---------------------------------------------------------------------- tiny models
+def tone_sequence(duration_s: float, rng: np.random.Generator) -> np.ndarray:
+    """Audio with structure to learn: runs of harmonic tones from a small set, and pauses."""
+    out: list[np.ndarray] = []
+    while sum(len(x) for x in out) < duration_s * SAMPLE_RATE:
+        length = int(rng.uniform(0.08, 0.3) * SAMPLE_RATE)
+        t = np.arange(length) / SAMPLE_RATE
+        f0 = rng.choice([0.0, 140.0, 220.0, 330.0, 500.0])
+        if f0 == 0:
+            segment = 0.003 * rng.standard_normal(length)
+        else:
+            segment = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in (1, 2, 3)) * 0.2
+        out.append(segment)
+    return np.concatenate(out)[: int(duration_s * SAMPLE_RATE)].astype(np.float32)
+
+
+def write_tone_sequence_tree(root: str | Path, num_files: int, duration_s: float,
+                             seed: int) -> Path:
+    """A tree of :func:`tone_sequence` files (``spk0/utt0.wav``, ...): audio to pretrain on."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    for i in range(num_files):
+        sub = root / f"spk{i % 2}"
+        sub.mkdir(parents=True, exist_ok=True)
+        soundfile.write(sub / f"utt{i}.wav", tone_sequence(duration_s, rng), SAMPLE_RATE)
+    return root
+
+
 def tiny_eend(seed: int = 0) -> EEND:
     """A random-init diarization model: ``wavlm-tiny`` and one 32-wide Conformer block (eval)."""
     torch.manual_seed(seed)

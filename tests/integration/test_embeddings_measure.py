@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "measure_embeddings.py"
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "measure_embeddings.py"
 
 
 @pytest.fixture(scope="module")

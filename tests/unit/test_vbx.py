@@ -21,7 +21,7 @@ from slimdiar.pipeline import SpeakerBounds, make_clustering
 from slimdiar.pipeline.clustering import VBxClustering
 from slimdiar.pipeline.vbx import PLDA, _forward_backward, vbx
 
-DATA = Path(__file__).parent / "data" / "diarizen" / "vbx"
+DATA = Path(__file__).resolve().parents[1] / "data" / "diarizen" / "vbx"
 CASES = ["", "case2_"]
 
 

@@ -189,7 +189,7 @@ def test_diarize_with_the_demo_model_reproduces_the_demo_der(tmp_path, capsys):
 def test_diarize_with_vbx_from_the_command_line(tmp_path, capsys):
     checkpoint = tiny_checkpoint(tmp_path / "eend")
     write_data(tmp_path / "data", {"r": [(0.5, 3.5, "a"), (3.0, 7.0, "b")]}, seed=3)
-    plda = Path(__file__).parent / "data" / "diarizen" / "vbx" / "plda"
+    plda = Path(__file__).resolve().parents[1] / "data" / "diarizen" / "vbx" / "plda"
     toml = tmp_path / "vbx.toml"
     toml.write_text(f'[windows]\nduration_s = 2.0\nstep_s = 1.0\n[clustering]\nmethod = "vbx"\n'
                     f'plda_dir = "{plda}"\nfb = 1.5\n')

@@ -377,7 +377,7 @@ def _ddp_worker(out: str, global_batch: int) -> None:
 @pytest.mark.slow
 def test_ddp_two_processes_match_one_process(tmp_path):
     make_trainer(tmp_path / "single", batch_size=8, max_epochs=2).fit()
-    src = str(Path(__file__).parents[1] / "src")
+    src = str(Path(__file__).parents[2] / "src")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_port", "29533", __file__, str(tmp_path / "ddp"), "8"]

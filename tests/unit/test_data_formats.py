@@ -164,7 +164,7 @@ def test_atomic_write_leaves_no_temp_files_and_keeps_old_file_on_failure(tmp_pat
 
 
 # ---------------------------------------------------------------- committed edge cases
-EDGE_CASES = Path(__file__).resolve().parent / "data" / "formats"
+EDGE_CASES = Path(__file__).resolve().parents[1] / "data" / "formats"
 
 
 def test_rttm_and_uem_edge_cases_of_real_files(tmp_path):

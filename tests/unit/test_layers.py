@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "slimdiar"
+PACKAGE = Path(__file__).resolve().parents[2] / "src" / "slimdiar"
 BASE = {"errors", "fileio", "config", "frames"}
 # What each part of slimdiar may import from slimdiar (besides itself and BASE).
 ALLOWED = {

@@ -23,7 +23,7 @@ from slimdiar.pipeline import DiarizationPipeline, PipelineConfig, save_settings
 from slimdiar.scoring import annotations_from_turns, score_diarization, timelines_from_regions
 from slimdiar.testing import ToneEmbedding, tiny_eend, tone_waveform
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "measure_clustering_threshold.py"
 MEASUREMENT = ROOT / "docs" / "clustering-threshold.json"
 ORACLE = {"segmentation": {"source": "oracle"}}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "gpu_bench.py"
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "gpu_bench.py"
 
 
 @pytest.fixture(scope="module")

@@ -266,7 +266,7 @@ def test_counts_match_published_figures(name):
 def test_presets_follow_the_shared_anchors():
     from pathlib import Path
 
-    anchors = Path(__file__).resolve().parent / "data" / "anchors"
+    anchors = Path(__file__).resolve().parents[1] / "data" / "anchors"
     assert sorted(p.stem for p in anchors.glob("*.json")) == sorted(PUBLISHED)
     for name in PUBLISHED:
         anchor = WavLMConfig.from_json(anchors / f"{name}.json")

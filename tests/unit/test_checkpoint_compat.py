@@ -13,7 +13,7 @@ from slimdiar.models.eend import EEND
 from slimdiar.models.wavlm import WavLM
 from slimdiar.stages.prune import GATED_KIND, PruneSection, SparsityController, load_gated_student
 
-OLD = Path(__file__).parent / "data" / "checkpoints" / "v0.1.0"
+OLD = Path(__file__).resolve().parents[1] / "data" / "checkpoints" / "v0.1.0"
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ from slimdiar.models.wavlm.config import preset
 from slimdiar.stages.finetune import FinetuneConfig
 from slimdiar.stages.prune import PruneConfig
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_RATE = 16000
 RTTM = "SPEAKER a 1 0.50 2.00 <NA> <NA> A <NA> <NA>\nSPEAKER a 1 3.00 1.00 <NA> <NA> B <NA> <NA>\n"
 

@@ -24,7 +24,7 @@ from slimdiar.testing import (
     write_pcm_audio,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RUN_SH = REPO / "recipes" / "run.sh"
 RECIPES = sorted((REPO / "recipes").rglob("*.sh"))
 BIN = str(Path(sys.executable).parent)

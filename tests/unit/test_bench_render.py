@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "render_benchmarks.py"
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "render_benchmarks.py"
 
 
 @pytest.fixture(scope="module")

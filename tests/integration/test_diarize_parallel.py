@@ -30,7 +30,7 @@ from slimdiar.pipeline.parallel import (
 )
 from slimdiar.testing import tiny_eend
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DURATIONS_S = {"rec_a": 9.0, "rec_b": 6.0, "rec_c": 12.0, "rec_d": 5.0}
 FAST = ["--step", "4.0", "--batch-size", "2", "--quiet", "--threads", "1"]
 

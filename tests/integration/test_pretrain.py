@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from slimdiar.cli import main
 from slimdiar.config import load_config
 from slimdiar.errors import ConfigError
-from slimdiar.models.checkpoint import load_checkpoint
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.wavlm import WavLM
 from slimdiar.models.wavlm.config import preset
 from slimdiar.pretrain import (
@@ -28,43 +25,10 @@ from slimdiar.pretrain import (
     span_mask,
 )
 from slimdiar.pretrain.objective import MaskedPredictionObjective, masked_hidden_states
-from slimdiar.pretrain.targets import load_centroids
-from slimdiar.stages.finetune import ModelSection, build_model
 from slimdiar.stages.pretrain import PretrainConfig, fit_targets
-from slimdiar.stages.pretrain import run as pretrain
+from slimdiar.testing import tone_sequence
 
 CONFIG = "pretrain-tiny"
-RATE = 16000
-
-
-def tone_sequence(duration_s: float, rng: np.random.Generator) -> np.ndarray:
-    """Audio with structure to learn: runs of harmonic tones from a small set and pauses."""
-    out = []
-    while sum(len(x) for x in out) < duration_s * RATE:
-        length = int(rng.uniform(0.08, 0.3) * RATE)
-        t = np.arange(length) / RATE
-        f0 = rng.choice([0.0, 140.0, 220.0, 330.0, 500.0])
-        if f0 == 0:
-            seg = 0.003 * rng.standard_normal(length)
-        else:
-            seg = sum(np.sin(2 * np.pi * f0 * k * t) / k for k in (1, 2, 3)) * 0.2
-        out.append(seg)
-    return np.concatenate(out)[: int(duration_s * RATE)].astype(np.float32)
-
-
-def write_corpus(root: Path, num_files: int, duration_s: float, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-    for i in range(num_files):
-        sub = root / f"spk{i % 2}"
-        sub.mkdir(parents=True, exist_ok=True)
-        sf.write(sub / f"utt{i}.wav", tone_sequence(duration_s, rng), RATE)
-    return root
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("audio")
-    return write_corpus(root / "train", 6, 4.0, 0), write_corpus(root / "dev", 2, 2.0, 1)
 
 
 def tiny_config(**overrides) -> PretrainConfig:
@@ -73,8 +37,8 @@ def tiny_config(**overrides) -> PretrainConfig:
 
 
 # ---------------------------------------------------------------------------------- data
-def test_audio_sources_directory_tree_and_wav_scp(corpus, tmp_path):
-    train, _ = corpus
+def test_audio_sources_directory_tree_and_wav_scp(pretrain_corpus, tmp_path):
+    train, _ = pretrain_corpus
     files = list_audio(train)
     assert len(files) == 6 and all(f.suffix == ".wav" for f in files)
     scp = tmp_path / "wav.scp"
@@ -105,7 +69,7 @@ def test_mfcc_has_one_frame_per_model_frame():
 
 def test_mfcc_deltas_vanish_on_a_steady_tone_and_tones_differ():
     grid = preset("wavlm-tiny")
-    t = torch.arange(RATE, dtype=torch.float64) / RATE
+    t = torch.arange(SAMPLE_RATE, dtype=torch.float64) / SAMPLE_RATE
     # 450 Hz: a whole number of periods per 20 ms hop, so every frame sees the same samples and
     # deltas and delta-deltas are zero
     steady = MFCC(grid)(torch.sin(2 * math.pi * 450 * t).float()[None])[0]
@@ -116,8 +80,8 @@ def test_mfcc_deltas_vanish_on_a_steady_tone_and_tones_differ():
 
 
 @pytest.mark.slow
-def test_kmeans_targets_are_deterministic_for_a_seed(corpus):
-    train, _ = corpus
+def test_kmeans_targets_are_deterministic_for_a_seed(pretrain_corpus):
+    train, _ = pretrain_corpus
     config = tiny_config()
     grid = preset("wavlm-tiny")
     dataset = CropDataset(train, 2.0, 1.0)
@@ -188,7 +152,7 @@ def test_span_mask_stays_inside_the_valid_frames():
 def test_mixing_adds_a_scaled_segment_at_the_drawn_ratio():
     rng = np.random.default_rng(0)
     clean = torch.from_numpy(np.stack([tone_sequence(1.0, rng) for _ in range(64)]))
-    num_samples = torch.full((64,), RATE)
+    num_samples = torch.full((64,), SAMPLE_RATE)
     generator = torch.Generator().manual_seed(3)
     mixed, info = mix_utterances(clean, num_samples, 0.2, 0.25, -5.0, 20.0, 0.5, generator)
     chosen = torch.nonzero(info.mixed).flatten().tolist()
@@ -197,7 +161,7 @@ def test_mixing_adds_a_scaled_segment_at_the_drawn_ratio():
     assert (info.source[info.mixed] >= 0).any() and (info.source[info.mixed] == -1).any()
     for i in chosen:
         first, n = int(info.start[i]), int(info.length[i])
-        assert 1 <= n <= RATE // 2
+        assert 1 <= n <= SAMPLE_RATE // 2
         added = (mixed[i] - clean[i]).double()
         assert not added[:first].any() and not added[first + n:].any()
         ratio = 10 * torch.log10(clean[i].double().square().mean()
@@ -214,8 +178,8 @@ def test_mixing_adds_a_scaled_segment_at_the_drawn_ratio():
             assert scale > 0 and torch.allclose(segment, scale * piece, atol=1e-5)
 
 
-def test_denoising_keeps_the_targets_of_the_primary(corpus):
-    train, _ = corpus
+def test_denoising_keeps_the_targets_of_the_primary(pretrain_corpus):
+    train, _ = pretrain_corpus
     config = tiny_config()
     grid = preset("wavlm-tiny")
     dataset = CropDataset(train, 2.0, 1.0)
@@ -258,89 +222,8 @@ def test_masked_frames_take_the_mask_embedding():
     assert torch.allclose(model.encoder(projected)[-1], masked[-1], atol=1e-6)
 
 
-SMALL = {"trainer.progress": "false", "data.crop_duration_s": 1.0, "data.shift_s": 0.5,
-         "data.val_crop_duration_s": 1.0, "data.val_shift_s": 1.0, "trainer.batch_size": 6}
-
-
-@pytest.fixture(scope="module")
-def pretrained(corpus, tmp_path_factory):
-    """Iteration 1 on the tiny corpus: 7 steps per epoch, 4 epochs."""
-    train, dev = corpus
-    exp = tmp_path_factory.mktemp("pretrain") / "exp"
-    result = pretrain(tiny_config(**SMALL, **{"trainer.max_epochs": 4}), train, dev, exp)
-    return exp, result
-
-
-@pytest.mark.slow
-def test_pretraining_lowers_the_masked_prediction_loss(pretrained):
-    exp, result = pretrained
-    records = [json.loads(line) for line in (exp / "metrics.jsonl").open()]
-    steps = [r for r in records if r["type"] == "step"]
-    assert len(steps) == 4 * (42 // 6) == result.steps  # 6 files x 7 crops of 1 s
-    first = np.mean([r["masked_loss"] for r in steps[:3]])
-    last = np.mean([r["masked_loss"] for r in steps[-3:]])
-    assert last < first - 0.3, (first, last)
-    assert last < math.log(50)                        # better than guessing among 50 clusters
-    expected = expected_mask_fraction(49, 0.08, 10)
-    assert abs(np.mean([r["mask_fraction"] for r in steps]) - expected) < 0.06
-    epochs = [r for r in records if r["type"] == "epoch"]
-    assert epochs[-1]["val/loss"] < epochs[0]["val/loss"]
-
-
-@pytest.mark.slow
-def test_the_result_is_a_plain_wavlm_that_finetuning_takes(pretrained):
-    exp, result = pretrained
-    header = json.loads((result.best_dir / "config.json").read_text())
-    assert header["kind"] == "wavlm"
-    best = WavLM.from_pretrained(result.best_dir)
-    assert not any("cluster" in k or "mask_embedding" in k for k in best.state_dict())
-    # the heads and the WavLM of the chosen epoch are in its checkpoint; best/ is that WavLM
-    epoch = json.loads((result.best_dir / "metadata.json").read_text())["epochs"][0]
-    state, _, _ = load_checkpoint(exp / "checkpoints" / f"epoch-{epoch:03d}", "wavlm-pretrain")
-    for key, value in best.state_dict().items():
-        assert torch.equal(value, state[f"wavlm.{key}"]), key
-    model = build_model(ModelSection(frontend="wavlm", d_model=32, num_heads=2, ffn_dim=64,
-                                     num_blocks=1), str(result.best_dir))
-    for key, value in model.backbone.state_dict().items():
-        assert torch.equal(value, best.state_dict()[key]), key
-    log_probs = model(torch.randn(2, 32000), torch.ones(2, 99, dtype=torch.bool))
-    assert log_probs.shape == (2, 99, 11)
-
-
-@pytest.mark.slow
-def test_iteration_two_clusters_a_layer_of_the_first_model(corpus, pretrained, tmp_path):
-    train, dev = corpus
-    _, first = pretrained
-    config = tiny_config(**SMALL, **{"trainer.max_epochs": 1, "trainer.max_steps_per_epoch": 2,
-                                     "targets.num_clusters": 20, "targets.kmeans_passes": 1})
-    config.targets.source, config.targets.layer = str(first.best_dir), 1
-    result = pretrain(config, train, dev, tmp_path / "exp2")
-    centroids, info = load_centroids(tmp_path / "exp2" / "targets")
-    assert info["layer"] == 1 and info["source"] == str(first.best_dir)
-    assert centroids.shape == (20, 64)                # clusters of the 64-wide hidden state
-    assert WavLM.from_pretrained(result.best_dir).config.embed_dim == 64
-
-
-@pytest.mark.slow
-def test_resume_equals_the_uninterrupted_run(corpus, tmp_path):
-    train, dev = corpus
-    settings = dict(SMALL, **{"trainer.max_steps_per_epoch": 3, "targets.kmeans_passes": 1})
-    whole = pretrain(tiny_config(**settings, **{"trainer.max_epochs": 2}), train, dev,
-                     tmp_path / "a")
-    pretrain(tiny_config(**settings, **{"trainer.max_epochs": 1}), train, dev, tmp_path / "b")
-    resumed = pretrain(tiny_config(**settings, **{"trainer.max_epochs": 2}), train, dev,
-                       tmp_path / "b", resume=True)
-    assert resumed.steps == whole.steps == 6
-    a = WavLM.from_pretrained(whole.best_dir).state_dict()
-    b = WavLM.from_pretrained(resumed.best_dir).state_dict()
-    for key in a:
-        assert torch.allclose(a[key], b[key], atol=1e-6), key
-    with pytest.raises(ConfigError, match="--resume"):
-        pretrain(tiny_config(**settings), train, dev, tmp_path / "a")
-
-
-def test_cli_refuses_a_used_directory_and_bad_settings(corpus, tmp_path, capsys):
-    train, dev = corpus
+def test_cli_refuses_a_used_directory_and_bad_settings(pretrain_corpus, tmp_path, capsys):
+    train, dev = pretrain_corpus
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "metrics.jsonl").write_text("")
     assert main(["pretrain", "--train", str(train), "--dev", str(dev), "--out",

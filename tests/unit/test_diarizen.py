@@ -31,7 +31,7 @@ from slimdiar.models.diarizen import (
 from slimdiar.models.eend import EEND
 from slimdiar.models.wavlm.config import WavLMConfig, preset
 
-DATA = Path(__file__).resolve().parent / "data" / "diarizen"
+DATA = Path(__file__).resolve().parents[1] / "data" / "diarizen"
 TINY = DATA / "tiny"
 BASE_S80 = DATA / "base-s80-md"
 TOLERANCE = 1e-4  # the fixtures' README: float32 noise of the reference is 1e-6 .. 1e-5
@@ -229,7 +229,7 @@ def test_pruning_wavlm_file_is_refused(tmp_path):
 def test_every_named_shape_of_the_reference_is_known():
     assert sorted(DIARIZEN_WAVLM_SHAPES) == [
         "wavlm_base", "wavlm_base_s80_md", "wavlm_large", "wavlm_large_s80_md"]
-    anchors = Path(__file__).resolve().parent / "data" / "anchors"
+    anchors = Path(__file__).resolve().parents[1] / "data" / "anchors"
     for name, preset_name in DIARIZEN_WAVLM_SHAPES.items():
         config = diarizen_wavlm_shape(name.upper())
         assert config.conv_output_scale

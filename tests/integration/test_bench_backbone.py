@@ -7,7 +7,7 @@ from pathlib import Path
 
 from slimdiar.cli import main
 
-PRESETS = Path(__file__).resolve().parents[1] / "src" / "slimdiar" / "models" / "wavlm" / "presets"
+PRESETS = Path(__file__).resolve().parents[2] / "src" / "slimdiar" / "models" / "wavlm" / "presets"
 
 
 def test_bench_compares_models_and_writes_json(tmp_path, capsys):

@@ -130,9 +130,11 @@ class FinetuneObjective(Objective):
         self.optim = optim
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The diarization model, under ``"model"``."""
         return {"model": self.model}
 
     def parameter_groups(self) -> list[ParamGroup]:
+        """WavLM (when it trains) and the head, each with its own learning rate."""
         groups = []
         backbone = self.model.backbone_parameters()
         if backbone:
@@ -155,10 +157,12 @@ class FinetuneObjective(Objective):
         return loss, log_probs, mask
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Permutation-invariant powerset loss of the batch (no extra scalars)."""
         loss, _, _ = self._forward(batch)
         return loss, {}
 
     def validate(self, batches) -> dict[str, tuple[float, float]]:
+        """Loss per frame, and DER with its parts over the speech frames of the chunks."""
         loss_sum = valid_frames = 0.0
         errors = None
         for batch in batches:
@@ -178,15 +182,19 @@ class FinetuneObjective(Objective):
         }
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's weights."""
         return self.model.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load model weights; a missing or unexpected key is an error."""
         load_state_dict_strict(self.model, state_dict, "training state")
 
     def checkpoint_config(self) -> dict:
+        """The model's full resolved config."""
         return self.model.config.to_dict()
 
     def save(self, directory: str | Path, metadata: dict) -> Path:
+        """Write the model as a diarization checkpoint directory (its ``save_pretrained``)."""
         return self.model.save_pretrained(directory, metadata)
 
 

@@ -66,6 +66,7 @@ class PercentileClipper:
         return norm, threshold
 
     def state_dict(self) -> dict:
+        """The percentile and the recorded norms, for a checkpoint."""
         return {
             "percentile": self.percentile,
             "history_size": self.history.maxlen,
@@ -73,5 +74,6 @@ class PercentileClipper:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.percentile = float(state["percentile"])
         self.history = deque(state["history"], maxlen=int(state["history_size"]))

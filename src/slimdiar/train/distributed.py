@@ -42,6 +42,7 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
+        """Whether the run has more than one process."""
         return self.world_size > 1
 
 
@@ -131,6 +132,7 @@ class EpochBatchSampler:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose shuffled order the next iteration follows."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -225,5 +227,6 @@ def gather_objects(obj, ctx: DistContext) -> list:
 
 
 def barrier(ctx: DistContext) -> None:
+    """Wait until every process gets here (nothing on one process)."""
     if ctx.distributed:
         dist.barrier()

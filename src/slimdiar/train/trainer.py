@@ -215,10 +215,12 @@ class Trainer:
     # ------------------------------------------------------------------ files
     @property
     def metrics_path(self) -> Path:
+        """``metrics.jsonl`` of the run: one JSON record per logged step, epoch and result."""
         return self.exp_dir / METRICS_NAME
 
     @property
     def best_dir(self) -> Path:
+        """The final model: the average of the best checkpoints by validation loss."""
         return self.exp_dir / "best"
 
     def _log(self, record: dict) -> None:

@@ -96,19 +96,22 @@ def distillation_loss(
     """
     if not layers:
         raise ConfigError("distill_layers is empty; give at least one hidden-state index")
-    total_l1 = total_cos = 0.0
+    l1_terms: list[torch.Tensor] = []
+    cos_terms: list[torch.Tensor] = []
     for i in layers:
         s, t = student[i], teacher[i].detach()
         l1 = (s - t).abs().mean(-1)                                   # (B, T)
         cos = F.cosine_similarity(s, t, dim=-1)                       # (B, T)
         if frame_mask is None:
-            total_l1 = total_l1 + l1.mean()
-            total_cos = total_cos + cos.mean()
+            l1_terms.append(l1.mean())
+            cos_terms.append(cos.mean())
         else:
             weight = frame_mask.to(l1.dtype)
             count = weight.sum().clamp(min=1.0)
-            total_l1 = total_l1 + (l1 * weight).sum() / count
-            total_cos = total_cos + (cos * weight).sum() / count
+            l1_terms.append((l1 * weight).sum() / count)
+            cos_terms.append((cos * weight).sum() / count)
+    total_l1 = sum(l1_terms[1:], l1_terms[0])
+    total_cos = sum(cos_terms[1:], cos_terms[0])
     mean_l1, mean_cos = total_l1 / len(layers), total_cos / len(layers)
     loss = mean_l1 - mean_cos
     return loss, {"distill_l1": float(mean_l1.detach()), "distill_cos": float(mean_cos.detach())}

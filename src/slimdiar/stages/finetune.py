@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from slimdiar.config import Range, above, at_least, check_ranges, to_dict
 from slimdiar.errors import ConfigError
+from slimdiar.frames import FrameGrid
 from slimdiar.models.checkpoint import load_state_dict_strict
 from slimdiar.models.config import PRESETS, preset
 from slimdiar.models.eend import EEND, EENDConfig
@@ -209,7 +210,7 @@ def build_model(section: ModelSection, backbone: str | None = None) -> EEND:
         Overrides ``section.backbone``: a preset name or a checkpoint path.
     """
     source = backbone or section.backbone
-    head = {
+    head: dict[str, Any] = {  # EENDConfig fields of the head, the same for every front-end
         "d_model": section.d_model,
         "num_heads": section.num_heads,
         "ffn_dim": section.ffn_dim,
@@ -266,7 +267,7 @@ def run(
     model = build_model(config.model, backbone)
     if isinstance(model.backbone, WavLM):
         config.wavlm.apply(model.backbone)
-    grid = model.backbone.config
+    grid = FrameGrid.from_config(model)
     max_speakers = config.model.max_speakers_per_chunk
     train_set, dev_set = chunk_datasets(config.data, grid, train_dir, dev_dir, max_speakers)
     run_config = to_dict(config)

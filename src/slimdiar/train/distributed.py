@@ -165,7 +165,8 @@ class ShardBatchSampler:
 
 
 def _buckets(tensors: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
-    bucket, size = [], 0
+    bucket: list[torch.Tensor] = []
+    size = 0
     for tensor in tensors:
         if bucket and (size + tensor.numel() > BUCKET_NUMEL or tensor.dtype != bucket[0].dtype):
             yield bucket

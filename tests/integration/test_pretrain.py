@@ -220,6 +220,8 @@ def test_masked_frames_take_the_mask_embedding():
     projected = model.feature_projection(model.feature_extractor(x).transpose(1, 2), None)
     projected = torch.where(mask[..., None], embedding, projected)
     assert torch.allclose(model.encoder(projected)[-1], masked[-1], atol=1e-6)
+    with pytest.raises(ConfigError, match="need a mask_embedding"):
+        masked_hidden_states(model, x, mask, None)
 
 
 def test_cli_refuses_a_used_directory_and_bad_settings(pretrain_corpus, tmp_path, capsys):

@@ -31,6 +31,7 @@ from slimdiar.train import (
     last_checkpoint,
     shutdown_distributed,
 )
+from slimdiar.train.checkpoints import checkpoint_epoch, checkpoint_name
 from slimdiar.train.distributed import EpochBatchSampler, ShardBatchSampler
 
 DIM = 6
@@ -342,6 +343,26 @@ def test_invalid_settings_are_config_errors():
         ParamGroup("lam", [p], lr=-1.0)
     with pytest.raises(ConfigError, match="no parameters"):
         ParamGroup("empty", [], lr=1.0)
+
+
+class ToyStream(torch.utils.data.IterableDataset):
+    """The items of ToyData as a stream, without a length."""
+
+    def __iter__(self):
+        data = ToyData(48, 1)
+        return (data[i] for i in range(len(data)))
+
+
+def test_a_dataset_without_length_is_a_config_error(tmp_path):
+    config = TrainerConfig(max_epochs=1, batch_size=8, num_workers=0, progress=False)
+    with pytest.raises(ConfigError, match="training data is a ToyStream without a length"):
+        Trainer(ToyObjective(), ToyStream(), ToyData(20, 2), config, tmp_path / "run")
+
+
+def test_checkpoint_epoch_reads_the_directory_name(tmp_path):
+    assert checkpoint_epoch(tmp_path / checkpoint_name(7)) == 7
+    with pytest.raises(CheckpointError, match="not an epoch checkpoint"):
+        checkpoint_epoch(tmp_path / "best")
 
 
 def test_a_failed_checkpoint_write_leaves_no_checkpoint(tmp_path):

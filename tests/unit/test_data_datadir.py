@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,14 @@ def test_missing_uem_means_whole_recordings(tmp_path):
     assert not datadir.has_uem
     assert datadir.regions_array("rec2").tolist() == [[0.0, 6.0]]
     assert datadir.summary().scored_s == pytest.approx(16.0)
+
+
+def test_summary_needs_the_audio_headers(tmp_path):
+    datadir = DataDir.load(make_datadir(tmp_path / "d"))
+    unread = dataclasses.replace(datadir.recordings["rec2"], sample_rate=None)
+    datadir.recordings["rec2"] = unread
+    with pytest.raises(DataFormatError, match="audio header of 'rec2' not read"):
+        datadir.summary()
 
 
 def check_error(root: Path, file: str, line_number, *fragments):

@@ -92,6 +92,18 @@ def speech_and_overlap_s(
     return speech, overlap
 
 
+def _audio_header(recording: Recording) -> tuple[int, int, float]:
+    """``(sample_rate, num_channels, duration_s)`` of a recording whose audio header is read."""
+    if (recording.sample_rate is None or recording.num_channels is None
+            or recording.num_frames is None):
+        raise DataFormatError(
+            recording.path, None, None,
+            f"audio header of {recording.uri!r} not read (load the directory with DataDir.load)",
+        )
+    duration_s = recording.num_frames / recording.sample_rate
+    return recording.sample_rate, recording.num_channels, duration_s
+
+
 @dataclass
 class DataSummary:
     """What a data directory holds (see :meth:`DataDir.summary`).
@@ -182,6 +194,7 @@ class DataDir:
                     f"missing: a data directory holds {WAV_SCP}, {RTTM} and optionally {UEM}",
                 )
         recordings: dict[str, Recording] = {}
+        durations_s: dict[str, float] = {}
         for recording in read_wav_scp(scp_path):
             try:
                 info = audio_info(recording.path)
@@ -201,6 +214,7 @@ class DataDir:
                 recording, sample_rate=info.sample_rate, num_channels=info.num_channels,
                 num_frames=info.num_frames,
             )
+            durations_s[recording.uri] = info.duration_s
         if not recordings:
             raise DataFormatError(scp_path, None, None, "lists no recordings")
 
@@ -211,7 +225,7 @@ class DataDir:
                     rttm_path, turn.line_number, _line_text(rttm_path, turn.line_number),
                     f"recording {turn.uri!r} is not in {scp_path}",
                 )
-            duration_s = recordings[turn.uri].duration_s
+            duration_s = durations_s[turn.uri]
             if turn.offset_s > duration_s + TIME_TOLERANCE_S:
                 raise DataFormatError(
                     rttm_path, turn.line_number, _line_text(rttm_path, turn.line_number),
@@ -229,7 +243,7 @@ class DataDir:
                         uem_path, region.line_number, _line_text(uem_path, region.line_number),
                         f"recording {region.uri!r} is not in {scp_path}",
                     )
-                duration_s = recordings[region.uri].duration_s
+                duration_s = durations_s[region.uri]
                 if region.end_s > duration_s + TIME_TOLERANCE_S:
                     raise DataFormatError(
                         uem_path, region.line_number, _line_text(uem_path, region.line_number),
@@ -248,7 +262,7 @@ class DataDir:
                 cls._check_turns_in_uem(rttm_path, turns[uri], uem[uri], uem_path)
         else:
             uem = {
-                uri: [UEMRegion(uri, 0.0, rec.duration_s)] for uri, rec in recordings.items()
+                uri: [UEMRegion(uri, 0.0, duration_s)] for uri, duration_s in durations_s.items()
             }
         for uri in turns:
             turns[uri].sort(key=lambda t: (t.onset_s, t.speaker))
@@ -292,7 +306,8 @@ class DataDir:
         speakers_per_recording: dict[str, int] = {}
         turns_per_speaker: Counter[str] = Counter()
         rows, speech_total, overlap_total, scored_total = [], 0.0, 0.0, 0.0
-        for uri, recording in self.recordings.items():
+        headers = {uri: _audio_header(recording) for uri, recording in self.recordings.items()}
+        for uri, (sample_rate, num_channels, duration_s) in headers.items():
             turns = self.turns[uri]
             regions = merge_intervals(self.regions_array(uri))
             scored_s = float((regions[:, 1] - regions[:, 0]).sum()) if len(regions) else 0.0
@@ -305,18 +320,18 @@ class DataDir:
             scored_total += scored_s
             rows.append({
                 "uri": uri,
-                "duration_s": recording.duration_s,
+                "duration_s": duration_s,
                 "scored_s": scored_s,
                 "speakers": len(speakers),
                 "turns": len(turns),
                 "speech_s": speech_s,
                 "overlap_s": overlap_s,
-                "sample_rate": recording.sample_rate,
-                "channels": recording.num_channels,
+                "sample_rate": sample_rate,
+                "channels": num_channels,
             })
         return DataSummary(
             num_recordings=len(self.recordings),
-            duration_s=sum(r.duration_s for r in self.recordings.values()),
+            duration_s=sum(duration_s for _, _, duration_s in headers.values()),
             scored_s=scored_total,
             speech_s=speech_total,
             overlap_s=overlap_total,
@@ -324,8 +339,8 @@ class DataDir:
             speakers_per_recording=speakers_per_recording,
             turns_per_speaker=dict(sorted(turns_per_speaker.items())),
             sample_rates=dict(sorted(Counter(
-                r.sample_rate for r in self.recordings.values()).items())),
+                sample_rate for sample_rate, _, _ in headers.values()).items())),
             channels=dict(sorted(Counter(
-                r.num_channels for r in self.recordings.values()).items())),
+                num_channels for _, num_channels, _ in headers.values()).items())),
             recordings=rows,
         )

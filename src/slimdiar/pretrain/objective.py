@@ -158,6 +158,8 @@ def masked_hidden_states(wavlm: WavLM, waveforms: torch.Tensor, mask: torch.Tens
     """
     x = wavlm.project(waveforms)                                           # (B, T, E)
     if mask is not None:
+        if mask_embedding is None:
+            raise ConfigError("masked frames need a mask_embedding to replace them")
         x = torch.where(mask[..., None], mask_embedding.to(x.dtype), x)
     return wavlm.encoder(x)
 

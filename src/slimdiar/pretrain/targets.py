@@ -78,6 +78,11 @@ class MFCC(nn.Module):
         The model whose frames the features follow (its conv layer list fixes window and hop).
     """
 
+    filters: torch.Tensor      # (fft_size // 2 + 1, 23) mel filterbank
+    window: torch.Tensor       # (window_samples,) Hamming window
+    dct: torch.Tensor          # (23, 13) orthonormal DCT-II
+    lifter: torch.Tensor       # (13,) cepstral lifter
+
     def __init__(self, grid: WavLMConfig):
         super().__init__()
         self.grid = grid
@@ -272,6 +277,8 @@ class ClusterTargets(nn.Module):
     centroids
         ``(num_clusters, dim)`` cluster centres.
     """
+
+    centroids: torch.Tensor    # (num_clusters, dim)
 
     def __init__(self, features: nn.Module, centroids: torch.Tensor):
         super().__init__()

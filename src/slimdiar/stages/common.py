@@ -15,8 +15,8 @@ from typing import ClassVar
 from slimdiar.config import Range, above, at_least, check_ranges
 from slimdiar.data import ChunkDataset, DataDir
 from slimdiar.errors import ConfigError
+from slimdiar.frames import FrameGrid
 from slimdiar.models.wavlm import WavLM
-from slimdiar.models.wavlm.config import WavLMConfig
 
 
 @dataclass
@@ -91,10 +91,14 @@ class DataSection:
         check_ranges(self)
 
 
-def chunk_datasets(data: DataSection, grid: WavLMConfig, train_dir: str | Path,
+def chunk_datasets(data: DataSection, grid: FrameGrid | object, train_dir: str | Path,
                    dev_dir: str | Path,
                    max_speakers: int = 4) -> tuple[ChunkDataset, ChunkDataset]:
-    """The training and validation chunks of a run, on the frame grid of ``grid``."""
+    """The training and validation chunks of a run, on the frame grid of ``grid``.
+
+    ``grid`` is a :class:`~slimdiar.frames.FrameGrid` or what it is built from (a WavLM config,
+    a diarization model).
+    """
     train = ChunkDataset(DataDir.load(train_dir, data.channel), grid, data.chunk_duration_s,
                          data.shift_s, max_speakers, data.channel)
     dev = ChunkDataset(DataDir.load(dev_dir, data.channel), grid, data.val_chunk_duration_s,

@@ -96,19 +96,22 @@ def distillation_loss(
     """
     if not layers:
         raise ConfigError("distill_layers is empty; give at least one hidden-state index")
-    total_l1 = total_cos = 0.0
+    l1_terms: list[torch.Tensor] = []
+    cos_terms: list[torch.Tensor] = []
     for i in layers:
         s, t = student[i], teacher[i].detach()
         l1 = (s - t).abs().mean(-1)                                   # (B, T)
         cos = F.cosine_similarity(s, t, dim=-1)                       # (B, T)
         if frame_mask is None:
-            total_l1 = total_l1 + l1.mean()
-            total_cos = total_cos + cos.mean()
+            l1_terms.append(l1.mean())
+            cos_terms.append(cos.mean())
         else:
             weight = frame_mask.to(l1.dtype)
             count = weight.sum().clamp(min=1.0)
-            total_l1 = total_l1 + (l1 * weight).sum() / count
-            total_cos = total_cos + (cos * weight).sum() / count
+            l1_terms.append((l1 * weight).sum() / count)
+            cos_terms.append((cos * weight).sum() / count)
+    total_l1 = sum(l1_terms[1:], l1_terms[0])
+    total_cos = sum(cos_terms[1:], cos_terms[0])
     mean_l1, mean_cos = total_l1 / len(layers), total_cos / len(layers)
     loss = mean_l1 - mean_cos
     return loss, {"distill_l1": float(mean_l1.detach()), "distill_cos": float(mean_cos.detach())}
@@ -183,13 +186,16 @@ class DistillObjective(Objective):
         self.optim = optim
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The student and the teacher."""
         return {"student": self.student, "teacher": self.teacher}
 
     def train(self, mode: bool = True) -> None:
+        """Set the student's mode; the teacher stays in eval mode."""
         self.student.train(mode)
         self.teacher.eval()
 
     def parameter_groups(self) -> list[ParamGroup]:
+        """The student's weights, one group."""
         return [ParamGroup("weights", self.student.weight_parameters(), self.optim.lr_weights,
                            self.optim.weight_decay)]
 
@@ -201,6 +207,7 @@ class DistillObjective(Objective):
         return distillation_loss(student_states, teacher_states, self.layers, mask)
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Distillation loss of the batch, logged with its L1 and cosine terms."""
         distill, scalars = self._distill(batch)
         scalars["distill"] = float(distill.detach())
         return distill, scalars
@@ -216,14 +223,17 @@ class DistillObjective(Objective):
         return total, count
 
     def validate(self, batches) -> dict[str, tuple[float, float]]:
+        """Distillation loss per chunk (also the ``"loss"`` that selects checkpoints)."""
         total, count = self._validate_distill(batches)
         return {"distill": (total, count), "loss": (total, count)}
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The student's weights, their keys prefixed ``student.``."""
         return {f"student.{k}": v for k, v in self.student.state_dict().items()}
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load the student's weights; a missing or unexpected key is an error."""
         student = {k[8:]: v for k, v in state_dict.items() if k.startswith("student.")}
         load_state_dict_strict(self.student, student, "student state")
         extra = [k for k in state_dict if not k.startswith(self._state_prefixes)]
@@ -231,12 +241,15 @@ class DistillObjective(Objective):
             raise CheckpointError(f"unexpected keys in a distillation state: {extra[:10]}")
 
     def checkpoint_config(self) -> dict:
+        """The student's WavLM config and the distilled layers."""
         return {"wavlm": self.student.config.to_dict(), "layers": self.layers}
 
     def save(self, directory: str | Path, metadata: dict) -> Path:
+        """Write the student as a plain WavLM checkpoint directory."""
         return self.student.save_pretrained(directory, metadata)
 
     def restore(self, directory: str | Path) -> None:
+        """Load the student from a WavLM checkpoint directory written by :meth:`save`."""
         state, _, _ = load_checkpoint(directory, kind="wavlm")
         load_state_dict_strict(self.student, state, directory)
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from slimdiar.config import Range, above, at_least, check_ranges, to_dict
 from slimdiar.errors import ConfigError
+from slimdiar.frames import FrameGrid
 from slimdiar.models.checkpoint import load_state_dict_strict
 from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.powerset import chunk_der, permutation_invariant_powerset_loss
@@ -130,9 +131,11 @@ class FinetuneObjective(Objective):
         self.optim = optim
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The diarization model, under ``"model"``."""
         return {"model": self.model}
 
     def parameter_groups(self) -> list[ParamGroup]:
+        """WavLM (when it trains) and the head, each with its own learning rate."""
         groups = []
         backbone = self.model.backbone_parameters()
         if backbone:
@@ -155,10 +158,12 @@ class FinetuneObjective(Objective):
         return loss, log_probs, mask
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Permutation-invariant powerset loss of the batch (no extra scalars)."""
         loss, _, _ = self._forward(batch)
         return loss, {}
 
     def validate(self, batches) -> dict[str, tuple[float, float]]:
+        """Loss per frame, and DER with its parts over the speech frames of the chunks."""
         loss_sum = valid_frames = 0.0
         errors = None
         for batch in batches:
@@ -178,15 +183,19 @@ class FinetuneObjective(Objective):
         }
 
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The model's weights."""
         return self.model.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load model weights; a missing or unexpected key is an error."""
         load_state_dict_strict(self.model, state_dict, "training state")
 
     def checkpoint_config(self) -> dict:
+        """The model's full resolved config."""
         return self.model.config.to_dict()
 
     def save(self, directory: str | Path, metadata: dict) -> Path:
+        """Write the model as a diarization checkpoint directory (its ``save_pretrained``)."""
         return self.model.save_pretrained(directory, metadata)
 
 
@@ -201,7 +210,7 @@ def build_model(section: ModelSection, backbone: str | None = None) -> EEND:
         Overrides ``section.backbone``: a preset name or a checkpoint path.
     """
     source = backbone or section.backbone
-    head = {
+    head: dict[str, Any] = {  # EENDConfig fields of the head, the same for every front-end
         "d_model": section.d_model,
         "num_heads": section.num_heads,
         "ffn_dim": section.ffn_dim,
@@ -258,7 +267,7 @@ def run(
     model = build_model(config.model, backbone)
     if isinstance(model.backbone, WavLM):
         config.wavlm.apply(model.backbone)
-    grid = model.backbone.config
+    grid = FrameGrid.from_config(model)
     max_speakers = config.model.max_speakers_per_chunk
     train_set, dev_set = chunk_datasets(config.data, grid, train_dir, dev_dir, max_speakers)
     run_config = to_dict(config)

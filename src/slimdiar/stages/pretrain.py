@@ -214,8 +214,8 @@ def prepare_targets(section: TargetsSection, dataset: CropDataset, grid, seed: i
     """Fit the targets once (rank 0) into ``exp_dir/targets``, or reuse those already there."""
     directory = exp_dir / "targets"
     if ctx.is_main and not is_checkpoint_dir(directory):
-        centroids, info = fit_targets(section, dataset, grid, seed, ctx.device)
-        save_centroids(directory, centroids, info)
+        fitted, fit_info = fit_targets(section, dataset, grid, seed, ctx.device)
+        save_centroids(directory, fitted, fit_info)
     barrier(ctx)
     centroids, info = load_centroids(directory)
     expected = {"source": section.source, "num_clusters": section.num_clusters, "seed": seed}

@@ -315,9 +315,11 @@ class PruneObjective(DistillObjective):
         )
 
     def modules(self) -> dict[str, torch.nn.Module]:
+        """The student, the teacher and the sparsity controller."""
         return {**super().modules(), "controller": self.controller}
 
     def parameter_groups(self) -> list[ParamGroup]:
+        """Student weights, gate log-alphas and multipliers, each with its own learning rate."""
         return [
             *super().parameter_groups(),
             ParamGroup("gates", self.student.gate_parameters(), self.optim.lr_gates, 0.0),
@@ -325,6 +327,7 @@ class PruneObjective(DistillObjective):
         ]
 
     def on_step(self, epoch: int, step: int, epoch_progress: float) -> None:
+        """Move the target sparsity along its schedule and seed this step's gate masks."""
         self.target = self.controller.target(epoch_progress)
         self._epochs_done = float(epoch + 1)
         # The gate masks of a step depend on the seed and the step only: every process of a
@@ -336,6 +339,7 @@ class PruneObjective(DistillObjective):
             gate.generator = generator
 
     def after_step(self) -> None:
+        """Clamp every gate's open probability to ``[gate_bound, 1 - gate_bound]``."""
         for gate in self.student.gates():
             gate.constrain_(self.gate_bound)
 
@@ -352,6 +356,7 @@ class PruneObjective(DistillObjective):
         return 1.0 - kept / self.reference_size
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Distillation loss plus the Lagrangian sparsity penalty at the current target."""
         distill, scalars = super().loss(batch)
         sparsity = self.sparsity()
         penalty = self.controller.penalty(sparsity, self.target)
@@ -365,6 +370,7 @@ class PruneObjective(DistillObjective):
         return distill + penalty, scalars
 
     def validate(self, batches) -> dict[str, tuple[float, float]]:
+        """Distillation loss (the ``"loss"``), reached sparsity, on-target share, penalty, total."""
         total, count = self._validate_distill(batches)
         reached = self.deterministic_sparsity()
         final = self.controller.final_sparsity
@@ -396,11 +402,13 @@ class PruneObjective(DistillObjective):
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, torch.Tensor]:
+        """The gated student (``student.``) and the multipliers (``controller.``)."""
         state = super().state_dict()
         state.update({f"controller.{k}": v for k, v in self.controller.state_dict().items()})
         return state
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load the student and the multipliers; a missing or unexpected key is an error."""
         super().load_state_dict(state_dict)
         controller = {k[11:]: v for k, v in state_dict.items() if k.startswith("controller.")}
         load_state_dict_strict(self.controller, controller, "controller state")
@@ -410,6 +418,7 @@ class PruneObjective(DistillObjective):
         return Objective.save(self, directory, metadata)
 
     def restore(self, directory: str | Path) -> None:
+        """Load a ``wavlm-gated`` checkpoint directory written by :meth:`save`."""
         Objective.restore(self, directory)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -67,7 +68,7 @@ def _nan_last(value: float) -> float:
 
 
 def average_checkpoints(
-    directories: list[str | Path], output: str | Path, metadata: dict | None = None
+    directories: Sequence[str | Path], output: str | Path, metadata: dict | None = None
 ) -> Path:
     """Average the weights of checkpoint directories into a new checkpoint directory.
 

@@ -36,7 +36,12 @@ def checkpoint_name(epoch: int) -> str:
 
 def checkpoint_epoch(checkpoint: Path) -> int:
     """The epoch (1-based) of a checkpoint directory named by :func:`checkpoint_name`."""
-    return int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
+    match = CHECKPOINT_PATTERN.match(checkpoint.name)
+    if match is None:
+        raise CheckpointError(
+            f"{checkpoint}: not an epoch checkpoint (its name should be epoch-NNN)"
+        )
+    return int(match.group(1))
 
 
 def last_checkpoint(exp_dir: str | Path) -> Path | None:
@@ -90,7 +95,10 @@ def read_training_state(checkpoint: Path) -> dict:
 
 def rng_state() -> dict:
     """The random states of this process as plain Python values (picklable, weights-only safe)."""
-    kind, key, *rest = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    if not isinstance(state, tuple):  # the legacy layout is a tuple for the global generator
+        raise TypeError(f"unexpected NumPy random state of type {type(state).__name__}")
+    kind, key, *rest = state
     rng = {
         "python": random.getstate(),
         "numpy": [kind, key.tolist(), *rest],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -41,7 +42,7 @@ class PercentileClipper:
             return math.inf
         return float(np.percentile(np.asarray(self.history, dtype=np.float64), self.percentile))
 
-    def __call__(self, parameters: list[torch.Tensor]) -> tuple[float, float]:
+    def __call__(self, parameters: Sequence[torch.Tensor]) -> tuple[float, float]:
         """Record the gradient norm of ``parameters`` and clip their gradients in place.
 
         Returns
@@ -66,6 +67,7 @@ class PercentileClipper:
         return norm, threshold
 
     def state_dict(self) -> dict:
+        """The percentile and the recorded norms, for a checkpoint."""
         return {
             "percentile": self.percentile,
             "history_size": self.history.maxlen,
@@ -73,5 +75,6 @@ class PercentileClipper:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""
         self.percentile = float(state["percentile"])
         self.history = deque(state["history"], maxlen=int(state["history_size"]))

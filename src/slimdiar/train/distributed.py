@@ -42,6 +42,7 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
+        """Whether the run has more than one process."""
         return self.world_size > 1
 
 
@@ -131,6 +132,7 @@ class EpochBatchSampler:
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose shuffled order the next iteration follows."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -163,7 +165,8 @@ class ShardBatchSampler:
 
 
 def _buckets(tensors: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
-    bucket, size = [], 0
+    bucket: list[torch.Tensor] = []
+    size = 0
     for tensor in tensors:
         if bucket and (size + tensor.numel() > BUCKET_NUMEL or tensor.dtype != bucket[0].dtype):
             yield bucket
@@ -225,5 +228,6 @@ def gather_objects(obj, ctx: DistContext) -> list:
 
 
 def barrier(ctx: DistContext) -> None:
+    """Wait until every process gets here (nothing on one process)."""
     if ctx.distributed:
         dist.barrier()

@@ -20,7 +20,7 @@ METRICS_NAME = "metrics.jsonl"
 
 def read_metrics(path: str | Path) -> list[dict]:
     """Records of a ``metrics.jsonl`` file (an incomplete last line is skipped)."""
-    records = []
+    records: list[dict] = []
     path = Path(path)
     if not path.exists():
         return records

@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sized
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -204,7 +205,7 @@ class Trainer:
             self.ctx.world_size,
         )
         self.sampler = EpochBatchSampler(
-            len(train_data),
+            _num_items(train_data, "training"),
             config.batch_size,
             config.seed,
             self.ctx.rank,
@@ -215,10 +216,12 @@ class Trainer:
     # ------------------------------------------------------------------ files
     @property
     def metrics_path(self) -> Path:
+        """``metrics.jsonl`` of the run: one JSON record per logged step, epoch and result."""
         return self.exp_dir / METRICS_NAME
 
     @property
     def best_dir(self) -> Path:
+        """The final model: the average of the best checkpoints by validation loss."""
         return self.exp_dir / "best"
 
     def _log(self, record: dict) -> None:
@@ -421,7 +424,8 @@ class Trainer:
     def _validate(self) -> dict[str, float]:
         ctx = self.ctx
         batch_size = self.config.val_batch_size or self.sampler.local_batch_size
-        sampler = ShardBatchSampler(len(self.val_data), batch_size, ctx.rank, ctx.world_size)
+        num_items = _num_items(self.val_data, "validation")
+        sampler = ShardBatchSampler(num_items, batch_size, ctx.rank, ctx.world_size)
         loader = self._loader(self.val_data, sampler, self.config.seed)
         self.objective.train(False)
         with self._autocast():
@@ -515,6 +519,16 @@ class Trainer:
 
 def _nan_last(value: float) -> float:
     return math.inf if math.isnan(value) else value
+
+
+def _num_items(data: Dataset, name: str) -> int:
+    """Length of a map-style dataset; a dataset without one is a configuration error."""
+    if not isinstance(data, Sized):
+        raise ConfigError(
+            f"the {name} data is a {type(data).__name__} without a length; the trainer needs "
+            "a map-style dataset (with __len__ and __getitem__)"
+        )
+    return len(data)
 
 
 def _check_groups(groups: list[ParamGroup]) -> list[torch.nn.Parameter]:

@@ -217,14 +217,19 @@ def recordings(
     if subset not in PARTITION:
         raise DataFormatError(corpus_dir, None, None,
                               f"unknown AMI subset {subset!r} (choose from {', '.join(SUBSETS)})")
-    if rttm_dir is None and annotations_dir is None:
+    # The references: RTTM files of the diarization setup, else the NXT annotations.
+    if rttm_dir is not None:
+        use_rttm, reference_dir = True, Path(rttm_dir)
+    elif annotations_dir is not None:
+        use_rttm, reference_dir = False, Path(annotations_dir)
+    else:
         raise DataFormatError(corpus_dir, None, None, "AMI references need --rttm-dir (RTTM "
                               "files of the AMI diarization setup) or --annotations-dir (the "
                               "NXT manual annotations)")
     corpus_dir = Path(corpus_dir)
     speakers = {}
-    if rttm_dir is None:
-        meetings_xml = Path(annotations_dir) / "corpusResources" / "meetings.xml"
+    if not use_rttm:
+        meetings_xml = reference_dir / "corpusResources" / "meetings.xml"
         if meetings_xml.is_file():
             speakers = read_meeting_speakers(meetings_xml)
         else:
@@ -235,13 +240,13 @@ def recordings(
         if audio is None:
             missing.append(f"{meeting} (audio {meeting}{AUDIO_SUFFIX})")
             continue
-        if rttm_dir is not None:
-            turns = _setup_turns(Path(rttm_dir), subset, meeting)
+        if use_rttm:
+            turns = _setup_turns(reference_dir, subset, meeting)
             if turns is None:
                 missing.append(f"{meeting} (RTTM {meeting}.rttm)")
                 continue
         else:
-            turns = _nxt_turns(Path(annotations_dir), meeting, speakers.get(meeting, {}),
+            turns = _nxt_turns(reference_dir, meeting, speakers.get(meeting, {}),
                                merge_gap_s)
             if turns is None:
                 missing.append(f"{meeting} (words/{meeting}.*.words.xml)")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -224,6 +225,34 @@ def test_checkpoint_with_missing_and_unexpected_keys_lists_them(tmp_path):
     message = str(info.value)
     assert "missing keys: encoder.layers.1.feed_forward.output_dense.bias" in message
     assert "unexpected keys: encoder.extra" in message
+
+
+DIARIZEN_WAVLM_FILE = Path(__file__).resolve().parent / "data" / "diarizen" / "tiny" / "wavlm.bin"
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("encoder.transformer.layers.0.attention.q_proj.weight", torch.zeros(3, 3),
+         r"wavlm\.bin: encoder\.transformer\.layers\.0\.attention\.q_proj\.weight has shape "
+         r"\(3, 3\) but the model's encoder\.layers\.0\.attention\.q_proj\.weight needs "
+         r"\(24, 32\)"),
+        # layer 2 of this file has no attention block
+        ("encoder.transformer.layers.2.attention.q_proj.weight", torch.zeros(24, 32),
+         r"key encoder\.transformer\.layers\.2\.attention\.q_proj\.weight has no place in the "
+         r"model \(encoder\.layers\.2\.attention\.q_proj\.weight\)"),
+        ("encoder.transformer.layers.1.attention.gru_rel_pos_const", torch.ones(1, 3, 1, 1),
+         r"gru_rel_pos_const has shape \(1, 3, 1, 1\) but the model's "
+         r"encoder\.layers\.1\.attention\.gru_rel_pos_const needs \(1, 4, 1, 1\)"),
+    ],
+    ids=["shape", "no-block", "gate-constants"],
+)
+def test_diarizen_wavlm_file_errors_name_the_file_keys(tmp_path, key, value, message):
+    content = torch.load(DIARIZEN_WAVLM_FILE, weights_only=True)
+    content["state_dict"][key] = value
+    torch.save(content, tmp_path / "wavlm.bin")
+    with pytest.raises(CheckpointError, match=message):
+        WavLM.from_pretrained(tmp_path / "wavlm.bin")
 
 
 def test_checkpoint_needing_code_execution_is_refused(tmp_path):

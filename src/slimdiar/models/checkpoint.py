@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -157,9 +158,26 @@ def read_metadata(directory: str | Path) -> dict:
 
 
 def load_state_dict_strict(
-    module: torch.nn.Module, state_dict: dict[str, torch.Tensor], source: str | Path
+    module: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    source: str | Path,
+    file_keys: Mapping[str, str] | None = None,
 ) -> None:
     """Load ``state_dict`` into ``module``, failing on any missing, unexpected or mis-shaped key.
+
+    Parameters
+    ----------
+    module
+        The model, built for the checkpoint.
+    state_dict
+        Its tensors, under the model's keys.
+    source
+        Named in error messages.
+    file_keys
+        For tensors converted from another format: the key each has in the file, by the model's
+        key. The error then names the first offending tensor as the file calls it (``key K has
+        no place in the model``, ``K has shape ... but the model's ... needs ...``) or the first
+        of the model's tensors the file lacks (``no tensor for the model's ...``).
 
     Raises
     ------
@@ -167,6 +185,8 @@ def load_state_dict_strict(
         Naming ``source`` and listing the offending keys.
     """
     expected = module.state_dict()
+    if file_keys is not None:
+        _check_converted(state_dict, expected, source, file_keys)
     missing = set(expected) - set(state_dict)
     unexpected = set(state_dict) - set(expected)
     problems = []
@@ -185,3 +205,23 @@ def load_state_dict_strict(
         detail = "; ".join(problems)
         raise CheckpointError(f"{source}: checkpoint does not match the model; {detail}")
     module.load_state_dict(state_dict, strict=True)
+
+
+def _check_converted(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                     source: str | Path, file_keys: Mapping[str, str]) -> None:
+    """The first problem of converted tensors, named as the file names them."""
+    for key, value in state_dict.items():
+        name = file_keys.get(key, key)
+        if key not in expected:
+            raise CheckpointError(f"{source}: key {name} has no place in the model ({key})")
+        if value.shape != expected[key].shape:
+            raise CheckpointError(
+                f"{source}: {name} has shape {tuple(value.shape)} but the model's {key} needs "
+                f"{tuple(expected[key].shape)}"
+            )
+    missing = [k for k in expected if k not in state_dict]
+    if missing:
+        raise CheckpointError(
+            f"{source}: no tensor for the model's {missing[0]}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )

@@ -9,7 +9,9 @@ A DiariZen model directory (as its authors release them) holds::
 
 ``[model.args].wavlm_src`` names the WavLM either by a shape name (:data:`DIARIZEN_WAVLM_SHAPES`)
 or by a DiariZen WavLM file (``{"config": <builder kwargs>, "state_dict": ...}``; a relative path
-is resolved against the model directory).
+is resolved against the model directory). The WavLM part's config and tensor names are read by
+:mod:`slimdiar.models.wavlm.diarizen_format`, which also serves
+:meth:`WavLM.from_pretrained <slimdiar.models.wavlm.WavLM.from_pretrained>` for WavLM files.
 
 Loading is strict: every tensor of ``pytorch_model.bin`` gets a place in the slimdiar model or is
 one of the few that the reference model stores but never uses (a pre-norm layer's LayerNorm in
@@ -28,8 +30,17 @@ from pathlib import Path
 import torch
 
 from slimdiar.errors import CheckpointError, ConfigError
+from slimdiar.fileio import make_temporary_dir
 from slimdiar.frames import SAMPLE_RATE
+from slimdiar.models.checkpoint import load_state_dict_strict
+from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.wavlm.config import WavLMConfig, preset
+from slimdiar.models.wavlm.convert import torch_load_safely
+from slimdiar.models.wavlm.diarizen_format import (
+    is_diarizen_wavlm_file,
+    map_diarizen_wavlm,
+    wavlm_config_from_diarizen,
+)
 
 try:  # Python >= 3.11
     import tomllib
@@ -72,146 +83,7 @@ def diarizen_wavlm_shape(name: str) -> WavLMConfig:
     return config
 
 
-# Builder keywords of a DiariZen WavLM file and what they must be for a plain (unpruning) model.
-_REQUIRED_KWARGS = (
-    "extractor_mode", "extractor_conv_layer_config", "encoder_embed_dim",
-    "encoder_num_layers", "encoder_use_attention", "encoder_use_feed_forward",
-    "encoder_total_num_heads", "encoder_remaining_heads", "encoder_ff_interm_features",
-    "encoder_layer_norm_first", "normalize_waveform",
-)
-_TRAINING_ONLY_KWARGS = (
-    "encoder_projection_dropout", "encoder_attention_dropout", "encoder_ff_interm_dropout",
-    "encoder_dropout", "encoder_layer_drop", "limit_l", "limit_r", "temperature",
-)
-_OPTIONAL_KWARGS = (
-    "extractor_conv_bias", "encoder_pos_conv_kernel", "encoder_pos_conv_groups",
-    "encoder_num_buckets", "encoder_max_distance", "aux_num_out", "use_layerwise_prune",
-)
-
-
-def wavlm_config_from_diarizen(kwargs: dict, source) -> WavLMConfig:
-    """Our WavLM config from the builder keywords stored in a DiariZen WavLM file.
-
-    Parameters
-    ----------
-    kwargs
-        The file's ``config`` mapping.
-    source
-        Named in error messages.
-    """
-    if not isinstance(kwargs, dict):
-        raise CheckpointError(f"{source}: 'config' must be a mapping, got {type(kwargs).__name__}")
-    prune_keys = [k for k in kwargs if "prune" in k and k != "use_layerwise_prune"]
-    known = set(_REQUIRED_KWARGS) | set(_TRAINING_ONLY_KWARGS) | set(_OPTIONAL_KWARGS)
-    unknown = sorted(set(kwargs) - known - set(prune_keys))
-    if unknown:
-        raise CheckpointError(f"{source}: unknown DiariZen WavLM config keys {unknown}")
-    missing = [k for k in _REQUIRED_KWARGS if k not in kwargs]
-    if missing:
-        raise CheckpointError(f"{source}: DiariZen WavLM config lacks {missing}")
-    for key in prune_keys + ["use_layerwise_prune"]:
-        if kwargs.get(key, False) is not False:
-            raise CheckpointError(
-                f"{source}: {key}={kwargs[key]!r}: a WavLM with pruning gates cannot be loaded; "
-                "prune it first"
-            )
-    if kwargs.get("extractor_conv_bias", False):
-        raise CheckpointError(f"{source}: conv layers with bias are not supported by this WavLM")
-    if kwargs.get("aux_num_out") is not None:
-        raise CheckpointError(f"{source}: a WavLM with an auxiliary output layer is not supported")
-    total = kwargs["encoder_total_num_heads"]
-    if not isinstance(total, list) or not total or len(set(total)) != 1:
-        raise CheckpointError(
-            f"{source}: encoder_total_num_heads must list one and the same head count per "
-            f"layer, got {total!r}"
-        )
-    num_heads, embed_dim = int(total[0]), int(kwargs["encoder_embed_dim"])
-    if embed_dim % num_heads:
-        raise CheckpointError(
-            f"{source}: encoder_embed_dim {embed_dim} is not divisible by {num_heads} heads"
-        )
-    if kwargs["extractor_mode"] not in ("group_norm", "layer_norm"):
-        raise CheckpointError(
-            f"{source}: extractor_mode {kwargs['extractor_mode']!r} is not group_norm/layer_norm"
-        )
-    use_attention = [bool(v) for v in kwargs["encoder_use_attention"]]
-    if use_attention and not use_attention[0]:
-        raise CheckpointError(
-            f"{source}: layer 0 has no attention block, so this WavLM has no relative position "
-            "embedding; such a model is not supported"
-        )
-    remaining = [list(heads) if use else []
-                 for heads, use in zip(kwargs["encoder_remaining_heads"], use_attention)]
-    use_ffn = [bool(v) for v in kwargs["encoder_use_feed_forward"]]
-    ffn_dim = [int(f) if use else 0
-               for f, use in zip(kwargs["encoder_ff_interm_features"], use_ffn)]
-    try:
-        return WavLMConfig(
-            conv_layers=[tuple(layer) for layer in kwargs["extractor_conv_layer_config"]],
-            extractor_mode=kwargs["extractor_mode"],
-            embed_dim=embed_dim,
-            num_layers=int(kwargs["encoder_num_layers"]),
-            num_heads=num_heads,
-            head_dim=embed_dim // num_heads,
-            ffn_dim=ffn_dim,
-            remaining_heads=remaining,
-            use_attention=[bool(h) for h in remaining],
-            use_ffn=[f > 0 for f in ffn_dim],
-            layer_norm_first=bool(kwargs["encoder_layer_norm_first"]),
-            normalize_waveform=bool(kwargs["normalize_waveform"]),
-            pos_conv_kernel=int(kwargs.get("encoder_pos_conv_kernel", 128)),
-            pos_conv_groups=int(kwargs.get("encoder_pos_conv_groups", 16)),
-            num_buckets=int(kwargs.get("encoder_num_buckets", 320)),
-            max_distance=int(kwargs.get("encoder_max_distance", 800)),
-            conv_output_scale=True,
-            name=Path(str(source)).stem,
-        )
-    except (ConfigError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{source}: invalid DiariZen WavLM config ({error})") from None
-
-
-# ---------------------------------------------------------------------------- key maps
-_WAVLM_FIXED = {
-    "feature_extractor.dummy_weight": "feature_extractor.output_scale",
-    "encoder.transformer.pos_conv_embed.conv.bias": "encoder.pos_conv.bias",
-    "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original0":
-        "encoder.pos_conv.weight_g",
-    "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original1":
-        "encoder.pos_conv.weight_v",
-    "encoder.transformer.pos_conv_embed.conv.weight_g": "encoder.pos_conv.weight_g",
-    "encoder.transformer.pos_conv_embed.conv.weight_v": "encoder.pos_conv.weight_v",
-    "encoder.transformer.layer_norm.weight": "encoder.layer_norm.weight",
-    "encoder.transformer.layer_norm.bias": "encoder.layer_norm.bias",
-    "encoder.transformer.layers.0.attention.rel_attn_embed.weight":
-        "encoder.rel_attn_embed.weight",
-}
-_CONV_KEY = re.compile(r"^feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$")
-_LAYER_KEY = re.compile(
-    r"^encoder\.transformer\.layers\.(\d+)\.("
-    r"attention\.(?:q_proj|k_proj|v_proj|out_proj|gru_rel_pos_linear)\.(?:weight|bias)"
-    r"|attention\.gru_rel_pos_const"
-    r"|feed_forward\.(?:intermediate_dense|output_dense)\.(?:weight|bias)"
-    r"|(?:layer_norm|final_layer_norm)\.(?:weight|bias))$"
-)
-_UNUSED_NORM = re.compile(r"^encoder\.layers\.\d+\.(layer_norm|final_layer_norm)\.(weight|bias)$")
-
-
-def _wavlm_key(key: str) -> str | None:
-    """Our WavLM key for a DiariZen WavLM key, or ``None``."""
-    if key in _WAVLM_FIXED:
-        return _WAVLM_FIXED[key]
-    match = _CONV_KEY.match(key)
-    if match:
-        i, part, kind = match.groups()
-        return f"feature_extractor.conv_layers.{i}.{'conv' if part == 'conv' else 'norm'}.{kind}"
-    if key.startswith("encoder.feature_projection."):
-        return key[len("encoder."):]
-    match = _LAYER_KEY.match(key)
-    if match:
-        return f"encoder.layers.{match.group(1)}.{match.group(2)}"
-    return None
-
-
+# ---------------------------------------------------------------------------- head key map
 _BLOCK_PARTS = {
     "ffn1.ln_norm": "ffn1.norm", "ffn1.w_1": "ffn1.linear1", "ffn1.w_2": "ffn1.linear2",
     "ffn2.ln_norm": "ffn2.norm", "ffn2.w_1": "ffn2.linear1", "ffn2.w_2": "ffn2.linear2",
@@ -233,48 +105,13 @@ _BLOCK_KEY = re.compile(
 _QKV = {"mha.mha.linearQ": 0, "mha.mha.linearK": 1, "mha.mha.linearV": 2}
 
 
-def _mismatch(source, key: str, value: torch.Tensor, target: str, expected: torch.Size):
-    return CheckpointError(
-        f"{source}: {key} has shape {tuple(value.shape)} but the model's {target} needs "
-        f"{tuple(expected)}"
-    )
+def _map_head(raw: dict, source) -> tuple[dict, dict]:
+    """Our EEND head tensors from DiariZen's (every key outside ``wavlm_model.``).
 
-
-def _map_wavlm(raw: dict, config: WavLMConfig, expected: dict, source, prefix: str = "",
-               target_prefix: str = "") -> dict:
-    """Our WavLM tensors (keys with ``target_prefix``) from DiariZen's (keys with ``prefix``)."""
-    state = {}
-    for key, value in raw.items():
-        if not key.startswith(prefix):
-            continue
-        name = key[len(prefix):]
-        ours = _wavlm_key(name)
-        if ours is None:
-            raise CheckpointError(f"{source}: key {key} has no place in the WavLM")
-        if ours.endswith("gru_rel_pos_const"):
-            layer = int(ours.split(".")[2])
-            if value.numel() != config.num_heads:
-                raise _mismatch(source, key, value, target_prefix + ours,
-                                torch.Size([1, config.num_heads, 1, 1]))
-            # one constant per head of the unpruned layer: keep those of the remaining heads
-            value = value.reshape(-1)[torch.tensor(config.remaining_heads[layer],
-                                                   dtype=torch.long)]
-        target = target_prefix + ours
-        if target not in expected:
-            if config.layer_norm_first and _UNUSED_NORM.match(ours):
-                # a pre-norm layer's LayerNorm in front of a block the layer does not have
-                logger.debug("%s: %s is never used by the model; dropped", source, key)
-                continue
-            raise CheckpointError(f"{source}: key {key} has no place in the WavLM ({target})")
-        if value.shape != expected[target].shape:
-            raise _mismatch(source, key, value, target, expected[target].shape)
-        state[target] = value
-    return state
-
-
-def _map_head(raw: dict, expected: dict, source) -> dict:
-    """Our EEND head tensors from DiariZen's (every key outside ``wavlm_model.``)."""
-    state, qkv = {}, {}
+    Returns the tensors under our keys and the file's key of each (Q, K and V are concatenated
+    into one input projection).
+    """
+    state, file_keys, qkv = {}, {}, {}
     for key, value in raw.items():
         if key.startswith(WAVLM_PREFIX):
             continue
@@ -289,11 +126,10 @@ def _map_head(raw: dict, expected: dict, source) -> dict:
                 continue
             if part in _BLOCK_PARTS:
                 target = f"conformer.blocks.{block}.{_BLOCK_PARTS[part]}.{kind}"
-        if target is None or target not in expected:
+        if target is None:
             raise CheckpointError(f"{source}: key {key} has no place in the model")
-        if value.shape != expected[target].shape:
-            raise _mismatch(source, key, value, target, expected[target].shape)
         state[target] = value
+        file_keys[target] = key
     for (block, kind), parts in qkv.items():
         names = ("linearQ", "linearK", "linearV")
         for part, name in zip(parts, names):
@@ -303,65 +139,9 @@ def _map_head(raw: dict, expected: dict, source) -> dict:
                     "missing (the attention needs Q, K and V)"
                 )
         target = f"conformer.blocks.{block}.attention.attention.in_proj_{kind}"
-        value = torch.cat([value for _, value in parts], dim=0)
-        if target not in expected:
-            raise CheckpointError(f"{source}: key {parts[0][0]} has no place in the model")
-        if value.shape != expected[target].shape:
-            raise _mismatch(source, parts[0][0], parts[0][1], target, expected[target].shape)
-        state[target] = value
-    return state
-
-
-def _check_complete(state: dict, expected: dict, source) -> None:
-    missing = [k for k in expected if k not in state]
-    if missing:
-        raise CheckpointError(
-            f"{source}: no tensor for the model's {missing[0]}"
-            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
-        )
-
-
-# ---------------------------------------------------------------------------- WavLM files
-def _torch_load(path: Path):
-    from slimdiar.models.wavlm.convert import torch_load_safely
-
-    return torch_load_safely(path)
-
-
-def is_diarizen_wavlm_file(content) -> bool:
-    """Whether a loaded file's content looks like a DiariZen WavLM file."""
-    return (isinstance(content, dict) and set(content) == {"config", "state_dict"}
-            and isinstance(content["config"], dict)
-            and "encoder_remaining_heads" in content["config"])
-
-
-def read_diarizen_wavlm_file(path: str | Path, content=None) -> tuple[WavLMConfig, dict]:
-    """The config and our state dict of a DiariZen WavLM file ``{config, state_dict}``.
-
-    Parameters
-    ----------
-    path
-        The file.
-    content
-        Its already loaded content, if the caller read it.
-    """
-    path = Path(path)
-    content = _torch_load(path) if content is None else content
-    if not is_diarizen_wavlm_file(content):
-        raise CheckpointError(
-            f"{path}: not a DiariZen WavLM file (expected a dict with 'config' holding "
-            "encoder_remaining_heads and 'state_dict')"
-        )
-    config = wavlm_config_from_diarizen(content["config"], path)
-    from slimdiar.models.wavlm import WavLM
-
-    expected = WavLM(config).state_dict()
-    state_dict = content["state_dict"]
-    if not isinstance(state_dict, dict):
-        raise CheckpointError(f"{path}: 'state_dict' must be a mapping of tensors")
-    state = _map_wavlm(state_dict, config, expected, path)
-    _check_complete(state, expected, path)
-    return config, state
+        state[target] = torch.cat([value for _, value in parts], dim=0)
+        file_keys[target] = f"conformer.conformer_layer.{block}.mha.mha.linear(Q|K|V).{kind}"
+    return state, file_keys
 
 
 # ---------------------------------------------------------------------------- model directories
@@ -408,7 +188,7 @@ def _wavlm_of(args: dict, directory: Path) -> tuple[WavLMConfig, str]:
             f"{directory / CONFIG_NAME}: wavlm_src {source!r} is neither a DiariZen WavLM shape "
             f"({', '.join(DIARIZEN_WAVLM_SHAPES)}) nor a file (looked for {path})"
         )
-    content = _torch_load(path)
+    content = torch_load_safely(path)
     if not is_diarizen_wavlm_file(content):
         raise CheckpointError(f"{path}: not a DiariZen WavLM file ({{config, state_dict}})")
     # Its tensors are also in pytorch_model.bin (which DiariZen loads over them): only the
@@ -418,8 +198,6 @@ def _wavlm_of(args: dict, directory: Path) -> tuple[WavLMConfig, str]:
 
 def eend_config_from_diarizen(args: dict, wavlm: WavLMConfig, source):
     """Our :class:`~slimdiar.models.eend.EENDConfig` from DiariZen's ``[model.args]``."""
-    from slimdiar.models.eend import EENDConfig
-
     unknown = sorted(set(args) - _MODEL_ARGS)
     if unknown:
         raise CheckpointError(f"{source}: unknown [model.args] keys {unknown}")
@@ -545,7 +323,7 @@ def pipeline_settings(data: dict, source, chunk_size_s: float | None = None) -> 
 
 
 def _read_weights(directory: Path) -> dict:
-    raw = _torch_load(directory / WEIGHTS_NAME)
+    raw = torch_load_safely(directory / WEIGHTS_NAME)
     if not isinstance(raw, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in raw.items()
     ):
@@ -569,8 +347,6 @@ def load_diarizen_dir(src: str | Path):
         ``(model, metadata)``: the model in eval mode and its metadata, whose ``"pipeline"``
         holds the pipeline settings of ``config.toml`` (a VBx ``plda_dir`` made absolute).
     """
-    from slimdiar.models.eend import EEND
-
     directory = Path(src)
     if not is_diarizen_dir(directory):
         raise CheckpointError(
@@ -587,13 +363,13 @@ def load_diarizen_dir(src: str | Path):
                     source, args["selected_channel"])
     raw = _read_weights(directory)
     weights = directory / WEIGHTS_NAME
+    state, file_keys = map_diarizen_wavlm(raw, wavlm, weights, prefix=WAVLM_PREFIX,
+                                          target_prefix="backbone.")
+    head, head_keys = _map_head(raw, weights)
+    state.update(head)
+    file_keys.update(head_keys)
     model = EEND(config)
-    expected = model.state_dict()
-    state = _map_wavlm(raw, wavlm, expected, weights, prefix=WAVLM_PREFIX,
-                       target_prefix="backbone.")
-    state.update(_map_head(raw, expected, weights))
-    _check_complete(state, expected, weights)
-    model.load_state_dict(state, strict=True)
+    load_state_dict_strict(model, state, weights, file_keys)
     model.eval()
     chunk = args.get("chunk_size")
     pipeline = pipeline_settings(data, source, None if chunk is None else float(chunk))
@@ -634,8 +410,6 @@ def convert_diarizen_dir(src: str | Path, out: str | Path) -> Path:
     Path
         The checkpoint directory.
     """
-    from slimdiar.fileio import make_temporary_dir
-
     src, out = Path(src), Path(out)
     model, metadata = load_diarizen_dir(src)
     clustering = metadata["pipeline"].get("clustering", {})

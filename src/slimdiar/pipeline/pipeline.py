@@ -32,6 +32,11 @@ from slimdiar.data.audio import audio_info, load_audio, read_audio
 from slimdiar.data.records import Turn
 from slimdiar.errors import ConfigError
 from slimdiar.frames import SAMPLE_RATE, FrameGrid
+from slimdiar.models.checkpoint import read_metadata
+from slimdiar.models.diarizen import is_diarizen_dir, load_diarizen_dir
+from slimdiar.models.eend import EEND
+from slimdiar.models.embeddings import load_embedding_model
+from slimdiar.models.wavlm.config import wavlm_base_plus
 from slimdiar.pipeline.clustering import SpeakerBounds
 from slimdiar.pipeline.config import PipelineConfig, merge_settings, resolve_settings
 from slimdiar.pipeline.embeddings import embed_speakers, embedding_masks
@@ -125,8 +130,6 @@ def check_device(device: str) -> None:
 
 def default_frame_grid() -> FrameGrid:
     """The WavLM frame grid (20 ms step, 25 ms receptive field), from the Base+ preset."""
-    from slimdiar.models.wavlm.config import wavlm_base_plus
-
     return FrameGrid.from_config(wavlm_base_plus(), SAMPLE_RATE)
 
 
@@ -233,10 +236,6 @@ class DiarizationPipeline:
         segmentation_model = None
         model_settings: dict = {}
         if path is not None and source == "model":
-            from slimdiar.models.checkpoint import read_metadata
-            from slimdiar.models.diarizen import is_diarizen_dir, load_diarizen_dir
-            from slimdiar.models.eend import EEND
-
             if is_diarizen_dir(path):
                 segmentation_model, metadata = load_diarizen_dir(path)
             else:
@@ -247,8 +246,6 @@ class DiarizationPipeline:
                                   model_dir=path if segmentation_model is not None else None)
         embedding_model = None
         if embedding is not None and config.make_clustering().needs_embeddings:
-            from slimdiar.models.embeddings import load_embedding_model
-
             embedding_model = load_embedding_model(embedding, device=device)
             given = merge_settings(model_settings, *layers).get("clustering", {})
             if config.clustering.method == "agglomerative" and "threshold" not in given:

@@ -29,6 +29,7 @@ from torch import nn
 
 from slimdiar.errors import AudioError, CheckpointError, ConfigError
 from slimdiar.frames import SAMPLE_RATE
+from slimdiar.models.checkpoint import load_state_dict_strict
 
 logger = logging.getLogger(__name__)
 
@@ -394,8 +395,6 @@ class GE2EEmbedding(nn.Module):
 
         The GE2E loss parameters (``similarity_weight``, ``similarity_bias``) are dropped.
         """
-        from slimdiar.models.checkpoint import load_state_dict_strict
-
         weights = {k: v for k, v in state_dict.items() if k not in TRAINING_ONLY_KEYS}
         try:
             num_mel_bins = weights["lstm.weight_ih_l0"].shape[1]

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimdiar.errors import AudioError, CheckpointError, ConfigError
+from slimdiar.models.checkpoint import load_state_dict_strict
 from slimdiar.models.embeddings.fbank import (
     FbankConfig,
     cepstral_mean_normalize,
@@ -409,8 +410,6 @@ class ResNetEmbedding(nn.Module):
 
         ``state_dict`` may be in any layout :func:`to_wespeaker_layout` knows.
         """
-        from slimdiar.models.checkpoint import load_state_dict_strict
-
         weights, layout = to_wespeaker_layout(state_dict)
         model = cls(ResNetConfig.from_state_dict(weights))
         load_state_dict_strict(model.resnet, weights, source)

@@ -6,6 +6,7 @@
 - :mod:`~slimdiar.models.wavlm.units`: the kinds of pruning unit and what pruning kept;
 - :mod:`~slimdiar.models.wavlm.config`: :class:`WavLMConfig` and the presets;
 - :mod:`~slimdiar.models.wavlm.convert`: reading published checkpoints into our key layout;
+- :mod:`~slimdiar.models.wavlm.diarizen_format`: DiariZen's WavLM config and tensor names;
 - :mod:`~slimdiar.models.wavlm.hardconcrete`: the hard-concrete gate.
 """
 

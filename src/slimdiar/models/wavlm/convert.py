@@ -1,7 +1,8 @@
 """Reading WavLM weights from the formats they are published in.
 
-One entry point, :func:`read_wavlm`, returns ``(config, state_dict)`` in our key layout; the
-caller builds the model (:meth:`slimdiar.models.wavlm.WavLM.from_pretrained`). The sources:
+One entry point, :func:`read_wavlm`, returns the config and the state dict in our key layout
+(:class:`WavLMWeights`); the caller builds the model and loads the tensors strictly
+(:meth:`slimdiar.models.wavlm.WavLM.from_pretrained`). The sources:
 
 - a Hugging Face directory: ``config.json`` (``WavLMModel``) + ``model.safetensors`` or
   ``pytorch_model.bin``, optionally ``preprocessor_config.json`` (``do_normalize``);
@@ -9,8 +10,8 @@ caller builds the model (:meth:`slimdiar.models.wavlm.WavLM.from_pretrained`). T
   ``model``;
 - a slimdiar checkpoint directory (a plain or pruned WavLM, or a diarization model whose backbone
   is taken);
-- a DiariZen WavLM file (``{"config": <builder kwargs>, "state_dict": ...}``, see
-  :mod:`slimdiar.models.diarizen`).
+- a DiariZen WavLM file (``{"config": <builder kwargs>, "state_dict": ...}``, read by
+  :mod:`~slimdiar.models.wavlm.diarizen_format`).
 
 Nothing here executes code from the files: ``.bin``/``.pt`` files are read with
 ``torch.load(weights_only=True)``. Every key of the source must be used or be one of the known
@@ -25,6 +26,7 @@ import json
 import logging
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,12 +34,24 @@ import torch
 from slimdiar.errors import CheckpointError
 from slimdiar.models.checkpoint import is_checkpoint_dir, load_checkpoint
 from slimdiar.models.wavlm.config import WavLMConfig
+from slimdiar.models.wavlm.diarizen_format import is_diarizen_wavlm_file, read_diarizen_wavlm
 
 logger = logging.getLogger(__name__)
 
 # Keys that pre-training or task heads leave in published checkpoints; never used by the backbone.
 HF_IGNORED = re.compile(r"^(masked_spec_embed|quantizer\..*|project_.*|adapter\..*)$")
 ORIGINAL_IGNORED = re.compile(r"^(mask_emb|label_embs_concat|final_proj\..*)$")
+
+
+@dataclass
+class WavLMWeights:
+    """What :func:`read_wavlm` read: the architecture and its tensors under our keys."""
+
+    config: WavLMConfig
+    state_dict: dict
+    #: The key each tensor has in the file, by our key, for formats whose load errors name the
+    #: file's keys (:func:`~slimdiar.models.checkpoint.load_state_dict_strict`); ``None`` else.
+    file_keys: dict | None = None
 
 
 def torch_load_safely(path: Path) -> dict:
@@ -78,7 +92,7 @@ def _rename_keys(raw: dict, rename, ignored: re.Pattern, source) -> dict:
     return state
 
 
-def read_wavlm(path: str | Path) -> tuple[WavLMConfig, dict]:
+def read_wavlm(path: str | Path) -> WavLMWeights:
     """The config and state dict of a WavLM checkpoint in any of the formats above.
 
     Raises
@@ -94,10 +108,10 @@ def read_wavlm(path: str | Path) -> tuple[WavLMConfig, dict]:
     if is_checkpoint_dir(path):
         header = json.loads((path / "config.json").read_text())
         if isinstance(header, dict) and "kind" in header:
-            return _from_slimdiar(path)
-        return _from_huggingface(path)
+            return WavLMWeights(*_from_slimdiar(path))
+        return WavLMWeights(*_from_huggingface(path))
     if (path / "config.json").is_file():
-        return _from_huggingface(path)
+        return WavLMWeights(*_from_huggingface(path))
     raise CheckpointError(
         f"{path}: not a WavLM checkpoint directory (expected config.json with "
         "model.safetensors or pytorch_model.bin)"
@@ -328,14 +342,12 @@ def _original_key(key: str, extractor_mode: str) -> str | None:
     return None
 
 
-def _from_file(path: Path) -> tuple[WavLMConfig, dict]:
+def _from_file(path: Path) -> WavLMWeights:
     """An original release file or a DiariZen WavLM file."""
-    from slimdiar.models.diarizen import is_diarizen_wavlm_file, read_diarizen_wavlm_file
-
     checkpoint = torch_load_safely(path)
     if is_diarizen_wavlm_file(checkpoint):
-        return read_diarizen_wavlm_file(path, checkpoint)
-    return _from_original(path, checkpoint)
+        return WavLMWeights(*read_diarizen_wavlm(checkpoint, path))
+    return WavLMWeights(*_from_original(path, checkpoint))
 
 
 def _from_original(path: Path, checkpoint: dict) -> tuple[WavLMConfig, dict]:

@@ -116,12 +116,12 @@ class WavLM(nn.Module):
             ``model``), a DiariZen WavLM file (a dict with ``config`` and ``state_dict``), or a
             slimdiar checkpoint directory written by :meth:`save_pretrained`.
         """
-        config, state = read_wavlm(path)
-        model = cls(config)
-        load_state_dict_strict(model, state, Path(path))
+        weights = read_wavlm(path)
+        model = cls(weights.config)
+        load_state_dict_strict(model, weights.state_dict, Path(path), weights.file_keys)
         model.eval()
-        logger.info("loaded %s (%.1fM parameters) from %s", config.name, model.num_params() / 1e6,
-                    path)
+        logger.info("loaded %s (%.1fM parameters) from %s", weights.config.name,
+                    model.num_params() / 1e6, path)
         return model
 
     def save_pretrained(self, directory: str | Path, metadata: dict | None = None) -> Path:

@@ -190,10 +190,7 @@ def test_models_and_pipeline_import_slimdiar_at_module_top(part):
 
 
 # Groups of modules known to import each other -> why.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"slimdiar.simulate.tts", "slimdiar.simulate.voice_pool"}):
-        "the voice table (voice_pool) is built of tts.VoiceSpec; tts reads it on first use",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 def import_graph() -> dict[str, set[str]]:

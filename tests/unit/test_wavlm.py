@@ -227,7 +227,8 @@ def test_checkpoint_with_missing_and_unexpected_keys_lists_them(tmp_path):
     assert "unexpected keys: encoder.extra" in message
 
 
-DIARIZEN_WAVLM_FILE = Path(__file__).resolve().parent / "data" / "diarizen" / "tiny" / "wavlm.bin"
+DIARIZEN_WAVLM_FILE = (Path(__file__).resolve().parents[1] / "data" / "diarizen" / "tiny"
+                       / "wavlm.bin")
 
 
 @pytest.mark.parametrize(

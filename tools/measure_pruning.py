@@ -6,7 +6,7 @@ Usage: .venv/bin/python tools/measure_pruning.py [--seeds 3407 1 2] [--targets 0
                                                  [--json docs/pruning-targets.json]
                                                  [--out docs/pruning-targets.md] [--render-only]
 
-The set-up is the one of ``tests/test_prune.py``, from :mod:`slimdiar.testing`: tone "speakers"
+The set-up is the one of ``tests/integration/test_prune.py``, from :mod:`slimdiar.testing`: tone "speakers"
 (``write_tone_train_dev``), a tiny diarization model with the ``wavlm-mini`` WavLM fine-tuned on
 them (``finetune_tiny_teacher``, the teacher), and one prune setting (``TONE_PRUNE_SETTING``)
 for every target. Each target and seed is one

@@ -638,3 +638,16 @@ def test_output_scale_counts_and_old_configs_load(tmp_path):
     loaded = WavLM.from_pretrained(path)
     assert not loaded.config.conv_output_scale
     assert loaded.feature_extractor.output_scale is None
+
+
+def test_stage_1_takes_every_pruning_unit_by_its_config_name():
+    """``prune.units`` names come from units.py, so a new kind needs no change in the stage."""
+    from slimdiar.models.wavlm.units import CONFIG_NAMES, PruneUnit
+    from slimdiar.stages.prune import UNITS
+
+    assert set(CONFIG_NAMES) == set(PruneUnit)
+    for unit, name in CONFIG_NAMES.items():
+        assert PruneUnit(name) is unit and PruneUnit(unit.value) is unit
+    assert set(UNITS) == set(CONFIG_NAMES.values())
+    with pytest.raises(ValueError):
+        PruneUnit("heads_of_state")

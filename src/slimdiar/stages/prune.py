@@ -41,6 +41,7 @@ from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict
 from slimdiar.models.wavlm import WavLM
 from slimdiar.models.wavlm.config import WavLMConfig
+from slimdiar.models.wavlm.units import CONFIG_NAMES, PruneUnit
 from slimdiar.stages.common import (
     DataSection,
     DistillOptimSection,
@@ -62,7 +63,7 @@ from slimdiar.train.trainer import Trainer, TrainerConfig, TrainResult
 
 logger = logging.getLogger(__name__)
 
-UNITS = ("conv", "head", "ffn", "attention_block", "ffn_block")
+UNITS = tuple(CONFIG_NAMES.values())
 FINAL_MODELS = ("average", "on-target")
 OBJECTIVES = ("params", "macs")
 GATED_KIND = "wavlm-gated"
@@ -253,13 +254,11 @@ class SparsityController(nn.Module):
 
 def enable_units(model: WavLM, section: PruneSection) -> WavLM:
     """Attach the gates that ``section.units`` asks for."""
-    units = set(section.units)
-    return model.enable_pruning(
-        conv="conv" in units, heads="head" in units, ffn="ffn" in units,
-        attention_blocks="attention_block" in units, ffn_blocks="ffn_block" in units,
-        channel_drop_rate=section.channel_drop_rate, head_drop_rate=section.head_drop_rate,
-        ffn_drop_rate=section.ffn_drop_rate, block_drop_rate=section.block_drop_rate,
-    )
+    rates = {PruneUnit.CONV: section.channel_drop_rate, PruneUnit.HEADS: section.head_drop_rate,
+             PruneUnit.FFN: section.ffn_drop_rate,
+             PruneUnit.ATTENTION_BLOCKS: section.block_drop_rate,
+             PruneUnit.FFN_BLOCKS: section.block_drop_rate}
+    return model.enable_pruning([PruneUnit(name) for name in section.units], rates)
 
 
 class PruneObjective(DistillObjective):

@@ -25,6 +25,20 @@ class PruneUnit(str, enum.Enum):
     ATTENTION_BLOCKS = "attention_blocks"  #: whole attention blocks
     FFN_BLOCKS = "ffn_blocks"              #: whole FFN blocks
 
+    @classmethod
+    def _missing_(cls, value: object) -> PruneUnit | None:
+        """Also take the name a config gives the kind (``prune.units``: ``"head"``, ...)."""
+        return next((unit for unit, name in CONFIG_NAMES.items() if name == value), None)
+
+
+#: The name of each kind in a stage-1 config (``prune.units``).
+CONFIG_NAMES = {
+    PruneUnit.CONV: "conv",
+    PruneUnit.HEADS: "head",
+    PruneUnit.FFN: "ffn",
+    PruneUnit.ATTENTION_BLOCKS: "attention_block",
+    PruneUnit.FFN_BLOCKS: "ffn_block",
+}
 
 #: The units gated when none are named (SPEC §1.4: channels, heads, FFN units).
 DEFAULT_UNITS = (PruneUnit.CONV, PruneUnit.HEADS, PruneUnit.FFN)

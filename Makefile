@@ -7,7 +7,8 @@ STAMP_DEMO := $(VENV)/.stamp-demo
 DEMO_OUT ?= exp/demo
 PYTEST_ARGS ?=
 # The packages mypy checks.
-MYPY_PATHS := src/slimdiar/pipeline src/slimdiar/scoring src/slimdiar/data src/slimdiar/models
+MYPY_PATHS := src/slimdiar/pipeline src/slimdiar/scoring src/slimdiar/data src/slimdiar/models \
+	src/slimdiar/frames.py
 
 .PHONY: demo demo-quick test lint clean
 

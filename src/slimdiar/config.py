@@ -23,14 +23,17 @@ import sys
 import types
 import typing
 from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from slimdiar.errors import ConfigError
 
 if sys.version_info >= (3, 11):
+    from importlib.resources.abc import Traversable
+
     import tomllib
 else:  # pragma: no cover - Python 3.10
+    from importlib.abc import Traversable
+
     import tomli as tomllib
 
 

@@ -282,10 +282,12 @@ def read_toml(path: str | Path | Traversable) -> dict:
         raise ConfigError(f"{path}: unreadable config file ({error})") from None
 
 
-def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[str] = ()):
+def load_config(cls, path: str | Path | Traversable | None = None,
+                overrides: typing.Sequence[str] = ()):
     """Read a TOML file (optional) into dataclass ``cls`` and apply ``section.key=value`` overrides.
 
-    ``path`` is a file or the name of a bundled configuration (:func:`config_source`).
+    ``path`` is a file, the name of a bundled configuration (:func:`config_source`) or a
+    bundled configuration itself (:func:`bundled_config`).
 
     Raises
     ------
@@ -294,7 +296,7 @@ def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[
     """
     data: dict = {}
     if path is not None:
-        data = read_toml(config_source(path))
+        data = read_toml(config_source(path) if isinstance(path, (str, Path)) else path)
         try:
             from_dict(cls, data)
         except ConfigError as error:

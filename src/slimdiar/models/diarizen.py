@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -31,9 +32,9 @@ from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.wavlm.config import WavLMConfig, preset
 
-try:  # Python >= 3.11
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 logger = logging.getLogger(__name__)
@@ -274,7 +275,9 @@ def _map_wavlm(raw: dict, config: WavLMConfig, expected: dict, source, prefix: s
 
 def _map_head(raw: dict, expected: dict, source) -> dict:
     """Our EEND head tensors from DiariZen's (every key outside ``wavlm_model.``)."""
-    state, qkv = {}, {}
+    state: dict[str, torch.Tensor] = {}
+    # (block, "weight" or "bias") -> the (key, tensor) of Q, K and V as they turn up
+    qkv: dict[tuple[str, str], list[tuple[str, torch.Tensor] | None]] = {}
     for key, value in raw.items():
         if key.startswith(WAVLM_PREFIX):
             continue
@@ -302,12 +305,13 @@ def _map_head(raw: dict, expected: dict, source) -> dict:
                     f"{source}: conformer.conformer_layer.{block}.mha.mha.{name}.{kind} is "
                     "missing (the attention needs Q, K and V)"
                 )
+        found = [part for part in parts if part is not None]  # Q, K and V: checked above
         target = f"conformer.blocks.{block}.attention.attention.in_proj_{kind}"
-        value = torch.cat([value for _, value in parts], dim=0)
+        value = torch.cat([value for _, value in found], dim=0)
         if target not in expected:
-            raise CheckpointError(f"{source}: key {parts[0][0]} has no place in the model")
+            raise CheckpointError(f"{source}: key {found[0][0]} has no place in the model")
         if value.shape != expected[target].shape:
-            raise _mismatch(source, parts[0][0], parts[0][1], target, expected[target].shape)
+            raise _mismatch(source, found[0][0], found[0][1], target, expected[target].shape)
         state[target] = value
     return state
 
@@ -498,7 +502,7 @@ def pipeline_settings(data: dict, source, chunk_size_s: float | None = None) -> 
     windows = {}
     duration_s = inference.get("seg_duration", chunk_size_s)
     if "seg_duration" in inference:
-        windows["duration_s"] = float(duration_s)
+        windows["duration_s"] = float(inference["seg_duration"])
     if "segmentation_step" in inference:
         if duration_s is None:
             raise CheckpointError(f"{source}: segmentation_step needs seg_duration")

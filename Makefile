@@ -6,7 +6,7 @@ STAMP_TEST := $(VENV)/.stamp-test
 STAMP_DEMO := $(VENV)/.stamp-demo
 DEMO_OUT ?= exp/demo
 PYTEST_ARGS ?=
-# The packages mypy checks.
+# The packages and modules mypy checks.
 MYPY_PATHS := src/slimdiar/pipeline src/slimdiar/scoring src/slimdiar/data src/slimdiar/models \
 	src/slimdiar/frames.py
 

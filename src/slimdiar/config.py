@@ -23,14 +23,17 @@ import sys
 import types
 import typing
 from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from slimdiar.errors import ConfigError
 
 if sys.version_info >= (3, 11):
+    from importlib.resources.abc import Traversable
+
     import tomllib
 else:  # pragma: no cover - Python 3.10
+    from importlib.abc import Traversable
+
     import tomli as tomllib
 
 
@@ -279,10 +282,12 @@ def read_toml(path: str | Path | Traversable) -> dict:
         raise ConfigError(f"{path}: unreadable config file ({error})") from None
 
 
-def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[str] = ()):
+def load_config(cls, path: str | Path | Traversable | None = None,
+                overrides: typing.Sequence[str] = ()):
     """Read a TOML file (optional) into dataclass ``cls`` and apply ``section.key=value`` overrides.
 
-    ``path`` is a file or the name of a bundled configuration (:func:`config_source`).
+    ``path`` is a file, the name of a bundled configuration (:func:`config_source`) or a
+    bundled configuration itself (:func:`bundled_config`).
 
     Raises
     ------
@@ -291,7 +296,7 @@ def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[
     """
     data: dict = {}
     if path is not None:
-        data = read_toml(config_source(path))
+        data = read_toml(config_source(path) if isinstance(path, (str, Path)) else path)
         try:
             from_dict(cls, data)
         except ConfigError as error:

@@ -542,6 +542,22 @@ def test_inconsistent_config_is_rejected():
         WavLMConfig.from_dict(data)
 
 
+@pytest.mark.parametrize("layer", [[8, 10], 8, "855", [8, 10, 5, 1]])
+def test_malformed_conv_layer_is_a_config_error(layer, tmp_path):
+    """A conv layer that is not three numbers is named, in a config and in a checkpoint."""
+    data = preset("wavlm-tiny").to_dict()
+    data["conv_layers"][1] = layer
+    with pytest.raises(ConfigError, match=r"conv_layers\[1\] = .*out_channels, kernel_size"):
+        WavLMConfig.from_dict(data)
+    WavLM.from_preset("wavlm-tiny").save_pretrained(tmp_path / "ckpt")
+    config_file = tmp_path / "ckpt" / "config.json"
+    stored = json.loads(config_file.read_text())
+    stored["config"]["conv_layers"][1] = layer
+    config_file.write_text(json.dumps(stored))
+    with pytest.raises(ConfigError, match=r"conv_layers\[1\]"):
+        WavLM.from_pretrained(tmp_path / "ckpt")
+
+
 def test_training_after_inference_mode_in_the_same_process():
     """Regression: state built under torch.inference_mode must not leak into a training step."""
     model = WavLM.from_preset("wavlm-tiny")

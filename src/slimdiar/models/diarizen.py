@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -42,9 +43,9 @@ from slimdiar.models.wavlm.diarizen_format import (
     wavlm_config_from_diarizen,
 )
 
-try:  # Python >= 3.11
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 logger = logging.getLogger(__name__)
@@ -111,7 +112,10 @@ def _map_head(raw: dict, source) -> tuple[dict, dict]:
     Returns the tensors under our keys and the file's key of each (Q, K and V are concatenated
     into one input projection).
     """
-    state, file_keys, qkv = {}, {}, {}
+    state: dict[str, torch.Tensor] = {}
+    file_keys: dict[str, str] = {}
+    # (block, "weight" or "bias") -> the (key, tensor) of Q, K and V as they turn up
+    qkv: dict[tuple[str, str], list[tuple[str, torch.Tensor] | None]] = {}
     for key, value in raw.items():
         if key.startswith(WAVLM_PREFIX):
             continue
@@ -138,8 +142,9 @@ def _map_head(raw: dict, source) -> tuple[dict, dict]:
                     f"{source}: conformer.conformer_layer.{block}.mha.mha.{name}.{kind} is "
                     "missing (the attention needs Q, K and V)"
                 )
+        found = [part for part in parts if part is not None]  # Q, K and V: checked above
         target = f"conformer.blocks.{block}.attention.attention.in_proj_{kind}"
-        state[target] = torch.cat([value for _, value in parts], dim=0)
+        state[target] = torch.cat([value for _, value in found], dim=0)
         file_keys[target] = f"conformer.conformer_layer.{block}.mha.mha.linear(Q|K|V).{kind}"
     return state, file_keys
 
@@ -276,7 +281,7 @@ def pipeline_settings(data: dict, source, chunk_size_s: float | None = None) -> 
     windows = {}
     duration_s = inference.get("seg_duration", chunk_size_s)
     if "seg_duration" in inference:
-        windows["duration_s"] = float(duration_s)
+        windows["duration_s"] = float(inference["seg_duration"])
     if "segmentation_step" in inference:
         if duration_s is None:
             raise CheckpointError(f"{source}: segmentation_step needs seg_duration")

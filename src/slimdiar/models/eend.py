@@ -31,7 +31,7 @@ from torch import nn
 from slimdiar.errors import AudioError, CheckpointError, ConfigError
 from slimdiar.models.checkpoint import load_checkpoint, load_state_dict_strict, save_checkpoint
 from slimdiar.models.conformer import Conformer
-from slimdiar.models.frontend import FRONTENDS, FbankConfig, build_backbone
+from slimdiar.models.frontend import FRONTENDS, Fbank, FbankConfig, build_backbone
 from slimdiar.models.powerset import Powerset
 from slimdiar.models.wavlm import WavLM
 from slimdiar.models.wavlm.config import WavLMConfig, preset
@@ -184,23 +184,27 @@ class EEND(nn.Module):
         An existing front-end (e.g. a loaded or pruned WavLM); built from ``config`` if ``None``.
     """
 
-    def __init__(self, config: EENDConfig, backbone: nn.Module | None = None):
+    def __init__(self, config: EENDConfig, backbone: WavLM | Fbank | None = None):
         super().__init__()
         if backbone is None:
             backbone = build_backbone(config.frontend, config.wavlm, config.fbank)
         else:
             field = "wavlm" if config.frontend == "wavlm" else "fbank"
             expected = WavLMConfig if field == "wavlm" else FbankConfig
-            if not isinstance(getattr(backbone, "config", None), expected):
+            given = getattr(backbone, "config", None)
+            if not isinstance(given, expected):
                 raise ConfigError(
                     f"the {config.frontend} front-end needs a backbone whose config is a "
                     f"{expected.__name__}, got {type(backbone).__name__}"
                 )
-            if getattr(config, field) not in (None, backbone.config):
+            if getattr(config, field) not in (None, given):
                 logger.info("using the backbone's own %s config instead of the given one", field)
-            config = dataclasses.replace(config, **{field: backbone.config})
+            if isinstance(given, WavLMConfig):
+                config = dataclasses.replace(config, wavlm=given)
+            else:
+                config = dataclasses.replace(config, fbank=given)
         self.config = config
-        self.backbone = backbone
+        self.backbone: WavLM | Fbank = backbone
         self.powerset = Powerset(config.max_speakers_per_chunk, config.max_speakers_per_frame)
         backbone_config = backbone.config
         num_states = backbone_config.num_layers + 1

@@ -152,6 +152,9 @@ class Fbank(nn.Module):
         The front-end configuration; the default gives 80 bands, 25 ms / 20 ms, width 256.
     """
 
+    filters: torch.Tensor  # (fft_size // 2 + 1, num_mel_bins), see mel_filterbank
+    window: torch.Tensor   # (window_samples,) Hamming window
+
     def __init__(self, config: FbankConfig | None = None):
         super().__init__()
         self.config = config or FbankConfig()
@@ -217,7 +220,7 @@ class Fbank(nn.Module):
 
 def build_backbone(
     frontend: str, wavlm: WavLMConfig | None = None, fbank: FbankConfig | None = None
-) -> nn.Module:
+) -> WavLM | Fbank:
     """Build a randomly initialised front-end.
 
     Parameters
@@ -231,7 +234,7 @@ def build_backbone(
 
     Returns
     -------
-    torch.nn.Module
+    WavLM or Fbank
         A module mapping ``(batch, num_samples)`` waveforms to a list of hidden states, with a
         ``config`` that has ``embed_dim``, ``num_layers`` and ``num_frames(num_samples)``.
     """

@@ -121,6 +121,10 @@ class Powerset(torch.nn.Module):
         ``c``.
     """
 
+    mapping: torch.Tensor
+    _class_of_bitmask: torch.Tensor
+    _bit_values: torch.Tensor
+
     def __init__(self, num_speakers: int = 4, max_set_size: int = 2):
         super().__init__()
         if num_speakers < 1:
@@ -152,9 +156,10 @@ class Powerset(torch.nn.Module):
     @property
     def num_classes(self) -> int:
         """Number of powerset classes (11 for 4 speakers and pairs)."""
-        return self.mapping.shape[0]
+        return int(self.mapping.shape[0])
 
     def extra_repr(self) -> str:
+        """The speaker count, set size and class count, for ``repr``."""
         return (
             f"num_speakers={self.num_speakers}, max_set_size={self.max_set_size}, "
             f"num_classes={self.num_classes}"
@@ -418,6 +423,7 @@ class ChunkDER:
         return self.missed_frames + self.false_alarm_frames + self.confusion_frames
 
     def to_dict(self) -> dict:
+        """Plain-JSON form: the four frame counts and the DER."""
         return {
             "missed_frames": self.missed_frames,
             "false_alarm_frames": self.false_alarm_frames,

@@ -254,10 +254,11 @@ class SparsityController(nn.Module):
 
 def enable_units(model: WavLM, section: PruneSection) -> WavLM:
     """Attach the gates that ``section.units`` asks for."""
-    rates = {PruneUnit.CONV: section.channel_drop_rate, PruneUnit.HEADS: section.head_drop_rate,
-             PruneUnit.FFN: section.ffn_drop_rate,
-             PruneUnit.ATTENTION_BLOCKS: section.block_drop_rate,
-             PruneUnit.FFN_BLOCKS: section.block_drop_rate}
+    rates: dict[PruneUnit | str, float] = {
+        PruneUnit.CONV: section.channel_drop_rate, PruneUnit.HEADS: section.head_drop_rate,
+        PruneUnit.FFN: section.ffn_drop_rate, PruneUnit.ATTENTION_BLOCKS: section.block_drop_rate,
+        PruneUnit.FFN_BLOCKS: section.block_drop_rate,
+    }
     return model.enable_pruning([PruneUnit(name) for name in section.units], rates)
 
 

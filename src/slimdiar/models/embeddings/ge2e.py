@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -118,7 +119,7 @@ def resemblyzer_ge2e() -> GE2EConfig:
     return GE2EConfig()
 
 
-def hz_to_slaney_mel(frequency_hz: np.ndarray) -> np.ndarray:
+def hz_to_slaney_mel(frequency_hz: npt.ArrayLike) -> np.ndarray:
     """Slaney's mel scale (librosa's default): linear below 1 kHz, logarithmic above.
 
     3 mels per 200 Hz up to 1 kHz (15 mels), then 27 mels per factor 6.4 in frequency.
@@ -130,7 +131,7 @@ def hz_to_slaney_mel(frequency_hz: np.ndarray) -> np.ndarray:
     return np.where(frequency_hz >= 1000.0, logarithmic, linear)
 
 
-def slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
+def slaney_mel_to_hz(mel: npt.ArrayLike) -> np.ndarray:
     """Inverse of :func:`hz_to_slaney_mel`."""
     mel = np.asarray(mel, dtype=np.float64)
     log_step = math.log(6.4) / 27.0
@@ -138,7 +139,8 @@ def slaney_mel_to_hz(mel: np.ndarray) -> np.ndarray:
 
 
 def slaney_mel_filterbank(
-    sample_rate: int, num_fft: int, num_mel_bins: int, low_hz: float = 0.0, high_hz=None
+    sample_rate: int, num_fft: int, num_mel_bins: int, low_hz: float = 0.0,
+    high_hz: float | None = None,
 ) -> np.ndarray:
     """Triangular filters equally spaced on the Slaney mel scale, with unit area in Hz.
 
@@ -318,7 +320,8 @@ class GE2EEmbedding(nn.Module):
 
     def _embed_many(self, waveforms: list[torch.Tensor]) -> torch.Tensor:
         hop = self.config.hop_num_samples
-        partials, owners = [], []
+        partials: list[torch.Tensor] = []
+        owners: list[int] = []
         for index, waveform in enumerate(waveforms):
             waveform = normalize_volume(waveform, self.config.target_dbfs)
             slices = partial_slices(waveform.shape[-1], self.config)
@@ -331,10 +334,10 @@ class GE2EEmbedding(nn.Module):
             owners.extend([index] * len(slices))
         partial_embeddings = self.encoder(torch.stack(partials).to(self.compute_dtype)).float()
         # (num_partials, embedding_dim)
-        owners = torch.tensor(owners, device=partial_embeddings.device)
+        owner_index = torch.tensor(owners, device=partial_embeddings.device)
         sums = torch.zeros(
             len(waveforms), self.dimension, device=partial_embeddings.device
-        ).index_add_(0, owners, partial_embeddings)
+        ).index_add_(0, owner_index, partial_embeddings)
         return sums / sums.norm(dim=-1, keepdim=True).clamp(min=NORM_EPSILON)
 
     def forward(

@@ -15,11 +15,11 @@ import logging
 import pickle
 import re
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from slimdiar.errors import AudioError, CheckpointError, ConfigError
 from slimdiar.models.embeddings.ge2e import GE2EEmbedding, find_pretrained_ge2e
@@ -56,8 +56,11 @@ class InertGlobal:
     """
 
     name = "<unknown>"
+    args: tuple = ()
+    state: object = None
 
     def __new__(cls, *args, **kwargs):
+        """A placeholder that records the arguments it was built with."""
         instance = super().__new__(cls)
         instance.args = args
         return instance
@@ -72,10 +75,10 @@ class InertGlobal:
         pass
 
     def append(self, value):
-        pass
+        """Ignore an item the unpickler adds (a placeholder of a list stays empty)."""
 
     def extend(self, values):
-        pass
+        """Ignore items the unpickler adds (a placeholder of a list stays empty)."""
 
     def __repr__(self) -> str:
         return f"<inert {self.name}>"
@@ -98,8 +101,66 @@ def torch_load_inert(path: Path):
     if unknown:
         logger.info("%s: %d Python objects of its metadata are read as inert placeholders "
                     "(%s)", path, len(unknown), ", ".join(sorted(unknown)[:5]))
-    with torch.serialization.safe_globals(SAFE_GLOBALS + _inert_placeholders(unknown)):
+    with torch.serialization.safe_globals([*SAFE_GLOBALS, *_inert_placeholders(unknown)]):
         return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@runtime_checkable
+class EmbeddingNetwork(Protocol):
+    """What :class:`SpeakerEmbedding` needs of a network (the GE2E and ResNet models have it).
+
+    Calling it maps ``(batch, num_samples)`` float32 waveforms and optional
+    ``(batch, num_weight_frames)`` weights to raw ``(batch, dimension)`` embeddings.
+    """
+
+    @property
+    def dimension(self) -> int:
+        """Size of the embedding."""
+        ...
+
+    @property
+    def sample_rate(self) -> int:
+        """Sampling rate in Hz the audio must have."""
+        ...
+
+    @property
+    def min_num_samples(self) -> int:
+        """Fewest samples the network takes."""
+        ...
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """Precision the network runs in."""
+        ...
+
+    def set_compute_dtype(self, dtype: torch.dtype) -> EmbeddingNetwork:
+        """Run the network in ``dtype``; return itself."""
+        ...
+
+    def eval(self) -> EmbeddingNetwork:
+        """Switch to inference mode; return itself."""
+        ...
+
+    def to(self, device: str | torch.device) -> EmbeddingNetwork:
+        """Move to ``device``; return itself."""
+        ...
+
+    def __call__(self, waveforms: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        """Raw ``(batch, dimension)`` embeddings of ``(batch, num_samples)`` waveforms."""
+        ...
+
+
+@runtime_checkable
+class WindowEmbeddingNetwork(EmbeddingNetwork, Protocol):
+    """A network that embeds every speaker of a waveform from one pass (the ResNet)."""
+
+    def embed_windows(self, waveforms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Raw ``(batch, num_speakers, dimension)`` embeddings of every weighted speaker.
+
+        ``waveforms`` is ``(batch, num_samples)``, ``weights`` the frame weights
+        ``(batch, num_speakers, num_weight_frames)`` of each speaker.
+        """
+        ...
 
 
 class SpeakerEmbedding:
@@ -116,7 +177,7 @@ class SpeakerEmbedding:
         Where to run it.
     """
 
-    def __init__(self, model: nn.Module, name: str, device: str | torch.device = "cpu"):
+    def __init__(self, model: EmbeddingNetwork, name: str, device: str | torch.device = "cpu"):
         self.model = model.eval().to(device)
         self.name = name
         self.device = torch.device(device)
@@ -128,7 +189,7 @@ class SpeakerEmbedding:
         True for the ResNet, whose masks weight only the statistics pooling; false for GE2E,
         which embeds the samples each mask selects (see ``docs/embeddings.md``).
         """
-        return hasattr(self.model, "embed_windows")
+        return isinstance(self.model, WindowEmbeddingNetwork)
 
     @property
     def architecture(self) -> str:
@@ -143,7 +204,7 @@ class SpeakerEmbedding:
     @property
     def compute_dtype(self) -> torch.dtype:
         """Precision the network runs in (its trunk, for the ResNet)."""
-        return getattr(self.model, "compute_dtype", torch.float32)
+        return self.model.compute_dtype
 
     def set_compute_dtype(self, dtype: torch.dtype) -> SpeakerEmbedding:
         """Run the network in ``dtype``; features and pooling stay in float32. Returns self."""
@@ -200,7 +261,7 @@ class SpeakerEmbedding:
                 f"{tuple(waveforms.shape)}: expected (batch, num_speakers, num_weight_frames)"
             )
         weights = weights.to(self.device, torch.float32)
-        if not self.shares_windows:
+        if not isinstance(self.model, WindowEmbeddingNetwork):
             window_index, speaker_index = np.nonzero((weights.sum(dim=-1) > 0).cpu().numpy())
             embeddings = np.full((*weights.shape[:2], self.dimension), np.nan, dtype=np.float32)
             if len(window_index):
@@ -209,9 +270,9 @@ class SpeakerEmbedding:
                 )
             return embeddings
         with torch.inference_mode():
-            embeddings = F.normalize(self.model.embed_windows(waveforms, weights), dim=-1)
+            pooled = F.normalize(self.model.embed_windows(waveforms, weights), dim=-1)
             # (batch, num_speakers, dimension)
-        return embeddings.float().cpu().numpy()
+        return pooled.float().cpu().numpy()
 
     def _waveforms(self, waveforms) -> torch.Tensor:
         """Validated (batch, num_samples) float32 waveforms on :attr:`device`."""
@@ -345,7 +406,7 @@ def detect_architecture(state_dict: dict[str, torch.Tensor]) -> str:
     )
 
 
-def load_embedding_checkpoint(path: str | Path) -> nn.Module:
+def load_embedding_checkpoint(path: str | Path) -> GE2EEmbedding | ResNetEmbedding:
     """Build and strictly load the embedding model a checkpoint file (or directory) holds."""
     path = Path(path)
     if path.is_dir():

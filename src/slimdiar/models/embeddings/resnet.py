@@ -196,6 +196,12 @@ def statistics_pooling(
 class ResNet(nn.Module):
     """WeSpeaker's ResNet on filterbank features, with (optionally masked) statistics pooling."""
 
+    # the four stages (ResNetConfig.num_blocks has four entries), added by name in __init__
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self, config: ResNetConfig):
         super().__init__()
         self.config = config

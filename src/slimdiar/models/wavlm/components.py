@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from slimdiar.models.containers import ModuleList
 from slimdiar.models.wavlm.config import WavLMConfig
 from slimdiar.models.wavlm.hardconcrete import HardConcrete
 from slimdiar.models.wavlm.units import Count, Kept, PruneUnit, block_probability, gated_size
@@ -38,7 +39,7 @@ def _replace(module: nn.Module, name: str, value: torch.Tensor) -> None:
     setattr(module, name, nn.Parameter(value.contiguous(), requires_grad=old.requires_grad))
 
 
-def _slice_norm_(norm: nn.Module, index: torch.Tensor) -> None:
+def _slice_norm_(norm: nn.GroupNorm | nn.LayerNorm, index: torch.Tensor) -> None:
     """Keep the channels ``index`` of a GroupNorm (one group per channel) or a LayerNorm."""
     _replace(norm, "weight", _take(norm.weight, 0, index))
     _replace(norm, "bias", _take(norm.bias, 0, index))
@@ -63,9 +64,11 @@ class Counted(nn.Module):
     """
 
     def param_terms(self, *dims) -> Iterator:
+        """The parameter counts of the block's parts at the sizes ``dims``, in order."""
         raise NotImplementedError
 
     def mac_terms(self, frames: int, *dims) -> Iterator:
+        """The MAC counts of the block's parts for ``frames`` input frames, in order."""
         raise NotImplementedError
 
     def num_params(self, *dims):
@@ -124,6 +127,7 @@ class ConvLayer(Gated):
         self.stride = stride
         self.norm_kind = norm
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size, stride=stride, bias=False)
+        self.norm: nn.GroupNorm | nn.LayerNorm | None
         if norm == "group":
             self.norm = nn.GroupNorm(out_channels, out_channels, affine=True)
         elif norm == "layer":
@@ -134,17 +138,19 @@ class ConvLayer(Gated):
 
     @property
     def out_channels(self) -> int:
+        """Output channels of the convolution (what pruning has left of them)."""
         return self.conv.out_channels
 
     def gate_width(self, unit: PruneUnit) -> int:
+        """One gate per output channel."""
         return self.out_channels
 
     def forward(self, x: torch.Tensor, apply_gate: bool = True) -> torch.Tensor:
         """Map ``(batch, in_channels, time)`` to ``(batch, out_channels, time')``."""
         x = self.conv(x)
-        if self.norm_kind == "group":
+        if isinstance(self.norm, nn.GroupNorm):
             x = self.norm(x)
-        elif self.norm_kind == "layer":
+        elif isinstance(self.norm, nn.LayerNorm):
             x = self.norm(x.transpose(1, 2)).transpose(1, 2)
         x = F.gelu(x)
         if apply_gate and self.gate is not None:
@@ -212,13 +218,14 @@ class FeatureExtractor(Counted):
         super().__init__()
         layers, in_channels = [], 1
         for i, (channels, kernel, stride) in enumerate(config.conv_layers):
+            norm: str | None
             if config.extractor_mode == "layer_norm":
                 norm = "layer"
             else:
                 norm = "group" if i == 0 else None
             layers.append(ConvLayer(in_channels, channels, kernel, stride, norm))
             in_channels = channels
-        self.conv_layers = nn.ModuleList(layers)
+        self.conv_layers = ModuleList(layers)
         # A fixed per-channel scale of the last layer's output; it holds the soft mask values of
         # that layer's gate once pruned (it cannot be folded: a LayerNorm follows).
         self.output_scale = (
@@ -253,6 +260,7 @@ class FeatureExtractor(Counted):
         return [layer.dims(count) for layer in self.conv_layers]
 
     def param_terms(self, dims: list) -> Iterator:
+        """Parameters with the output channels ``dims`` of every conv layer."""
         in_channels = 1
         for layer, channels in zip(self.conv_layers, dims):
             yield from layer.param_terms(in_channels, channels)
@@ -270,6 +278,7 @@ class FeatureExtractor(Counted):
 
     # ------------------------------------------------------------------ pruning
     def kept(self) -> list[Kept]:
+        """What the eval-mode mask of every conv layer keeps."""
         return [layer.kept() for layer in self.conv_layers]
 
     def prune_(self, kept: list[Kept]) -> Kept | None:
@@ -278,11 +287,11 @@ class FeatureExtractor(Counted):
         The last layer's soft mask values go into the output scale when there is one (``None``
         is returned), else to the projection after its LayerNorm (returned).
         """
-        previous = None
+        previous: Kept | None = None
         for layer, layer_kept in zip(self.conv_layers, kept):
             layer.prune_(layer_kept, previous)
             previous = layer_kept
-        if self.output_scale is None:
+        if self.output_scale is None or previous is None:
             return previous
         scale = _take(self.output_scale, 0, previous.index) * previous.scale.to(self.output_scale)
         _replace(self, "output_scale", scale)
@@ -311,10 +320,12 @@ class FeatureProjection(Counted):
         return self.dropout(self.projection(x))
 
     def param_terms(self, in_channels) -> Iterator:
+        """Parameters with ``in_channels`` conv channels coming in."""
         E = self.projection.out_features
         yield from (2 * in_channels, in_channels * E, E)
 
     def mac_terms(self, frames: int, in_channels) -> Iterator:
+        """MACs for ``frames`` frames of ``in_channels`` channels."""
         yield frames * in_channels * self.projection.out_features
 
     def prune_(self, kept: Kept, fold: Kept | None) -> None:
@@ -368,6 +379,8 @@ class SelfAttention(Gated):
     """
 
     GATES = {PruneUnit.HEADS: "head_gate", PruneUnit.ATTENTION_BLOCKS: "block_gate"}
+    #: ``(num_kept_heads,)`` long buffer: the original index of every kept head.
+    heads: torch.Tensor
 
     def __init__(self, embed_dim: int, heads: list[int], num_heads: int, head_dim: int,
                  dropout: float = 0.0):
@@ -395,9 +408,11 @@ class SelfAttention(Gated):
 
     @property
     def num_kept_heads(self) -> int:
+        """Number of heads the block still has."""
         return int(self.heads.numel())
 
     def gate_width(self, unit: PruneUnit) -> int:
+        """One gate per kept head, or one for the whole block."""
         return self.num_kept_heads if unit is PruneUnit.HEADS else 1
 
     def forward(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
@@ -452,18 +467,21 @@ class SelfAttention(Gated):
         return (heads if probability else 0), probability
 
     def param_terms(self, dims: tuple) -> Iterator:
+        """Parameters at ``dims = (heads, block probability)`` (see :meth:`dims`)."""
         heads, probability = dims
         E, d = self.embed_dim, self.head_dim
         gate_dim = self.gru_rel_pos_linear.in_features
         yield probability * (heads * (4 * E * d + 3 * d + 1) + E + 8 * gate_dim + 8)
 
     def mac_terms(self, frames: int, dims: tuple) -> Iterator:
+        """MACs over ``frames`` frames at ``dims = (heads, block probability)``."""
         heads, probability = dims
         E, d, T = self.embed_dim, self.head_dim, frames
         yield probability * (4 * T * E * d * heads + 2 * T * T * d * heads)
 
     # ------------------------------------------------------------------ pruning
     def kept(self) -> Kept:
+        """The heads the eval-mode masks keep, their scales and the block's."""
         return Kept.of(self.head_gate, self.block_gate, self.num_kept_heads)
 
     def prune_(self, kept: Kept) -> None:
@@ -501,9 +519,11 @@ class FeedForward(Gated):
 
     @property
     def num_units(self) -> int:
+        """Intermediate units ``F`` the block still has."""
         return self.intermediate_dense.out_features
 
     def gate_width(self, unit: PruneUnit) -> int:
+        """One gate per intermediate unit, or one for the whole block."""
         return self.num_units if unit is PruneUnit.FFN else 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -527,16 +547,19 @@ class FeedForward(Gated):
         return (units if probability else 0), probability
 
     def param_terms(self, dims: tuple) -> Iterator:
+        """Parameters at ``dims = (units, block probability)`` (see :meth:`dims`)."""
         units, probability = dims
         E = self.output_dense.out_features
         yield probability * (units * (2 * E + 1) + E)
 
     def mac_terms(self, frames: int, dims: tuple) -> Iterator:
+        """MACs over ``frames`` frames at ``dims = (units, block probability)``."""
         units, probability = dims
         yield probability * 2 * frames * self.output_dense.out_features * units
 
     # ------------------------------------------------------------------ pruning
     def kept(self) -> Kept:
+        """The units the eval-mode masks keep, their scales and the block's."""
         return Kept.of(self.unit_gate, self.block_gate, self.num_units)
 
     def prune_(self, kept: Kept) -> None:
@@ -577,8 +600,10 @@ class EncoderLayer(Counted):
         # LayerNorm that feeds a block that is present.
         keep_attn_norm = not self.layer_norm_first or self.attention is not None
         keep_ffn_norm = not self.layer_norm_first or self.feed_forward is not None
-        self.layer_norm = nn.LayerNorm(E, eps=config.layer_norm_eps) if keep_attn_norm else None
-        self.final_layer_norm = (
+        self.layer_norm: nn.LayerNorm | None = (
+            nn.LayerNorm(E, eps=config.layer_norm_eps) if keep_attn_norm else None
+        )
+        self.final_layer_norm: nn.LayerNorm | None = (
             nn.LayerNorm(E, eps=config.layer_norm_eps) if keep_ffn_norm else None
         )
         self.embed_dim = E
@@ -586,11 +611,14 @@ class EncoderLayer(Counted):
     def forward(self, x: torch.Tensor, position_bias: torch.Tensor) -> torch.Tensor:
         """Map ``(batch, frames, E)`` to ``(batch, frames, E)``."""
         if self.layer_norm_first:
-            if self.attention is not None:
+            # a pre-norm layer has the LayerNorm of each block it has
+            if self.attention is not None and self.layer_norm is not None:
                 x = x + self.dropout(self.attention(self.layer_norm(x), position_bias))
-            if self.feed_forward is not None:
+            if self.feed_forward is not None and self.final_layer_norm is not None:
                 x = x + self.feed_forward(self.final_layer_norm(x))
             return x
+        # a post-norm layer always has both LayerNorms
+        assert self.layer_norm is not None and self.final_layer_norm is not None
         if self.attention is not None:
             x = x + self.dropout(self.attention(x, position_bias))
         x = self.layer_norm(x)
@@ -606,6 +634,7 @@ class EncoderLayer(Counted):
         return attention, feed_forward
 
     def param_terms(self, dims: tuple) -> Iterator:
+        """Parameters at ``dims = (attention dims, FFN dims)`` (see :meth:`dims`)."""
         attention, feed_forward = dims
         if self.attention is not None:
             yield from self.attention.param_terms(attention)
@@ -615,6 +644,7 @@ class EncoderLayer(Counted):
         yield 2 * E * (attention[1] + feed_forward[1]) if self.layer_norm_first else 4 * E
 
     def mac_terms(self, frames: int, dims: tuple) -> Iterator:
+        """MACs over ``frames`` frames at ``dims = (attention dims, FFN dims)``."""
         attention, feed_forward = dims
         if self.attention is not None:
             yield from self.attention.mac_terms(frames, attention)
@@ -674,10 +704,12 @@ class PositionalConv(Counted):
         return F.gelu(y).transpose(1, 2)
 
     def param_terms(self) -> Iterator:
+        """Parameters of the weight-normalised convolution (its size never changes)."""
         E, k = self.bias.numel(), self.kernel_size
         yield from (E * (E // self.groups) * k, k, E)
 
     def mac_terms(self, frames: int) -> Iterator:
+        """MACs of the convolution over ``frames`` frames."""
         E, k = self.bias.numel(), self.kernel_size
         output_frames = frames + 2 * (k // 2) - k + 1
         yield output_frames * E * (E // self.groups) * k
@@ -694,7 +726,7 @@ class Encoder(Counted):
         self.layer_norm = nn.LayerNorm(E, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.dropout)
         self.rel_attn_embed = nn.Embedding(config.num_buckets, config.num_heads)
-        self.layers = nn.ModuleList(EncoderLayer(config, i) for i in range(config.num_layers))
+        self.layers = ModuleList(EncoderLayer(config, i) for i in range(config.num_layers))
 
     def position_bias(self, num_frames: int) -> torch.Tensor:
         """The shared relative position bias, shape ``(num_heads, frames, frames)``.
@@ -723,24 +755,29 @@ class Encoder(Counted):
 
     # ------------------------------------------------------------------ counting
     def dims(self, count: Count) -> list:
+        """The sizes of every transformer layer under ``count``."""
         return [layer.dims(count) for layer in self.layers]
 
     def param_terms(self, dims: list) -> Iterator:
+        """Parameters with the layer sizes ``dims`` (see :meth:`dims`)."""
         yield from self.pos_conv.param_terms()
         yield from (2 * self.layer_norm.normalized_shape[0], self.rel_attn_embed.weight.numel())
         for layer, layer_dims in zip(self.layers, dims):
             yield from layer.param_terms(layer_dims)
 
     def mac_terms(self, frames: int, dims: list) -> Iterator:
+        """MACs over ``frames`` frames with the layer sizes ``dims``."""
         yield from self.pos_conv.mac_terms(frames)
         for layer, layer_dims in zip(self.layers, dims):
             yield from layer.mac_terms(frames, layer_dims)
 
     # ------------------------------------------------------------------ pruning
     def kept(self) -> list[tuple[Kept, Kept]]:
+        """What the masks keep of every transformer layer."""
         return [layer.kept() for layer in self.layers]
 
     def prune_(self, kept: list[tuple[Kept, Kept]]) -> None:
+        """Prune every transformer layer to what ``kept`` says it keeps."""
         for layer, layer_kept in zip(self.layers, kept):
             layer.prune_(layer_kept)
 

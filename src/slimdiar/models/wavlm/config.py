@@ -20,6 +20,16 @@ EXTRACTOR_MODES = ("group_norm", "layer_norm")
 DROPOUT_KEYS = ("feat_proj_dropout", "attention_dropout", "dropout", "activation_dropout")
 
 
+def _conv_layer(index: int, layer: object) -> tuple[int, int, int]:
+    """``conv_layers[index]`` as three ints ``(out_channels, kernel_size, stride)``."""
+    if isinstance(layer, str) or not isinstance(layer, (list, tuple)) or len(layer) != 3:
+        raise ConfigError(
+            f"conv_layers[{index}] = {layer!r}: expected [out_channels, kernel_size, stride]"
+        )
+    channels, kernel, stride = layer
+    return int(channels), int(kernel), int(stride)
+
+
 @dataclass
 class WavLMConfig:
     """Shape of a WavLM backbone.
@@ -92,7 +102,7 @@ class WavLMConfig:
     name: str = field(default="wavlm", compare=False)
 
     def __post_init__(self) -> None:
-        self.conv_layers = [tuple(int(v) for v in layer) for layer in self.conv_layers]
+        self.conv_layers = [_conv_layer(i, layer) for i, layer in enumerate(self.conv_layers)]
         self.ffn_dim = [int(v) for v in self.ffn_dim]
         self.remaining_heads = [[int(h) for h in heads] for heads in self.remaining_heads]
         self.use_attention = [bool(v) for v in self.use_attention]
@@ -114,7 +124,7 @@ class WavLMConfig:
                     f"conv_layers[{i}] = {(channels, kernel, stride)}: every value must be >= 1 "
                     "(a conv layer cannot lose all of its channels)"
                 )
-        per_layer = {
+        per_layer: dict[str, list] = {
             "ffn_dim": self.ffn_dim,
             "remaining_heads": self.remaining_heads,
             "use_attention": self.use_attention,

@@ -56,6 +56,7 @@ class HardConcrete(nn.Module):
             self.log_alpha.normal_(mean, 0.01)
 
     def extra_repr(self) -> str:
+        """The gate count and temperature, for ``repr``."""
         return f"num_units={self.num_units}, temperature={self.temperature:.3f}"
 
     def open_probability(self) -> torch.Tensor:

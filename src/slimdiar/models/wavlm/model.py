@@ -287,6 +287,7 @@ class WavLM(nn.Module):
     # ------------------------------------------------------------------ pruning
     @property
     def pruning_enabled(self) -> bool:
+        """Whether the model has any hard-concrete gate."""
         return any(isinstance(m, HardConcrete) for m in self.modules())
 
     def gates(self) -> list[HardConcrete]:
@@ -334,14 +335,14 @@ class WavLM(nn.Module):
         """
         chosen = _chosen_units(units, conv=conv, heads=heads, ffn=ffn,
                                attention_blocks=attention_blocks, ffn_blocks=ffn_blocks)
-        rates = resolve_rates({**(rates or {}), **_keyword_rates(
+        resolved = resolve_rates({**(rates or {}), **_keyword_rates(
             channel_drop_rate, head_drop_rate, ffn_drop_rate, block_drop_rate)})
         if (PruneUnit.CONV in chosen and conv_output_scale
                 and self.feature_extractor.output_scale is None):
             self.config = self.config.replace(conv_output_scale=True)
             self.feature_extractor.add_output_scale()
         for block in [m for m in self.modules() if isinstance(m, Gated)]:
-            block.enable_gates(chosen, rates)
+            block.enable_gates(chosen, resolved)
         return self
 
     @torch.no_grad()
@@ -401,7 +402,7 @@ def _chosen_units(units, **switches: bool | None) -> set[PruneUnit]:
 
 
 def _keyword_rates(channel: float | None, head: float | None, ffn: float | None,
-                   block: float | None) -> dict[PruneUnit, float]:
+                   block: float | None) -> dict[PruneUnit | str, float]:
     pairs = [(PruneUnit.CONV, channel), (PruneUnit.HEADS, head), (PruneUnit.FFN, ffn),
              (PruneUnit.ATTENTION_BLOCKS, block), (PruneUnit.FFN_BLOCKS, block)]
     return {unit: rate for unit, rate in pairs if rate is not None}

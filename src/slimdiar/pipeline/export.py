@@ -159,7 +159,6 @@ def export_graph(
         ``path``.
     """
     require_exporter()
-    import onnx
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     path = Path(path)
@@ -173,22 +172,36 @@ def export_graph(
             dynamic_shapes=dynamic_shapes, opset_version=OPSET, dynamo=True,
             external_data=False, verbose=False,
         )
-    proto = program.model_proto
+    write_model(program.model_proto, path, info)
+    logger.info("exported %s (opset %d)", path, OPSET)
+    return path
+
+
+def write_model(proto, path: str | Path, info: dict) -> None:
+    """Write an ONNX model with ``info`` in its metadata and as its JSON sidecar, atomically.
+
+    The model goes to a temporary file beside ``path``, then the sidecar, then the rename: an
+    error leaves neither a partial ``.onnx`` nor a sidecar without its model.
+    """
+    import onnx
+
+    path = Path(path)
     _metadata_props(proto, {k: v for k, v in info.items() if k != "mapping"})
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
+    sidecar = path.with_suffix(".json")
     try:
         onnx.save(proto, tmp_name)
         os.chmod(tmp_name, 0o666 & ~current_umask())
-        write_json_atomic(path.with_suffix(".json"), info)
+        write_json_atomic(sidecar, info)
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        if sidecar.exists() and not path.exists():
+            sidecar.unlink()
         raise
-    logger.info("exported %s (opset %d)", path, OPSET)
-    return path
 
 
 @contextlib.contextmanager

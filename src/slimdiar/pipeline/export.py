@@ -28,7 +28,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -329,7 +328,3 @@ def export_pipeline_models(
         written.append(export_embedding(embedding, out_dir / EMBEDDING_FILE, embedding_source))
     return written
 
-
-def max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
-    """Largest absolute difference of two arrays (finite entries)."""
-    return float(np.nanmax(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))

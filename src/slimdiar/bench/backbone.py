@@ -57,6 +57,11 @@ class BackboneResult:
         :mod:`slimdiar.models.precision`); ``None`` for float32.
     speedup_vs_float32, speedup_batch_vs_float32
         The same model's float32 latency divided by this one's, when float32 was measured too.
+    engine
+        What ran the model: ``"torch"`` (eager) or ``"onnx"`` (ONNX Runtime, float32, the
+        model exported first; its intra-op threads are torch's thread count).
+    speedup_vs_torch, speedup_batch_vs_torch
+        For ONNX Runtime: the same model's float32 torch latency divided by this one's.
     """
 
     name: str
@@ -72,6 +77,9 @@ class BackboneResult:
     precision_mode: str | None = None
     speedup_vs_float32: float | None = None
     speedup_batch_vs_float32: float | None = None
+    engine: str = "torch"
+    speedup_vs_torch: float | None = None
+    speedup_batch_vs_torch: float | None = None
 
     def to_dict(self) -> dict:
         """The fields as a JSON-ready dict."""
@@ -116,6 +124,7 @@ def benchmark_backbones(
     dtype: torch.dtype | list[torch.dtype] = torch.float32,
     progress: Callable[[str], None] | None = None,
     precision_mode: str = "autocast",
+    engines: list[str] | tuple[str, ...] = ("torch",),
 ) -> list[BackboneResult]:
     """Measure each backbone of ``specs`` on ``seconds`` of random audio.
 
@@ -140,6 +149,9 @@ def benchmark_backbones(
     precision_mode
         How a precision other than float32 is applied: ``"autocast"`` (float32 weights and
         input, :func:`torch.autocast`) or ``"weights"`` (weights and input cast).
+    engines
+        ``"torch"`` and/or ``"onnx"``: with ``"onnx"``, every model is also exported to ONNX
+        (a temporary file) and timed in ONNX Runtime, float32 only, after the torch runs.
     """
     if not specs:
         raise ConfigError("give at least one model to benchmark")
@@ -151,6 +163,11 @@ def benchmark_backbones(
     dtypes = [resolve_dtype(d, device) for d in dtypes]
     if len(set(dtypes)) != len(dtypes) or not dtypes:
         raise ConfigError("give each precision once")
+    engines = list(engines)
+    if not engines or set(engines) - {"torch", "onnx"} or len(set(engines)) != len(engines):
+        raise ConfigError("engines are 'torch' and/or 'onnx', each once")
+    if "onnx" in engines and (device != "cpu" or dtypes != [torch.float32]):
+        raise ConfigError("the onnx engine is measured on the CPU in float32 only")
     num_samples = int(round(seconds * SAMPLE_RATE))
 
     def sync():
@@ -158,7 +175,7 @@ def benchmark_backbones(
             torch.cuda.synchronize()
 
     results = []
-    for precision in dtypes:
+    for precision in dtypes if "torch" in engines else []:
         lower = precision != torch.float32
         input_dtype = precision if lower and precision_mode == "weights" else torch.float32
         for spec in specs:
@@ -192,19 +209,71 @@ def benchmark_backbones(
                 precision_mode=precision_mode if lower else None,
             ))
             del model, run, single, batch
-    for precision in {r.dtype for r in results}:
-        same = [r for r in results if r.dtype == precision]
+    if "onnx" in engines:
+        results += _benchmark_onnx(specs, seconds, batch_size, warmup, repeats, progress)
+    for group in {(r.dtype, r.engine) for r in results}:
+        same = [r for r in results if (r.dtype, r.engine) == group]
         first = same[0]
         for result in same:
             result.speedup_vs_first = first.latency_s / result.latency_s
             result.speedup_batch_vs_first = first.latency_batch_s / result.latency_batch_s
-    float32 = {r.name: r for r in results if r.dtype == "float32"}
+    float32 = {r.name: r for r in results if r.dtype == "float32" and r.engine == "torch"}
     for result in results:
-        if result.name in float32:
+        if result.engine == "onnx" and result.name in float32:
+            result.speedup_vs_torch = float32[result.name].latency_s / result.latency_s
+            result.speedup_batch_vs_torch = (
+                float32[result.name].latency_batch_s / result.latency_batch_s
+            )
+        elif result.name in float32:
             result.speedup_vs_float32 = float32[result.name].latency_s / result.latency_s
             result.speedup_batch_vs_float32 = (
                 float32[result.name].latency_batch_s / result.latency_batch_s
             )
+    return results
+
+
+def _benchmark_onnx(specs, seconds, batch_size, warmup, repeats, progress):
+    """Export each backbone to a temporary ONNX file and time it in ONNX Runtime."""
+    import tempfile
+
+    import numpy as np
+
+    from slimdiar.pipeline.engines import make_session, require_onnxruntime
+    from slimdiar.pipeline.export import export_backbone, require_exporter
+
+    require_onnxruntime()
+    require_exporter()
+    num_samples = int(round(seconds * 16000))
+    results = []
+    for spec in specs:
+        model = load_backbone_for_bench(spec).eval()
+        params, macs = model.num_params(), model.macs(1.0)
+        with tempfile.TemporaryDirectory(prefix="slimdiar-bench-") as directory:
+            if progress:
+                progress(f"{spec} (onnx): export")
+            path = export_backbone(model, Path(directory) / "backbone.onnx", spec)
+            del model
+            session = make_session(path, torch.get_num_threads())
+        generator = np.random.default_rng(0)
+        single = generator.standard_normal((1, num_samples), dtype=np.float32)
+        batch = generator.standard_normal((batch_size, num_samples), dtype=np.float32)
+
+        def run(x, session=session):
+            session.run(None, {"waveforms": x})
+
+        if progress:
+            progress(f"{spec} (onnx): batch 1")
+        latency = _median_latency(functools.partial(run, single), warmup, repeats, lambda: None)
+        if progress:
+            progress(f"{spec} (onnx): batch {batch_size}")
+        latency_batch = _median_latency(functools.partial(run, batch), warmup, repeats,
+                                        lambda: None)
+        results.append(BackboneResult(
+            name=spec, params=params, macs_per_second=macs, latency_s=latency,
+            latency_batch_s=latency_batch, rtf=latency / seconds,
+            rtf_batch=latency_batch / (seconds * batch_size), engine="onnx",
+        ))
+        del session
     return results
 
 

@@ -20,7 +20,7 @@ from slimdiar.errors import SlimdiarError
 # Module names under slimdiar.cli, in the order ``slimdiar --help`` lists them.
 COMMANDS: list[str] = [
     "demo", "data", "prepare", "simulate", "finetune", "prune", "distill", "diarize", "score",
-    "bench", "convert", "pretrain",
+    "bench", "export", "convert", "pretrain",
 ]
 
 DESCRIPTION = """\

@@ -69,6 +69,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="precision(s): float32, bfloat16 (fast on GPUs and on CPUs with "
                              "AVX-512-BF16 or AMX), float16 (GPU only); several are measured "
                              "side by side, each model in each (default: float32)")
+    parser.add_argument("--engine", choices=["torch", "onnx"], nargs="+", default=["torch"],
+                        help="what runs the backbones (default: torch); several are measured "
+                             "side by side; onnx exports each model first and runs it in ONNX "
+                             "Runtime (float32, CPU, --threads intra-op threads)")
     parser.add_argument("--precision-mode", choices=["autocast", "weights"], default="autocast",
                         help="how bfloat16/float16 is applied: autocast (float32 weights, "
                              "torch.autocast; the default) or weights (weights and input cast)")
@@ -97,6 +101,9 @@ def run(args) -> int:
     if args.pipeline is not None:
         if args.models:
             raise ConfigError("give either backbone MODELs or --pipeline CKPT, not both")
+        if args.engine != ["torch"]:
+            raise ConfigError("--engine onnx is measured for backbones; --pipeline runs torch "
+                              "(time 'slimdiar diarize --engine onnx' for the pipeline)")
         return run_pipeline(args)
     if not args.models:
         raise ConfigError("give at least one MODEL to compare, or --pipeline CKPT")
@@ -121,10 +128,12 @@ def run_backbones(args) -> int:
             args.models, seconds=args.seconds, batch_size=args.batch_size, device=args.device,
             warmup=args.warmup, repeats=args.repeats, dtype=dtypes,
             progress=lambda text: status.update(f"benchmarking {text}"),
-            precision_mode=args.precision_mode,
+            precision_mode=args.precision_mode, engines=args.engine,
         )
     env = environment(args.device, dtypes)
+    env["engines"] = list(args.engine)
     several = len(dtypes) > 1
+    engines = len(args.engine) > 1
     table = Table(title=f"WavLM backbones on {args.seconds:g} s of audio "
                         f"({env['device']}, {env['threads']} threads, "
                         f"{', '.join(args.dtype)})")
@@ -134,8 +143,12 @@ def run_backbones(args) -> int:
     if several:
         columns[1:1] = ["dtype"]
         columns += ["vs float32 b=1", f"vs float32 b={b}"]
+    if engines:
+        columns[1:1] = ["engine"]
+        columns += ["vs torch b=1", f"vs torch b={b}"]
     for column in columns:
-        table.add_column(column, justify="left" if column in ("model", "dtype") else "right")
+        table.add_column(column, justify="left" if column in ("model", "dtype", "engine")
+                         else "right")
     for r in results:
         row = [
             r.name, f"{r.params / 1e6:.2f}M", f"{r.macs_per_second / 1e9:.2f}G",
@@ -147,6 +160,10 @@ def run_backbones(args) -> int:
             row[1:1] = [r.dtype]
             row += [f"{x:.2f}x" if x is not None else "" for x in
                     (r.speedup_vs_float32, r.speedup_batch_vs_float32)]
+        if engines:
+            row[1:1] = [r.engine]
+            row += [f"{x:.2f}x" if x is not None else "" for x in
+                    (r.speedup_vs_torch, r.speedup_batch_vs_torch)]
         table.add_row(*row)
     width = None if sys.stdout.isatty() else 220
     Console(file=sys.stdout, width=width).print(table)

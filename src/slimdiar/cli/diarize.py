@@ -13,6 +13,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -129,6 +131,16 @@ def add_parser(subparsers) -> None:
         help="precision of both models (default: float32); bfloat16 is fast on GPUs and on "
              "CPUs with AVX-512-BF16 or AMX (a warning says when the CPU has neither); float16 "
              "on GPUs only",
+    )
+    parser.add_argument(
+        "--engine", choices=["torch", "onnx"], default="torch",
+        help="what runs the models (default: torch); onnx runs the models exported by "
+             "'slimdiar export' (given with --onnx) in ONNX Runtime, float32 only",
+    )
+    parser.add_argument(
+        "--onnx", metavar="EXPORT_DIR",
+        help="with --engine onnx: the directory 'slimdiar export' wrote for --model "
+             "(segmentation.onnx, and embedding.onnx for a ResNet embedding)",
     )
     parser.add_argument(
         "--embedding", default="ge2e", metavar="NAME_OR_PATH",
@@ -288,6 +300,48 @@ def _write_outputs(out_dir: Path, uri: str, result, exclusive: bool) -> None:
         raise
 
 
+def check_onnx_options(args: argparse.Namespace) -> None:
+    """Refuse option combinations the ONNX engine cannot run, before any work."""
+    if args.onnx is None:
+        raise ConfigError("--engine onnx needs --onnx EXPORT_DIR (written by 'slimdiar export')")
+    if args.oracle_segmentation is not None:
+        raise ConfigError("--engine onnx runs the segmentation model: not with "
+                          "--oracle-segmentation")
+    if getattr(args, "dtype", "float32") != "float32":
+        raise ConfigError("--engine onnx runs in float32 only: drop --dtype")
+    if args.device != "cpu":
+        raise ConfigError("--engine onnx runs on the CPU only: drop --device")
+
+
+def use_onnx_models(pipeline, export_dir, threads: int | None) -> None:
+    """Replace the pipeline's torch models by the ONNX Runtime sessions of ``export_dir``.
+
+    The exported segmentation model must come from the checkpoint the pipeline loaded; the
+    exported embedding model replaces the torch one when there is one (a ResNet export), else
+    the embedding stays on torch (GE2E).
+    """
+    from slimdiar.pipeline.engines import load_onnx_models, weights_fingerprint
+
+    model = pipeline.segmentation_model
+    segmentation, embedding = load_onnx_models(
+        export_dir, threads, model.config.to_dict(), weights_fingerprint(model)
+    )
+    pipeline.segmentation_model = segmentation
+    if embedding is not None and pipeline.embedding_model is not None:
+        torch_model = getattr(pipeline.embedding_model, "model", None)
+        config = getattr(torch_model, "config", None)
+        if not dataclasses.is_dataclass(config) or embedding.info["config"] != json.loads(
+            json.dumps(dataclasses.asdict(config))
+        ) or embedding.info.get("weights_sha256") != weights_fingerprint(torch_model):
+            raise ConfigError(
+                f"{export_dir}: its embedding model was not exported from --embedding "
+                f"{pipeline.embedding_name} (export it again with 'slimdiar export')"
+            )
+        pipeline.embedding_model = embedding
+    elif pipeline.embedding_model is not None:
+        logger.info("%s holds no embedding model: the embedding runs on torch", export_dir)
+
+
 def run(args: argparse.Namespace) -> int:
     """Diarize every input recording; 0 when all succeeded, 1 when any failed."""
     from slimdiar.pipeline import DiarizationPipeline, SpeakerBounds
@@ -307,6 +361,14 @@ def run(args: argparse.Namespace) -> int:
     from slimdiar.models.precision import resolve_dtype
 
     resolve_dtype(getattr(args, "dtype", "float32"), args.device)  # fail early
+    engine = getattr(args, "engine", "torch")
+    if engine == "onnx":
+        from slimdiar.pipeline.engines import require_onnxruntime
+
+        check_onnx_options(args)
+        require_onnxruntime()
+    elif getattr(args, "onnx", None) is not None:
+        raise ConfigError("--onnx is an option of --engine onnx")
     rank = _parallel.current_rank(args)
     inputs = collect_inputs(args.inputs)
     if (getattr(args, "jobs", None) or 1) > 1:
@@ -331,6 +393,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         settings=setting_layers(args),
     )
+    if engine == "onnx":
+        use_onnx_models(pipeline, args.onnx, args.threads)
     if getattr(args, "dtype", "float32") != "float32":
         from slimdiar.pipeline.precision import set_pipeline_precision
 

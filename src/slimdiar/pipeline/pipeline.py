@@ -40,6 +40,7 @@ from slimdiar.models.wavlm.config import wavlm_base_plus
 from slimdiar.pipeline.clustering import SpeakerBounds
 from slimdiar.pipeline.config import PipelineConfig, merge_settings, resolve_settings
 from slimdiar.pipeline.embeddings import embed_speakers, embedding_masks
+from slimdiar.pipeline.engines import SegmentationModel, as_segmentation_model
 from slimdiar.pipeline.reconstruction import (
     activity_to_segments,
     aggregate_clusters,
@@ -141,10 +142,13 @@ class DiarizationPipeline:
     segmentation_model
         An :class:`~slimdiar.models.eend.EEND` (anything with ``powerset.mapping``,
         ``frame_step_samples``, ``receptive_field_samples``, ``num_frames`` and a
-        ``(batch, num_samples) -> (batch, num_frames, num_classes)`` forward); ``None`` only with
-        oracle segmentation.
+        ``(batch, num_samples) -> (batch, num_frames, num_classes)`` forward), run by torch; or
+        a :class:`~slimdiar.pipeline.engines.SegmentationModel` (e.g. an ONNX Runtime session,
+        :class:`~slimdiar.pipeline.engines.OnnxSegmentation`); ``None`` only with oracle
+        segmentation.
     embedding_model
-        A speaker embedding model (``dimension``, ``min_num_samples`` and
+        A speaker embedding model (a :class:`~slimdiar.pipeline.engines.EmbeddingModel`:
+        ``dimension``, ``min_num_samples`` and
         ``__call__(waveforms (batch, num_samples), weights (batch, num_frames)) -> (batch,
         dimension)``); ``None`` only with a clustering method that needs no embeddings.
     config
@@ -185,9 +189,12 @@ class DiarizationPipeline:
         )
         if segmentation_model is not None:
             self.grid = FrameGrid.from_config(segmentation_model)
-            self.mapping = segmentation_model.powerset.mapping.detach().cpu().numpy()
+            if isinstance(segmentation_model, SegmentationModel):
+                self.mapping = np.asarray(segmentation_model.mapping)
+            else:
+                self.mapping = segmentation_model.powerset.mapping.detach().cpu().numpy()
+                segmentation_model.eval().to(device)
             self.num_local_speakers = int(self.mapping.shape[1])
-            segmentation_model.eval().to(device)
         else:
             self.grid = default_frame_grid()
             self.mapping = None
@@ -406,17 +413,14 @@ class DiarizationPipeline:
             activities, _ = oracle_chunk_activities(reference_chunks, self.num_local_speakers)
             _notify(hook, "segmentation", activities, windows.num_chunks, windows.num_chunks)
             return activities
-        import torch
-
+        model = as_segmentation_model(self.segmentation_model, self.device)
         shape = (windows.num_chunks, self.chunk_num_frames, self.num_local_speakers)
         activities = np.zeros(shape, dtype=np.uint8)
         for part in batches(windows.num_chunks, self.config.windows.batch_size):
             waveforms = reader.read_windows(windows.start_samples[part], windows.window_samples)
             # (batch, window_samples)
-            with torch.inference_mode():
-                log_probs = self.segmentation_model(torch.from_numpy(waveforms).to(self.device))
-            # (batch, chunk_num_frames, num_classes)
-            log_probs = log_probs.float().cpu().numpy()
+            log_probs = model(waveforms)
+            # (batch, chunk_num_frames, num_classes) float32
             if log_probs.shape[1] != self.chunk_num_frames:
                 raise RuntimeError(
                     f"the segmentation model gave {log_probs.shape[1]} frames per window, "

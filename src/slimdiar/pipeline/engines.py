@@ -27,8 +27,12 @@ from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+import torch
 
-from slimdiar.errors import CheckpointError, ConfigError
+from slimdiar.errors import AudioError, CheckpointError, ConfigError
+from slimdiar.models.embeddings.fbank import FbankConfig, cepstral_mean_normalize, kaldi_fbank
+from slimdiar.models.embeddings.registry import DEFAULT_THRESHOLDS
+from slimdiar.models.embeddings.resnet import ResNetConfig, resample_weights
 
 logger = logging.getLogger(__name__)
 
@@ -97,11 +101,11 @@ class TorchSegmentation:
         self.mapping = model.powerset.mapping.detach().cpu().numpy()
 
     def num_frames(self, num_samples: int) -> int:
+        """Frames the model emits for ``num_samples`` samples."""
         return int(self.model.num_frames(num_samples))
 
     def __call__(self, waveforms: np.ndarray) -> np.ndarray:
-        import torch
-
+        """Log-probabilities ``(batch, num_frames, num_classes)`` of ``(batch, num_samples)``."""
         with torch.inference_mode():
             log_probs = self.model(torch.from_numpy(np.ascontiguousarray(waveforms)).to(
                 self.device))
@@ -169,8 +173,6 @@ def make_session(onnx_path: str | Path, threads: int | None = None):
     """An ONNX Runtime CPU session, ``threads`` intra-op threads (default: torch's count)."""
     ort = require_onnxruntime()
     if threads is None:
-        import torch
-
         threads = torch.get_num_threads()
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads)
@@ -222,6 +224,7 @@ class OnnxSegmentation:
         self.input_name = self.session.get_inputs()[0].name
 
     def num_frames(self, num_samples: int) -> int:
+        """Frames the exported model emits for ``num_samples`` samples (its conv stack's count)."""
         length = int(num_samples)
         for _, kernel, stride in self.conv_layers:
             if length < kernel:
@@ -230,6 +233,7 @@ class OnnxSegmentation:
         return length
 
     def __call__(self, waveforms: np.ndarray) -> np.ndarray:
+        """Log-probabilities ``(batch, num_frames, num_classes)`` of ``(batch, num_samples)``."""
         waveforms = np.ascontiguousarray(waveforms, dtype=np.float32)
         if waveforms.ndim != 2 or waveforms.shape[1] < self.receptive_field_samples:
             raise ValueError(
@@ -254,9 +258,6 @@ class OnnxResNetEmbedding:
     shares_windows = True
 
     def __init__(self, onnx_path: str | Path, threads: int | None = None):
-        from slimdiar.models.embeddings.fbank import FbankConfig
-        from slimdiar.models.embeddings.resnet import ResNetConfig
-
         self.path = Path(onnx_path)
         self.info = read_sidecar(self.path, "embedding")
         config = dict(self.info["config"])
@@ -268,20 +269,22 @@ class OnnxResNetEmbedding:
 
     @property
     def dimension(self) -> int:
+        """Size of the embeddings."""
         return self.config.embedding_dim
 
     @property
     def min_num_samples(self) -> int:
+        """Shortest input, in samples, the network takes."""
         return self.config.min_num_samples
 
     @property
     def sample_rate(self) -> int:
+        """Sample rate of the input audio."""
         return self.config.fbank.sample_rate
 
     @property
     def default_threshold(self) -> float:
-        from slimdiar.models.embeddings.registry import DEFAULT_THRESHOLDS
-
+        """The AHC threshold measured for ResNet embeddings."""
         return DEFAULT_THRESHOLDS["resnet"]
 
     def embed_windows(self, waveforms, weights) -> np.ndarray:
@@ -297,12 +300,6 @@ class OnnxResNetEmbedding:
         -------
         (batch, num_speakers, dimension) float32, NaN rows for all-zero weights.
         """
-        import torch
-
-        from slimdiar.errors import AudioError
-        from slimdiar.models.embeddings.fbank import cepstral_mean_normalize, kaldi_fbank
-        from slimdiar.models.embeddings.resnet import resample_weights
-
         waveforms = torch.as_tensor(np.asarray(waveforms, dtype=np.float32))
         weights = torch.as_tensor(np.asarray(weights, dtype=np.float32))
         if waveforms.ndim != 2 or weights.ndim != 3 or len(weights) != len(waveforms):

@@ -34,6 +34,10 @@ from torch import nn
 
 from slimdiar.errors import ConfigError
 from slimdiar.fileio import current_umask, write_json_atomic
+from slimdiar.frames import SAMPLE_RATE
+from slimdiar.models.eend import EEND
+from slimdiar.models.embeddings.resnet import STD_EPSILON, ResNet, ResNetEmbedding
+from slimdiar.models.wavlm import WavLM, WavLMConfig
 from slimdiar.pipeline.engines import (
     EMBEDDING_FILE,
     SEGMENTATION_FILE,
@@ -63,7 +67,7 @@ def require_exporter() -> None:
 class SegmentationGraph(nn.Module):
     """The EEND forward without its Python input checks (which fix the length when traced)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: EEND):
         super().__init__()
         self.model = model
 
@@ -80,7 +84,7 @@ class SegmentationGraph(nn.Module):
 class BackboneGraph(nn.Module):
     """A WavLM backbone returning its hidden states as a tuple (for ``slimdiar bench``)."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: WavLM):
         super().__init__()
         self.backbone = backbone
 
@@ -92,7 +96,7 @@ class BackboneGraph(nn.Module):
 class EmbeddingGraph(nn.Module):
     """ResNet trunk once per window, then the masked statistics pooling of every speaker."""
 
-    def __init__(self, resnet: nn.Module):
+    def __init__(self, resnet: ResNet):
         super().__init__()
         self.resnet = resnet
 
@@ -103,8 +107,6 @@ class EmbeddingGraph(nn.Module):
         ``(batch, num_speakers, num_output_frames)``. The statistics are those of
         :func:`~slimdiar.models.embeddings.resnet.statistics_pooling`, for all speakers at once.
         """
-        from slimdiar.models.embeddings.resnet import STD_EPSILON
-
         frames = self.resnet.forward_frames(fbank)[:, None]
         # (batch, 1, dimension, num_output_frames)
         w = weights[:, :, None, :]
@@ -171,6 +173,8 @@ def export_graph(
             dynamic_shapes=dynamic_shapes, opset_version=OPSET, dynamo=True,
             external_data=False, verbose=False,
         )
+    if program is None:
+        raise ConfigError(f"the ONNX exporter returned no program for {path}")
     write_model(program.model_proto, path, info)
     logger.info("exported %s (opset %d)", path, OPSET)
     return path
@@ -224,7 +228,7 @@ def _waveform_shapes(receptive_field_samples: int) -> tuple[torch.Tensor, dict]:
     return example, {"waveforms": {0: batch, 1: samples}}
 
 
-def export_segmentation(model: nn.Module, path: str | Path, source: str | None = None) -> Path:
+def export_segmentation(model: EEND, path: str | Path, source: str | None = None) -> Path:
     """Export an EEND model to ``path`` (``segmentation.onnx``) with its sidecar.
 
     Parameters
@@ -237,7 +241,7 @@ def export_segmentation(model: nn.Module, path: str | Path, source: str | None =
         What the model was loaded from (recorded in the sidecar).
     """
     backbone_config = model.backbone.config
-    if not hasattr(backbone_config, "conv_layers"):
+    if not isinstance(backbone_config, WavLMConfig):
         raise ConfigError("only models with a WavLM front-end export to ONNX")
     example, shapes = _waveform_shapes(int(model.receptive_field_samples))
     info = {
@@ -250,13 +254,13 @@ def export_segmentation(model: nn.Module, path: str | Path, source: str | None =
         "conv_layers": [list(layer) for layer in backbone_config.conv_layers],
         "num_classes": int(model.num_classes),
         "mapping": model.powerset.mapping.detach().cpu().numpy().astype(int).tolist(),
-        "sample_rate": 16000,
+        "sample_rate": SAMPLE_RATE,
     }
     return export_graph(SegmentationGraph(model), (example,), path, ["waveforms"],
                         ["log_probs"], shapes, info)
 
 
-def export_backbone(backbone: nn.Module, path: str | Path, source: str | None = None) -> Path:
+def export_backbone(backbone: WavLM, path: str | Path, source: str | None = None) -> Path:
     """Export a WavLM backbone (all hidden states) to ``path`` with its sidecar."""
     config = backbone.config
     example, shapes = _waveform_shapes(int(config.receptive_field_samples))
@@ -281,8 +285,6 @@ def export_embedding(model: nn.Module, path: str | Path, source: str | None = No
         For GE2E, whose masks select samples before its network runs (nothing is shared
         between the speakers of a window): it stays on torch.
     """
-    from slimdiar.models.embeddings.resnet import ResNetEmbedding
-
     inner = getattr(model, "model", model)
     if not isinstance(inner, ResNetEmbedding):
         raise ConfigError(
@@ -309,7 +311,7 @@ def export_embedding(model: nn.Module, path: str | Path, source: str | None = No
 
 
 def export_pipeline_models(
-    model: nn.Module,
+    model: EEND,
     out_dir: str | Path,
     embedding=None,
     source: str | None = None,

@@ -187,6 +187,7 @@ class DiarizationPipeline:
         self.embedding_name = embedding_name or (
             getattr(embedding_model, "name", None) if embedding_model is not None else None
         )
+        self.mapping: np.ndarray | None
         if segmentation_model is not None:
             self.grid = FrameGrid.from_config(segmentation_model)
             if isinstance(segmentation_model, SegmentationModel):
@@ -413,6 +414,9 @@ class DiarizationPipeline:
             activities, _ = oracle_chunk_activities(reference_chunks, self.num_local_speakers)
             _notify(hook, "segmentation", activities, windows.num_chunks, windows.num_chunks)
             return activities
+        if self.segmentation_model is None or self.mapping is None:
+            raise ConfigError("model segmentation needs a segmentation model")
+        mapping = self.mapping
         model = as_segmentation_model(self.segmentation_model, self.device)
         shape = (windows.num_chunks, self.chunk_num_frames, self.num_local_speakers)
         activities = np.zeros(shape, dtype=np.uint8)
@@ -427,7 +431,7 @@ class DiarizationPipeline:
                     f"its frame grid says {self.chunk_num_frames}"
                 )
             activities[part] = binarize_powerset(
-                log_probs, self.mapping, self.config.segmentation.median_filter_frames
+                log_probs, mapping, self.config.segmentation.median_filter_frames
             )
             _notify(hook, "segmentation", None, part.stop, windows.num_chunks)
         _notify(hook, "segmentation", activities, windows.num_chunks, windows.num_chunks)

@@ -358,23 +358,11 @@ class AgglomerativeClustering:
         reference_chunks: np.ndarray | None = None,
         bounds: SpeakerBounds | None = None,
     ) -> np.ndarray:
-        """Cluster the local speakers of a recording.
+        """Cluster the local speakers of a recording (the :class:`Clustering` call).
 
-        Parameters
-        ----------
-        activities
-            ``(num_chunks, num_frames, num_local_speakers)`` 0/1 activities.
-        embeddings
-            ``(num_chunks, num_local_speakers, dimension)`` embeddings, NaN for silent speakers.
-        reference_chunks
-            Unused.
-        bounds
-            Allowed number of speakers.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``(num_chunks, num_local_speakers)`` int64 global speaker, -1 if silent/unassigned.
+        ``embeddings`` are required; ``bounds`` limits the number of speakers;
+        ``reference_chunks`` is unused. Global speakers are numbered from 0, -1 for a silent
+        or unassigned local speaker.
         """
         if embeddings is None:
             raise ConfigError("agglomerative clustering needs the speaker embeddings")
@@ -613,7 +601,7 @@ class VBxClustering:
     ) -> np.ndarray:
         """Cluster the local speakers of a recording.
 
-        Arguments and result as :meth:`AgglomerativeClustering.__call__`.
+        Arguments and result as :meth:`Clustering.__call__` (``embeddings`` are required).
         """
         if embeddings is None:
             raise ConfigError("VBx clustering needs the speaker embeddings")
@@ -646,25 +634,11 @@ class OracleClustering:
         reference_chunks: np.ndarray | None = None,
         bounds: SpeakerBounds | None = None,
     ) -> np.ndarray:
-        """Assign local speakers to reference speakers.
+        """Assign local speakers to reference speakers (the :class:`Clustering` call).
 
-        Parameters
-        ----------
-        activities
-            ``(num_chunks, num_frames, num_local_speakers)`` 0/1 activities.
-        embeddings
-            Unused.
-        reference_chunks
-            ``(num_chunks, num_frames, num_reference_speakers)`` 0/1 reference activities on the
-            same frames.
-        bounds
-            Unused.
-
-        Returns
-        -------
-        numpy.ndarray
-            ``(num_chunks, num_local_speakers)`` int64 reference speaker index, -1 if silent or
-            unassigned.
+        ``reference_chunks`` (the reference activities on the same frames) are required;
+        ``embeddings`` and ``bounds`` are unused. Global speakers are reference speaker
+        indices, -1 for a silent or unassigned local speaker.
         """
         if reference_chunks is None:
             raise ConfigError("oracle clustering needs the reference turns of the recording")
@@ -688,7 +662,27 @@ class Clustering(Protocol):
         reference_chunks: np.ndarray | None = None,
         bounds: SpeakerBounds | None = None,
     ) -> np.ndarray:
-        """``(num_chunks, num_local_speakers)`` int64 global speakers, -1 if unassigned."""
+        """Assign every local speaker of every chunk to a global speaker.
+
+        Parameters
+        ----------
+        activities
+            ``(num_chunks, num_frames, num_local_speakers)`` 0/1 activities.
+        embeddings
+            ``(num_chunks, num_local_speakers, dimension)`` embeddings, NaN for silent speakers
+            (``None`` for a method that needs none).
+        reference_chunks
+            ``(num_chunks, num_frames, num_reference_speakers)`` 0/1 reference activities on the
+            same frames (for an oracle).
+        bounds
+            Allowed number of speakers.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(num_chunks, num_local_speakers)`` int64 global speakers, -1 if silent or
+            unassigned.
+        """
         ...
 
 

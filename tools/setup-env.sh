@@ -43,5 +43,5 @@ extras=test
 # The pretrained GE2E speaker encoder (the default embedding) is the file pretrained.pt inside
 # the resemblyzer wheel; only that file is read, so none of its dependencies are installed.
 "${pip[@]}" --no-deps resemblyzer==0.1.4 2>&1 | grep -v -e "is ignored" -e "Retrying" || true
-.venv/bin/python -c "import slimdiar, torch, transformers, pyannote.metrics, soundfile, soxr, safetensors" \
+.venv/bin/python -c "import slimdiar, torch, transformers, pyannote.metrics, soundfile, soxr, safetensors, onnxruntime, onnxscript" \
     || { echo "setup: the installation is incomplete" >&2; exit 1; }

@@ -1,4 +1,4 @@
-"""Per-call savings of the WavLM encoder in eval: the kept position bias and the FFT positional conv.
+"""Savings per call of the WavLM encoder in eval: the kept position bias, the FFT positional conv.
 
 Both must compute what the plain path computes, never act in training or under autograd, stay
 bounded, stay out of checkpoints and never serve values of weights that have since changed.
@@ -167,3 +167,14 @@ def test_a_replaced_bias_table_is_seen():
             encoder.rel_attn_embed.weight.detach() + 1.0)
         after = encoder.position_bias(11)
     assert torch.equal(after, before + 1.0)
+
+
+def test_a_traced_encoder_keeps_nothing_and_computes_the_same():
+    model = tiny()
+    with torch.no_grad():
+        traced = torch.jit.trace(model.encoder, torch.randn(1, 12, 64), check_trace=False,
+                                 strict=False)
+        assert not model.encoder.__dict__.get("_bias_cache")
+        assert not model.encoder.pos_conv.__dict__.get("_spectrum_cache")
+        x = torch.randn(1, 12, 64)
+        assert_close_outputs(traced(x), model.encoder(x), FFT_TOLERANCE)

@@ -650,6 +650,16 @@ class EncoderLayer(Counted):
                 self.final_layer_norm = None
 
 
+def _plain_inference(module: nn.Module) -> bool:
+    """Whether ``module`` runs eagerly in eval mode without autograd.
+
+    Not traced, exported or compiled either: only there may kept tensors and the FFT path stand
+    in for the plain computation.
+    """
+    return not (module.training or torch.is_grad_enabled() or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+
+
 #: Window lengths whose kernel spectrum an eval-mode positional conv keeps (about 80 MB each
 #: for Base+ at 8 s).
 SPECTRUM_CACHE_ENTRIES = 2
@@ -671,7 +681,8 @@ def _fft_size(length: int) -> int:
 class PositionalConv(Counted):
     """Convolutional positional embedding with weight normalisation over dim 2."""
 
-    #: Whether eval mode without autograd may take the FFT path (``False``: always direct).
+    #: Whether eval mode without autograd on a CPU may take the FFT path (``False``: always
+    #: direct).
     use_fft = True
 
     def __init__(self, embed_dim: int, kernel_size: int, groups: int):
@@ -689,12 +700,12 @@ class PositionalConv(Counted):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(batch, frames, E)`` to the positional term ``(batch, frames, E)``.
 
-        In eval mode without autograd, for float32/float64 inputs, the convolution is computed
-        through the FFT with the transformed weights kept per window length (the same function to
-        about 1e-6; several times faster than the direct grouped convolution on a CPU from batch 8
-        on); otherwise directly.
+        On a CPU in eval mode without autograd (and not traced, exported or compiled), for
+        float32/float64 inputs, the convolution is computed through the FFT with the transformed
+        kernel kept per window length: the same function to about 1e-6, and several times faster
+        than the direct grouped convolution from batch 8 on. Otherwise it is computed directly.
         """
-        if (not self.use_fft or self.training or torch.is_grad_enabled()
+        if (not self.use_fft or x.device.type != "cpu" or not _plain_inference(self)
                 or x.dtype not in (torch.float32, torch.float64)):
             weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=(0, 1), keepdim=True)
             y = F.conv1d(x.transpose(1, 2), weight, self.bias, padding=self.kernel_size // 2,
@@ -777,12 +788,13 @@ class Encoder(Counted):
         """The shared relative position bias, shape ``(num_heads, frames, frames)``.
 
         Built from the ``2T - 1`` distinct offsets, so its cost is one ``(T, T)`` gather per head.
-        In eval mode without autograd the result is kept per ``(frames, device, dtype)`` and
-        reused while ``rel_attn_embed.weight`` is the same tensor, unmodified (at most
-        :data:`BIAS_CACHE_ENTRIES` lengths, each under :data:`BIAS_CACHE_BYTES`); in training or
-        under autograd it is built on every call. The cache is not part of the state dict.
+        In eval mode without autograd (and not traced, exported or compiled) the result is kept
+        per ``(frames, device, dtype)`` and reused while ``rel_attn_embed.weight`` is the same
+        tensor, unmodified (at most :data:`BIAS_CACHE_ENTRIES` lengths, each under
+        :data:`BIAS_CACHE_BYTES`); in training or under autograd it is built on every call. The
+        cache is not part of the state dict.
         """
-        if not self.cache_position_bias or self.training or torch.is_grad_enabled():
+        if not self.cache_position_bias or not _plain_inference(self):
             return self._build_position_bias(num_frames)
         weight = self.rel_attn_embed.weight
         key = (num_frames, weight.device, weight.dtype)

@@ -6,7 +6,7 @@ Usage::
 
 Four measurements, random weights, 8 s windows, threads pinned (``--threads``, default 2):
 
-1. ``encoder``: one backbone forward pass of Base+ and Base+ s80 at batch 1 and 8 with the
+1. ``encoder``: one backbone forward pass of Base+ (batch 1) and Base+ s80 (batch 1 and 8) with the
    eval-mode savings off (``plain``), with the kept relative position bias only (``bias``) and
    with the FFT positional conv as well (``bias+fft``, the default), plus the largest absolute
    difference of the hidden states from ``plain``;
@@ -19,7 +19,8 @@ Four measurements, random weights, 8 s windows, threads pinned (``--threads``, d
 4. ``batch_size``: segmentation (WavLM Base+ s80 + Conformer) throughput and peak resident
    memory for batch sizes 1-32, each batch size in a fresh process (peak RSS is per process).
 
-Variants of one measurement run round-robin inside each repeat, so that load from other work on
+Each variant runs once to compare its output (which warms it up), then the variants of one
+measurement run round-robin inside each repeat, so that load from other work on
 the machine falls on all of them alike; the file records medians and the ratios of medians.
 ``tools/render_benchmarks.py`` turns the file into the per-call cost tables of
 docs/benchmarks.md.
@@ -46,7 +47,6 @@ from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models import WavLM
 from slimdiar.models.wavlm.components import FeedForward, PositionalConv
 
-MODELS = {"wavlm-base-plus": "Base+", "wavlm-base-plus-s80": "Base+ s80"}
 SEGMENTATION_MODEL = "wavlm-base-plus-s80"
 BATCH_SIZES = (1, 4, 8, 16, 32)
 PAD_MULTIPLES = (8, 16, 32)
@@ -83,14 +83,15 @@ def _switched(model: WavLM, bias: bool, fft: bool) -> Callable:
     return run
 
 
-def measure_encoder(seconds: float, batch_sizes: list[int], warmup: int, repeats: int) -> list:
+def measure_encoder(seconds: float, batch_sizes: dict[str, list[int]], warmup: int,
+                    repeats: int) -> list:
     """Measurement 1: backbone forward passes with the eval-mode savings off and on."""
     rows = []
-    for name in MODELS:
+    for name, sizes in batch_sizes.items():
         torch.manual_seed(0)
         model = WavLM.from_preset(name).eval()
         settings = {"plain": (False, False), "bias": (True, False), "bias+fft": (True, True)}
-        for batch in batch_sizes:
+        for batch in sizes:
             waveforms = torch.randn(batch, int(seconds * SAMPLE_RATE))
             runs = {label: _switched(model, *flags) for label, flags in settings.items()}
             reference = runs["plain"](waveforms)
@@ -220,7 +221,10 @@ def _peak_rss_mb() -> float:
 
 
 def batch_child(batch: int, seconds: float, repeats: int, threads: int) -> dict:
-    """Run in a fresh process: segmentation windows per second and peak RSS at ``batch``."""
+    """Run in a fresh process: segmentation windows per second and peak RSS at ``batch``.
+
+    One warm-up window, then ``repeats`` timed batches (the peak RSS includes them).
+    """
     from slimdiar.models.eend import EEND, EENDConfig
     from slimdiar.models.wavlm.config import preset
 
@@ -231,7 +235,7 @@ def batch_child(batch: int, seconds: float, repeats: int, threads: int) -> dict:
     before = _peak_rss_mb()
     times = []
     with torch.inference_mode():
-        model(waveforms)                                                  # warm-up
+        model(waveforms[:1])                                              # warm-up
         for _ in range(repeats):
             start = time.perf_counter()
             model(waveforms)
@@ -270,9 +274,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="window length (default 8)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed runs per variant")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed runs per variant besides the one that compares its output "
+                             "(default 0)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8],
                         help="batch sizes of measurements 1-3 (default 1 8)")
+    parser.add_argument("--base-plus-batch-sizes", type=int, nargs="+", default=[1],
+                        help="batch sizes of Base+ in measurement 1 (default 1; Base+ s80 takes "
+                             "--batch-sizes)")
     parser.add_argument("--segmentation-batch-sizes", type=int, nargs="+",
                         default=list(BATCH_SIZES), help="batch sizes of measurement 4")
     parser.add_argument("--only", nargs="+",
@@ -289,8 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     result = json.loads(args.out.read_text()) if args.only and args.out.is_file() else {}
     started = time.perf_counter()
     if "encoder" in chosen:
-        result["encoder"] = measure_encoder(args.seconds, args.batch_sizes, args.warmup,
-                                            args.repeats)
+        sizes = {"wavlm-base-plus": args.base_plus_batch_sizes,
+                 "wavlm-base-plus-s80": args.batch_sizes}
+        result["encoder"] = measure_encoder(args.seconds, sizes, args.warmup, args.repeats)
     if "positional_conv" in chosen:
         result["positional_conv"] = measure_positional_conv(
             args.seconds, args.batch_sizes, args.warmup, args.repeats + 2)
@@ -299,13 +309,15 @@ def main(argv: list[str] | None = None) -> int:
                                                     args.repeats + 4)
     if "batch_size" in chosen:
         result["batch_size"] = measure_batch_sizes(args.seconds, args.segmentation_batch_sizes,
-                                                   args.repeats, args.threads)
+                                                   max(1, args.repeats - 1), args.threads)
+    command = "OMP_NUM_THREADS=2 python tools/measure_call_costs.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    if args.only and result.get("command"):     # a re-run of some measurements
+        command = f"{result['command']}, then {command}"
     result.update({
         "mode": "call-costs", "seconds": args.seconds, "repeats": args.repeats,
-        "warmup": args.warmup, **environment("cpu", torch.float32),
-        "command": "OMP_NUM_THREADS=2 python tools/measure_call_costs.py "
-                   + " ".join(argv if argv is not None else sys.argv[1:]),
-        "wall_s": round(time.perf_counter() - started, 1),
+        "warmup": args.warmup, **environment("cpu", torch.float32), "command": command,
+        "wall_s": round(time.perf_counter() - started + result.get("wall_s", 0.0), 1),
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)

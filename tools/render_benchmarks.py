@@ -244,9 +244,10 @@ def render_call_costs(path: Path, data: dict) -> list[str]:
     seconds = _field(path, data, "seconds")
     lines = [f"### {path.name}", "",
              f"{seconds:g} s windows, random weights; variants interleaved in each repeat, "
-             f"medians of {data.get('repeats', '?')} or more runs after "
-             f"{data.get('warmup', '?')} warm-up runs; {_environment(data)}. The machine is "
-             "shared, so the tables give ratios of times measured side by side.", ""]
+             "medians of the timed runs (`--repeats` for the backbone, 2 more for the "
+             "positional conv, 4 more for the FFNs, 1 fewer per batch size, in the command's "
+             f"last run of that part); {_environment(data)}. The machine is shared, so the "
+             "tables give ratios of times measured side by side.", ""]
     if "encoder" in data:
         rows = data["encoder"]
         header = ["model", "batch", "kept bias", "kept bias + FFT positional conv",

@@ -178,3 +178,17 @@ def test_a_traced_encoder_keeps_nothing_and_computes_the_same():
         assert not model.encoder.pos_conv.__dict__.get("_spectrum_cache")
         x = torch.randn(1, 12, 64)
         assert_close_outputs(traced(x), model.encoder(x), FFT_TOLERANCE)
+
+
+def test_weights_made_under_inference_mode_are_never_kept():
+    # Their in-place changes leave no version trace, so nothing computed from them is kept.
+    with torch.inference_mode():
+        model = tiny()
+        waveforms = torch.randn(1, 8000)
+        first = model(waveforms)
+        model.encoder.rel_attn_embed.weight.mul_(2.0)
+        model.encoder.pos_conv.weight_g.mul_(0.5)
+        edited = model(waveforms)
+    assert not bias_cache(model) and not spectrum_cache(model)
+    assert (edited[-1] - first[-1]).abs().max() > 1e-3
+    assert_close_outputs(edited, plain_forward(model, waveforms), 0.0)

@@ -660,6 +660,21 @@ def _plain_inference(module: nn.Module) -> bool:
                 or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
 
 
+def _stamp(*params: torch.Tensor) -> tuple | None:
+    """What identifies the current values of ``params``: the tensors, versions and storage.
+
+    ``None`` for inference tensors (made under ``torch.inference_mode``), whose in-place
+    changes leave no trace: nothing computed from them may be kept.
+    """
+    if any(p.is_inference() for p in params):
+        return None
+    return tuple((p, p._version, p.data_ptr()) for p in params)
+
+
+def _unchanged(stamp: tuple, now: tuple) -> bool:
+    return all(a[0] is b[0] and a[1:] == b[1:] for a, b in zip(stamp, now))
+
+
 #: Window lengths whose kernel spectrum an eval-mode positional conv keeps (about 80 MB each
 #: for Base+ at 8 s).
 SPECTRUM_CACHE_ENTRIES = 2
@@ -703,29 +718,34 @@ class PositionalConv(Counted):
         On a CPU in eval mode without autograd (and not traced, exported or compiled), for
         float32/float64 inputs, the convolution is computed through the FFT with the transformed
         kernel kept per window length: the same function to about 1e-6, and several times faster
-        than the direct grouped convolution from batch 8 on. Otherwise it is computed directly.
+        than the direct grouped convolution from batch 8 on. Otherwise (and for weights that are
+        inference tensors, whose changes cannot be seen) it is computed directly.
         """
-        if (not self.use_fft or x.device.type != "cpu" or not _plain_inference(self)
-                or x.dtype not in (torch.float32, torch.float64)):
+        spectrum = None
+        if (self.use_fft and x.device.type == "cpu" and _plain_inference(self)
+                and x.dtype in (torch.float32, torch.float64)):
+            spectrum = self._weight_spectrum(_fft_size(x.shape[1] + self.kernel_size - 1),
+                                             x.dtype)
+        if spectrum is None:
             weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=(0, 1), keepdim=True)
             y = F.conv1d(x.transpose(1, 2), weight, self.bias, padding=self.kernel_size // 2,
                          groups=self.groups)
             if self.kernel_size % 2 == 0:
                 y = y[:, :, :-1]
         else:
-            y = self.conv_fft(x)
+            y = self.conv_fft(x, spectrum)
         return F.gelu(y).transpose(1, 2)
 
-    def conv_fft(self, x: torch.Tensor) -> torch.Tensor:
+    def conv_fft(self, x: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
         """The grouped convolution (bias added, before the GELU) through the FFT.
 
         ``(batch, frames, E)`` -> ``(batch, E, frames)``: the full linear convolution with the
-        flipped kernel, cropped to the outputs the padded cross-correlation keeps.
+        flipped kernel (``spectrum``, ``(groups, bins, out, in)`` from :meth:`_weight_spectrum`),
+        cropped to the outputs the padded cross-correlation keeps.
         """
         batch, frames, E = x.shape
         groups, k = self.groups, self.kernel_size
         size = _fft_size(frames + k - 1)
-        spectrum = self._weight_spectrum(size, x.dtype)                      # (g, F, Co, Ci)
         xs = x.transpose(1, 2).reshape(batch, groups, E // groups, frames)
         xf = torch.fft.rfft(xs, n=size).permute(1, 3, 2, 0)                  # (g, F, Ci, B)
         yf = torch.matmul(spectrum, xf).permute(3, 0, 2, 1)                  # (B, g, Co, F)
@@ -733,14 +753,18 @@ class PositionalConv(Counted):
         y = torch.fft.irfft(yf, n=size)[..., start:start + frames]
         return y.reshape(batch, E, frames) + self.bias.to(x.dtype)[None, :, None]
 
-    def _weight_spectrum(self, size: int, dtype: torch.dtype) -> torch.Tensor:
-        """The rfft of the flipped, normalised kernel, kept while the weights are unchanged."""
-        params = (self.weight_v, self.weight_g)
-        stamp = tuple((p, p._version, p.data_ptr()) for p in params)
+    def _weight_spectrum(self, size: int, dtype: torch.dtype) -> torch.Tensor | None:
+        """The rfft of the flipped, normalised kernel, kept while the weights are unchanged.
+
+        ``None`` when the weights are inference tensors (then the direct convolution is used).
+        """
+        stamp = _stamp(self.weight_v, self.weight_g)
+        if stamp is None:
+            return None
         key = (size, self.weight_v.device, dtype)
         cache = self.__dict__.setdefault("_spectrum_cache", OrderedDict())
         hit = cache.get(key)
-        if hit is not None and all(a[0] is b[0] and a[1:] == b[1:] for a, b in zip(hit[0], stamp)):
+        if hit is not None and _unchanged(hit[0], stamp):
             cache.move_to_end(key)
             return hit[1]
         weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=(0, 1), keepdim=True)
@@ -798,10 +822,12 @@ class Encoder(Counted):
             return self._build_position_bias(num_frames)
         weight = self.rel_attn_embed.weight
         key = (num_frames, weight.device, weight.dtype)
-        stamp = (weight, weight._version, weight.data_ptr())
+        stamp = _stamp(weight)
+        if stamp is None:
+            return self._build_position_bias(num_frames)
         cache = self.__dict__.setdefault("_bias_cache", OrderedDict())
         hit = cache.get(key)
-        if hit is not None and hit[0][0] is weight and hit[0][1:] == stamp[1:]:
+        if hit is not None and _unchanged(hit[0], stamp):
             cache.move_to_end(key)
             return hit[1]
         bias = self._build_position_bias(num_frames)

@@ -192,3 +192,32 @@ def test_weights_made_under_inference_mode_are_never_kept():
     assert not bias_cache(model) and not spectrum_cache(model)
     assert (edited[-1] - first[-1]).abs().max() > 1e-3
     assert_close_outputs(edited, plain_forward(model, waveforms), 0.0)
+
+
+def measuring_tool():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "measure_call_costs.py"
+    spec = importlib.util.spec_from_file_location("measure_call_costs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_measured_alternatives_compute_the_same_function():
+    tool = measuring_tool()
+    torch.manual_seed(2)
+    conv = PositionalConv(64, 16, 8).eval()
+    x = torch.randn(2, 30, 64)
+    with torch.no_grad():
+        folded = conv.weight_g * conv.weight_v / conv.weight_v.norm(dim=(0, 1), keepdim=True)
+        direct = tool._direct(conv, folded, x)
+        assert (tool._unfold_bmm(conv, folded, x) - direct).abs().max() <= FFT_TOLERANCE
+        assert (conv(x) - direct).abs().max() <= FFT_TOLERANCE
+        ffn = components.FeedForward(64, 53).eval()
+        h = torch.randn(2, 30, 64)
+        for multiple in (8, 16, 32):
+            padded = tool._padded(ffn, multiple)
+            assert padded.num_units % multiple == 0 and padded.num_units >= 53
+            assert (padded(h) - ffn(h)).abs().max() <= 1e-6

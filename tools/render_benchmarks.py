@@ -20,6 +20,11 @@ Three kinds of result files are read:
   (``"mode": "embeddings"``): one row per file, the stage's seconds with one ResNet pass per
   (window, speaker) and with one per window, and the speed-up.
 
+- per-call cost measurements, the JSON written by ``tools/measure_call_costs.py``
+  (``"mode": "call-costs"``): speed-ups of the eval-mode savings of the encoder, the
+  positional-conv variants, zero-padded FFN widths, and segmentation throughput and peak memory
+  per batch size.
+
 Any other JSON file is skipped with a message. The hand-written commentary of
 ``--notes`` is appended verbatim, except that a line ``<!-- backbone-profile: FILE -->`` becomes
 the table of the time per part of each model in ``RESULTS/FILE``, the JSON written by
@@ -57,7 +62,8 @@ def load_results(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[tuple
                                              list[str]]:
     """Backbone results, pipeline results and messages about skipped files, by file name.
 
-    Embedding-stage results are counted among the pipeline results (see :func:`render`).
+    Embedding-stage and per-call cost results are counted among the pipeline results (see
+    :func:`render`).
     """
     backbones, pipelines, skipped = [], [], []
     for path in sorted(results_dir.glob("*.json")):
@@ -67,7 +73,8 @@ def load_results(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[tuple
             raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
         if isinstance(data, dict) and isinstance(data.get("models"), list):
             backbones.append((path, data))
-        elif isinstance(data, dict) and data.get("mode") in ("pipeline", "embeddings"):
+        elif isinstance(data, dict) and data.get("mode") in ("pipeline", "embeddings",
+                                                             "call-costs"):
             pipelines.append((path, data))
         else:
             skipped.append(f"{path}: neither a backbone nor a pipeline benchmark; skipped")
@@ -219,6 +226,73 @@ def render_pipelines(results: list[tuple[Path, dict]]) -> list[str]:
     return lines
 
 
+def _ratio_table(path: Path, rows: list[dict], ratio_key: str, label: str) -> list[str]:
+    """Variants as rows, the speed-up at each batch size and the largest difference as columns."""
+    batches = [_field(path, row, "batch_size") for row in rows]
+    variants = list(_field(path, rows[0], ratio_key))
+    header = [label, *[f"speed-up b={b}" for b in batches], "max abs difference"]
+    table = []
+    for variant in variants:
+        diff = max(_field(path, row, "max_abs_diff")[variant] for row in rows)
+        table.append([variant, *[f"{row[ratio_key][variant]:.2f}x" for row in rows],
+                      f"{diff:.1e}"])
+    return _table(header, table)
+
+
+def render_call_costs(path: Path, data: dict) -> list[str]:
+    """Markdown lines for one ``tools/measure_call_costs.py`` file."""
+    seconds = _field(path, data, "seconds")
+    lines = [f"### {path.name}", "",
+             f"{seconds:g} s windows, random weights; variants interleaved in each repeat, "
+             "medians of the timed runs (`--repeats` for the backbone, 2 more for the "
+             "positional conv, 4 more for the FFNs, 1 fewer per batch size, in the command's "
+             f"last run of that part); {_environment(data)}. The machine is shared, so the "
+             "tables give ratios of times measured side by side.", ""]
+    if "encoder" in data:
+        rows = data["encoder"]
+        header = ["model", "batch", "kept bias", "kept bias + FFT positional conv",
+                  "max abs difference"]
+        table = [[MODEL_LABELS.get(_field(path, r, "model"), r["model"]),
+                  str(_field(path, r, "batch_size")),
+                  f"{r['speedup_vs_plain']['bias']:.2f}x",
+                  f"{r['speedup_vs_plain']['bias+fft']:.2f}x",
+                  f"{max(r['max_abs_diff'].values()):.1e}"] for r in rows]
+        lines += ["Backbone forward pass in eval, speed-up over the same model with both "
+                  "savings off (hidden states compared with it):", ""]
+        lines += _table(header, table) + [""]
+    if "positional_conv" in data:
+        rows = data["positional_conv"]
+        lines += [f"Positional conv alone (Base+ and Base+ s80 share it: 768 channels, kernel "
+                  f"128, 16 groups; {rows[0]['frames']} frames), speed-up over the direct "
+                  "convolution with its weight normalised on every call:", ""]
+        lines += _ratio_table(path, rows, "speedup_vs_former", "variant") + [""]
+    if "ffn_padding" in data:
+        ffn = data["ffn_padding"]
+        widths = ", ".join(str(w) for w in _field(path, ffn, "widths"))
+        lines += [f"The FFNs of Base+ s80 (widths {widths}) with zero units appended, "
+                  "speed-up over the pruned widths:", ""]
+        lines += _ratio_table(path, _field(path, ffn, "rows"), "speedup_vs_pruned",
+                              "FFN widths") + [""]
+    if "batch_size" in data:
+        batch = data["batch_size"]
+        rows = _field(path, batch, "rows")
+        first = rows[0]["windows_per_s"]
+        header = ["batch", "windows/s", f"throughput vs b={rows[0]['batch_size']}",
+                  "peak RSS"]
+        table = [[str(r["batch_size"]), f"{r['windows_per_s']:.2f}",
+                  f"{r['windows_per_s'] / first:.2f}x", f"{r['peak_rss_mb']:.0f} MiB"]
+                 for r in rows]
+        lines += [f"Segmentation (WavLM {MODEL_LABELS.get(batch['model'], batch['model'])} + "
+                  "Conformer) per batch size, each in a fresh process (peak RSS of that "
+                  "process):", ""]
+        lines += _table(header, table)
+        lines += ["", "Smallest batch within 5 % of the best throughput: "
+                  f"{_field(path, batch, 'recommended_cpu_batch_size')}.", ""]
+    if data.get("command"):
+        lines += [f"Command: `{data['command']}`", ""]
+    return lines
+
+
 def render_profile(path: Path) -> list[str]:
     """Markdown lines for one ``tools/profile_backbones.py`` file: milliseconds per model part."""
     try:
@@ -266,6 +340,7 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
     else:
         lines += ["No backbone results yet (`slimdiar bench MODEL... --json FILE`).", ""]
     embeddings = [(path, data) for path, data in pipelines if data.get("mode") == "embeddings"]
+    call_costs = [(path, data) for path, data in pipelines if data.get("mode") == "call-costs"]
     pipelines = [(path, data) for path, data in pipelines if data.get("mode") == "pipeline"]
     lines += ["## Diarization pipeline", ""]
     if pipelines:
@@ -276,6 +351,10 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
         lines += ["### Embedding stage: one ResNet pass per window against one per "
                   "(window, speaker)", ""]
         lines += render_embeddings(embeddings)
+    if call_costs:
+        lines += ["## Per-call costs that MACs do not count", ""]
+        for path, data in call_costs:
+            lines += render_call_costs(path, data)
     text = "\n".join(lines)
     if notes is not None:
         if not notes.is_file():

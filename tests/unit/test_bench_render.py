@@ -262,3 +262,44 @@ def test_the_cost_data_quotes_the_analytic_macs_of_the_presets():
     for model in data["gpu_estimate"]["models"]:
         macs = WavLM.from_preset(model["preset"]).macs(1.0)
         assert model["gmac_per_second"] == pytest.approx(macs / 1e9, abs=0.005)
+
+
+def call_costs_result():
+    def ratios(names, values):
+        return dict(zip(names, values))
+    conv = ["direct, weight norm per call", "fft, kept spectrum"]
+    ffn = ["pruned widths", "padded to 8"]
+    return {
+        "mode": "call-costs", "seconds": 8.0, "repeats": 3, "warmup": 1, "device": "cpu",
+        "threads": 2, "torch": "2.13.0", "dtype": "float32",
+        "command": "python tools/measure_call_costs.py",
+        "encoder": [{"model": "wavlm-base-plus-s80", "batch_size": 8,
+                     "speedup_vs_plain": {"plain": 1.0, "bias": 1.04, "bias+fft": 1.5},
+                     "max_abs_diff": {"plain": 0.0, "bias": 0.0, "bias+fft": 2e-6}}],
+        "positional_conv": [
+            {"batch_size": b, "frames": 399, "speedup_vs_former": ratios(conv, [1.0, s]),
+             "max_abs_diff": ratios(conv, [0.0, d])} for b, s, d in [(1, 1.5, 1e-6),
+                                                                     (8, 4.25, 3e-6)]],
+        "ffn_padding": {"widths": [53, 80], "rows": [
+            {"batch_size": 1, "speedup_vs_pruned": ratios(ffn, [1.0, 0.98]),
+             "max_abs_diff": ratios(ffn, [0.0, 0.0])}]},
+        "batch_size": {"model": "wavlm-base-plus-s80", "recommended_cpu_batch_size": 4,
+                       "rows": [{"batch_size": 1, "windows_per_s": 2.0, "peak_rss_mb": 400.0},
+                                {"batch_size": 4, "windows_per_s": 3.0, "peak_rss_mb": 700.4}]},
+    }
+
+
+def test_call_cost_tables(renderer, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "call-costs.json").write_text(json.dumps(call_costs_result()))
+    text, skipped = renderer.render(folder, None)
+    assert not skipped
+    assert "## Per-call costs that MACs do not count" in text
+    assert "| Base+ s80 | 8 | 1.04x | 1.50x | 2.0e-06 |" in text
+    assert "| fft, kept spectrum | 1.50x | 4.25x | 3.0e-06 |" in text
+    assert "| variant | speed-up b=1 | speed-up b=8 | max abs difference |" in text
+    assert "(widths 53, 80)" in text and "| padded to 8 | 0.98x | 0.0e+00 |" in text
+    assert "| 4 | 3.00 | 1.50x | 700 MiB |" in text
+    assert "within 5 % of the best throughput: 4." in text
+    assert "Command: `python tools/measure_call_costs.py`" in text

@@ -198,7 +198,7 @@ def measuring_tool():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "tools" / "measure_call_costs.py"
+    path = Path(__file__).resolve().parents[2] / "tools" / "measure_call_costs.py"
     spec = importlib.util.spec_from_file_location("measure_call_costs", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -1,6 +1,6 @@
 # make demo  - run the embedded end-to-end demo (creates .venv and installs what it needs)
 # make test  - run the test suite (creates .venv and installs what it needs)
-# make lint  - ruff on src and tests, then mypy on the type-checked packages (MYPY_PATHS)
+# make lint  - ruff (rules on src and tests, formatting of src, tests and tools), then mypy (MYPY_PATHS)
 VENV := .venv
 STAMP_TEST := $(VENV)/.stamp-test
 STAMP_DEMO := $(VENV)/.stamp-demo
@@ -31,6 +31,7 @@ test: $(STAMP_TEST)
 
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests tools
 	$(VENV)/bin/mypy $(MYPY_PATHS)
 
 clean:

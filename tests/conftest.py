@@ -47,5 +47,7 @@ def tiny_eend_model() -> torch.nn.Module:
 def pretrain_corpus(tmp_path_factory) -> tuple[Path, Path]:
     """Train (6 x 4 s) and dev (2 x 2 s) audio trees of tone sequences (read-only: shared)."""
     root = tmp_path_factory.mktemp("audio")
-    return (testing.write_tone_sequence_tree(root / "train", 6, 4.0, 0),
-            testing.write_tone_sequence_tree(root / "dev", 2, 2.0, 1))
+    return (
+        testing.write_tone_sequence_tree(root / "train", 6, 4.0, 0),
+        testing.write_tone_sequence_tree(root / "dev", 2, 2.0, 1),
+    )

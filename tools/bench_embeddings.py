@@ -74,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=40.0, help="recording length")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs of each path")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="pairs (per-pair path) or windows (window path) per call")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="pairs (per-pair path) or windows (window path) per call",
+    )
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -102,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         for name, embed in paths.items():
             start = time.perf_counter()
-            outputs[name] = embed_speakers(waveforms, masks, embed, args.batch_size,
-                                           model.dimension)
+            outputs[name] = embed_speakers(
+                waveforms, masks, embed, args.batch_size, model.dimension
+            )
             times_s[name].append(time.perf_counter() - start)
             print(f"{name}: {times_s[name][-1]:.2f} s", file=sys.stderr)
     active = masks.sum(axis=-1) > 0
@@ -132,11 +137,13 @@ def main(argv: list[str] | None = None) -> int:
         "dtype": "float32",
         "command": shlex.join(["python", "tools/bench_embeddings.py", *sys.argv[1:]]),
     }
-    print(f"{num_windows} windows, {num_pairs} (window, speaker) pairs "
-          f"({result['pairs_per_speaking_window']:.2f} per speaking window): per-pair "
-          f"{statistics.median(times_s['per_pair']):.2f} s, per-window "
-          f"{statistics.median(times_s['per_window']):.2f} s, speed-ups "
-          f"{', '.join(f'{s:.2f}x' for s in speedups)}; max |difference| {max_abs_diff:.2e}")
+    print(
+        f"{num_windows} windows, {num_pairs} (window, speaker) pairs "
+        f"({result['pairs_per_speaking_window']:.2f} per speaking window): per-pair "
+        f"{statistics.median(times_s['per_pair']):.2f} s, per-window "
+        f"{statistics.median(times_s['per_window']):.2f} s, speed-ups "
+        f"{', '.join(f'{s:.2f}x' for s in speedups)}; max |difference| {max_abs_diff:.2e}"
+    )
     if args.json:
         write_json_atomic(args.json, result)
     return 0

@@ -39,12 +39,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         directory = Path(directory)
         export_backbone(load_backbone_for_bench(args.model).eval(), directory / "fp32.onnx")
-        quantize_dynamic(str(directory / "fp32.onnx"), str(directory / "int8.onnx"),
-                         weight_type=QuantType.QInt8)
-        sessions = {name: make_session(directory / f"{name}.onnx", args.threads)
-                    for name in ("fp32", "int8")}
+        quantize_dynamic(
+            str(directory / "fp32.onnx"), str(directory / "int8.onnx"), weight_type=QuantType.QInt8
+        )
+        sessions = {
+            name: make_session(directory / f"{name}.onnx", args.threads)
+            for name in ("fp32", "int8")
+        }
     waveforms = np.random.default_rng(0).standard_normal(
-        (1, int(args.seconds * 16000)), dtype=np.float32)
+        (1, int(args.seconds * 16000)), dtype=np.float32
+    )
     times: dict[str, list[float]] = {name: [] for name in sessions}
     for session in sessions.values():  # warm-up
         session.run(None, {"waveforms": waveforms})
@@ -54,9 +58,11 @@ def main() -> None:
             session.run(None, {"waveforms": waveforms})
             times[name].append(time.perf_counter() - start)
     median = {name: statistics.median(values) for name, values in times.items()}
-    print(f"{args.model}, {args.seconds:g} s, batch 1, {args.threads} threads: "
-          f"fp32 {median['fp32'] * 1000:.1f} ms, int8 {median['int8'] * 1000:.1f} ms, "
-          f"int8 speed-up {median['fp32'] / median['int8']:.2f}x")
+    print(
+        f"{args.model}, {args.seconds:g} s, batch 1, {args.threads} threads: "
+        f"fp32 {median['fp32'] * 1000:.1f} ms, int8 {median['int8'] * 1000:.1f} ms, "
+        f"int8 speed-up {median['fp32'] / median['int8']:.2f}x"
+    )
 
 
 if __name__ == "__main__":

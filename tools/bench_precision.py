@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                     times_s[name].append(time.perf_counter() - start)
     ratios = {
         name: [f / t for f, t in zip(times_s["float32"], times, strict=True)]
-        for name, times in times_s.items() if name != "float32"
+        for name, times in times_s.items()
+        if name != "float32"
     }
     result = {
         "mode": "precision-probe",
@@ -76,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join(["python", "tools/bench_precision.py", *sys.argv[1:]]),
     }
     for name, values in ratios.items():
-        print(f"{name}: speed-up vs float32 per round "
-              f"{', '.join(f'{r:.2f}x' for r in values)} (median {statistics.median(values):.2f}x)")
+        print(
+            f"{name}: speed-up vs float32 per round "
+            f"{', '.join(f'{r:.2f}x' for r in values)} (median {statistics.median(values):.2f}x)"
+        )
     if args.json:
         write_text_atomic(args.json, json.dumps(result, indent=1) + "\n")
     return 0

@@ -52,8 +52,9 @@ BATCH_SIZES = (1, 4, 8, 16, 32)
 PAD_MULTIPLES = (8, 16, 32)
 
 
-def round_robin(variants: dict[str, Callable[[], object]], warmup: int,
-                repeats: int) -> dict[str, float]:
+def round_robin(
+    variants: dict[str, Callable[[], object]], warmup: int, repeats: int
+) -> dict[str, float]:
     """Median seconds of each variant, the variants interleaved within every repeat."""
     for run in variants.values():
         for _ in range(warmup):
@@ -80,11 +81,13 @@ def _switched(model: WavLM, bias: bool, fft: bool) -> Callable:
         model.encoder.pos_conv.use_fft = fft
         with torch.inference_mode():
             return model(waveforms)
+
     return run
 
 
-def measure_encoder(seconds: float, batch_sizes: dict[str, list[int]], warmup: int,
-                    repeats: int) -> list:
+def measure_encoder(
+    seconds: float, batch_sizes: dict[str, list[int]], warmup: int, repeats: int
+) -> list:
     """Measurement 1: backbone forward passes with the eval-mode savings off and on."""
     rows = []
     for name, sizes in batch_sizes.items():
@@ -96,13 +99,25 @@ def measure_encoder(seconds: float, batch_sizes: dict[str, list[int]], warmup: i
             runs = {label: _switched(model, *flags) for label, flags in settings.items()}
             reference = runs["plain"](waveforms)
             diffs = {label: _max_diff(run(waveforms), reference) for label, run in runs.items()}
-            medians = round_robin({label: (lambda run=run, w=waveforms: run(w))
-                                   for label, run in runs.items()}, warmup, repeats)
-            rows.append({"model": name, "batch_size": batch, "median_s": medians,
-                         "speedup_vs_plain": {k: medians["plain"] / v for k, v in medians.items()},
-                         "max_abs_diff": diffs})
-            print(f"encoder {name} b={batch}: " + ", ".join(
-                f"{k} {v * 1000:.0f} ms" for k, v in medians.items()), file=sys.stderr)
+            medians = round_robin(
+                {label: (lambda run=run, w=waveforms: run(w)) for label, run in runs.items()},
+                warmup,
+                repeats,
+            )
+            rows.append(
+                {
+                    "model": name,
+                    "batch_size": batch,
+                    "median_s": medians,
+                    "speedup_vs_plain": {k: medians["plain"] / v for k, v in medians.items()},
+                    "max_abs_diff": diffs,
+                }
+            )
+            print(
+                f"encoder {name} b={batch}: "
+                + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in medians.items()),
+                file=sys.stderr,
+            )
         del model.encoder.cache_position_bias, model.encoder.pos_conv.use_fft
     return rows
 
@@ -121,17 +136,18 @@ def _unfold_bmm(conv: PositionalConv, weight: torch.Tensor, x: torch.Tensor) -> 
     channels = E // groups
     matrix = weight.reshape(groups, channels, channels * k)
     outputs = []
-    for item in x:                                                         # (T, E)
-        padded = F.pad(item.t(), (k // 2, k // 2))                         # (E, T + 2p)
-        columns = padded.unfold(1, k, 1)[:, :frames]                       # (E, T, k)
+    for item in x:  # (T, E)
+        padded = F.pad(item.t(), (k // 2, k // 2))  # (E, T + 2p)
+        columns = padded.unfold(1, k, 1)[:, :frames]  # (E, T, k)
         columns = columns.reshape(groups, channels, frames, k).transpose(2, 3)
         outputs.append(torch.bmm(matrix, columns.reshape(groups, channels * k, frames)))
     y = torch.stack(outputs).reshape(len(x), E, frames) + conv.bias[None, :, None]
     return F.gelu(y).transpose(1, 2)
 
 
-def measure_positional_conv(seconds: float, batch_sizes: list[int], warmup: int,
-                            repeats: int) -> list:
+def measure_positional_conv(
+    seconds: float, batch_sizes: list[int], warmup: int, repeats: int
+) -> list:
     """Measurement 2: the positional conv computed four ways."""
     torch.manual_seed(0)
     model = WavLM.from_preset("wavlm-base-plus")
@@ -157,11 +173,20 @@ def measure_positional_conv(seconds: float, batch_sizes: list[int], warmup: int,
             diffs = {label: _max_diff(run(), reference) for label, run in variants.items()}
             medians = round_robin(variants, warmup, repeats)
             first = medians["direct, weight norm per call"]
-            rows.append({"batch_size": batch, "frames": frames, "median_s": medians,
-                         "speedup_vs_former": {k: first / v for k, v in medians.items()},
-                         "max_abs_diff": diffs})
-            print(f"positional conv b={batch}: " + ", ".join(
-                f"{k} {v * 1000:.0f} ms" for k, v in medians.items()), file=sys.stderr)
+            rows.append(
+                {
+                    "batch_size": batch,
+                    "frames": frames,
+                    "median_s": medians,
+                    "speedup_vs_former": {k: first / v for k, v in medians.items()},
+                    "max_abs_diff": diffs,
+                }
+            )
+            print(
+                f"positional conv b={batch}: "
+                + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in medians.items()),
+                file=sys.stderr,
+            )
     return rows
 
 
@@ -183,8 +208,7 @@ def _padded(ffn: FeedForward, multiple: int) -> FeedForward:
     return padded
 
 
-def measure_ffn_padding(seconds: float, batch_sizes: list[int], warmup: int,
-                        repeats: int) -> dict:
+def measure_ffn_padding(seconds: float, batch_sizes: list[int], warmup: int, repeats: int) -> dict:
     """Measurement 3: Base+ s80's FFNs at their pruned widths and zero-padded."""
     torch.manual_seed(0)
     model = WavLM.from_preset(SEGMENTATION_MODEL).eval()
@@ -196,17 +220,28 @@ def measure_ffn_padding(seconds: float, batch_sizes: list[int], warmup: int,
     with torch.inference_mode():
         for batch in batch_sizes:
             x = torch.randn(batch, frames, model.config.embed_dim)
-            variants = {label: (lambda stack=stack, x=x: [f(x) for f in stack])
-                        for label, stack in versions.items()}
+            variants = {
+                label: (lambda stack=stack, x=x: [f(x) for f in stack])
+                for label, stack in versions.items()
+            }
             reference = variants["pruned widths"]()
             diffs = {label: _max_diff(run(), reference) for label, run in variants.items()}
             medians = round_robin(variants, warmup, repeats)
             first = medians["pruned widths"]
-            rows.append({"batch_size": batch, "frames": frames, "median_s": medians,
-                         "speedup_vs_pruned": {k: first / v for k, v in medians.items()},
-                         "max_abs_diff": diffs})
-            print(f"ffn padding b={batch}: " + ", ".join(
-                f"{k} {v * 1000:.0f} ms" for k, v in medians.items()), file=sys.stderr)
+            rows.append(
+                {
+                    "batch_size": batch,
+                    "frames": frames,
+                    "median_s": medians,
+                    "speedup_vs_pruned": {k: first / v for k, v in medians.items()},
+                    "max_abs_diff": diffs,
+                }
+            )
+            print(
+                f"ffn padding b={batch}: "
+                + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in medians.items()),
+                file=sys.stderr,
+            )
     return {"widths": [f.num_units for f in ffns], "rows": rows}
 
 
@@ -235,32 +270,50 @@ def batch_child(batch: int, seconds: float, repeats: int, threads: int) -> dict:
     before = _peak_rss_mb()
     times = []
     with torch.inference_mode():
-        model(waveforms[:1])                                              # warm-up
+        model(waveforms[:1])  # warm-up
         for _ in range(repeats):
             start = time.perf_counter()
             model(waveforms)
             times.append(time.perf_counter() - start)
     latency = statistics.median(times)
-    return {"batch_size": batch, "median_s": latency, "windows_per_s": batch / latency,
-            "peak_rss_mb": _peak_rss_mb(), "rss_before_mb": before}
+    return {
+        "batch_size": batch,
+        "median_s": latency,
+        "windows_per_s": batch / latency,
+        "peak_rss_mb": _peak_rss_mb(),
+        "rss_before_mb": before,
+    }
 
 
-def measure_batch_sizes(seconds: float, batch_sizes: list[int], repeats: int,
-                        threads: int) -> dict:
+def measure_batch_sizes(seconds: float, batch_sizes: list[int], repeats: int, threads: int) -> dict:
     """Measurement 4: segmentation throughput and peak RSS per batch size, a process each."""
     rows = []
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     for batch in batch_sizes:
-        command = [sys.executable, __file__, "--child-batch", str(batch), "--seconds",
-                   str(seconds), "--repeats", str(repeats), "--threads", str(threads)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child-batch",
+            str(batch),
+            "--seconds",
+            str(seconds),
+            "--repeats",
+            str(repeats),
+            "--threads",
+            str(threads),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"batch size {batch}: the measuring process failed:\n"
-                               f"{done.stderr[-2000:]}")
+            raise RuntimeError(
+                f"batch size {batch}: the measuring process failed:\n{done.stderr[-2000:]}"
+            )
         row = json.loads(done.stdout.strip().splitlines()[-1])
         rows.append(row)
-        print(f"segmentation b={batch}: {row['windows_per_s']:.2f} windows/s, "
-              f"peak RSS {row['peak_rss_mb']:.0f} MiB", file=sys.stderr)
+        print(
+            f"segmentation b={batch}: {row['windows_per_s']:.2f} windows/s, "
+            f"peak RSS {row['peak_rss_mb']:.0f} MiB",
+            file=sys.stderr,
+        )
     best = max(row["windows_per_s"] for row in rows)
     # The smallest batch within 5 % of the best throughput: the memory beyond it buys nothing.
     chosen = min(row["batch_size"] for row in rows if row["windows_per_s"] >= 0.95 * best)
@@ -274,51 +327,82 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="window length (default 8)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per variant")
-    parser.add_argument("--warmup", type=int, default=0,
-                        help="untimed runs per variant besides the one that compares its output "
-                             "(default 0)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8],
-                        help="batch sizes of measurements 1-3 (default 1 8)")
-    parser.add_argument("--base-plus-batch-sizes", type=int, nargs="+", default=[1],
-                        help="batch sizes of Base+ in measurement 1 (default 1; Base+ s80 takes "
-                             "--batch-sizes)")
-    parser.add_argument("--segmentation-batch-sizes", type=int, nargs="+",
-                        default=list(BATCH_SIZES), help="batch sizes of measurement 4")
-    parser.add_argument("--only", nargs="+",
-                        choices=["encoder", "positional_conv", "ffn_padding", "batch_size"],
-                        help="run only these measurements (the others are kept from --out)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=0,
+        help="untimed runs per variant besides the one that compares its output (default 0)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 8],
+        help="batch sizes of measurements 1-3 (default 1 8)",
+    )
+    parser.add_argument(
+        "--base-plus-batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="batch sizes of Base+ in measurement 1 (default 1; Base+ s80 takes --batch-sizes)",
+    )
+    parser.add_argument(
+        "--segmentation-batch-sizes",
+        type=int,
+        nargs="+",
+        default=list(BATCH_SIZES),
+        help="batch sizes of measurement 4",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=["encoder", "positional_conv", "ffn_padding", "batch_size"],
+        help="run only these measurements (the others are kept from --out)",
+    )
     parser.add_argument("--child-batch", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child_batch is not None:
-        print(json.dumps(batch_child(args.child_batch, args.seconds, args.repeats,
-                                     args.threads)))
+        print(json.dumps(batch_child(args.child_batch, args.seconds, args.repeats, args.threads)))
         return 0
     torch.set_num_threads(args.threads)
     chosen = set(args.only or ["encoder", "positional_conv", "ffn_padding", "batch_size"])
     result = json.loads(args.out.read_text()) if args.only and args.out.is_file() else {}
     started = time.perf_counter()
     if "encoder" in chosen:
-        sizes = {"wavlm-base-plus": args.base_plus_batch_sizes,
-                 "wavlm-base-plus-s80": args.batch_sizes}
+        sizes = {
+            "wavlm-base-plus": args.base_plus_batch_sizes,
+            "wavlm-base-plus-s80": args.batch_sizes,
+        }
         result["encoder"] = measure_encoder(args.seconds, sizes, args.warmup, args.repeats)
     if "positional_conv" in chosen:
         result["positional_conv"] = measure_positional_conv(
-            args.seconds, args.batch_sizes, args.warmup, args.repeats + 2)
+            args.seconds, args.batch_sizes, args.warmup, args.repeats + 2
+        )
     if "ffn_padding" in chosen:
-        result["ffn_padding"] = measure_ffn_padding(args.seconds, args.batch_sizes, args.warmup,
-                                                    args.repeats + 4)
+        result["ffn_padding"] = measure_ffn_padding(
+            args.seconds, args.batch_sizes, args.warmup, args.repeats + 4
+        )
     if "batch_size" in chosen:
-        result["batch_size"] = measure_batch_sizes(args.seconds, args.segmentation_batch_sizes,
-                                                   max(1, args.repeats - 1), args.threads)
+        result["batch_size"] = measure_batch_sizes(
+            args.seconds, args.segmentation_batch_sizes, max(1, args.repeats - 1), args.threads
+        )
     command = "OMP_NUM_THREADS=2 python tools/measure_call_costs.py " + " ".join(
-        argv if argv is not None else sys.argv[1:])
-    if args.only and result.get("command"):     # a re-run of some measurements
+        argv if argv is not None else sys.argv[1:]
+    )
+    if args.only and result.get("command"):  # a re-run of some measurements
         command = f"{result['command']}, then {command}"
-    result.update({
-        "mode": "call-costs", "seconds": args.seconds, "repeats": args.repeats,
-        "warmup": args.warmup, **environment("cpu", torch.float32), "command": command,
-        "wall_s": round(time.perf_counter() - started + result.get("wall_s", 0.0), 1),
-    })
+    result.update(
+        {
+            "mode": "call-costs",
+            "seconds": args.seconds,
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            **environment("cpu", torch.float32),
+            "command": command,
+            "wall_s": round(time.perf_counter() - started + result.get("wall_s", 0.0), 1),
+        }
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out, result)
     print(f"wrote {args.out}", file=sys.stderr)

@@ -57,11 +57,21 @@ def main() -> None:
     print("|---|---|---|---|")
     for size in args.sizes:
         extra = [args.plda] if args.plda else []
-        done = subprocess.run([sys.executable, "-c", CHILD, str(size), args.method, *extra],
-                              capture_output=True, text=True, check=True)
+        done = subprocess.run(
+            [sys.executable, "-c", CHILD, str(size), args.method, *extra],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         n, peak_mib, seconds, clusters = done.stdout.split()
-        rows.append({"num_embeddings": int(n), "peak_mib": float(peak_mib),
-                     "seconds": float(seconds), "num_clusters": int(clusters)})
+        rows.append(
+            {
+                "num_embeddings": int(n),
+                "peak_mib": float(peak_mib),
+                "seconds": float(seconds),
+                "num_clusters": int(clusters),
+            }
+        )
         print(f"| {n} | {float(peak_mib):.0f} | {float(seconds):.2f} | {clusters} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -93,8 +93,13 @@ def choose(thresholds: list[float], mean_der: list[float], tolerance: float) -> 
     return thresholds[run[(len(run) - 1) // 2]]
 
 
-def measure_dir(pipeline: CachedEmbeddingPipeline, data_dir: Path, thresholds: list[float],
-                min_cluster_size: int, max_recordings: int | None) -> dict:
+def measure_dir(
+    pipeline: CachedEmbeddingPipeline,
+    data_dir: Path,
+    thresholds: list[float],
+    min_cluster_size: int,
+    max_recordings: int | None,
+) -> dict:
     """DER (and its parts) of one data directory at every threshold."""
     data = DataDir.load(data_dir)
     uris = list(data.recordings)[:max_recordings]
@@ -109,11 +114,15 @@ def measure_dir(pipeline: CachedEmbeddingPipeline, data_dir: Path, thresholds: l
             result = pipeline(data.recordings[uri].path, reference=data.turns[uri], uri=uri)
             turns.extend(result.turns)
             found.append(result.num_speakers)
-        total = score_diarization(reference, annotations_from_turns(turns), uem,
-                                  collar_s=0.0).total
-        rows.append({"threshold": threshold, "der": round(total.der, 5),
-                     "confusion": round(total.confusion_s / total.total_s, 5),
-                     "num_speakers": found})
+        total = score_diarization(reference, annotations_from_turns(turns), uem, collar_s=0.0).total
+        rows.append(
+            {
+                "threshold": threshold,
+                "der": round(total.der, 5),
+                "confusion": round(total.confusion_s / total.total_s, 5),
+                "num_speakers": found,
+            }
+        )
         print(f"{data_dir}: threshold {threshold:.2f}: DER {total.der:.4f}", file=sys.stderr)
     speakers = [len({t.speaker for t in data.turns[uri]}) for uri in uris]
     return {
@@ -142,19 +151,22 @@ def render(data: dict) -> str:
         f"make errors; `min_cluster_size` = {data['min_cluster_size']}, the other settings "
         "the pipeline's defaults.",
         "",
-        "| threshold | " + " | ".join(f"DER {n}" for n in names) + " | mean DER | "
-        + " | ".join(f"speakers found {n}" for n in names) + " |",
+        "| threshold | "
+        + " | ".join(f"DER {n}" for n in names)
+        + " | mean DER | "
+        + " | ".join(f"speakers found {n}" for n in names)
+        + " |",
         "|---:|" + "---:|" * (len(names) + 1) + "---|" * len(names),
     ]
     for i, threshold in enumerate(data["thresholds"]):
         ders = [f"{d['rows'][i]['der'] * 100:.2f} %" for d in data["data_dirs"]]
-        found = [" ".join(str(n) for n in d["rows"][i]["num_speakers"])
-                 for d in data["data_dirs"]]
+        found = [" ".join(str(n) for n in d["rows"][i]["num_speakers"]) for d in data["data_dirs"]]
         mean = f"{data['mean_der'][i] * 100:.2f} %"
         if threshold == data["chosen"]:
             mean = f"**{mean}**"
-        lines.append(f"| {threshold:.2f} | " + " | ".join(ders) + f" | {mean} | "
-                     + " | ".join(found) + " |")
+        lines.append(
+            f"| {threshold:.2f} | " + " | ".join(ders) + f" | {mean} | " + " | ".join(found) + " |"
+        )
     refs = ", ".join(
         f"{n}: {len(d['recordings'])} of {d['num_recordings_available']} recordings, "
         f"{d['duration_s'] / 60:.1f} min, reference speakers "
@@ -184,16 +196,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("data_dirs", nargs="*", type=Path, metavar="DATA_DIR")
     parser.add_argument("--embedding", default="ge2e")
     parser.add_argument("--thresholds", type=parse_grid, default=parse_grid("0.30:0.90:0.05"))
-    parser.add_argument("--min-cluster-size", type=int,
-                        default=AgglomerativeClustering.min_cluster_size)
+    parser.add_argument(
+        "--min-cluster-size", type=int, default=AgglomerativeClustering.min_cluster_size
+    )
     parser.add_argument("--max-recordings", type=int, help="first N recordings of each dir")
     parser.add_argument("--step", type=float, help="windows.step_s (default: the pipeline's)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tie-tolerance", type=float, default=0.001)
     parser.add_argument("--json", type=Path, default=Path("docs/clustering-threshold.json"))
     parser.add_argument("--doc", type=Path, default=Path("docs/clustering-threshold.md"))
-    parser.add_argument("--render-only", action="store_true",
-                        help="only rewrite --doc from an existing --json")
+    parser.add_argument(
+        "--render-only", action="store_true", help="only rewrite --doc from an existing --json"
+    )
     args = parser.parse_args(argv)
     if args.render_only:
         args.doc.write_text(render(json.loads(args.json.read_text())))
@@ -206,20 +220,27 @@ def main(argv: list[str] | None = None) -> int:
     settings: dict = {"segmentation": {"source": "oracle"}}
     if args.step is not None:
         settings["windows"] = {"step_s": args.step}
-    loaded = DiarizationPipeline.from_pretrained(None, embedding=args.embedding,
-                                                 settings=settings)
-    pipeline = CachedEmbeddingPipeline(loaded.segmentation_model, loaded.embedding_model,
-                                       loaded.config, embedding_name=args.embedding)
+    loaded = DiarizationPipeline.from_pretrained(None, embedding=args.embedding, settings=settings)
+    pipeline = CachedEmbeddingPipeline(
+        loaded.segmentation_model,
+        loaded.embedding_model,
+        loaded.config,
+        embedding_name=args.embedding,
+    )
     tic = time.perf_counter()
     try:
         for data_dir in args.data_dirs:  # every directory is checked before any is measured
             DataDir.load(data_dir)
-        dirs = [measure_dir(pipeline, d, args.thresholds, args.min_cluster_size,
-                            args.max_recordings) for d in args.data_dirs]
+        dirs = [
+            measure_dir(pipeline, d, args.thresholds, args.min_cluster_size, args.max_recordings)
+            for d in args.data_dirs
+        ]
     except SlimdiarError as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
-    mean_der = [round(float(np.mean([d["rows"][i]["der"] for d in dirs])), 5)
-                for i in range(len(args.thresholds))]
+    mean_der = [
+        round(float(np.mean([d["rows"][i]["der"] for d in dirs])), 5)
+        for i in range(len(args.thresholds))
+    ]
     data = {
         "mode": "clustering-threshold",
         "embedding": args.embedding,
@@ -236,8 +257,13 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "host": platform.processor() or platform.machine(),
         "seconds": round(time.perf_counter() - tic, 1),
-        "command": shlex.join(["python", "tools/measure_clustering_threshold.py",
-                               *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(
+            [
+                "python",
+                "tools/measure_clustering_threshold.py",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(data, indent=2) + "\n")

@@ -79,7 +79,8 @@ def synthesize(voice: str, text: str, speed_wpm: int, workdir: Path) -> np.ndarr
     path = workdir / "utterance.wav"
     subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-w", str(path), text],
-        check=True, capture_output=True,
+        check=True,
+        capture_output=True,
     )
     audio, rate = soundfile.read(path, dtype="float32")
     return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32)
@@ -166,16 +167,17 @@ def measure() -> dict:
     results["ge2e-unmasked-mixture"] = trial_statistics(np.concatenate(mixtures), voice_index)
 
     config = FbankConfig(num_mel_bins=80, input_scale=32768.0)
-    mean_fbank = np.stack([
-        kaldi_fbank(torch.from_numpy(u)[None], config)[0].mean(dim=0).numpy()
-        for u in utterances
-    ])
+    mean_fbank = np.stack(
+        [kaldi_fbank(torch.from_numpy(u)[None], config)[0].mean(dim=0).numpy() for u in utterances]
+    )
     results["mean-log-mel"] = trial_statistics(mean_fbank, voice_index)
 
     durations_s = [len(u) / SAMPLE_RATE for u in utterances]
-    espeak_version = subprocess.run(
-        ["espeak-ng", "--version"], capture_output=True, text=True
-    ).stdout.split("Data at")[0].strip()
+    espeak_version = (
+        subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True)
+        .stdout.split("Data at")[0]
+        .strip()
+    )
     return {
         "command": "python " + " ".join(["tools/measure_embeddings.py", *sys.argv[1:]]),
         "audio": {
@@ -252,12 +254,24 @@ def update_docs(docs: Path, report: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1])
-    parser.add_argument("--out", type=Path, default=Path("docs/embeddings.json"),
-                        help="where to write the JSON report")
-    parser.add_argument("--docs", type=Path, default=None,
-                        help="Markdown file whose measure_embeddings table is regenerated")
-    parser.add_argument("--from-json", type=Path, default=None,
-                        help="skip the measurement and regenerate the table from this JSON")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/embeddings.json"),
+        help="where to write the JSON report",
+    )
+    parser.add_argument(
+        "--docs",
+        type=Path,
+        default=None,
+        help="Markdown file whose measure_embeddings table is regenerated",
+    )
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        default=None,
+        help="skip the measurement and regenerate the table from this JSON",
+    )
     args = parser.parse_args(argv)
     if args.from_json is not None:
         report = json.loads(args.from_json.read_text())

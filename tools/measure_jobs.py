@@ -63,15 +63,19 @@ def render(data: dict) -> str:
         times = ", ".join(f"{t:.1f}" for t in run["wall_s"])
         rows.append(f"| {run['jobs']} | {run['threads']} | {times} | {run['median_s']:.1f} |")
     load = data["load_average"]
-    return "\n".join([
-        *rows, "",
-        f"`--jobs 1` / `--jobs 2` wall time: **{data['ratio']:.2f}×** "
-        f"({data['recordings']} recordings of {data['seconds']:g} s, {data['cores']} cores, "
-        f"torch {data['torch']}; load average {load['before']:.1f} before and "
-        f"{load['after']:.1f} after, on a machine shared with other work, so the ratio is "
-        "noisy).", "",
-        f"Command: `{data['command']}`",
-    ])
+    return "\n".join(
+        [
+            *rows,
+            "",
+            f"`--jobs 1` / `--jobs 2` wall time: **{data['ratio']:.2f}×** "
+            f"({data['recordings']} recordings of {data['seconds']:g} s, {data['cores']} cores, "
+            f"torch {data['torch']}; load average {load['before']:.1f} before and "
+            f"{load['after']:.1f} after, on a machine shared with other work, so the ratio is "
+            "noisy).",
+            "",
+            f"Command: `{data['command']}`",
+        ]
+    )
 
 
 def rewrite_doc(doc: Path, data: dict) -> None:
@@ -102,9 +106,20 @@ def main(argv: list[str] | None = None) -> int:
         for repeat in range(args.repeats):
             for jobs in (1, 2):
                 out = root / f"out-{jobs}-{repeat}"
-                command = [sys.executable, "-m", "slimdiar", "diarize", "--model",
-                           str(checkpoint), str(audio), "--out", str(out), "--quiet",
-                           "--jobs", str(jobs)]
+                command = [
+                    sys.executable,
+                    "-m",
+                    "slimdiar",
+                    "diarize",
+                    "--model",
+                    str(checkpoint),
+                    str(audio),
+                    "--out",
+                    str(out),
+                    "--quiet",
+                    "--jobs",
+                    str(jobs),
+                ]
                 tic = time.perf_counter()
                 subprocess.run(command, check=True)
                 walls[jobs].append(round(time.perf_counter() - tic, 2))
@@ -115,11 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         "recordings": args.recordings,
         "seconds": args.seconds,
         "cores": cores,
-        "runs": [{"jobs": jobs, "threads": threads_per_job(jobs, cores), "wall_s": walls[jobs],
-                  "median_s": round(medians[jobs], 2)} for jobs in (1, 2)],
+        "runs": [
+            {
+                "jobs": jobs,
+                "threads": threads_per_job(jobs, cores),
+                "wall_s": walls[jobs],
+                "median_s": round(medians[jobs], 2),
+            }
+            for jobs in (1, 2)
+        ],
         "ratio": round(medians[1] / medians[2], 3),
-        "load_average": {"before": round(load_before, 2),
-                         "after": round(os.getloadavg()[0], 2)},
+        "load_average": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "segmentation_model": "random EEND on wavlm-tiny",
         "embedding_model": "ge2e",
         "torch": torch.__version__,

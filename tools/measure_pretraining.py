@@ -35,8 +35,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- measurement:begin -->", "<!-- measurement:end -->"
 GENERATED_BY = "python tools/measure_pretraining.py"
-HEAD = {"d_model": 128, "num_heads": 4, "ffn_dim": 256, "conv_kernel": 15, "num_blocks": 2,
-        "dropout": 0.1}
+HEAD = {
+    "d_model": 128,
+    "num_heads": 4,
+    "ffn_dim": 256,
+    "conv_kernel": 15,
+    "num_blocks": 2,
+    "dropout": 0.1,
+}
 
 
 def simulate(work: Path, seed: int) -> Path:
@@ -47,10 +53,15 @@ def simulate(work: Path, seed: int) -> Path:
     pool = TTSVoicePool(work / "voices", num_speakers=24, utterances_per_speaker=8)
     if pool.missing():
         pool.prepare(2)
-    simulate_data_dirs(pool, work / "data", SimulationConfig(duration_s=60.0, min_speakers=2,
-                                                             max_speakers=3),
-                       {"train": 8, "dev": 3, "test": 2}, seed=seed, num_workers=2,
-                       overwrite=True)
+    simulate_data_dirs(
+        pool,
+        work / "data",
+        SimulationConfig(duration_s=60.0, min_speakers=2, max_speakers=3),
+        {"train": 8, "dev": 3, "test": 2},
+        seed=seed,
+        num_workers=2,
+        overwrite=True,
+    )
     return work
 
 
@@ -79,14 +90,22 @@ def run_pretrain(args, work: Path, train_scp: Path, dev_scp: Path) -> dict:
     exp = work / "pretrain"
     shutil.rmtree(exp, ignore_errors=True)
     sets = [
-        'model.backbone="wavlm-demo"', f"targets.num_clusters={args.clusters}",
-        "targets.kmeans_passes=1", "head.proj_dim=128",
-        f"data.crop_duration_s={args.crop_s}", f"data.shift_s={args.crop_s}",
-        f"data.val_crop_duration_s={args.crop_s}", f"data.val_shift_s={args.crop_s}",
-        f"optim.lr={args.pretrain_lr}", f"trainer.max_epochs={args.pretrain_epochs}",
+        'model.backbone="wavlm-demo"',
+        f"targets.num_clusters={args.clusters}",
+        "targets.kmeans_passes=1",
+        "head.proj_dim=128",
+        f"data.crop_duration_s={args.crop_s}",
+        f"data.shift_s={args.crop_s}",
+        f"data.val_crop_duration_s={args.crop_s}",
+        f"data.val_shift_s={args.crop_s}",
+        f"optim.lr={args.pretrain_lr}",
+        f"trainer.max_epochs={args.pretrain_epochs}",
         f"trainer.max_steps_per_epoch={args.pretrain_steps}",
-        f"trainer.batch_size={args.batch_size}", "trainer.num_workers=0",
-        'trainer.device="cpu"', f"trainer.seed={args.seed}", "trainer.progress=false",
+        f"trainer.batch_size={args.batch_size}",
+        "trainer.num_workers=0",
+        'trainer.device="cpu"',
+        f"trainer.seed={args.seed}",
+        "trainer.progress=false",
     ]
     config = load_config(PretrainConfig, None, sets)
     start = time.perf_counter()
@@ -120,25 +139,35 @@ def run_finetune(args, work: Path, demo: Path, name: str, backbone: str) -> dict
     shutil.rmtree(exp, ignore_errors=True)
     config = FinetuneConfig(
         model=ModelSection(backbone="wavlm-demo", frontend="wavlm", **HEAD),
-        data=DataSection(chunk_duration_s=4.0, shift_s=4.0, val_chunk_duration_s=4.0,
-                         val_shift_s=4.0),
+        data=DataSection(
+            chunk_duration_s=4.0, shift_s=4.0, val_chunk_duration_s=4.0, val_shift_s=4.0
+        ),
         optim=OptimSection(lr_backbone=1e-3, lr_head=2e-3, weight_decay=0.0),
-        trainer=TrainerConfig(max_epochs=args.finetune_epochs, patience=0, average_best=1,
-                              batch_size=args.batch_size, seed=3407 + args.seed, num_workers=0,
-                              device="cpu", max_steps_per_epoch=args.finetune_steps,
-                              progress=False),
+        trainer=TrainerConfig(
+            max_epochs=args.finetune_epochs,
+            patience=0,
+            average_best=1,
+            batch_size=args.batch_size,
+            seed=3407 + args.seed,
+            num_workers=0,
+            device="cpu",
+            max_steps_per_epoch=args.finetune_steps,
+            progress=False,
+        ),
     )
     start = time.perf_counter()
-    result = finetune(config, demo / "data" / "train", demo / "data" / "dev", exp,
-                      backbone=backbone)
+    result = finetune(
+        config, demo / "data" / "train", demo / "data" / "dev", exp, backbone=backbone
+    )
     records = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
     return {
         "backbone": "slimdiar pretrain" if backbone != "wavlm-demo" else "random wavlm-demo",
         "seconds": time.perf_counter() - start,
         "steps": result.steps,
         "epochs": result.epochs_run,
-        "dev": {k: result.best_metrics[k] for k in
-                ("der", "missed", "false_alarm", "confusion", "loss")},
+        "dev": {
+            k: result.best_metrics[k] for k in ("der", "missed", "false_alarm", "confusion", "loss")
+        },
         "dev_der_per_epoch": [r["val/der"] for r in records if r["type"] == "epoch"],
     }
 
@@ -154,8 +183,10 @@ def measure(args) -> dict:
     dev = source_scp(demo, "dev", work / "pt-dev")
     start = time.perf_counter()
     pre = run_pretrain(args, work, work / "pt-train" / "wav.scp", work / "pt-dev" / "wav.scp")
-    runs = [run_finetune(args, work, demo, "finetune-pretrained", pre["best"]),
-            run_finetune(args, work, demo, "finetune-random", "wavlm-demo")]
+    runs = [
+        run_finetune(args, work, demo, "finetune-pretrained", pre["best"]),
+        run_finetune(args, work, demo, "finetune-random", "wavlm-demo"),
+    ]
     conversations = json.loads((demo / "data" / "train" / "simulation.json").read_text())
     return {
         "generated_by": GENERATED_BY,
@@ -164,9 +195,12 @@ def measure(args) -> dict:
         "pretrain": {k: v for k, v in pre.items() if k != "best"},
         "finetune": runs,
         "total_seconds": time.perf_counter() - start,
-        "machine": {"cpu": platform.processor() or platform.machine(),
-                    "cores": os.cpu_count(), "torch_threads": args.threads,
-                    "load_average_1min_at_end": os.getloadavg()[0]},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch_threads": args.threads,
+            "load_average_1min_at_end": os.getloadavg()[0],
+        },
     }
 
 
@@ -175,8 +209,7 @@ def render(data: dict) -> str:
     tr, dv = audio["train"], audio["dev"]
     lines = [
         BEGIN,
-        f"<!-- generated by `{data['generated_by']}` from docs/pretraining.json; "
-        "do not edit -->",
+        f"<!-- generated by `{data['generated_by']}` from docs/pretraining.json; do not edit -->",
         "",
         "## Measured: pretraining the demo's WavLM, then fine-tuning with the same budget",
         "",
@@ -194,7 +227,8 @@ def render(data: dict) -> str:
         f"{pre['chance_loss']:.3f})",
         "- validation masked loss per epoch: "
         + ", ".join(f"{v:.3f}" for v in pre["val_masked_loss"])
-        + "; masked accuracy: " + ", ".join(f"{v:.3f}" for v in pre["val_masked_accuracy"]),
+        + "; masked accuracy: "
+        + ", ".join(f"{v:.3f}" for v in pre["val_masked_accuracy"]),
         "",
         "Fine-tuning on the simulated training conversations "
         f"({data['finetuning_data']['train_recordings']} recordings), same budget for both, "
@@ -210,7 +244,9 @@ def render(data: dict) -> str:
             f"| {run['backbone']} | {run['steps']} | {run['seconds'] / 60:.1f} | "
             f"{100 * d['der']:.1f} % | {100 * d['missed']:.1f} % | "
             f"{100 * d['false_alarm']:.1f} % | {100 * d['confusion']:.1f} % | "
-            + ", ".join(f"{100 * v:.1f}" for v in run["dev_der_per_epoch"]) + " |")
+            + ", ".join(f"{100 * v:.1f}" for v in run["dev_der_per_epoch"])
+            + " |"
+        )
     pretrained, random = data["finetune"]
     gap = 100 * (random["dev"]["der"] - pretrained["dev"]["der"])
     lines += [
@@ -233,7 +269,7 @@ def write_section(path: Path, section: str) -> None:
 
     text = path.read_text() if path.exists() else ""
     if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1:]
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1 :]
     else:
         text = text.rstrip("\n") + "\n\n" + section
     write_text_atomic(path, text)

@@ -37,16 +37,34 @@ ROOT = Path(__file__).resolve().parents[1]
 GENERATED_BY = "python tools/measure_pruning.py"
 
 
-def run_one(work: Path, teacher: Path, objective: str, target: float, seed: int,
-            setting: list[str]) -> dict:
+def run_one(
+    work: Path, teacher: Path, objective: str, target: float, seed: int, setting: list[str]
+) -> dict:
     """One ``slimdiar prune`` run in a fresh process; its outcome as a dict."""
     from slimdiar.models import WavLM
 
     out = work / f"{objective}-{target}-seed{seed}"
-    command = [sys.executable, "-m", "slimdiar", "prune", "--teacher", str(teacher),
-               "--sparsity", str(target), "--train", str(work / "train"), "--dev",
-               str(work / "dev"), "--out", str(out), *setting,
-               "--set", f"trainer.seed={seed}", "--set", f'prune.objective="{objective}"']
+    command = [
+        sys.executable,
+        "-m",
+        "slimdiar",
+        "prune",
+        "--teacher",
+        str(teacher),
+        "--sparsity",
+        str(target),
+        "--train",
+        str(work / "train"),
+        "--dev",
+        str(work / "dev"),
+        "--out",
+        str(out),
+        *setting,
+        "--set",
+        f"trainer.seed={seed}",
+        "--set",
+        f'prune.objective="{objective}"',
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
@@ -91,8 +109,9 @@ def reference_setting(setting: list[str]) -> list[str]:
 
 
 def measure(args) -> dict:
-    setting = (TONE_PRUNE_SETTING if args.setting == "tests"
-               else reference_setting(TONE_PRUNE_SETTING))
+    setting = (
+        TONE_PRUNE_SETTING if args.setting == "tests" else reference_setting(TONE_PRUNE_SETTING)
+    )
 
     jobs = [("params", t, s) for t in args.targets for s in args.seeds]
     jobs += [("macs", t, s) for t in args.mac_targets for s in args.seeds]
@@ -101,17 +120,23 @@ def measure(args) -> dict:
         write_tone_train_dev(work)
         teacher = finetune_tiny_teacher(work / "train", work / "dev", work / "finetuned")
         with ThreadPoolExecutor(args.jobs) as pool:
-            futures = [pool.submit(run_one, work, teacher, o, t, s, setting)
-                       for o, t, s in jobs]
+            futures = [pool.submit(run_one, work, teacher, o, t, s, setting) for o, t, s in jobs]
             runs = []
             for future in futures:
                 runs.append(future.result())
                 run = runs[-1]
-                print(f"{run['objective']} {run['target']} seed {run['seed']}: reached "
-                      f"{run['reached_param_sparsity']:.4f} params, "
-                      f"{run['reached_mac_sparsity']:.4f} MACs", flush=True)
-    return {"setting": setting, "setting_name": args.setting, "teacher_backbone": "wavlm-mini",
-            "runs": runs}
+                print(
+                    f"{run['objective']} {run['target']} seed {run['seed']}: reached "
+                    f"{run['reached_param_sparsity']:.4f} params, "
+                    f"{run['reached_mac_sparsity']:.4f} MACs",
+                    flush=True,
+                )
+    return {
+        "setting": setting,
+        "setting_name": args.setting,
+        "teacher_backbone": "wavlm-mini",
+        "runs": runs,
+    }
 
 
 def render(data: dict) -> str:
@@ -145,12 +170,18 @@ def render(data: dict) -> str:
         )
     kept_runs = [run for run in data["runs"] if "kept" in run]
     if kept_runs:
-        lines += ["", "Kept by each run (conv channels of each layer | heads per layer | FFN "
-                  "units per layer):", ""]
+        lines += [
+            "",
+            "Kept by each run (conv channels of each layer | heads per layer | FFN "
+            "units per layer):",
+            "",
+        ]
         for run in kept_runs:
             kept = run["kept"]
-            lines.append(f"- {run['objective']} {run['target']}, seed {run['seed']}: "
-                         f"{kept['conv_channels']} | {kept['heads']} | {kept['ffn_units']}")
+            lines.append(
+                f"- {run['objective']} {run['target']}, seed {run['seed']}: "
+                f"{kept['conv_channels']} | {kept['heads']} | {kept['ffn_units']}"
+            )
     lines += ["", "Deterministic sparsity after every epoch:", ""]
     for run in data["runs"]:
         values = " ".join(f"{s:.3f}" for s in run["epoch_sparsity"])
@@ -159,20 +190,27 @@ def render(data: dict) -> str:
 
 
 def _json_name(data: dict) -> str:
-    return ("docs/pruning-targets-reference.json" if data.get("setting_name") == "reference"
-            else "docs/pruning-targets.json")
+    return (
+        "docs/pruning-targets-reference.json"
+        if data.get("setting_name") == "reference"
+        else "docs/pruning-targets.json"
+    )
 
 
 def _rule(data: dict) -> str:
     if data.get("setting_name") == "reference":
-        return ("The setting leaves the final-model rule and the log-alphas at the reference "
-                "recipe's defaults: the final model averages (weights and log-alphas) the 5 "
-                "epochs with the lowest total dev loss from the loss peak on, no log-alpha "
-                "bound, early stop after 5 epochs without a lower loss past the warm-up.")
-    return ("The final model is the on-target checkpoint past the warm-up with the lowest "
-            "validation distillation loss (`prune.final_model=\"on-target\"` and "
-            "`prune.gate_bound=0.001` in the setting; the defaults are the reference's average "
-            "of 5 epochs from the loss peak on, without a bound).")
+        return (
+            "The setting leaves the final-model rule and the log-alphas at the reference "
+            "recipe's defaults: the final model averages (weights and log-alphas) the 5 "
+            "epochs with the lowest total dev loss from the loss peak on, no log-alpha "
+            "bound, early stop after 5 epochs without a lower loss past the warm-up."
+        )
+    return (
+        "The final model is the on-target checkpoint past the warm-up with the lowest "
+        'validation distillation loss (`prune.final_model="on-target"` and '
+        "`prune.gate_bound=0.001` in the setting; the defaults are the reference's average "
+        "of 5 epochs from the loss peak on, without a bound)."
+    )
 
 
 def _warmup_epochs(setting: list[str]) -> int:
@@ -184,21 +222,33 @@ def _warmup_epochs(setting: list[str]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[3407, 1, 2],
-                        help="trainer seeds (3407, the default of every stage, is the tests')")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[3407, 1, 2],
+        help="trainer seeds (3407, the default of every stage, is the tests')",
+    )
     parser.add_argument("--targets", type=float, nargs="+", default=[0.5, 0.8, 0.9])
     parser.add_argument("--mac-targets", type=float, nargs="*", default=[0.5])
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=None,
-                        help="default: docs/pruning-targets.json, or "
-                             "docs/pruning-targets-reference.json with --setting reference")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="default: the --json path with .md")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="default: docs/pruning-targets.json, or "
+        "docs/pruning-targets-reference.json with --setting reference",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="default: the --json path with .md")
     parser.add_argument("--render-only", action="store_true")
-    parser.add_argument("--setting", choices=["tests", "reference"], default="tests",
-                        help="tests: the tests' setting (log-alpha bound, on-target final model); "
-                             "reference: the same without those, i.e. the reference recipe's "
-                             "defaults (default: tests)")
+    parser.add_argument(
+        "--setting",
+        choices=["tests", "reference"],
+        default="tests",
+        help="tests: the tests' setting (log-alpha bound, on-target final model); "
+        "reference: the same without those, i.e. the reference recipe's "
+        "defaults (default: tests)",
+    )
     args = parser.parse_args()
     stem = "pruning-targets-reference" if args.setting == "reference" else "pruning-targets"
     args.json = args.json or ROOT / "docs" / f"{stem}.json"

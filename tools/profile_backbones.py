@@ -56,13 +56,13 @@ def profile(name: str, seconds: float, repeats: int) -> dict:
             runs.append((total, dict(times)))
     total, parts = sorted(runs, key=lambda run: run[0])[len(runs) // 2]
     parts["other (norms, projection, bias)"] = total - sum(parts.values())
-    return {"total_ms": round(total * 1000, 1),
-            **{k: round(v * 1000, 1) for k, v in parts.items()}}
+    return {"total_ms": round(total * 1000, 1), **{k: round(v * 1000, 1) for k, v in parts.items()}}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", required=True)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--repeats", type=int, default=3)
@@ -70,8 +70,15 @@ def main() -> None:
     results = {name: profile(name, args.seconds, args.repeats) for name in PRESETS}
     for name, parts in results.items():
         print(name, parts)
-    write_json_atomic(args.out, {"seconds": args.seconds, "threads": torch.get_num_threads(),
-                                 "torch": torch.__version__, "models": results})
+    write_json_atomic(
+        args.out,
+        {
+            "seconds": args.seconds,
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "models": results,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_RATE = 16000
 FAST = ["--step", "8.0", "--batch-size", "4", "--quiet"]
-RTTM = ("SPEAKER a 1 0.50 2.00 <NA> <NA> A <NA> <NA>\n"
-        "SPEAKER a 1 3.00 1.00 <NA> <NA> B <NA> <NA>\n")
+RTTM = "SPEAKER a 1 0.50 2.00 <NA> <NA> A <NA> <NA>\nSPEAKER a 1 3.00 1.00 <NA> <NA> B <NA> <NA>\n"
 
 
 @dataclass
@@ -104,8 +103,9 @@ def make_inputs(work: Path) -> None:
     from slimdiar.models.wavlm.config import preset
 
     torch.manual_seed(0)
-    config = EENDConfig(wavlm=preset("wavlm-tiny"), d_model=32, num_heads=2, ffn_dim=64,
-                        num_blocks=1)
+    config = EENDConfig(
+        wavlm=preset("wavlm-tiny"), d_model=32, num_heads=2, ffn_dim=64, num_blocks=1
+    )
     EEND(config).save_pretrained(work / "eend")
     silent = EEND(config)
     with torch.no_grad():
@@ -202,6 +202,7 @@ def rttm_is_empty(path: str) -> Callable[[Path], str | None]:
     def check(cwd: Path) -> str | None:
         text = (cwd / path).read_text()
         return None if text == "" else f"{path} is not empty"
+
     return check
 
 
@@ -212,6 +213,7 @@ def turns_within(path: str, start_s: float, end_s: float) -> Callable[[Path], st
             if onset_s < start_s - 1e-3 or onset_s + duration_s > end_s + 1e-3:
                 return f"{path}: a turn lies outside [{start_s}, {end_s}]"
         return None
+
     return check
 
 
@@ -231,214 +233,663 @@ def cases(locked: str | None) -> list[Case]:
         ("Inf samples", "audio/inf.wav", "NaN/Inf sample(s)"),
     ]
     found: list[Case] = [
-        Case("diarize", what, ["diarize", path, "--out", "out", *model, *FAST], "error", reason,
-             absent=["out/" + Path(path).stem + ".rttm"])
+        Case(
+            "diarize",
+            what,
+            ["diarize", path, "--out", "out", *model, *FAST],
+            "error",
+            reason,
+            absent=["out/" + Path(path).stem + ".rttm"],
+        )
         for what, path, reason in diarize_errors
     ]
     found += [
-        Case("diarize", "a truncated WAV (header says 2 s, 0.5 s present)",
-             ["diarize", "audio/cut.wav", "--out", "out", *model, "--num-speakers", "1", *FAST],
-             "warning", "1.500 s missing", present=["out/cut.rttm", "out/cut.json"]),
-        Case("diarize", "samples 24 dB above full scale",
-             ["diarize", "audio/loud.wav", "--out", "out", *model, "--num-speakers", "1", *FAST],
-             "warning", "above full scale", present=["out/loud.rttm"]),
-        Case("diarize", "200 samples of audio (shorter than a window)",
-             ["diarize", "audio/short.wav", "--out", "out", *model, "--num-speakers", "1",
-              *FAST], "result", present=["out/short.rttm", "out/short.json"]),
-        Case("diarize", "digital silence",
-             ["diarize", "audio/quiet.wav", "--out", "out", "--model", "silent-eend", *FAST],
-             "empty", "no speech found", present=["out/quiet.rttm"],
-             check=rttm_is_empty("out/quiet.rttm")),
-        Case("diarize", "stereo audio (downmixed)",
-             ["diarize", "audio/stereo.wav", "--out", "out", *model, "--num-speakers", "1",
-              *FAST], "result", present=["out/stereo.rttm"]),
-        Case("diarize", "8 kHz audio (resampled)",
-             ["diarize", "audio/rate8k.wav", "--out", "out", *model, "--num-speakers", "1",
-              *FAST], "result", present=["out/rate8k.rttm"]),
-        Case("diarize", "a data directory with a uem",
-             ["diarize", "data", "--out", "out", *oracle, "--quiet"], "result",
-             present=["out/a.rttm", "out/a.json"], check=turns_within("out/a.rttm", 1.0, 3.5)),
-        Case("diarize", "a batch with a corrupt file and a space in a name",
-             ["diarize", "batch", "--out", "out", *oracle, "--quiet"], "batch",
-             "2 of 3 recordings failed", present=["out/first.rttm"],
-             absent=["out/broken.rttm", "out/my talk.rttm"]),
-        Case("diarize", "a missing input", ["diarize", "absent.wav", "--out", "out", *model],
-             "error", "no such audio file, directory or wav.scp", absent=["out"]),
-        Case("diarize", "a directory without audio", ["diarize", "docs", "--out", "out", *model],
-             "error", "directory holds no audio file", absent=["out"]),
-        Case("diarize", "an empty wav.scp", ["diarize", "empty.scp", "--out", "out", *model],
-             "error", "lists no recording", absent=["out"]),
-        Case("diarize", "a data directory with an empty wav.scp",
-             ["diarize", "data-empty", "--out", "out", *model], "error", "lists no recording",
-             absent=["out"]),
-        Case("diarize", "a wav.scp line pointing nowhere",
-             ["diarize", "nowhere.scp", "--out", "out", *model, "--num-speakers", "1", *FAST],
-             "batch", "no such audio file", present=["out/good.rttm"], absent=["out/lost.rttm"]),
-        Case("diarize", "a malformed wav.scp line", ["diarize", "bad.scp", "--out", "out", *model],
-             "error", "bad.scp:2", absent=["out"]),
-        Case("diarize", "a malformed oracle RTTM line",
-             ["diarize", "audio/good.wav", "--out", "out", "--oracle-segmentation", "bad.rttm",
-              "--oracle-clustering", "bad.rttm"], "error", "bad.rttm:3", absent=["out"]),
-        Case("diarize", "a missing oracle RTTM",
-             ["diarize", "audio/good.wav", "--out", "out", "--oracle-segmentation",
-              "missing.rttm"], "error", "missing.rttm", absent=["out"]),
-        Case("diarize", "an audio file as --model",
-             ["diarize", "audio/good.wav", "--out", "out", "--model", "audio/good.wav"], "error",
-             "not a slimdiar checkpoint", absent=["out"]),
-        Case("diarize", "a text file as --embedding",
-             ["diarize", "audio/good.wav", "--out", "out", "--oracle-segmentation", "ref.rttm",
-              "--embedding", "notes.txt"], "error", "not a readable torch checkpoint",
-             absent=["out"]),
-        Case("diarize", "--min-speakers above --max-speakers",
-             ["diarize", "audio/good.wav", "--out", "out", *model, "--min-speakers", "3",
-              "--max-speakers", "2"], "error", "--min-speakers (3) is larger", absent=["out"]),
-        Case("diarize", "--num-speakers 0",
-             ["diarize", "audio/good.wav", "--out", "out", *model, "--num-speakers", "0"],
-             "error", "argument --num-speakers", absent=["out"]),
-        Case("diarize", "--step -1",
-             ["diarize", "audio/good.wav", "--out", "out", *model, "--step", "-1"], "error",
-             "argument --step", absent=["out"]),
-        Case("diarize", "an unknown --device",
-             ["diarize", "audio/good.wav", "--out", "out", *model, "--device", "foo"], "error",
-             "unknown device 'foo'", absent=["out"]),
-        Case("diarize", "--out onto a file",
-             ["diarize", "audio/good.wav", "--out", "a-file", *model], "error",
-             "exists and is not a directory"),
-        Case("diarize", "two oracle RTTMs that differ",
-             ["diarize", "audio/good.wav", "--out", "out", "--oracle-segmentation", "ref.rttm",
-              "--oracle-clustering", "hyp.rttm"], "error", "same reference", absent=["out"]),
-        Case("diarize", "no --model and no oracle", ["diarize", "audio/good.wav", "--out", "out"],
-             "error", "--model is required", absent=["out"]),
-        Case("diarize", "Ctrl-C after 1 s",
-             ["diarize", "audio/good.wav", "audio/stereo.wav", "--out", "out", *model, *FAST],
-             "interrupt", sigint_after_s=1.0),
+        Case(
+            "diarize",
+            "a truncated WAV (header says 2 s, 0.5 s present)",
+            ["diarize", "audio/cut.wav", "--out", "out", *model, "--num-speakers", "1", *FAST],
+            "warning",
+            "1.500 s missing",
+            present=["out/cut.rttm", "out/cut.json"],
+        ),
+        Case(
+            "diarize",
+            "samples 24 dB above full scale",
+            ["diarize", "audio/loud.wav", "--out", "out", *model, "--num-speakers", "1", *FAST],
+            "warning",
+            "above full scale",
+            present=["out/loud.rttm"],
+        ),
+        Case(
+            "diarize",
+            "200 samples of audio (shorter than a window)",
+            ["diarize", "audio/short.wav", "--out", "out", *model, "--num-speakers", "1", *FAST],
+            "result",
+            present=["out/short.rttm", "out/short.json"],
+        ),
+        Case(
+            "diarize",
+            "digital silence",
+            ["diarize", "audio/quiet.wav", "--out", "out", "--model", "silent-eend", *FAST],
+            "empty",
+            "no speech found",
+            present=["out/quiet.rttm"],
+            check=rttm_is_empty("out/quiet.rttm"),
+        ),
+        Case(
+            "diarize",
+            "stereo audio (downmixed)",
+            ["diarize", "audio/stereo.wav", "--out", "out", *model, "--num-speakers", "1", *FAST],
+            "result",
+            present=["out/stereo.rttm"],
+        ),
+        Case(
+            "diarize",
+            "8 kHz audio (resampled)",
+            ["diarize", "audio/rate8k.wav", "--out", "out", *model, "--num-speakers", "1", *FAST],
+            "result",
+            present=["out/rate8k.rttm"],
+        ),
+        Case(
+            "diarize",
+            "a data directory with a uem",
+            ["diarize", "data", "--out", "out", *oracle, "--quiet"],
+            "result",
+            present=["out/a.rttm", "out/a.json"],
+            check=turns_within("out/a.rttm", 1.0, 3.5),
+        ),
+        Case(
+            "diarize",
+            "a batch with a corrupt file and a space in a name",
+            ["diarize", "batch", "--out", "out", *oracle, "--quiet"],
+            "batch",
+            "2 of 3 recordings failed",
+            present=["out/first.rttm"],
+            absent=["out/broken.rttm", "out/my talk.rttm"],
+        ),
+        Case(
+            "diarize",
+            "a missing input",
+            ["diarize", "absent.wav", "--out", "out", *model],
+            "error",
+            "no such audio file, directory or wav.scp",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "a directory without audio",
+            ["diarize", "docs", "--out", "out", *model],
+            "error",
+            "directory holds no audio file",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "an empty wav.scp",
+            ["diarize", "empty.scp", "--out", "out", *model],
+            "error",
+            "lists no recording",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "a data directory with an empty wav.scp",
+            ["diarize", "data-empty", "--out", "out", *model],
+            "error",
+            "lists no recording",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "a wav.scp line pointing nowhere",
+            ["diarize", "nowhere.scp", "--out", "out", *model, "--num-speakers", "1", *FAST],
+            "batch",
+            "no such audio file",
+            present=["out/good.rttm"],
+            absent=["out/lost.rttm"],
+        ),
+        Case(
+            "diarize",
+            "a malformed wav.scp line",
+            ["diarize", "bad.scp", "--out", "out", *model],
+            "error",
+            "bad.scp:2",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "a malformed oracle RTTM line",
+            [
+                "diarize",
+                "audio/good.wav",
+                "--out",
+                "out",
+                "--oracle-segmentation",
+                "bad.rttm",
+                "--oracle-clustering",
+                "bad.rttm",
+            ],
+            "error",
+            "bad.rttm:3",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "a missing oracle RTTM",
+            ["diarize", "audio/good.wav", "--out", "out", "--oracle-segmentation", "missing.rttm"],
+            "error",
+            "missing.rttm",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "an audio file as --model",
+            ["diarize", "audio/good.wav", "--out", "out", "--model", "audio/good.wav"],
+            "error",
+            "not a slimdiar checkpoint",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "a text file as --embedding",
+            [
+                "diarize",
+                "audio/good.wav",
+                "--out",
+                "out",
+                "--oracle-segmentation",
+                "ref.rttm",
+                "--embedding",
+                "notes.txt",
+            ],
+            "error",
+            "not a readable torch checkpoint",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "--min-speakers above --max-speakers",
+            [
+                "diarize",
+                "audio/good.wav",
+                "--out",
+                "out",
+                *model,
+                "--min-speakers",
+                "3",
+                "--max-speakers",
+                "2",
+            ],
+            "error",
+            "--min-speakers (3) is larger",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "--num-speakers 0",
+            ["diarize", "audio/good.wav", "--out", "out", *model, "--num-speakers", "0"],
+            "error",
+            "argument --num-speakers",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "--step -1",
+            ["diarize", "audio/good.wav", "--out", "out", *model, "--step", "-1"],
+            "error",
+            "argument --step",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "an unknown --device",
+            ["diarize", "audio/good.wav", "--out", "out", *model, "--device", "foo"],
+            "error",
+            "unknown device 'foo'",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "--out onto a file",
+            ["diarize", "audio/good.wav", "--out", "a-file", *model],
+            "error",
+            "exists and is not a directory",
+        ),
+        Case(
+            "diarize",
+            "two oracle RTTMs that differ",
+            [
+                "diarize",
+                "audio/good.wav",
+                "--out",
+                "out",
+                "--oracle-segmentation",
+                "ref.rttm",
+                "--oracle-clustering",
+                "hyp.rttm",
+            ],
+            "error",
+            "same reference",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "no --model and no oracle",
+            ["diarize", "audio/good.wav", "--out", "out"],
+            "error",
+            "--model is required",
+            absent=["out"],
+        ),
+        Case(
+            "diarize",
+            "Ctrl-C after 1 s",
+            ["diarize", "audio/good.wav", "audio/stereo.wav", "--out", "out", *model, *FAST],
+            "interrupt",
+            sigint_after_s=1.0,
+        ),
     ]
     found += [
-        Case("score", "a malformed hypothesis line", ["score", "--ref", "ref.rttm", "--hyp",
-             "bad.rttm"], "error", "bad.rttm:3"),
-        Case("score", "a missing reference", ["score", "--ref", "nothing", "--hyp", "hyp.rttm"],
-             "error", "no such RTTM file or directory"),
+        Case(
+            "score",
+            "a malformed hypothesis line",
+            ["score", "--ref", "ref.rttm", "--hyp", "bad.rttm"],
+            "error",
+            "bad.rttm:3",
+        ),
+        Case(
+            "score",
+            "a missing reference",
+            ["score", "--ref", "nothing", "--hyp", "hyp.rttm"],
+            "error",
+            "no such RTTM file or directory",
+        ),
         Case("score", "--collar -1", [*score, "--collar", "-1"], "error", "--collar must be >= 0"),
-        Case("score", "a directory without RTTMs", ["score", "--ref", "docs", "--hyp",
-             "hyp.rttm"], "error", "neither an 'rttm' file nor any *.rttm file"),
-        Case("score", "an empty reference", ["score", "--ref", "empty.rttm", "--hyp", "hyp.rttm",
-             "--json", "der.json"], "error", None, absent=["der.json"]),
-        Case("score", "--collar nan", [*score, "--collar", "nan", "--json", "der.json"], "error",
-             None, absent=["der.json"]),
-        Case("score", "a recording in two RTTMs of a directory",
-             ["score", "--ref", "rttms", "--hyp", "hyp.rttm", "--json", "der.json"], "error",
-             None, absent=["der.json"]),
-        Case("score", "--json onto a directory", [*score, "--json", "a-dir"], "error",
-             "argument --json", absent=["a-dir/der.json"]),
-        Case("score", "--json under a file", [*score, "--json", "a-file/der.json"], "error",
-             "is a file, not a directory"),
-        Case("score", "a data directory as reference",
-             ["score", "--ref", "data", "--hyp", "hyp.rttm", "--json", "der.json"], "result",
-             present=["der.json"]),
+        Case(
+            "score",
+            "a directory without RTTMs",
+            ["score", "--ref", "docs", "--hyp", "hyp.rttm"],
+            "error",
+            "neither an 'rttm' file nor any *.rttm file",
+        ),
+        Case(
+            "score",
+            "an empty reference",
+            ["score", "--ref", "empty.rttm", "--hyp", "hyp.rttm", "--json", "der.json"],
+            "error",
+            None,
+            absent=["der.json"],
+        ),
+        Case(
+            "score",
+            "--collar nan",
+            [*score, "--collar", "nan", "--json", "der.json"],
+            "error",
+            None,
+            absent=["der.json"],
+        ),
+        Case(
+            "score",
+            "a recording in two RTTMs of a directory",
+            ["score", "--ref", "rttms", "--hyp", "hyp.rttm", "--json", "der.json"],
+            "error",
+            None,
+            absent=["der.json"],
+        ),
+        Case(
+            "score",
+            "--json onto a directory",
+            [*score, "--json", "a-dir"],
+            "error",
+            "argument --json",
+            absent=["a-dir/der.json"],
+        ),
+        Case(
+            "score",
+            "--json under a file",
+            [*score, "--json", "a-file/der.json"],
+            "error",
+            "is a file, not a directory",
+        ),
+        Case(
+            "score",
+            "a data directory as reference",
+            ["score", "--ref", "data", "--hyp", "hyp.rttm", "--json", "der.json"],
+            "result",
+            present=["der.json"],
+        ),
     ]
     found += [
-        Case("bench", "an unknown preset", ["bench", "wavlm-gigantic"], "error",
-             "neither a preset"),
-        Case("bench", "a text file as MODEL", ["bench", "notes.txt", "--seconds", "0.5"], "error",
-             "not a readable torch checkpoint"),
-        Case("bench", "--threads 0", ["bench", "wavlm-tiny", "--threads", "0"], "error",
-             "argument --threads"),
-        Case("bench", "--json onto a directory", ["bench", "wavlm-tiny", "--json", "a-dir"],
-             "error", "argument --json"),
-        Case("bench", "--json under a file", ["bench", "wavlm-tiny", "--json", "a-file/b.json"],
-             "error", "is a file, not a directory"),
-        Case("bench", "--pipeline with a missing checkpoint",
-             ["bench", "--pipeline", "missing", "--seconds", "4"], "error", "missing"),
-        Case("bench", "--pipeline --seconds 0", ["bench", "--pipeline", "eend", "--seconds", "0"],
-             "error", "must be positive"),
+        Case(
+            "bench", "an unknown preset", ["bench", "wavlm-gigantic"], "error", "neither a preset"
+        ),
+        Case(
+            "bench",
+            "a text file as MODEL",
+            ["bench", "notes.txt", "--seconds", "0.5"],
+            "error",
+            "not a readable torch checkpoint",
+        ),
+        Case(
+            "bench",
+            "--threads 0",
+            ["bench", "wavlm-tiny", "--threads", "0"],
+            "error",
+            "argument --threads",
+        ),
+        Case(
+            "bench",
+            "--json onto a directory",
+            ["bench", "wavlm-tiny", "--json", "a-dir"],
+            "error",
+            "argument --json",
+        ),
+        Case(
+            "bench",
+            "--json under a file",
+            ["bench", "wavlm-tiny", "--json", "a-file/b.json"],
+            "error",
+            "is a file, not a directory",
+        ),
+        Case(
+            "bench",
+            "--pipeline with a missing checkpoint",
+            ["bench", "--pipeline", "missing", "--seconds", "4"],
+            "error",
+            "missing",
+        ),
+        Case(
+            "bench",
+            "--pipeline --seconds 0",
+            ["bench", "--pipeline", "eend", "--seconds", "0"],
+            "error",
+            "must be positive",
+        ),
         Case("bench", "no MODEL", ["bench"], "error", "give at least one MODEL"),
-        Case("bench", "Ctrl-C after 0.5 s",
-             ["bench", "wavlm-tiny", "--seconds", "0.5", "--repeats", "50", "--json",
-              "bench.json"], "interrupt", absent=["bench.json"], sigint_after_s=0.5),
-        Case("bench", "Ctrl-C after 3 s",
-             ["bench", "wavlm-tiny", "--seconds", "0.5", "--repeats", "200", "--json",
-              "bench.json"], "interrupt", absent=["bench.json"], sigint_after_s=3.0),
+        Case(
+            "bench",
+            "Ctrl-C after 0.5 s",
+            ["bench", "wavlm-tiny", "--seconds", "0.5", "--repeats", "50", "--json", "bench.json"],
+            "interrupt",
+            absent=["bench.json"],
+            sigint_after_s=0.5,
+        ),
+        Case(
+            "bench",
+            "Ctrl-C after 3 s",
+            ["bench", "wavlm-tiny", "--seconds", "0.5", "--repeats", "200", "--json", "bench.json"],
+            "interrupt",
+            absent=["bench.json"],
+            sigint_after_s=3.0,
+        ),
     ]
     found += [
-        Case("simulate", "--out onto a file", ["simulate", "--speakers-from", "TONES", "--out",
-             "a-file"], "error", "exists and is not a directory"),
-        Case("simulate", "--jobs 0", ["simulate", "--speakers-from", "TONES", "--out", "sim",
-             "--jobs", "0"], "error", "argument --jobs", absent=["sim"]),
-        Case("simulate", "--tts-speakers 0", ["simulate", "--speakers-from", "TONES", "--out",
-             "sim", "--tts-speakers", "0"], "error", "argument --tts-speakers", absent=["sim"]),
-        Case("simulate", "--duration-s -1", ["simulate", "--speakers-from", "TONES", "--out",
-             "sim", "--duration-s", "-1"], "error", "--duration-s must be > 0", absent=["sim"]),
-        Case("simulate", "a missing --speakers-from corpus",
-             ["simulate", "--speakers-from", "nowhere", "--out", "sim"], "error", "nowhere",
-             absent=["sim"]),
-        Case("simulate", "a speaker range LOW above HIGH",
-             ["simulate", "--speakers-from", "TONES", "--out", "sim",
-              "--speakers-per-recording", "4-2"], "error", "LOW above HIGH", absent=["sim"]),
+        Case(
+            "simulate",
+            "--out onto a file",
+            ["simulate", "--speakers-from", "TONES", "--out", "a-file"],
+            "error",
+            "exists and is not a directory",
+        ),
+        Case(
+            "simulate",
+            "--jobs 0",
+            ["simulate", "--speakers-from", "TONES", "--out", "sim", "--jobs", "0"],
+            "error",
+            "argument --jobs",
+            absent=["sim"],
+        ),
+        Case(
+            "simulate",
+            "--tts-speakers 0",
+            ["simulate", "--speakers-from", "TONES", "--out", "sim", "--tts-speakers", "0"],
+            "error",
+            "argument --tts-speakers",
+            absent=["sim"],
+        ),
+        Case(
+            "simulate",
+            "--duration-s -1",
+            ["simulate", "--speakers-from", "TONES", "--out", "sim", "--duration-s", "-1"],
+            "error",
+            "--duration-s must be > 0",
+            absent=["sim"],
+        ),
+        Case(
+            "simulate",
+            "a missing --speakers-from corpus",
+            ["simulate", "--speakers-from", "nowhere", "--out", "sim"],
+            "error",
+            "nowhere",
+            absent=["sim"],
+        ),
+        Case(
+            "simulate",
+            "a speaker range LOW above HIGH",
+            [
+                "simulate",
+                "--speakers-from",
+                "TONES",
+                "--out",
+                "sim",
+                "--speakers-per-recording",
+                "4-2",
+            ],
+            "error",
+            "LOW above HIGH",
+            absent=["sim"],
+        ),
     ]
     found += [
-        Case("finetune", "--out onto a file", ["finetune", *train, "--out", "a-file"], "error",
-             "exists and is not a directory"),
-        Case("finetune", "a negative learning rate in --set",
-             ["finetune", "--config", "tiny.toml", "--set", "optim.lr_head=-1", *train, "--out",
-              "exp"], "error",
-             "--set optim.lr_head=-1: optim.lr_head must be > 0", absent=["exp"]),
-        Case("finetune", "a negative learning rate in the TOML file",
-             ["finetune", "--config", "neg.toml", *train, "--out", "exp"], "error",
-             "neg.toml: optim.lr_head must be > 0", absent=["exp"]),
-        Case("finetune", "a misspelt key in the TOML file",
-             ["finetune", "--config", "typo.toml", *train, "--out", "exp"], "error",
-             "unknown key model.d_modle", absent=["exp"]),
-        Case("finetune", "invalid TOML", ["finetune", "--config", "broken.toml", *train, "--out",
-             "exp"], "error", "invalid TOML", absent=["exp"]),
-        Case("finetune", "a word where a number goes in --set",
-             ["finetune", "--config", "tiny.toml", "--set", "trainer.batch_size=four", *train,
-              "--out", "exp"], "error",
-             "--set trainer.batch_size=four", absent=["exp"]),
-        Case("finetune", "a missing training directory",
-             ["finetune", "--config", "tiny.toml", "--train", "nowhere", "--dev", "data",
-              "--out", "exp"], "error", "nowhere"),
-        Case("prune", "--sparsity 1.5", ["prune", "--teacher", "eend", "--sparsity", "1.5",
-             *train, "--out", "exp"], "error", "sparsity", absent=["exp"]),
-        Case("prune", "a missing teacher", ["prune", "--teacher", "missing", *train, "--out",
-             "exp"], "error", "missing", absent=["exp"]),
-        Case("prune", "--out under a file", ["prune", "--teacher", "eend", *train, "--out",
-             "a-file/exp"], "error", "is a file, not a directory"),
-        Case("distill", "a missing student", ["distill", "--student", "missing", "--teacher",
-             "eend", *train, "--out", "exp"], "error", "missing", absent=["exp"]),
+        Case(
+            "finetune",
+            "--out onto a file",
+            ["finetune", *train, "--out", "a-file"],
+            "error",
+            "exists and is not a directory",
+        ),
+        Case(
+            "finetune",
+            "a negative learning rate in --set",
+            [
+                "finetune",
+                "--config",
+                "tiny.toml",
+                "--set",
+                "optim.lr_head=-1",
+                *train,
+                "--out",
+                "exp",
+            ],
+            "error",
+            "--set optim.lr_head=-1: optim.lr_head must be > 0",
+            absent=["exp"],
+        ),
+        Case(
+            "finetune",
+            "a negative learning rate in the TOML file",
+            ["finetune", "--config", "neg.toml", *train, "--out", "exp"],
+            "error",
+            "neg.toml: optim.lr_head must be > 0",
+            absent=["exp"],
+        ),
+        Case(
+            "finetune",
+            "a misspelt key in the TOML file",
+            ["finetune", "--config", "typo.toml", *train, "--out", "exp"],
+            "error",
+            "unknown key model.d_modle",
+            absent=["exp"],
+        ),
+        Case(
+            "finetune",
+            "invalid TOML",
+            ["finetune", "--config", "broken.toml", *train, "--out", "exp"],
+            "error",
+            "invalid TOML",
+            absent=["exp"],
+        ),
+        Case(
+            "finetune",
+            "a word where a number goes in --set",
+            [
+                "finetune",
+                "--config",
+                "tiny.toml",
+                "--set",
+                "trainer.batch_size=four",
+                *train,
+                "--out",
+                "exp",
+            ],
+            "error",
+            "--set trainer.batch_size=four",
+            absent=["exp"],
+        ),
+        Case(
+            "finetune",
+            "a missing training directory",
+            [
+                "finetune",
+                "--config",
+                "tiny.toml",
+                "--train",
+                "nowhere",
+                "--dev",
+                "data",
+                "--out",
+                "exp",
+            ],
+            "error",
+            "nowhere",
+        ),
+        Case(
+            "prune",
+            "--sparsity 1.5",
+            ["prune", "--teacher", "eend", "--sparsity", "1.5", *train, "--out", "exp"],
+            "error",
+            "sparsity",
+            absent=["exp"],
+        ),
+        Case(
+            "prune",
+            "a missing teacher",
+            ["prune", "--teacher", "missing", *train, "--out", "exp"],
+            "error",
+            "missing",
+            absent=["exp"],
+        ),
+        Case(
+            "prune",
+            "--out under a file",
+            ["prune", "--teacher", "eend", *train, "--out", "a-file/exp"],
+            "error",
+            "is a file, not a directory",
+        ),
+        Case(
+            "distill",
+            "a missing student",
+            ["distill", "--student", "missing", "--teacher", "eend", *train, "--out", "exp"],
+            "error",
+            "missing",
+            absent=["exp"],
+        ),
     ]
     found += [
-        Case("data", "a malformed uem line", ["data", "check", "data-bad-uem"], "error",
-             "uem:2: end 'three' is not a number"),
-        Case("data", "--channel 1 of mono audio", ["data", "check", "data", "--channel", "1"],
-             "error", "channel 1 requested"),
-        Case("data", "--max-rows -1", ["data", "check", "data", "--max-rows", "-1"], "error",
-             "argument --max-rows"),
+        Case(
+            "data",
+            "a malformed uem line",
+            ["data", "check", "data-bad-uem"],
+            "error",
+            "uem:2: end 'three' is not a number",
+        ),
+        Case(
+            "data",
+            "--channel 1 of mono audio",
+            ["data", "check", "data", "--channel", "1"],
+            "error",
+            "channel 1 requested",
+        ),
+        Case(
+            "data",
+            "--max-rows -1",
+            ["data", "check", "data", "--max-rows", "-1"],
+            "error",
+            "argument --max-rows",
+        ),
         Case("data", "a missing directory", ["data", "check", "nowhere"], "error", "nowhere"),
         Case("data", "an empty wav.scp", ["data", "check", "data-empty"], "error", "wav.scp"),
-        Case("prepare", "a missing corpus directory",
-             ["prepare", "alimeeting", "--corpus-dir", "nowhere", "--out", "prepared"], "error",
-             "does not exist", absent=["prepared"]),
-        Case("prepare", "--rttm-dir for a corpus other than AMI",
-             ["prepare", "aishell4", "--corpus-dir", "docs", "--out", "prepared", "--rttm-dir",
-              "docs"], "error", "--rttm-dir applies to ami only", absent=["prepared"]),
-        Case("demo", "--out onto a file", ["demo", "--out", "a-file"], "error",
-             "exists and is not a directory"),
-        Case("demo", "--jobs 0", ["demo", "--out", "demo", "--jobs", "0"], "error",
-             "argument --jobs", absent=["demo"]),
+        Case(
+            "prepare",
+            "a missing corpus directory",
+            ["prepare", "alimeeting", "--corpus-dir", "nowhere", "--out", "prepared"],
+            "error",
+            "does not exist",
+            absent=["prepared"],
+        ),
+        Case(
+            "prepare",
+            "--rttm-dir for a corpus other than AMI",
+            [
+                "prepare",
+                "aishell4",
+                "--corpus-dir",
+                "docs",
+                "--out",
+                "prepared",
+                "--rttm-dir",
+                "docs",
+            ],
+            "error",
+            "--rttm-dir applies to ami only",
+            absent=["prepared"],
+        ),
+        Case(
+            "demo",
+            "--out onto a file",
+            ["demo", "--out", "a-file"],
+            "error",
+            "exists and is not a directory",
+        ),
+        Case(
+            "demo",
+            "--jobs 0",
+            ["demo", "--out", "demo", "--jobs", "0"],
+            "error",
+            "argument --jobs",
+            absent=["demo"],
+        ),
         Case("slimdiar", "an unknown command", ["frobnicate"], "error", "invalid choice"),
     ]
     if locked is not None:
         found += [
-            Case("score", f"--json in a read-only directory ({locked})",
-                 [*score, "--json", f"{locked}/der.json"], "error", "cannot write in"),
-            Case("bench", f"--json in a read-only directory ({locked})",
-                 ["bench", "wavlm-tiny", "--json", f"{locked}/bench.json"], "error",
-                 "cannot write in"),
-            Case("simulate", f"--out in a read-only directory ({locked})",
-                 ["simulate", "--speakers-from", "TONES", "--out", f"{locked}/sim"], "error",
-                 "cannot write in"),
-            Case("finetune", f"--out in a read-only directory ({locked})",
-                 ["finetune", *train, "--out", f"{locked}/exp"], "error", "cannot write in"),
+            Case(
+                "score",
+                f"--json in a read-only directory ({locked})",
+                [*score, "--json", f"{locked}/der.json"],
+                "error",
+                "cannot write in",
+            ),
+            Case(
+                "bench",
+                f"--json in a read-only directory ({locked})",
+                ["bench", "wavlm-tiny", "--json", f"{locked}/bench.json"],
+                "error",
+                "cannot write in",
+            ),
+            Case(
+                "simulate",
+                f"--out in a read-only directory ({locked})",
+                ["simulate", "--speakers-from", "TONES", "--out", f"{locked}/sim"],
+                "error",
+                "cannot write in",
+            ),
+            Case(
+                "finetune",
+                f"--out in a read-only directory ({locked})",
+                ["finetune", *train, "--out", f"{locked}/exp"],
+                "error",
+                "cannot write in",
+            ),
         ]
     return found
 
@@ -483,8 +934,9 @@ def judge(case: Case, status: int, text: str, cwd: Path, temporary: list[str]) -
     left = [p for p in case.absent if (cwd / p).exists()]
     if temporary or left:
         return f"FAIL: partial output ({', '.join(temporary + left)})"
-    message_lines = [line for line in text.splitlines()
-                     if line.startswith("slimdiar") and "error" in line]
+    message_lines = [
+        line for line in text.splitlines() if line.startswith("slimdiar") and "error" in line
+    ]
     if case.expect == "interrupt":
         if status in (130, -signal.SIGINT):
             return "interrupted cleanly"
@@ -507,7 +959,8 @@ def judge(case: Case, status: int, text: str, cwd: Path, temporary: list[str]) -
     if case.reason is not None and case.reason not in text:
         return "FAIL: no warning" if case.expect == "warning" else "FAIL: no message"
     return {"warning": "correct result, with a warning", "empty": "correct empty result"}.get(
-        case.expect, "correct result")
+        case.expect, "correct result"
+    )
 
 
 def run_case(case: Case, inputs: Path, scratch: Path, env: dict) -> dict:
@@ -519,14 +972,21 @@ def run_case(case: Case, inputs: Path, scratch: Path, env: dict) -> dict:
     command = [sys.executable, "-m", "slimdiar", *case.argv]
     start = time.perf_counter()
     if case.sigint_after_s is None:
-        done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=600)
+        done = subprocess.run(
+            command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        )
         status, stdout, stderr = done.returncode, done.stdout, done.stderr
     else:
         # A shell's background job inherits SIGINT ignored; a user's command does not.
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True,
-                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        process = subprocess.Popen(
+            command,
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         time.sleep(case.sigint_after_s)
         process.send_signal(signal.SIGINT)
         stdout, stderr = process.communicate(timeout=600)
@@ -580,8 +1040,10 @@ def render_markdown(report: dict) -> str:
         if len(first) > 160:
             first = first[:157] + "..."
         verdict = f"**{row['verdict']}**" if row["verdict"].startswith("FAIL") else row["verdict"]
-        lines.append(f"| {row['command']} | {cell(row['what'])} | `{cell(shown)}` | "
-                     f"{row['exit_status']} | {cell(first)} | {cell(verdict)} |")
+        lines.append(
+            f"| {row['command']} | {cell(row['what'])} | `{cell(shown)}` | "
+            f"{row['exit_status']} | {cell(first)} | {cell(verdict)} |"
+        )
     if report.get("skipped"):
         lines += ["", "Not run here: " + "; ".join(report["skipped"]) + "."]
     return "\n".join(lines) + "\n"
@@ -591,12 +1053,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=ROOT / "docs" / "reliability.json")
     parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "reliability.md")
-    parser.add_argument("--only", help="run only the cases whose command or case holds this, "
-                        "and replace their rows in an existing --json")
-    parser.add_argument("--jobs", type=int, default=1,
-                        help="cases run at the same time (default: 1)")
-    parser.add_argument("--render-only", action="store_true",
-                        help="render --markdown from --json without running anything")
+    parser.add_argument(
+        "--only",
+        help="run only the cases whose command or case holds this, "
+        "and replace their rows in an existing --json",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="cases run at the same time (default: 1)"
+    )
+    parser.add_argument(
+        "--render-only",
+        action="store_true",
+        help="render --markdown from --json without running anything",
+    )
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     from slimdiar.fileio import write_json_atomic, write_text_atomic
@@ -615,17 +1084,28 @@ def main() -> int:
         scratch.mkdir()
         make_inputs(inputs)
         locked = read_only_dir(inputs)
-        skipped = [] if locked else ["output paths in a read-only directory (running as root, "
-                                     "and no directory refuses root's writes)"]
-        selected = [c for c in cases(locked)
-                    if not args.only or args.only in c.command or args.only in c.what]
+        skipped = (
+            []
+            if locked
+            else [
+                "output paths in a read-only directory (running as root, "
+                "and no directory refuses root's writes)"
+            ]
+        )
+        selected = [
+            c
+            for c in cases(locked)
+            if not args.only or args.only in c.command or args.only in c.what
+        ]
         done = [0]
 
         def run_one(case: Case) -> dict:
             row = run_case(case, inputs, scratch, env)
             done[0] += 1
-            print(f"[{done[0]}/{len(selected)}] {row['verdict']:34} {case.command}: "
-                  f"{case.what}", flush=True)
+            print(
+                f"[{done[0]}/{len(selected)}] {row['verdict']:34} {case.command}: {case.what}",
+                flush=True,
+            )
             return row
 
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
@@ -634,8 +1114,8 @@ def main() -> int:
             (inputs / locked).chmod(0o755)
     report = {
         "environment": f"Python {platform.python_version()}, torch {torch.__version__}, "
-                       f"{platform.system()} {platform.machine()}"
-                       f"{', as root' if os.geteuid() == 0 else ''}",
+        f"{platform.system()} {platform.machine()}"
+        f"{', as root' if os.geteuid() == 0 else ''}",
         "cases": rows,
         "skipped": skipped,
     }

@@ -46,20 +46,30 @@ GENERATED_BY = "python tools/render_benchmarks.py"
 STAGE_ORDER = ("segmentation", "speaker_counting", "embeddings", "clustering", "reconstruction")
 #: A line of the notes replaced by a profile table, and the labels of that table.
 PROFILE_MARKER = re.compile(r"^<!-- backbone-profile: (\S+) -->$", re.MULTILINE)
-PROFILE_PARTS = {"conv layer 0": "conv layer 0", "conv layers 1-6": "conv layers 1-6",
-                 "positional conv": "positional conv", "attention": "attention (all layers)",
-                 "ffn": "FFN (all layers)", "other (norms, projection, bias)":
-                 "rest (projection, norms)", "total_ms": "total"}
-MODEL_LABELS = {"wavlm-base-plus": "Base+", "wavlm-base-plus-s80": "Base+ s80",
-                "wavlm-large": "Large", "wavlm-large-s80": "Large s80"}
+PROFILE_PARTS = {
+    "conv layer 0": "conv layer 0",
+    "conv layers 1-6": "conv layers 1-6",
+    "positional conv": "positional conv",
+    "attention": "attention (all layers)",
+    "ffn": "FFN (all layers)",
+    "other (norms, projection, bias)": "rest (projection, norms)",
+    "total_ms": "total",
+}
+MODEL_LABELS = {
+    "wavlm-base-plus": "Base+",
+    "wavlm-base-plus-s80": "Base+ s80",
+    "wavlm-large": "Large",
+    "wavlm-large-s80": "Large s80",
+}
 
 
 class ResultError(ValueError):
     """A result file cannot be read or lacks a field."""
 
 
-def load_results(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]],
-                                             list[str]]:
+def load_results(
+    results_dir: Path,
+) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]], list[str]]:
     """Backbone results, pipeline results and messages about skipped files, by file name.
 
     Embedding-stage and per-call cost results are counted among the pipeline results (see
@@ -73,8 +83,11 @@ def load_results(results_dir: Path) -> tuple[list[tuple[Path, dict]], list[tuple
             raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
         if isinstance(data, dict) and isinstance(data.get("models"), list):
             backbones.append((path, data))
-        elif isinstance(data, dict) and data.get("mode") in ("pipeline", "embeddings",
-                                                             "call-costs"):
+        elif isinstance(data, dict) and data.get("mode") in (
+            "pipeline",
+            "embeddings",
+            "call-costs",
+        ):
             pipelines.append((path, data))
         else:
             skipped.append(f"{path}: neither a backbone nor a pipeline benchmark; skipped")
@@ -109,25 +122,45 @@ def render_backbones(path: Path, data: dict) -> list[str]:
     models = _field(path, data, "models")
     batch_size = _field(path, data, "batch_size")
     seconds = _field(path, data, "seconds")
-    header = ["model", "params", "MACs/s", "latency b=1", "RTF b=1", "speed-up b=1",
-              f"latency b={batch_size}", f"RTF b={batch_size}", f"speed-up b={batch_size}"]
+    header = [
+        "model",
+        "params",
+        "MACs/s",
+        "latency b=1",
+        "RTF b=1",
+        "speed-up b=1",
+        f"latency b={batch_size}",
+        f"RTF b={batch_size}",
+        f"speed-up b={batch_size}",
+    ]
     rows = []
     for model in models:
+
         def get(key, model=model):
             if key not in model:
                 raise ResultError(f"{path}: model {model.get('name', '?')!r} has no {key!r}")
             return model[key]
 
-        rows.append([
-            f"`{get('name')}`", f"{get('params') / 1e6:.2f}M",
-            f"{get('macs_per_second') / 1e9:.2f}G", f"{get('latency_s') * 1000:.1f} ms",
-            f"{get('rtf'):.4f}", f"{get('speedup_vs_first'):.2f}x",
-            f"{get('latency_batch_s') * 1000:.1f} ms", f"{get('rtf_batch'):.4f}",
-            f"{get('speedup_batch_vs_first'):.2f}x",
-        ])
-    lines = [f"### {path.name}", "",
-             f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs "
-             f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}.", ""]
+        rows.append(
+            [
+                f"`{get('name')}`",
+                f"{get('params') / 1e6:.2f}M",
+                f"{get('macs_per_second') / 1e9:.2f}G",
+                f"{get('latency_s') * 1000:.1f} ms",
+                f"{get('rtf'):.4f}",
+                f"{get('speedup_vs_first'):.2f}x",
+                f"{get('latency_batch_s') * 1000:.1f} ms",
+                f"{get('rtf_batch'):.4f}",
+                f"{get('speedup_batch_vs_first'):.2f}x",
+            ]
+        )
+    lines = [
+        f"### {path.name}",
+        "",
+        f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs "
+        f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}.",
+        "",
+    ]
     return lines + _table(header, rows) + [""]
 
 
@@ -152,24 +185,39 @@ def render_precisions(path: Path, data: dict) -> list[str]:
     rows = []
     for name, runs in by_model.items():
         first = next(iter(runs.values()))
-        row = [f"`{name}`", f"{first['params'] / 1e6:.2f}M",
-               f"{first['macs_per_second'] / 1e9:.2f}G"]
+        row = [
+            f"`{name}`",
+            f"{first['params'] / 1e6:.2f}M",
+            f"{first['macs_per_second'] / 1e9:.2f}G",
+        ]
         for key in ("latency_s", "latency_batch_s"):
             row += [f"{runs[d][key] * 1000:.1f} ms" if d in runs else "" for d in dtypes]
         if "float32" in dtypes:
             for key in ("latency_s", "latency_batch_s"):
-                row += [f"{runs['float32'][key] / runs[d][key]:.2f}x"
-                        if d in runs and "float32" in runs else "" for d in lower]
+                row += [
+                    f"{runs['float32'][key] / runs[d][key]:.2f}x"
+                    if d in runs and "float32" in runs
+                    else ""
+                    for d in lower
+                ]
         rows.append(row)
     mode = data.get("precision_mode")
-    lines = [f"### {path.name}", "",
-             f"Latency per forward pass in each precision, side by side in one process; "
-             f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs "
-             f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}"
-             + (f"; lower precisions applied by {mode}" if mode else "")
-             + (f"; CPU capability {data['cpu_capability']}, native bfloat16: "
-                f"{'yes' if data.get('cpu_native_bf16') else 'no'}"
-                if "cpu_capability" in data else "") + ".", ""]
+    lines = [
+        f"### {path.name}",
+        "",
+        f"Latency per forward pass in each precision, side by side in one process; "
+        f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs "
+        f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}"
+        + (f"; lower precisions applied by {mode}" if mode else "")
+        + (
+            f"; CPU capability {data['cpu_capability']}, native bfloat16: "
+            f"{'yes' if data.get('cpu_native_bf16') else 'no'}"
+            if "cpu_capability" in data
+            else ""
+        )
+        + ".",
+        "",
+    ]
     lines += _table(header, rows) + [""]
     if data.get("command"):
         lines += [f"Command: `{data['command']}`", ""]
@@ -178,20 +226,36 @@ def render_precisions(path: Path, data: dict) -> list[str]:
 
 def render_embeddings(results: list[tuple[Path, dict]]) -> list[str]:
     """Markdown lines for all ``tools/bench_embeddings.py`` result files: one row each."""
-    header = ["file", "audio", "model", "windows", "(window, speaker) pairs", "per pair",
-              "per window", "speed-ups", "max abs difference", "environment"]
+    header = [
+        "file",
+        "audio",
+        "model",
+        "windows",
+        "(window, speaker) pairs",
+        "per pair",
+        "per window",
+        "speed-ups",
+        "max abs difference",
+        "environment",
+    ]
     rows = []
     for path, data in results:
         per_pair = _field(path, data, "per_pair_s")
         per_window = _field(path, data, "per_window_s")
-        rows.append([
-            path.name, f"{_field(path, data, 'seconds'):g} s", str(data.get("model")),
-            str(_field(path, data, "num_windows")), str(_field(path, data, "num_pairs")),
-            " / ".join(f"{t:.1f} s" for t in per_pair),
-            " / ".join(f"{t:.1f} s" for t in per_window),
-            " / ".join(f"{x:.2f}x" for x in _field(path, data, "speedups")),
-            f"{_field(path, data, 'max_abs_diff'):.1e}", _environment(data),
-        ])
+        rows.append(
+            [
+                path.name,
+                f"{_field(path, data, 'seconds'):g} s",
+                str(data.get("model")),
+                str(_field(path, data, "num_windows")),
+                str(_field(path, data, "num_pairs")),
+                " / ".join(f"{t:.1f} s" for t in per_pair),
+                " / ".join(f"{t:.1f} s" for t in per_window),
+                " / ".join(f"{x:.2f}x" for x in _field(path, data, "speedups")),
+                f"{_field(path, data, 'max_abs_diff'):.1e}",
+                _environment(data),
+            ]
+        )
     lines = _table(header, rows, left=(0, 1, 2, len(header) - 1)) + [""]
     commands = [(path.name, data["command"]) for path, data in results if data.get("command")]
     if commands:
@@ -204,20 +268,36 @@ def render_pipelines(results: list[tuple[Path, dict]]) -> list[str]:
     """Markdown lines for all ``slimdiar bench --pipeline`` result files: one row each."""
     stages = [s for s in STAGE_ORDER if any(s in d.get("stages", {}) for _, d in results)]
     stages += sorted({s for _, d in results for s in d.get("stages", {})} - set(stages))
-    header = ["file", "audio", "model", "embedding", *[f"RTF {s}" for s in stages], "RTF total",
-              "peak RSS", "RSS increase", "windows", "environment"]
+    header = [
+        "file",
+        "audio",
+        "model",
+        "embedding",
+        *[f"RTF {s}" for s in stages],
+        "RTF total",
+        "peak RSS",
+        "RSS increase",
+        "windows",
+        "environment",
+    ]
     rows = []
     results = sorted(results, key=lambda item: (item[1].get("seconds", 0), item[0]))
     for path, data in results:
         run_stages = _field(path, data, "stages")
-        rows.append([
-            path.name, f"{_field(path, data, 'seconds'):g} s", f"`{_field(path, data, 'model')}`",
-            str(data.get("embedding")),
-            *[f"{run_stages[s]['rtf']:.4f}" if s in run_stages else "" for s in stages],
-            f"{_field(path, data, 'rtf'):.4f}", f"{_field(path, data, 'peak_rss_mb'):.0f} MiB",
-            f"{_field(path, data, 'rss_increase_mb'):.0f} MiB", str(data.get("num_chunks", "")),
-            _environment(data),
-        ])
+        rows.append(
+            [
+                path.name,
+                f"{_field(path, data, 'seconds'):g} s",
+                f"`{_field(path, data, 'model')}`",
+                str(data.get("embedding")),
+                *[f"{run_stages[s]['rtf']:.4f}" if s in run_stages else "" for s in stages],
+                f"{_field(path, data, 'rtf'):.4f}",
+                f"{_field(path, data, 'peak_rss_mb'):.0f} MiB",
+                f"{_field(path, data, 'rss_increase_mb'):.0f} MiB",
+                str(data.get("num_chunks", "")),
+                _environment(data),
+            ]
+        )
     lines = _table(header, rows, left=(0, 1, 2, 3, len(header) - 1)) + [""]
     commands = [(path.name, data["command"]) for path, data in results if data.get("command")]
     if commands:
@@ -234,60 +314,95 @@ def _ratio_table(path: Path, rows: list[dict], ratio_key: str, label: str) -> li
     table = []
     for variant in variants:
         diff = max(_field(path, row, "max_abs_diff")[variant] for row in rows)
-        table.append([variant, *[f"{row[ratio_key][variant]:.2f}x" for row in rows],
-                      f"{diff:.1e}"])
+        table.append([variant, *[f"{row[ratio_key][variant]:.2f}x" for row in rows], f"{diff:.1e}"])
     return _table(header, table)
 
 
 def render_call_costs(path: Path, data: dict) -> list[str]:
     """Markdown lines for one ``tools/measure_call_costs.py`` file."""
     seconds = _field(path, data, "seconds")
-    lines = [f"### {path.name}", "",
-             f"{seconds:g} s windows, random weights; variants interleaved in each repeat, "
-             "medians of the timed runs (`--repeats` for the backbone, 2 more for the "
-             "positional conv, 4 more for the FFNs, 1 fewer per batch size, in the command's "
-             f"last run of that part); {_environment(data)}. The machine is shared, so the "
-             "tables give ratios of times measured side by side.", ""]
+    lines = [
+        f"### {path.name}",
+        "",
+        f"{seconds:g} s windows, random weights; variants interleaved in each repeat, "
+        "medians of the timed runs (`--repeats` for the backbone, 2 more for the "
+        "positional conv, 4 more for the FFNs, 1 fewer per batch size, in the command's "
+        f"last run of that part); {_environment(data)}. The machine is shared, so the "
+        "tables give ratios of times measured side by side.",
+        "",
+    ]
     if "encoder" in data:
         rows = data["encoder"]
-        header = ["model", "batch", "kept bias", "kept bias + FFT positional conv",
-                  "max abs difference"]
-        table = [[MODEL_LABELS.get(_field(path, r, "model"), r["model"]),
-                  str(_field(path, r, "batch_size")),
-                  f"{r['speedup_vs_plain']['bias']:.2f}x",
-                  f"{r['speedup_vs_plain']['bias+fft']:.2f}x",
-                  f"{max(r['max_abs_diff'].values()):.1e}"] for r in rows]
-        lines += ["Backbone forward pass in eval, speed-up over the same model with both "
-                  "savings off (hidden states compared with it):", ""]
+        header = [
+            "model",
+            "batch",
+            "kept bias",
+            "kept bias + FFT positional conv",
+            "max abs difference",
+        ]
+        table = [
+            [
+                MODEL_LABELS.get(_field(path, r, "model"), r["model"]),
+                str(_field(path, r, "batch_size")),
+                f"{r['speedup_vs_plain']['bias']:.2f}x",
+                f"{r['speedup_vs_plain']['bias+fft']:.2f}x",
+                f"{max(r['max_abs_diff'].values()):.1e}",
+            ]
+            for r in rows
+        ]
+        lines += [
+            "Backbone forward pass in eval, speed-up over the same model with both "
+            "savings off (hidden states compared with it):",
+            "",
+        ]
         lines += _table(header, table) + [""]
     if "positional_conv" in data:
         rows = data["positional_conv"]
-        lines += [f"Positional conv alone (Base+ and Base+ s80 share it: 768 channels, kernel "
-                  f"128, 16 groups; {rows[0]['frames']} frames), speed-up over the direct "
-                  "convolution with its weight normalised on every call:", ""]
+        lines += [
+            f"Positional conv alone (Base+ and Base+ s80 share it: 768 channels, kernel "
+            f"128, 16 groups; {rows[0]['frames']} frames), speed-up over the direct "
+            "convolution with its weight normalised on every call:",
+            "",
+        ]
         lines += _ratio_table(path, rows, "speedup_vs_former", "variant") + [""]
     if "ffn_padding" in data:
         ffn = data["ffn_padding"]
         widths = ", ".join(str(w) for w in _field(path, ffn, "widths"))
-        lines += [f"The FFNs of Base+ s80 (widths {widths}) with zero units appended, "
-                  "speed-up over the pruned widths:", ""]
-        lines += _ratio_table(path, _field(path, ffn, "rows"), "speedup_vs_pruned",
-                              "FFN widths") + [""]
+        lines += [
+            f"The FFNs of Base+ s80 (widths {widths}) with zero units appended, "
+            "speed-up over the pruned widths:",
+            "",
+        ]
+        lines += _ratio_table(
+            path, _field(path, ffn, "rows"), "speedup_vs_pruned", "FFN widths"
+        ) + [""]
     if "batch_size" in data:
         batch = data["batch_size"]
         rows = _field(path, batch, "rows")
         first = rows[0]["windows_per_s"]
-        header = ["batch", "windows/s", f"throughput vs b={rows[0]['batch_size']}",
-                  "peak RSS"]
-        table = [[str(r["batch_size"]), f"{r['windows_per_s']:.2f}",
-                  f"{r['windows_per_s'] / first:.2f}x", f"{r['peak_rss_mb']:.0f} MiB"]
-                 for r in rows]
-        lines += [f"Segmentation (WavLM {MODEL_LABELS.get(batch['model'], batch['model'])} + "
-                  "Conformer) per batch size, each in a fresh process (peak RSS of that "
-                  "process):", ""]
+        header = ["batch", "windows/s", f"throughput vs b={rows[0]['batch_size']}", "peak RSS"]
+        table = [
+            [
+                str(r["batch_size"]),
+                f"{r['windows_per_s']:.2f}",
+                f"{r['windows_per_s'] / first:.2f}x",
+                f"{r['peak_rss_mb']:.0f} MiB",
+            ]
+            for r in rows
+        ]
+        lines += [
+            f"Segmentation (WavLM {MODEL_LABELS.get(batch['model'], batch['model'])} + "
+            "Conformer) per batch size, each in a fresh process (peak RSS of that "
+            "process):",
+            "",
+        ]
         lines += _table(header, table)
-        lines += ["", "Smallest batch within 5 % of the best throughput: "
-                  f"{_field(path, batch, 'recommended_cpu_batch_size')}.", ""]
+        lines += [
+            "",
+            "Smallest batch within 5 % of the best throughput: "
+            f"{_field(path, batch, 'recommended_cpu_batch_size')}.",
+            "",
+        ]
     if data.get("command"):
         lines += [f"Command: `{data['command']}`", ""]
     return lines
@@ -308,15 +423,18 @@ def render_profile(path: Path) -> list[str]:
                 raise ResultError(f"{path}: model {name!r} has no {key!r}")
         rows.append([label, *[f"{parts[key]:.0f}" for parts in models.values()]])
     return _table(header, rows) + [
-        "", f"One forward pass of {_field(path, data, 'seconds'):g} s at batch 1; "
+        "",
+        f"One forward pass of {_field(path, data, 'seconds'):g} s at batch 1; "
         f"{data.get('threads', '?')} threads, torch {data.get('torch', '?')} "
-        f"(`{path.name}`)."]
+        f"(`{path.name}`).",
+    ]
 
 
 def fill_profiles(text: str, results_dir: Path) -> str:
     """``text`` with each ``<!-- backbone-profile: FILE -->`` line replaced by its table."""
     return PROFILE_MARKER.sub(
-        lambda match: "\n".join(render_profile(results_dir / match.group(1))), text)
+        lambda match: "\n".join(render_profile(results_dir / match.group(1))), text
+    )
 
 
 def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
@@ -348,8 +466,10 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
     else:
         lines += ["No pipeline results yet (`slimdiar bench --pipeline CKPT --json FILE`).", ""]
     if embeddings:
-        lines += ["### Embedding stage: one ResNet pass per window against one per "
-                  "(window, speaker)", ""]
+        lines += [
+            "### Embedding stage: one ResNet pass per window against one per (window, speaker)",
+            "",
+        ]
         lines += render_embeddings(embeddings)
     if call_costs:
         lines += ["## Per-call costs that MACs do not count", ""]
@@ -365,13 +485,24 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--results", type=Path, default=Path("docs/results"),
-                        help="folder of result JSON files (default: docs/results)")
-    parser.add_argument("--notes", type=Path, default=Path("docs/benchmarks-notes.md"),
-                        help="hand-written Markdown appended verbatim "
-                             "(default: docs/benchmarks-notes.md)")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"),
-                        help="Markdown file to write (default: docs/benchmarks.md)")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=Path("docs/results"),
+        help="folder of result JSON files (default: docs/results)",
+    )
+    parser.add_argument(
+        "--notes",
+        type=Path,
+        default=Path("docs/benchmarks-notes.md"),
+        help="hand-written Markdown appended verbatim (default: docs/benchmarks-notes.md)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("docs/benchmarks.md"),
+        help="Markdown file to write (default: docs/benchmarks.md)",
+    )
     args = parser.parse_args(argv)
     if not args.results.is_dir():
         print(f"render_benchmarks: error: {args.results}: no such folder", file=sys.stderr)

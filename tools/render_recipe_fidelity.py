@@ -36,16 +36,27 @@ GENERATED_BY = "python tools/render_recipe_fidelity.py"
 
 SETTINGS = [
     ("gradient into the conv layers", "1×", "`wavlm.feature_grad_mult` 0.1", "0.1"),
-    ("WavLM dropout (feat. proj., attention, hidden, FFN inside)", "0, 0, 0, 0",
-     "`wavlm.*_dropout` 0.1, 0.1, 0.1, 0.0", "0.1, 0.1, 0.1, 0.0"),
+    (
+        "WavLM dropout (feat. proj., attention, hidden, FFN inside)",
+        "0, 0, 0, 0",
+        "`wavlm.*_dropout` 0.1, 0.1, 0.1, 0.0",
+        "0.1, 0.1, 0.1, 0.0",
+    ),
     ("distillation loss over the layers", "sum", "mean", "mean"),
     ("global batch, stages 1 and 2 (Base+)", "16", "64 (Large stage 1: 32)", "64 / 32"),
-    ("stage-1 final model", "on target, lowest dev distillation loss",
-     "`prune.final_model` average of the 5 lowest total dev losses from the loss peak on",
-     "average of 5"),
+    (
+        "stage-1 final model",
+        "on target, lowest dev distillation loss",
+        "`prune.final_model` average of the 5 lowest total dev losses from the loss peak on",
+        "average of 5",
+    ),
     ("log-alpha clamp", "`prune.gate_bound` 0.001", "0 (none)", "none"),
-    ("last conv gate", "after the feature-projection LayerNorm",
-     "after the last GELU, kept as a per-channel scale", "`dummy_weight`"),
+    (
+        "last conv gate",
+        "after the feature-projection LayerNorm",
+        "after the last GELU, kept as a per-channel scale",
+        "`dummy_weight`",
+    ),
     ("layer weighted sum", "softmax", "`Linear(L+1, 1, bias=False)`", "linear"),
 ]
 
@@ -60,24 +71,29 @@ def _demo_rows(before: dict | None, after: dict | None) -> list[dict]:
         if report is None:
             continue
         full, small = report["rows"][0], report["rows"][1]
-        rows.append({
-            "settings": label,
-            "reached_sparsity": report["reached_sparsity"],
-            "params": small["params"],
-            "macs_per_second": small["macs_per_second"],
-            "mac_ratio": full["macs_per_second"] / small["macs_per_second"],
-            "cpu_speedup": small["cpu_speedup"],
-            "der_full": full["der"],
-            "der_pruned": small["der"],
-            "kept": report.get("kept"),
-        })
+        rows.append(
+            {
+                "settings": label,
+                "reached_sparsity": report["reached_sparsity"],
+                "params": small["params"],
+                "macs_per_second": small["macs_per_second"],
+                "mac_ratio": full["macs_per_second"] / small["macs_per_second"],
+                "cpu_speedup": small["cpu_speedup"],
+                "der_full": full["der"],
+                "der_pruned": small["der"],
+                "kept": report.get("kept"),
+            }
+        )
     return rows
 
 
 def _target_rows(before: dict | None, after: dict | None, tests: dict | None) -> list[dict]:
     rows = []
-    for label, data in (("before", before), ("reference settings", after),
-                        ("tests' setting, now", tests)):
+    for label, data in (
+        ("before", before),
+        ("reference settings", after),
+        ("tests' setting, now", tests),
+    ):
         if data is None:
             continue
         groups: dict[tuple, list[dict]] = {}
@@ -86,16 +102,18 @@ def _target_rows(before: dict | None, after: dict | None, tests: dict | None) ->
         for (objective, target), runs in groups.items():
             key = "reached_param_sparsity" if objective == "params" else "reached_mac_sparsity"
             reached = [r[key] for r in runs]
-            rows.append({
-                "settings": label,
-                "objective": objective,
-                "target": target,
-                "seeds": [r["seed"] for r in runs],
-                "reached": reached,
-                "within": sum(abs(v - target) <= 0.02 for v in reached),
-                "mean_mac_sparsity": statistics.fmean(r["reached_mac_sparsity"] for r in runs),
-                "conv_channels": [r["kept"]["conv_channels"] for r in runs if "kept" in r],
-            })
+            rows.append(
+                {
+                    "settings": label,
+                    "objective": objective,
+                    "target": target,
+                    "seeds": [r["seed"] for r in runs],
+                    "reached": reached,
+                    "within": sum(abs(v - target) <= 0.02 for v in reached),
+                    "mean_mac_sparsity": statistics.fmean(r["reached_mac_sparsity"] for r in runs),
+                    "conv_channels": [r["kept"]["conv_channels"] for r in runs if "kept" in r],
+                }
+            )
     return rows
 
 
@@ -109,15 +127,18 @@ def collect(docs: Path) -> dict:
     after = _load(docs / "demo-report.json")
     data = {
         "demo": _demo_rows(_load(docs / "demo-report-before.json"), after),
-        "targets": _target_rows(_load(docs / "pruning-targets-before.json"),
-                                _load(docs / "pruning-targets-reference.json"),
-                                _tests_now(_load(docs / "pruning-targets.json"))),
+        "targets": _target_rows(
+            _load(docs / "pruning-targets-before.json"),
+            _load(docs / "pruning-targets-reference.json"),
+            _tests_now(_load(docs / "pruning-targets.json")),
+        ),
         "stage1_same_teacher": None,
     }
     if stage1 is not None and after is not None and after.get("kept"):
         data["stage1_same_teacher"] = {
-            "before": {key: stage1[key]["student"] for key in ("conv_channels", "heads",
-                                                               "ffn_units")},
+            "before": {
+                key: stage1[key]["student"] for key in ("conv_channels", "heads", "ffn_units")
+            },
             "before_reached_sparsity": stage1["reached_sparsity"],
             "before_mac_sparsity": stage1["reached_mac_sparsity"],
             "after": {key: value["student"] for key, value in after["kept"].items()},
@@ -167,11 +188,16 @@ def render(data: dict) -> str:
             "| part | teacher | before | reference settings |",
             "|---|---|---|---|",
         ]
-        names = {"conv_channels": "conv channels", "heads": "heads per layer",
-                 "ffn_units": "FFN units per layer"}
+        names = {
+            "conv_channels": "conv channels",
+            "heads": "heads per layer",
+            "ffn_units": "FFN units per layer",
+        }
         for key, name in names.items():
-            lines.append(f"| {name} | {same['teacher'][key]} | {same['before'][key]} | "
-                         f"{same['after'][key]} |")
+            lines.append(
+                f"| {name} | {same['teacher'][key]} | {same['before'][key]} | "
+                f"{same['after'][key]} |"
+            )
     else:
         kept = [row for row in data["demo"] if row.get("kept")]
         if kept:

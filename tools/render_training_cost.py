@@ -48,22 +48,44 @@ def estimate(data: dict, recipe: dict) -> dict:
     chunks = data["training_hours"] * 3600 / shift_s
     models = []
     for model in data["models"]:
-        wavlm_gflop = (chunk_s * model["gmac_per_second"] * data["flop_per_mac"]
-                       * data["forward_backward_factor"])
+        wavlm_gflop = (
+            chunk_s
+            * model["gmac_per_second"]
+            * data["flop_per_mac"]
+            * data["forward_backward_factor"]
+        )
         chunk_gflop = wavlm_gflop + data["head_gflop_per_chunk"]
         epoch_flop = chunks * chunk_gflop * 1e9
-        models.append({**model, "wavlm_gflop_per_chunk": wavlm_gflop,
-                       "gflop_per_chunk": chunk_gflop, "epoch_flop": epoch_flop,
-                       **{f"{p}_hours": epoch_flop / (data[p]["assumed_tflops"] * 1e12) / 3600
-                          for p in ("fp32", "bf16")}})
-    return {"chunk_s": chunk_s, "shift_s": shift_s, "chunks": chunks,
-            "steps": chunks / recipe["trainer"]["batch_size"], "models": models}
+        models.append(
+            {
+                **model,
+                "wavlm_gflop_per_chunk": wavlm_gflop,
+                "gflop_per_chunk": chunk_gflop,
+                "epoch_flop": epoch_flop,
+                **{
+                    f"{p}_hours": epoch_flop / (data[p]["assumed_tflops"] * 1e12) / 3600
+                    for p in ("fp32", "bf16")
+                },
+            }
+        )
+    return {
+        "chunk_s": chunk_s,
+        "shift_s": shift_s,
+        "chunks": chunks,
+        "steps": chunks / recipe["trainer"]["batch_size"],
+        "models": models,
+    }
 
 
 def _wrap(text: str) -> str:
     """A paragraph or a ``- `` bullet wrapped at 100 columns, as the hand-written text is."""
-    return textwrap.fill(text, 100, subsequent_indent="  " if text.startswith("- ") else "",
-                         break_long_words=False, break_on_hyphens=False)
+    return textwrap.fill(
+        text,
+        100,
+        subsequent_indent="  " if text.startswith("- ") else "",
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
 
 
 def _percent(fraction: float) -> str:
@@ -86,17 +108,23 @@ def render_measured(data: dict, derived: dict) -> list[str]:
         "| configuration | batch | median s/step | min s/step |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {r['configuration']} | {r['batch']} | {r['median_s_per_step']:g} | "
-              f"{r['min_s_per_step']:g} |" for r in m["rows"]]
+    lines += [
+        f"| {r['configuration']} | {r['batch']} | {r['median_s_per_step']:g} | "
+        f"{r['min_s_per_step']:g} |"
+        for r in m["rows"]
+    ]
     by_name = {model["name"]: model for model in derived["models"]}
     for row in m["rows"]:
         if row.get("model") in by_name:
             gflop = by_name[row["model"]]["gflop_per_chunk"]
             rate = row["chunks"] * gflop / row["min_s_per_step"]
-            lines += ["", f"The {row['model']} row agrees with the arithmetic below: "
-                      f"{row['chunks']} chunks × ≈ {significant(gflop, 3)} GFLOP in "
-                      f"{row['min_s_per_step']:g} s is ≈ {significant(rate)} GFLOP/s, what "
-                      f"{m['cores']} busy CPU cores deliver."]
+            lines += [
+                "",
+                f"The {row['model']} row agrees with the arithmetic below: "
+                f"{row['chunks']} chunks × ≈ {significant(gflop, 3)} GFLOP in "
+                f"{row['min_s_per_step']:g} s is ≈ {significant(rate)} GFLOP/s, what "
+                f"{m['cores']} busy CPU cores deliver.",
+            ]
     return lines
 
 
@@ -109,9 +137,13 @@ def render_estimate(data: dict, derived: dict, recipe: dict) -> list[str]:
         f"{e['training_hours']} × 3600 s / {derived['shift_s']:g} s ≈ "
         f"{round(derived['chunks'], -3):,.0f} chunks of {derived['chunk_s']:g} s "
         f"(≈ {round(derived['steps'], -2):,.0f} steps of {batch} chunks).",
-        "- WavLM costs " + " and ".join(
-            f"{m['gmac_per_second']:g} GMAC" + (" per second of audio" if m is first else "")
-            + f" ({m['name']})" for m in derived["models"])
+        "- WavLM costs "
+        + " and ".join(
+            f"{m['gmac_per_second']:g} GMAC"
+            + (" per second of audio" if m is first else "")
+            + f" ({m['name']})"
+            for m in derived["models"]
+        )
         + " (the analytic count of `WavLM.macs()`); a training step costs about "
         f"{e['forward_backward_factor']} × the forward pass (forward + backward), "
         f"{e['flop_per_mac']} FLOP per MAC: {first['name']} ≈ {derived['chunk_s']:g} s × "
@@ -119,12 +151,13 @@ def render_estimate(data: dict, derived: dict, recipe: dict) -> list[str]:
         f"{first['wavlm_gflop_per_chunk']:.0f} GFLOP per chunk"
         + "".join(f", {m['name']} ≈ {m['wavlm_gflop_per_chunk']:.0f} GFLOP" for m in others)
         + f"; the Conformer head adds ≈ {e['head_gflop_per_chunk']:g} GFLOP per chunk. One "
-        "epoch is then " + " and ".join(f"≈ {_power(m['epoch_flop'])} FLOP ({m['name']})"
-                                        for m in derived["models"]) + ".",
+        "epoch is then "
+        + " and ".join(f"≈ {_power(m['epoch_flop'])} FLOP ({m['name']})" for m in derived["models"])
+        + ".",
         f"- Assumed throughput: fp32 (PyTorch leaves TF32 off for matrix products by default) "
         f"at {_percent(e['fp32']['assumed_tflops'] / e['fp32']['peak_tflops'])} of an {gpu}'s "
         f"{e['fp32']['peak_tflops']:g} TFLOP/s FP32 peak, ≈ {e['fp32']['assumed_tflops']:g} "
-        f"TFLOP/s; `trainer.precision = \"bf16\"` at roughly "
+        f'TFLOP/s; `trainer.precision = "bf16"` at roughly '
         f"{_percent(e['bf16']['assumed_tflops'] / e['bf16']['peak_tflops'])} of its ≈ "
         f"{e['bf16']['peak_tflops']:g} TFLOP/s dense BF16 peak, ≈ "
         f"{e['bf16']['assumed_tflops']:g} TFLOP/s, where data loading ({t['num_workers']} "
@@ -134,13 +167,19 @@ def render_estimate(data: dict, derived: dict, recipe: dict) -> list[str]:
         f"| model | fp32, per epoch | bf16, per epoch | {epochs} epochs (upper bound), fp32 |",
         "|---|---|---|---|",
     ]
-    lines += [f"| {m['name']} | {hours(m['fp32_hours'], gpu)} | {hours(m['bf16_hours'], gpu)} | "
-              f"{hours(m['fp32_hours'] * epochs, gpu)} |" for m in derived["models"]]
+    lines += [
+        f"| {m['name']} | {hours(m['fp32_hours'], gpu)} | {hours(m['bf16_hours'], gpu)} | "
+        f"{hours(m['fp32_hours'] * epochs, gpu)} |"
+        for m in derived["models"]
+    ]
     val = recipe["data"]
-    lines += ["", f"Early stopping (patience {t['patience']}) usually ends a run well before "
-              f"{epochs} epochs; validation ({val['val_chunk_duration_s']:g} s / "
-              f"{val['val_shift_s']:g} s chunks of the development sets, forward only) adds a "
-              "few percent."]
+    lines += [
+        "",
+        f"Early stopping (patience {t['patience']}) usually ends a run well before "
+        f"{epochs} epochs; validation ({val['val_chunk_duration_s']:g} s / "
+        f"{val['val_shift_s']:g} s chunks of the development sets, forward only) adds a "
+        "few percent.",
+    ]
     return lines
 
 
@@ -148,8 +187,10 @@ def render(data: dict, recipe: dict) -> dict[str, list[str]]:
     """The generated lines of each marked section, by section name."""
     try:
         derived = estimate(data["gpu_estimate"], recipe)
-        return {"measured": render_measured(data, derived),
-                "estimate": render_estimate(data, derived, recipe)}
+        return {
+            "measured": render_measured(data, derived),
+            "estimate": render_estimate(data, derived, recipe),
+        }
     except (KeyError, TypeError, IndexError) as error:
         raise CostError(f"the cost data lacks or misshapes {error}") from None
 

@@ -55,8 +55,9 @@ def measure(name: str, args) -> dict:
         source.prepare(args.workers)
     config = SimulationConfig(duration_s=args.duration_s, sample_rate=rate)
     with tempfile.TemporaryDirectory() as out:
-        report = simulate_data_dirs(source, out, config, {"train": args.recordings}, seed=0,
-                                    num_workers=args.workers)
+        report = simulate_data_dirs(
+            source, out, config, {"train": args.recordings}, seed=0, num_workers=args.workers
+        )
         stats = turn_taking_from_rttm(Path(out) / "train" / "rttm")
     simulator = ConversationSimulator(source, config, seed=0)
     speech_s = overlap_s = 0.0
@@ -67,16 +68,31 @@ def measure(name: str, args) -> dict:
     turns = config.turns
     rows = [
         ("overlap ratio", turns.overlap_ratio, stats.overlap_ratio),
-        (f"overlap ratio of {args.layouts} layouts without audio (calibration check)",
-         turns.overlap_ratio, overlap_s / speech_s),
-        ("overlap probability at a change of speaker (calibrated)",
-         report.overlap_probability, stats.overlap_probability),
-        ("same-speaker probability", turns.same_speaker_probability,
-         stats.same_speaker_probability),
-        ("same-speaker pause mean (s)", turns.pause_same_speaker.expected_s(),
-         float(np.mean(stats.pause_same_speaker_s))),
-        ("pause between speakers mean (s)", turns.pause_other_speaker.expected_s(),
-         float(np.mean(stats.pause_other_speaker_s))),
+        (
+            f"overlap ratio of {args.layouts} layouts without audio (calibration check)",
+            turns.overlap_ratio,
+            overlap_s / speech_s,
+        ),
+        (
+            "overlap probability at a change of speaker (calibrated)",
+            report.overlap_probability,
+            stats.overlap_probability,
+        ),
+        (
+            "same-speaker probability",
+            turns.same_speaker_probability,
+            stats.same_speaker_probability,
+        ),
+        (
+            "same-speaker pause mean (s)",
+            turns.pause_same_speaker.expected_s(),
+            float(np.mean(stats.pause_same_speaker_s)),
+        ),
+        (
+            "pause between speakers mean (s)",
+            turns.pause_other_speaker.expected_s(),
+            float(np.mean(stats.pause_other_speaker_s)),
+        ),
     ]
     return {
         "source": source.describe(),
@@ -84,26 +100,35 @@ def measure(name: str, args) -> dict:
         "speech_min": round(stats.speech_s / 60, 1),
         "turns": stats.num_turns,
         "rows": [
-            {"quantity": q, "configured": round(c, 4), "measured": round(m, 4),
-             "relative_difference": round((m - c) / c, 4)}
+            {
+                "quantity": q,
+                "configured": round(c, 4),
+                "measured": round(m, 4),
+                "relative_difference": round((m - c) / c, 4),
+            }
             for q, c, m in rows
         ],
     }
 
 
 def table(results: list[dict]) -> str:
-    header = "| quantity | configured | " + " | ".join(
-        f"measured, {r['source']} ({r['speech_min']} min of speech, {r['turns']} turns)"
-        for r in results) + " |"
+    header = (
+        "| quantity | configured | "
+        + " | ".join(
+            f"measured, {r['source']} ({r['speech_min']} min of speech, {r['turns']} turns)"
+            for r in results
+        )
+        + " |"
+    )
     lines = [header, "|---|---|" + "---|" * len(results)]
     for index, row in enumerate(results[0]["rows"]):
         cells = []
         for result in results:
             measured = result["rows"][index]
-            cells.append(f"{measured['measured']:.3f} "
-                         f"({100 * measured['relative_difference']:+.1f} %)")
-        lines.append(f"| {row['quantity']} | {row['configured']:.3f} | " + " | ".join(cells)
-                     + " |")
+            cells.append(
+                f"{measured['measured']:.3f} ({100 * measured['relative_difference']:+.1f} %)"
+            )
+        lines.append(f"| {row['quantity']} | {row['configured']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -112,8 +137,7 @@ def main() -> int:
     parser.add_argument("--recordings", type=int, default=30)
     parser.add_argument("--duration-s", type=float, default=200.0)
     parser.add_argument("--layouts", type=int, default=300)
-    parser.add_argument("--sources", nargs="+", default=["TONES", "TTS"],
-                        choices=["TONES", "TTS"])
+    parser.add_argument("--sources", nargs="+", default=["TONES", "TTS"], choices=["TONES", "TTS"])
     parser.add_argument("--cache", type=Path, default=None, help="voice pool cache")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()

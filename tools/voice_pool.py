@@ -62,12 +62,46 @@ from slimdiar.simulate.tts import (  # noqa: E402
 )
 
 ESPEAK_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-029")
-ESPEAK_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5",
-                   "klatt", "klatt3", "croak")
+ESPEAK_VARIANTS = (
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m6",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt3",
+    "croak",
+)
 # Named espeak-ng variants, tried with the American accent only.
-ESPEAK_NAMED_VARIANTS = ("Alicia", "Andy", "annie", "boris", "david", "edward", "gustave",
-                         "linda", "max", "michel", "norbert", "pablo", "paul", "quincy", "rob",
-                         "robert", "steph", "travis", "zac", "Lee")
+ESPEAK_NAMED_VARIANTS = (
+    "Alicia",
+    "Andy",
+    "annie",
+    "boris",
+    "david",
+    "edward",
+    "gustave",
+    "linda",
+    "max",
+    "michel",
+    "norbert",
+    "pablo",
+    "paul",
+    "quincy",
+    "rob",
+    "robert",
+    "steph",
+    "travis",
+    "zac",
+    "Lee",
+)
 FLITE_VOICES = ("slt", "rms", "awb", "kal16", "kal")
 FESTIVAL_VOICES = ("kal_diphone",)
 PITCH_SHIFTS_CENTS = (-300, 0, 300)
@@ -124,11 +158,14 @@ def identification_accuracy(features: list[np.ndarray]) -> float:
     correct = total = 0
     for voice, utterances in enumerate(scaled):
         for utterance in utterances:
-            means = np.stack([
-                (sums[k] - utterance) / (len(scaled[k]) - 1) if k == voice
-                else sums[k] / len(scaled[k])
-                for k in range(len(scaled))
-            ])
+            means = np.stack(
+                [
+                    (sums[k] - utterance) / (len(scaled[k]) - 1)
+                    if k == voice
+                    else sums[k] / len(scaled[k])
+                    for k in range(len(scaled))
+                ]
+            )
             guess = int(np.argmin(np.sum((means - utterance) ** 2, axis=1)))
             correct += guess == voice
             total += 1
@@ -167,7 +204,7 @@ def ge2e_cosines(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
     means = unit(embeddings.mean(axis=1))
-    halves = (unit(embeddings[:, 0::2].mean(axis=1)) * unit(embeddings[:, 1::2].mean(axis=1)))
+    halves = unit(embeddings[:, 0::2].mean(axis=1)) * unit(embeddings[:, 1::2].mean(axis=1))
     return means @ means.T, halves.sum(axis=-1)
 
 
@@ -198,8 +235,7 @@ def markdown_table(report: dict) -> str:
         f"| probe sentences per voice | {report['num_probe_sentences']} |",
         f"| split-half distance (same voice), median / max | "
         f"{report['split_half']['median']:.2f} / {report['split_half']['max']:.2f} |",
-        f"| threshold: smallest distance allowed between pool voices | "
-        f"{report['threshold']:.2f} |",
+        f"| threshold: smallest distance allowed between pool voices | {report['threshold']:.2f} |",
         f"| **distinct voices in the pool** | **{len(chosen)}** |",
         "| by engine | " + ", ".join(f"{k} {v}" for k, v in sorted(engines.items())) + " |",
         f"| smallest distance between two pool voices | "
@@ -216,17 +252,21 @@ def markdown_table(report: dict) -> str:
             f"{ge2e['split_half_cosine_median']:.3f} / {ge2e['split_half_cosine_min']:.3f} |"
         )
         if ge2e["max_cosine_allowed"] is not None:
-            rows.append(f"| GE2E cosine allowed between pool voices, at most | "
-                        f"{ge2e['max_cosine_allowed']:.2f} |")
+            rows.append(
+                f"| GE2E cosine allowed between pool voices, at most | "
+                f"{ge2e['max_cosine_allowed']:.2f} |"
+            )
         rows.append(
             f"| GE2E cosine similarity between pool voices, max / mean | "
             f"{ge2e['max_cosine_between_chosen']:.3f} / "
             f"{ge2e['mean_cosine_between_chosen']:.3f} |"
         )
         closest = ge2e["most_similar_pairs"][0]
-        rows.append(f"| most similar pool voices by GE2E | {closest['voices'][0]} and "
-                    f"{closest['voices'][1]}: cosine {closest['cosine']:.3f}, distance "
-                    f"{closest['distance']:.2f} |")
+        rows.append(
+            f"| most similar pool voices by GE2E | {closest['voices'][0]} and "
+            f"{closest['voices'][1]}: cosine {closest['cosine']:.3f}, distance "
+            f"{closest['distance']:.2f} |"
+        )
     rows.append(f"| engines | {'; '.join(report['engine_versions'])} |")
     return "\n".join(rows)
 
@@ -242,17 +282,29 @@ def update_docs(table: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", type=Path, default=None,
-                        help="keep the probe utterances here (default: a temporary directory)")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="keep the probe utterances here (default: a temporary directory)",
+    )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--min-distance", type=float, default=2.0,
-                        help="smallest distance between two pool voices, in within-speaker "
-                        "standard deviations")
-    parser.add_argument("--max-ge2e-cosine", type=float, default=None,
-                        help="also keep apart voices whose GE2E embeddings (mean over the probe "
-                        "sentences) have at least this cosine similarity")
-    parser.add_argument("--check-only", action="store_true",
-                        help="measure the current pool and write only the JSON")
+    parser.add_argument(
+        "--min-distance",
+        type=float,
+        default=2.0,
+        help="smallest distance between two pool voices, in within-speaker standard deviations",
+    )
+    parser.add_argument(
+        "--max-ge2e-cosine",
+        type=float,
+        default=None,
+        help="also keep apart voices whose GE2E embeddings (mean over the probe "
+        "sentences) have at least this cosine similarity",
+    )
+    parser.add_argument(
+        "--check-only", action="store_true", help="measure the current pool and write only the JSON"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -265,8 +317,9 @@ def main() -> int:
         specs = candidates(engines)
     with tempfile.TemporaryDirectory() as temporary:
         work = args.cache or Path(temporary)
-        logging.info("measuring %d voices with %d probe sentences each", len(specs),
-                     len(PROBE_SENTENCES))
+        logging.info(
+            "measuring %d voices with %d probe sentences each", len(specs), len(PROBE_SENTENCES)
+        )
         features = measure(specs, work, args.workers)
         distances, split_half = voice_distances(features)
         threshold = args.min_distance
@@ -276,8 +329,11 @@ def main() -> int:
             if all_embeddings is None:
                 raise SystemExit("--max-ge2e-cosine needs the GE2E model")
             also_close = ge2e_cosines(all_embeddings)[0] >= args.max_ge2e_cosine
-        chosen = list(range(len(specs))) if args.check_only else select_distinct(
-            distances, threshold, also_close)
+        chosen = (
+            list(range(len(specs)))
+            if args.check_only
+            else select_distinct(distances, threshold, also_close)
+        )
         embeddings = ge2e_embeddings([specs[i] for i in chosen], work)
         if embeddings is not None:
             cosines, ge2e_split_half = ge2e_cosines(embeddings)
@@ -285,24 +341,31 @@ def main() -> int:
         off = sub[~np.eye(len(chosen), dtype=bool)]
         report = {
             "measure": "RMS difference of mean (24 level-normalised log-mel bands + log2 median "
-                       "F0) in within-speaker standard deviations",
+            "F0) in within-speaker standard deviations",
             "num_candidates": len(specs),
             "num_probe_sentences": len(PROBE_SENTENCES),
-            "identification_accuracy": round(identification_accuracy(
-                [features[i] for i in chosen]), 4),
-            "split_half": {"median": round(float(np.median(split_half)), 4),
-                           "max": round(float(split_half.max()), 4)},
+            "identification_accuracy": round(
+                identification_accuracy([features[i] for i in chosen]), 4
+            ),
+            "split_half": {
+                "median": round(float(np.median(split_half)), 4),
+                "max": round(float(split_half.max()), 4),
+            },
             "threshold": round(threshold, 4),
             "engine_versions": [f"{e}: {engine_version(e)}" for e in engines],
             "chosen": [
-                {"label": specs[i].label, "engine": specs[i].engine, "voice": specs[i].voice,
-                 "pitch_cents": specs[i].pitch_cents, "tempo": specs[i].tempo,
-                 "nearest_distance": round(float(np.min(np.delete(distances[i], i))), 4)}
+                {
+                    "label": specs[i].label,
+                    "engine": specs[i].engine,
+                    "voice": specs[i].voice,
+                    "pitch_cents": specs[i].pitch_cents,
+                    "tempo": specs[i].tempo,
+                    "nearest_distance": round(float(np.min(np.delete(distances[i], i))), 4),
+                }
                 for i in chosen
             ],
             "min_distance_between_chosen": round(float(off.min()), 4) if off.size else None,
-            "median_distance_between_chosen": round(float(np.median(off)), 4)
-            if off.size else None,
+            "median_distance_between_chosen": round(float(np.median(off)), 4) if off.size else None,
             "candidates": [
                 {"label": s.label, "split_half": round(float(split_half[i]), 4)}
                 for i, s in enumerate(specs)
@@ -310,13 +373,21 @@ def main() -> int:
         }
         if embeddings is not None:
             chosen_cosines = cosines[~np.eye(len(chosen), dtype=bool)]
-            pairs = sorted(((float(cosines[a, b]), a, b) for a in range(len(chosen))
-                            for b in range(a + 1, len(chosen))), reverse=True)[:5]
+            pairs = sorted(
+                (
+                    (float(cosines[a, b]), a, b)
+                    for a in range(len(chosen))
+                    for b in range(a + 1, len(chosen))
+                ),
+                reverse=True,
+            )[:5]
             report["ge2e"] = {
                 "most_similar_pairs": [
-                    {"voices": [specs[chosen[a]].label, specs[chosen[b]].label],
-                     "cosine": round(c, 4),
-                     "distance": round(float(distances[chosen[a], chosen[b]]), 4)}
+                    {
+                        "voices": [specs[chosen[a]].label, specs[chosen[b]].label],
+                        "cosine": round(c, 4),
+                        "distance": round(float(distances[chosen[a], chosen[b]]), 4),
+                    }
                     for c, a, b in pairs
                 ],
                 "model": "ge2e",
@@ -328,8 +399,13 @@ def main() -> int:
             }
     JSON_PATH.parent.mkdir(parents=True, exist_ok=True)
     JSON_PATH.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-    logging.info("%d of %d voices are distinct (threshold %.2f); wrote %s", len(chosen),
-                 len(specs), threshold, JSON_PATH)
+    logging.info(
+        "%d of %d voices are distinct (threshold %.2f); wrote %s",
+        len(chosen),
+        len(specs),
+        threshold,
+        JSON_PATH,
+    )
     if not args.check_only:
         POOL_PATH.write_text(pool_json(spread_out([specs[i] for i in chosen])), encoding="utf-8")
         update_docs(markdown_table(report))

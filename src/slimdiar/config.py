@@ -111,8 +111,11 @@ def _coerce(value, annotation, key: str):
                 return _coerce(value, arg, key)
             except ConfigError as error:
                 errors.append(str(error))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits no type of "
-                          f"{_type_name(annotation)}")
+        raise ConfigError(
+            errors[0]
+            if len(errors) == 1
+            else f"{key}: {value!r} fits no type of {_type_name(annotation)}"
+        )
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"{key} must be a table of settings, got {value!r}")
@@ -167,12 +170,19 @@ def from_dict(cls, data: dict, prefix: str = ""):
             f"{', '.join(prefix + k for k in unknown)}; valid keys of {where}: "
             f"{', '.join(sorted(fields))}"
         )
-    missing = [name for name, f in fields.items() if name not in data
-               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [
+        name
+        for name, f in fields.items()
+        if name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         where = f"[{prefix.rstrip('.')}]" if prefix else "the configuration"
-        raise ConfigError(f"{where} lacks the key{'s' if len(missing) > 1 else ''} "
-                          f"{', '.join(prefix + k for k in missing)}")
+        raise ConfigError(
+            f"{where} lacks the key{'s' if len(missing) > 1 else ''} "
+            f"{', '.join(prefix + k for k in missing)}"
+        )
     values = {name: _coerce(v, hints[name], prefix + name) for name, v in data.items()}
     try:
         return cls(**values)
@@ -230,8 +240,11 @@ def apply_override(data: dict, cls, text: str) -> None:
 def bundled_configs() -> list[str]:
     """Names of the configurations that come with slimdiar (``slimdiar/configs/*.toml``)."""
     folder = resources.files("slimdiar") / "configs"
-    return sorted(entry.name.removesuffix(".toml") for entry in folder.iterdir()
-                  if entry.name.endswith(".toml"))
+    return sorted(
+        entry.name.removesuffix(".toml")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".toml")
+    )
 
 
 def bundled_config(name: str) -> Traversable:
@@ -244,8 +257,9 @@ def bundled_config(name: str) -> Traversable:
     """
     stem = name.removesuffix(".toml")
     if stem not in bundled_configs():
-        raise ConfigError(f"{name}: no such bundled config; bundled configs: "
-                          f"{', '.join(bundled_configs())}")
+        raise ConfigError(
+            f"{name}: no such bundled config; bundled configs: {', '.join(bundled_configs())}"
+        )
     return resources.files("slimdiar") / "configs" / f"{stem}.toml"
 
 
@@ -264,8 +278,10 @@ def config_source(spec: str | Path) -> Path | Traversable:
     if path.exists() or len(path.parts) != 1:
         return path
     if path.name.removesuffix(".toml") not in bundled_configs():
-        raise ConfigError(f"{spec}: no such config file, nor a bundled config (bundled: "
-                          f"{', '.join(bundled_configs())})")
+        raise ConfigError(
+            f"{spec}: no such config file, nor a bundled config (bundled: "
+            f"{', '.join(bundled_configs())})"
+        )
     return bundled_config(path.name)
 
 
@@ -282,8 +298,9 @@ def read_toml(path: str | Path | Traversable) -> dict:
         raise ConfigError(f"{path}: unreadable config file ({error})") from None
 
 
-def load_config(cls, path: str | Path | Traversable | None = None,
-                overrides: typing.Sequence[str] = ()):
+def load_config(
+    cls, path: str | Path | Traversable | None = None, overrides: typing.Sequence[str] = ()
+):
     """Read a TOML file (optional) into dataclass ``cls`` and apply ``section.key=value`` overrides.
 
     ``path`` is a file, the name of a bundled configuration (:func:`config_source`) or a

@@ -109,9 +109,7 @@ def tone_waveform(
     waveform = noise * rng.normal(size=len(time_s))
     for onset_s, offset_s, speaker in turns:
         inside = (time_s >= onset_s) & (time_s < offset_s)
-        waveform[inside] += amplitude * np.sin(
-            2 * np.pi * frequencies_hz[speaker] * time_s[inside]
-        )
+        waveform[inside] += amplitude * np.sin(2 * np.pi * frequencies_hz[speaker] * time_s[inside])
     return waveform.astype(np.float32)
 
 
@@ -168,8 +166,10 @@ def write_tone_datadir(
 def write_tone_train_dev(root: str | Path) -> tuple[Path, Path]:
     """``root/train`` (2 recordings of 12 s) and ``root/dev`` (1 of 6 s) of tone speakers."""
     root = Path(root)
-    return (write_tone_datadir(root / "train", seed=0, num_recordings=2, duration_s=12.0),
-            write_tone_datadir(root / "dev", seed=1, num_recordings=1, duration_s=6.0))
+    return (
+        write_tone_datadir(root / "train", seed=0, num_recordings=2, duration_s=12.0),
+        write_tone_datadir(root / "dev", seed=1, num_recordings=1, duration_s=6.0),
+    )
 
 
 class ToneEmbedding:
@@ -233,8 +233,9 @@ def tone_sequence(duration_s: float, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(out)[: int(duration_s * SAMPLE_RATE)].astype(np.float32)
 
 
-def write_tone_sequence_tree(root: str | Path, num_files: int, duration_s: float,
-                             seed: int) -> Path:
+def write_tone_sequence_tree(
+    root: str | Path, num_files: int, duration_s: float, seed: int
+) -> Path:
     """A tree of :func:`tone_sequence` files (``spk0/utt0.wav``, ...): audio to pretrain on."""
     root = Path(root)
     rng = np.random.default_rng(seed)
@@ -278,8 +279,9 @@ def tiny_resnet(seed: int = 0) -> ResNetEmbedding:
 
 
 # ---------------------------------------------------------------------- a tiny teacher
-def finetune_tiny_teacher(train: str | Path, dev: str | Path, out: str | Path,
-                          config: str | Path = "tiny") -> Path:
+def finetune_tiny_teacher(
+    train: str | Path, dev: str | Path, out: str | Path, config: str | Path = "tiny"
+) -> Path:
     """Fine-tune a tiny diarization model on tone data with ``slimdiar finetune``; its ``best/``.
 
     The WavLM is ``wavlm-mini`` (random init, Base+'s proportions: fine-grained enough for a
@@ -303,13 +305,33 @@ def finetune_tiny_teacher(train: str | Path, dev: str | Path, out: str | Path,
 
     source = str(Path(slimdiar.__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
-    command = [sys.executable, "-m", "slimdiar", "finetune", "--config", str(config),
-               "--backbone", "wavlm-mini", "--train", str(train), "--dev", str(dev),
-               "--out", str(out), "--set", 'model.frontend="wavlm"',
-               "--set", "trainer.max_epochs=30", "--set", "trainer.progress=false",
-               "--set", "trainer.average_best=1"]
-    run = subprocess.run(command, env={**os.environ, "PYTHONPATH": path}, capture_output=True,
-                         text=True)
+    command = [
+        sys.executable,
+        "-m",
+        "slimdiar",
+        "finetune",
+        "--config",
+        str(config),
+        "--backbone",
+        "wavlm-mini",
+        "--train",
+        str(train),
+        "--dev",
+        str(dev),
+        "--out",
+        str(out),
+        "--set",
+        'model.frontend="wavlm"',
+        "--set",
+        "trainer.max_epochs=30",
+        "--set",
+        "trainer.progress=false",
+        "--set",
+        "trainer.average_best=1",
+    ]
+    run = subprocess.run(
+        command, env={**os.environ, "PYTHONPATH": path}, capture_output=True, text=True
+    )
     if run.returncode != 0:
         raise RuntimeError(f"fine-tuning the teacher in {out} failed:\n{run.stderr[-3000:]}")
     return Path(out) / "best"
@@ -328,21 +350,43 @@ TONE_PRUNE_WARMUP_EPOCHS = 10
 TONE_PRUNE_GATE_BOUND = 0.001
 #: ``slimdiar prune`` options that bring :func:`finetune_tiny_teacher` to its target on a CPU.
 TONE_PRUNE_SETTING = [
-    "--set", "data.chunk_duration_s=0.5", "--set", "data.shift_s=0.1",
-    "--set", "data.val_chunk_duration_s=2.0", "--set", "data.val_shift_s=2.0",
-    "--set", "trainer.num_workers=0", "--set", "trainer.progress=false",
-    "--set", "trainer.batch_size=4", "--set", "trainer.max_epochs=40",
-    "--set", "trainer.max_steps_per_epoch=29",
-    "--set", f"prune.warmup_epochs={TONE_PRUNE_WARMUP_EPOCHS}",
-    "--set", "optim.lr_gates=0.05", "--set", "optim.lr_lambda=0.2",
-    "--set", f"prune.gate_bound={TONE_PRUNE_GATE_BOUND}",
-    "--set", 'prune.final_model="on-target"', "--set", "trainer.patience=0",
+    "--set",
+    "data.chunk_duration_s=0.5",
+    "--set",
+    "data.shift_s=0.1",
+    "--set",
+    "data.val_chunk_duration_s=2.0",
+    "--set",
+    "data.val_shift_s=2.0",
+    "--set",
+    "trainer.num_workers=0",
+    "--set",
+    "trainer.progress=false",
+    "--set",
+    "trainer.batch_size=4",
+    "--set",
+    "trainer.max_epochs=40",
+    "--set",
+    "trainer.max_steps_per_epoch=29",
+    "--set",
+    f"prune.warmup_epochs={TONE_PRUNE_WARMUP_EPOCHS}",
+    "--set",
+    "optim.lr_gates=0.05",
+    "--set",
+    "optim.lr_lambda=0.2",
+    "--set",
+    f"prune.gate_bound={TONE_PRUNE_GATE_BOUND}",
+    "--set",
+    'prune.final_model="on-target"',
+    "--set",
+    "trainer.patience=0",
 ]
 
 
 # ---------------------------------------------------------------------- fake corpus releases
-def write_pcm_audio(path: str | Path, duration_s: float, channels: int,
-                    seed: int = 0) -> np.ndarray:
+def write_pcm_audio(
+    path: str | Path, duration_s: float, channels: int, seed: int = 0
+) -> np.ndarray:
     """Write random 16-bit audio at :data:`~slimdiar.frames.SAMPLE_RATE` to ``path``.
 
     Parent directories are created; returns the ``(samples, channels)`` int16 array written.
@@ -366,8 +410,16 @@ def praat_textgrid(xmax: float, tiers: Mapping[str, list[tuple[float, float, str
     tiers
         Interval tiers by name, each a list of ``(start_s, end_s, text)``.
     """
-    lines = ['File type = "ooTextFile"', 'Object class = "TextGrid"', "", "xmin = 0 ",
-             f"xmax = {xmax} ", "tiers? <exists> ", f"size = {len(tiers)} ", "item []: "]
+    lines = [
+        'File type = "ooTextFile"',
+        'Object class = "TextGrid"',
+        "",
+        "xmin = 0 ",
+        f"xmax = {xmax} ",
+        "tiers? <exists> ",
+        f"size = {len(tiers)} ",
+        "item []: ",
+    ]
     for number, (name, intervals) in enumerate(tiers.items(), start=1):
         filled, cursor = [], 0.0
         for start, end, text in intervals:
@@ -377,13 +429,22 @@ def praat_textgrid(xmax: float, tiers: Mapping[str, list[tuple[float, float, str
             cursor = end
         if cursor < xmax:
             filled.append((cursor, xmax, ""))
-        lines += [f"    item [{number}]:", '        class = "IntervalTier" ',
-                  f'        name = "{name}" ', "        xmin = 0 ", f"        xmax = {xmax} ",
-                  f"        intervals: size = {len(filled)} "]
+        lines += [
+            f"    item [{number}]:",
+            '        class = "IntervalTier" ',
+            f'        name = "{name}" ',
+            "        xmin = 0 ",
+            f"        xmax = {xmax} ",
+            f"        intervals: size = {len(filled)} ",
+        ]
         for index, (start, end, text) in enumerate(filled, start=1):
             text = text.replace('"', '""')
-            lines += [f"        intervals [{index}]:", f"            xmin = {start} ",
-                      f"            xmax = {end} ", f'            text = "{text}" ']
+            lines += [
+                f"        intervals [{index}]:",
+                f"            xmin = {start} ",
+                f"            xmax = {end} ",
+                f'            text = "{text}" ',
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -400,22 +461,33 @@ def make_aishell4_release(root: str | Path) -> dict[str, np.ndarray]:
         The ``(samples, 8)`` int16 audio of each session, by session name.
     """
     root = Path(root)
-    sessions = {"train_L": ["20200707_L_R001S01C01", "20200708_L_R002S01C01"],
-                "train_M": ["20200710_M_R001S01C01"], "train_S": ["20200711_S_R001S01C01"],
-                "test": ["L_R003S01C02"]}
+    sessions = {
+        "train_L": ["20200707_L_R001S01C01", "20200708_L_R002S01C01"],
+        "train_M": ["20200710_M_R001S01C01"],
+        "train_S": ["20200711_S_R001S01C01"],
+        "test": ["L_R003S01C02"],
+    }
     audio = {}
     for seed, (part, names) in enumerate(sessions.items()):
         part_dir = root / part / part if part == "train_S" else root / part
         for index, name in enumerate(names):
             data = write_pcm_audio(part_dir / "wav" / f"{name}.wav", 3.0, 8, seed=seed + index)
             (part_dir / "wav" / f"{name}.wav").rename(part_dir / "wav" / f"{name}.flac")
-            soundfile.write(part_dir / "wav" / f"{name}.flac", data, SAMPLE_RATE, format="FLAC",
-                            subtype="PCM_16")
+            soundfile.write(
+                part_dir / "wav" / f"{name}.flac",
+                data,
+                SAMPLE_RATE,
+                format="FLAC",
+                subtype="PCM_16",
+            )
             audio[name] = data
             # "<%>" and "<$>" are the corpus's non-speech marks.
-            tiers = {"001": [(0.5, 1.0, "甲"), (1.0, 1.5, "乙"), (2.0, 2.2, "<%>")],
-                     "002": [(1.25, 2.0, "丙")], "003": [(2.5, 3.2, "丁")],
-                     "004": [(0.1, 0.4, " <$> ")]}
+            tiers = {
+                "001": [(0.5, 1.0, "甲"), (1.0, 1.5, "乙"), (2.0, 2.2, "<%>")],
+                "002": [(1.25, 2.0, "丙")],
+                "003": [(2.5, 3.2, "丁")],
+                "004": [(0.1, 0.4, " <$> ")],
+            }
             path = part_dir / "TextGrid" / f"{name}.TextGrid"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(praat_textgrid(3.2, tiers), encoding="utf-8")
@@ -425,13 +497,18 @@ def make_aishell4_release(root: str | Path) -> dict[str, np.ndarray]:
 def make_alimeeting_release(root: str | Path) -> None:
     """An AliMeeting release: far-field 8-channel sessions of 2 s in Train, Eval and Test."""
     root = Path(root)
-    layout = {"Train_Ali_far": ["R0003_M0046", "R0015_M0151"],
-              "Eval_Ali/Eval_Ali_far": ["R8001_M8004"], "Test_Ali/Test_Ali_far": ["R8003_M8001"]}
+    layout = {
+        "Train_Ali_far": ["R0003_M0046", "R0015_M0151"],
+        "Eval_Ali/Eval_Ali_far": ["R8001_M8004"],
+        "Test_Ali/Test_Ali_far": ["R8003_M8001"],
+    }
     for part, sessions in layout.items():
         for index, session in enumerate(sessions):
             write_pcm_audio(root / part / "audio_dir" / f"{session}_MS{801 + index}.wav", 2.0, 8)
-            tiers = {f"{session}_F_SPK0093": [(0.1, 0.9, "好")],
-                     "M_SPK0094": [(0.5, 1.2, "对"), (1.5, 1.9, "嗯")]}
+            tiers = {
+                f"{session}_F_SPK0093": [(0.1, 0.9, "好")],
+                "M_SPK0094": [(0.5, 1.2, "对"), (1.5, 1.9, "嗯")],
+            }
             path = root / part / "textgrid_dir" / f"{session}.TextGrid"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(praat_textgrid(2.0, tiers), encoding="utf-8")
@@ -453,8 +530,10 @@ AMI_MEETINGS_XML = """<?xml version="1.0" encoding="ISO-8859-1"?>
 def ami_words_xml(meeting: str, agent: str, words: list[str]) -> str:
     """An AMI NXT ``words.xml`` file of one speaker holding the given XML elements."""
     body = "\n".join(f"  {w}" for w in words)
-    return (f'<?xml version="1.0" encoding="ISO-8859-1"?>\n<nite:root nite:id="{meeting}.'
-            f'{agent}.words" xmlns:nite="http://nite.sourceforge.net/">\n{body}\n</nite:root>\n')
+    return (
+        f'<?xml version="1.0" encoding="ISO-8859-1"?>\n<nite:root nite:id="{meeting}.'
+        f'{agent}.words" xmlns:nite="http://nite.sourceforge.net/">\n{body}\n</nite:root>\n'
+    )
 
 
 def make_ami_release(root: str | Path) -> Path:
@@ -470,27 +549,44 @@ def make_ami_release(root: str | Path) -> Path:
     """
     root = Path(root)
     for meeting in ("ES2002a", "ES2004a"):
-        write_pcm_audio(root / "amicorpus" / meeting / "audio" / f"{meeting}.Array1-01.wav",
-                        5.0, 1)
+        write_pcm_audio(root / "amicorpus" / meeting / "audio" / f"{meeting}.Array1-01.wav", 5.0, 1)
     annotations = root / "annotations"
     (annotations / "corpusResources").mkdir(parents=True)
     (annotations / "corpusResources" / "meetings.xml").write_text(AMI_MEETINGS_XML)
     (annotations / "words").mkdir()
-    (annotations / "words" / "ES2002a.A.words.xml").write_text(ami_words_xml("ES2002a", "A", [
-        '<w nite:id="a0" starttime="0.50" endtime="0.80">Okay</w>',
-        '<w nite:id="a1" starttime="0.80" endtime="0.80" punc="true">.</w>',
-        '<w nite:id="a2" starttime="0.80" endtime="1.10">so</w>',
-        '<vocalsound nite:id="a3" starttime="1.10" endtime="1.60" type="laugh"/>',
-        '<w nite:id="a4" starttime="1.70" endtime="2.00">right</w>',
-        '<w nite:id="a5">untimed</w>',
-        '<disfmarker nite:id="a6" starttime="2.00" endtime="2.00"/>',
-        '<w nite:id="a7" starttime="4.90" endtime="5.40">late</w>',
-    ]))
-    (annotations / "words" / "ES2002a.B.words.xml").write_text(ami_words_xml("ES2002a", "B", [
-        '<w nite:id="b0" starttime="1.00" endtime="1.50">yeah</w>',
-        '<gap nite:id="b1" starttime="1.50" endtime="2.50"/>',
-    ]))
-    (annotations / "words" / "ES2004a.A.words.xml").write_text(ami_words_xml("ES2004a", "A", [
-        '<w nite:id="c0" starttime="0.25" endtime="0.75">hello</w>',
-    ]))
+    (annotations / "words" / "ES2002a.A.words.xml").write_text(
+        ami_words_xml(
+            "ES2002a",
+            "A",
+            [
+                '<w nite:id="a0" starttime="0.50" endtime="0.80">Okay</w>',
+                '<w nite:id="a1" starttime="0.80" endtime="0.80" punc="true">.</w>',
+                '<w nite:id="a2" starttime="0.80" endtime="1.10">so</w>',
+                '<vocalsound nite:id="a3" starttime="1.10" endtime="1.60" type="laugh"/>',
+                '<w nite:id="a4" starttime="1.70" endtime="2.00">right</w>',
+                '<w nite:id="a5">untimed</w>',
+                '<disfmarker nite:id="a6" starttime="2.00" endtime="2.00"/>',
+                '<w nite:id="a7" starttime="4.90" endtime="5.40">late</w>',
+            ],
+        )
+    )
+    (annotations / "words" / "ES2002a.B.words.xml").write_text(
+        ami_words_xml(
+            "ES2002a",
+            "B",
+            [
+                '<w nite:id="b0" starttime="1.00" endtime="1.50">yeah</w>',
+                '<gap nite:id="b1" starttime="1.50" endtime="2.50"/>',
+            ],
+        )
+    )
+    (annotations / "words" / "ES2004a.A.words.xml").write_text(
+        ami_words_xml(
+            "ES2004a",
+            "A",
+            [
+                '<w nite:id="c0" starttime="0.25" endtime="0.75">hello</w>',
+            ],
+        )
+    )
     return annotations

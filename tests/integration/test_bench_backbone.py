@@ -16,8 +16,23 @@ def test_bench_compares_models_and_writes_json(tmp_path, capsys):
     from slimdiar.models import WavLM
 
     WavLM.from_preset("wavlm-tiny").save_pretrained(checkpoint)
-    code = main(["bench", "wavlm-tiny", str(checkpoint), "--seconds", "1", "--batch-size", "2",
-                 "--warmup", "0", "--repeats", "1", "--json", str(out)])
+    code = main(
+        [
+            "bench",
+            "wavlm-tiny",
+            str(checkpoint),
+            "--seconds",
+            "1",
+            "--batch-size",
+            "2",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     assert "wavlm-tiny" in capsys.readouterr().out
     data = json.loads(out.read_text())
@@ -32,9 +47,25 @@ def test_bench_compares_models_and_writes_json(tmp_path, capsys):
 
 def test_bench_of_an_architecture_file_counts_without_weights(tmp_path):
     out = tmp_path / "bench.json"
-    assert main(["bench", str(PRESETS / "wavlm-base-plus-s80.json"), "--seconds", "0.5",
-                 "--batch-size", "1", "--warmup", "0", "--repeats", "1", "--json",
-                 str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(PRESETS / "wavlm-base-plus-s80.json"),
+                "--seconds",
+                "0.5",
+                "--batch-size",
+                "1",
+                "--warmup",
+                "0",
+                "--repeats",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     row = json.loads(out.read_text())["models"][0]
     assert abs(row["params"] - 18.88e6) / 18.88e6 < 0.005
 
@@ -49,16 +80,38 @@ def test_bench_measures_precisions_side_by_side(tmp_path, capsys):
     from slimdiar.models import WavLM
 
     WavLM.from_preset("wavlm-tiny").save_pretrained(tmp_path / "tiny")
-    assert main(["bench", "wavlm-tiny", str(tmp_path / "tiny"), "--seconds", "0.5",
-                 "--batch-size", "2", "--warmup", "0", "--repeats", "1", "--dtype",
-                 "float32", "bfloat16", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "wavlm-tiny",
+                str(tmp_path / "tiny"),
+                "--seconds",
+                "0.5",
+                "--batch-size",
+                "2",
+                "--warmup",
+                "0",
+                "--repeats",
+                "1",
+                "--dtype",
+                "float32",
+                "bfloat16",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "bfloat16" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["dtypes"] == ["float32", "bfloat16"] and data["precision_mode"] == "autocast"
     assert isinstance(data["cpu_native_bf16"], bool) and data["cpu_capability"]
     rows = data["models"]
     assert [(Path(r["name"]).name, r["dtype"]) for r in rows] == [
-        ("wavlm-tiny", "float32"), ("tiny", "float32"), ("wavlm-tiny", "bfloat16"),
+        ("wavlm-tiny", "float32"),
+        ("tiny", "float32"),
+        ("wavlm-tiny", "bfloat16"),
         ("tiny", "bfloat16"),
     ]
     for fp32, bf16 in zip(rows[:2], rows[2:], strict=True):

@@ -20,8 +20,18 @@ from slimdiar.errors import CheckpointError, ConfigError
 from slimdiar.pipeline import sliding_windows
 from slimdiar.testing import tiny_eend
 
-DOCUMENTED_KEYS = {"mode", "model", "seconds", "stages", "rtf", "peak_rss_mb", "rss_increase_mb",
-                   "device", "threads", "torch"}
+DOCUMENTED_KEYS = {
+    "mode",
+    "model",
+    "seconds",
+    "stages",
+    "rtf",
+    "peak_rss_mb",
+    "rss_increase_mb",
+    "device",
+    "threads",
+    "torch",
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +42,19 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cli_run(checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench-json") / "pipeline.json"
-    status = main(["bench", "--pipeline", str(checkpoint), "--seconds", "9", "--threads", "1",
-                   "--json", str(out)])
+    status = main(
+        [
+            "bench",
+            "--pipeline",
+            str(checkpoint),
+            "--seconds",
+            "9",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     return status, json.loads(out.read_text())
 
 
@@ -105,12 +126,22 @@ def test_synthetic_conversation_has_turns_and_pauses(tmp_path):
 
 
 def test_stage_peaks_attribute_samples_to_stages():
-    measured = {"start_time": 10.0,
-                "stage_end_times": {"segmentation": 12.0, "embeddings": 15.0, "output": 16.0}}
-    samples = [(9.5, 999.0), (11.0, 100.0), (12.0, 150.0), (13.0, 300.0), (14.9, 200.0),
-               (15.5, 120.0)]
+    measured = {
+        "start_time": 10.0,
+        "stage_end_times": {"segmentation": 12.0, "embeddings": 15.0, "output": 16.0},
+    }
+    samples = [
+        (9.5, 999.0),
+        (11.0, 100.0),
+        (12.0, 150.0),
+        (13.0, 300.0),
+        (14.9, 200.0),
+        (15.5, 120.0),
+    ]
     assert _stage_peaks(measured, samples) == {
-        "segmentation": 150.0, "embeddings": 300.0, "output": 120.0,
+        "segmentation": 150.0,
+        "embeddings": 300.0,
+        "output": 120.0,
     }
 
 
@@ -123,8 +154,7 @@ def test_stage_peaks_attribute_samples_to_stages():
         (["--pipeline", "{ckpt}", "--seconds", "-3"], "the audio duration must be positive"),
         (["--pipeline", "{ckpt}", "--audio", "{missing}"], "no such audio file"),
         (["--pipeline", "{ckpt}", "--audio", "{ckpt}/config.json"], "cannot read audio"),
-        (["--pipeline", "{ckpt}", "--audio", "{ckpt}/config.json", "--seconds", "4"],
-         "not both"),
+        (["--pipeline", "{ckpt}", "--audio", "{ckpt}/config.json", "--seconds", "4"], "not both"),
         (["--pipeline", "{ckpt}", "wavlm-tiny"], "not both"),
         ([], "give at least one MODEL"),
         (["wavlm-tiny", "--audio", "x.wav"], "--audio is an option of --pipeline mode"),
@@ -152,12 +182,41 @@ def test_library_errors_are_typed(checkpoint, tmp_path):
 
 def test_backbone_mode_keeps_its_json(tmp_path):
     out = tmp_path / "backbones.json"
-    status = main(["bench", "wavlm-tiny", "--seconds", "0.5", "--batch-size", "2", "--warmup",
-                   "0", "--repeats", "1", "--threads", "1", "--json", str(out)])
+    status = main(
+        [
+            "bench",
+            "wavlm-tiny",
+            "--seconds",
+            "0.5",
+            "--batch-size",
+            "2",
+            "--warmup",
+            "0",
+            "--repeats",
+            "1",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     assert status == 0
     data = json.loads(out.read_text())
-    assert set(data) == {"models", "seconds", "batch_size", "warmup", "repeats", "device",
-                         "threads", "torch", "dtype", "device_name", "precision_mode",
-                         "cpu_capability", "cpu_native_bf16", "command"}
+    assert set(data) == {
+        "models",
+        "seconds",
+        "batch_size",
+        "warmup",
+        "repeats",
+        "device",
+        "threads",
+        "torch",
+        "dtype",
+        "device_name",
+        "precision_mode",
+        "cpu_capability",
+        "cpu_native_bf16",
+        "command",
+    }
     assert data["seconds"] == 0.5
     assert [m["name"] for m in data["models"]] == ["wavlm-tiny"]

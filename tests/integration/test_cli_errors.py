@@ -74,8 +74,9 @@ def scoring_inputs(tmp_path):
 
 # ------------------------------------------------------------------ the error boundary
 def test_a_known_error_is_one_line_and_exit_status_2(tmp_path, capsys):
-    status, err = run_cli(capsys, "score", "--ref", tmp_path / "absent.rttm", "--hyp",
-                          tmp_path / "absent.rttm")
+    status, err = run_cli(
+        capsys, "score", "--ref", tmp_path / "absent.rttm", "--hyp", tmp_path / "absent.rttm"
+    )
     assert_one_line_error(status, err, "absent.rttm", "no such RTTM file or directory")
     assert err.count("\n") == 1
 
@@ -122,9 +123,14 @@ def test_ctrl_c_is_exit_status_130_without_a_traceback(monkeypatch, capsys, scor
 
 def _run_module(*argv, code=None, env=None, cwd=None):
     command = [sys.executable, "-c", code] if code else [sys.executable, "-m", "slimdiar"]
-    return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})},
-                          cwd=cwd, timeout=120)
+    return subprocess.run(
+        [*command, *map(str, argv)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})},
+        cwd=cwd,
+        timeout=120,
+    )
 
 
 def test_ctrl_c_while_the_commands_are_imported_is_not_a_traceback():
@@ -150,9 +156,22 @@ def test_ctrl_c_while_the_commands_are_imported_is_not_a_traceback():
 def test_a_real_sigint_at_any_moment_leaves_no_traceback_and_no_file(tmp_path, delay_s):
     out = tmp_path / "bench.json"
     process = subprocess.Popen(
-        [sys.executable, "-m", "slimdiar", "bench", "wavlm-tiny", "--seconds", "0.5",
-         "--repeats", "50", "--json", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "slimdiar",
+            "bench",
+            "wavlm-tiny",
+            "--seconds",
+            "0.5",
+            "--repeats",
+            "50",
+            "--json",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
     )
     time.sleep(delay_s)
@@ -173,24 +192,48 @@ def output_cases(tmp_path, scoring_inputs):
         "score --json onto a directory": [*scoring_inputs, "--json", tmp_path / "a-dir"],
         "score --json under a file": [*scoring_inputs, "--json", tmp_path / "file.txt/x.json"],
         "bench --json onto a directory": ["bench", "wavlm-tiny", "--json", tmp_path / "a-dir"],
-        "bench --json under a file": ["bench", "wavlm-tiny", "--json",
-                                      tmp_path / "file.txt/b.json"],
-        "simulate --out onto a file": ["simulate", "--speakers-from", "TONES", "--out",
-                                       tmp_path / "file.txt"],
+        "bench --json under a file": [
+            "bench",
+            "wavlm-tiny",
+            "--json",
+            tmp_path / "file.txt/b.json",
+        ],
+        "simulate --out onto a file": [
+            "simulate",
+            "--speakers-from",
+            "TONES",
+            "--out",
+            tmp_path / "file.txt",
+        ],
         "finetune --out onto a file": ["finetune", *train, "--out", tmp_path / "file.txt"],
-        "prune --out under a file": ["prune", "--teacher", tmp_path, *train, "--out",
-                                     tmp_path / "file.txt/exp"],
+        "prune --out under a file": [
+            "prune",
+            "--teacher",
+            tmp_path,
+            *train,
+            "--out",
+            tmp_path / "file.txt/exp",
+        ],
         "diarize --out onto a file": ["diarize", tmp_path, "--out", tmp_path / "file.txt"],
     }
 
 
-@pytest.mark.parametrize("case", [
-    "score --json onto a directory", "score --json under a file", "bench --json onto a directory",
-    "bench --json under a file", "simulate --out onto a file", "finetune --out onto a file",
-    "prune --out under a file", "diarize --out onto a file",
-])
-def test_an_unwritable_output_path_is_refused_before_any_work(tmp_path, capsys, scoring_inputs,
-                                                              case):
+@pytest.mark.parametrize(
+    "case",
+    [
+        "score --json onto a directory",
+        "score --json under a file",
+        "bench --json onto a directory",
+        "bench --json under a file",
+        "simulate --out onto a file",
+        "finetune --out onto a file",
+        "prune --out under a file",
+        "diarize --out onto a file",
+    ],
+)
+def test_an_unwritable_output_path_is_refused_before_any_work(
+    tmp_path, capsys, scoring_inputs, case
+):
     argv = output_cases(tmp_path, scoring_inputs)[case]
     before = sorted(p.name for p in tmp_path.iterdir())
     status, err = run_cli(capsys, *argv)
@@ -201,8 +244,9 @@ def test_an_unwritable_output_path_is_refused_before_any_work(tmp_path, capsys, 
     assert (tmp_path / "file.txt").read_text() == "a file\n"
 
 
-def test_an_output_in_a_read_only_directory_is_refused_before_any_work(tmp_path, capsys,
-                                                                       scoring_inputs):
+def test_an_output_in_a_read_only_directory_is_refused_before_any_work(
+    tmp_path, capsys, scoring_inputs
+):
     locked = read_only_dir(tmp_path)
     for argv, flag in [
         ([*scoring_inputs, "--json", locked / "der.json"], "--json"),
@@ -222,8 +266,17 @@ def test_a_text_file_given_as_a_model_is_a_clear_error(tmp_path, capsys, command
     (tmp_path / "ref.rttm").write_text(RTTM)
     soundfile.write(tmp_path / "a.wav", noise(5 * SAMPLE_RATE), SAMPLE_RATE)
     if command == "diarize":
-        argv = ["diarize", tmp_path / "a.wav", "--out", tmp_path / "out", "--quiet",
-                "--oracle-segmentation", tmp_path / "ref.rttm", "--embedding", notes]
+        argv = [
+            "diarize",
+            tmp_path / "a.wav",
+            "--out",
+            tmp_path / "out",
+            "--quiet",
+            "--oracle-segmentation",
+            tmp_path / "ref.rttm",
+            "--embedding",
+            notes,
+        ]
     else:
         argv = ["bench", notes, "--seconds", "0.5"]
     status, err = run_cli(capsys, *argv)
@@ -232,17 +285,22 @@ def test_a_text_file_given_as_a_model_is_a_clear_error(tmp_path, capsys, command
 
 
 # ------------------------------------------------------------------ values in range
-@pytest.mark.parametrize("argv, flag", [
-    (["simulate", "--out", "{tmp}/sim", "--speakers-from", "TONES", "--jobs", "0"], "--jobs"),
-    (["simulate", "--out", "{tmp}/sim", "--speakers-from", "TONES", "--tts-speakers", "0"],
-     "--tts-speakers"),
-    (["bench", "wavlm-tiny", "--threads", "0"], "--threads"),
-    (["bench", "wavlm-tiny", "--repeats", "0"], "--repeats"),
-    (["data", "check", "{tmp}", "--max-rows", "-1"], "--max-rows"),
-    (["diarize", "{tmp}", "--out", "{tmp}/out", "--num-speakers", "0"], "--num-speakers"),
-    (["diarize", "{tmp}", "--out", "{tmp}/out", "--batch-size", "0"], "--batch-size"),
-    (["diarize", "{tmp}", "--out", "{tmp}/out", "--step", "-1"], "--step"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["simulate", "--out", "{tmp}/sim", "--speakers-from", "TONES", "--jobs", "0"], "--jobs"),
+        (
+            ["simulate", "--out", "{tmp}/sim", "--speakers-from", "TONES", "--tts-speakers", "0"],
+            "--tts-speakers",
+        ),
+        (["bench", "wavlm-tiny", "--threads", "0"], "--threads"),
+        (["bench", "wavlm-tiny", "--repeats", "0"], "--repeats"),
+        (["data", "check", "{tmp}", "--max-rows", "-1"], "--max-rows"),
+        (["diarize", "{tmp}", "--out", "{tmp}/out", "--num-speakers", "0"], "--num-speakers"),
+        (["diarize", "{tmp}", "--out", "{tmp}/out", "--batch-size", "0"], "--batch-size"),
+        (["diarize", "{tmp}", "--out", "{tmp}/out", "--step", "-1"], "--step"),
+    ],
+)
 def test_meaningless_counts_are_refused_under_the_flag_name(tmp_path, capsys, argv, flag):
     status, err = run_cli(capsys, *[a.format(tmp=tmp_path) for a in argv])
     assert_one_line_error(status, err, f"argument {flag}: ")
@@ -251,11 +309,28 @@ def test_meaningless_counts_are_refused_under_the_flag_name(tmp_path, capsys, ar
 
 def test_library_checks_are_reported_with_the_flags_the_user_typed(tmp_path, capsys):
     soundfile.write(tmp_path / "a.wav", noise(SAMPLE_RATE), SAMPLE_RATE)
-    status, err = run_cli(capsys, "diarize", tmp_path / "a.wav", "--out", tmp_path / "out",
-                          "--min-speakers", "3", "--max-speakers", "2")
+    status, err = run_cli(
+        capsys,
+        "diarize",
+        tmp_path / "a.wav",
+        "--out",
+        tmp_path / "out",
+        "--min-speakers",
+        "3",
+        "--max-speakers",
+        "2",
+    )
     assert_one_line_error(status, err, "--min-speakers (3) is larger than --max-speakers (2)")
-    status, err = run_cli(capsys, "simulate", "--out", tmp_path / "sim", "--speakers-from",
-                          "TONES", "--duration-s", "-1")
+    status, err = run_cli(
+        capsys,
+        "simulate",
+        "--out",
+        tmp_path / "sim",
+        "--speakers-from",
+        "TONES",
+        "--duration-s",
+        "-1",
+    )
     assert_one_line_error(status, err, "--duration-s must be > 0")
     assert "duration_s" not in err
     assert not (tmp_path / "sim").exists()
@@ -282,8 +357,20 @@ def test_a_bad_set_value_is_blamed_on_the_set_not_on_the_file(tmp_path, capsys):
         load_config(FinetuneConfig, config, ["trainer.max_epochs=2", "trainer.batch_size=four"])
     message = str(caught.value)
     assert message.startswith("--set trainer.batch_size=four: ") and "tiny.toml" not in message
-    status, err = run_cli(capsys, "finetune", "--config", config, "--set", "optim.lr_head=-1",
-                          "--train", tmp_path, "--dev", tmp_path, "--out", tmp_path / "exp")
+    status, err = run_cli(
+        capsys,
+        "finetune",
+        "--config",
+        config,
+        "--set",
+        "optim.lr_head=-1",
+        "--train",
+        tmp_path,
+        "--dev",
+        tmp_path,
+        "--out",
+        tmp_path / "exp",
+    )
     assert_one_line_error(status, err, "--set optim.lr_head=-1: optim.lr_head must be > 0")
     assert not (tmp_path / "exp").exists()
 
@@ -291,8 +378,13 @@ def test_a_bad_set_value_is_blamed_on_the_set_not_on_the_file(tmp_path, capsys):
 # ------------------------------------------------------------------ diarize inputs
 def oracle(tmp_path):
     (tmp_path / "ref.rttm").write_text(RTTM.replace(" a ", " b ") + RTTM)
-    return ["--oracle-segmentation", tmp_path / "ref.rttm", "--oracle-clustering",
-            tmp_path / "ref.rttm", "--quiet"]
+    return [
+        "--oracle-segmentation",
+        tmp_path / "ref.rttm",
+        "--oracle-clustering",
+        tmp_path / "ref.rttm",
+        "--quiet",
+    ]
 
 
 def test_a_data_directory_is_diarized_from_its_wav_scp_and_cut_to_its_uem(tmp_path, capsys):
@@ -329,8 +421,9 @@ def test_a_space_in_one_file_name_skips_that_file_only(tmp_path, capsys):
 
 def test_an_empty_wav_scp_is_an_error(tmp_path, capsys):
     (tmp_path / "wav.scp").write_text("")
-    status, err = run_cli(capsys, "diarize", tmp_path / "wav.scp", "--out", tmp_path / "out",
-                          *oracle(tmp_path))
+    status, err = run_cli(
+        capsys, "diarize", tmp_path / "wav.scp", "--out", tmp_path / "out", *oracle(tmp_path)
+    )
     assert_one_line_error(status, err, "wav.scp", "lists no recording")
     assert not (tmp_path / "out").exists()
 
@@ -338,8 +431,9 @@ def test_an_empty_wav_scp_is_an_error(tmp_path, capsys):
 def test_the_progress_bar_is_closed_before_an_error_is_printed(tmp_path, capsys):
     (tmp_path / "broken.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt garbage")
     argv = [a for a in oracle(tmp_path) if a != "--quiet"]
-    status, err = run_cli(capsys, "diarize", tmp_path / "broken.wav", "--out", tmp_path / "out",
-                          *argv)
+    status, err = run_cli(
+        capsys, "diarize", tmp_path / "broken.wav", "--out", tmp_path / "out", *argv
+    )
     assert status == 1
     lines = err.split("\n")
     errors = [line for line in lines if "slimdiar: error: broken" in line]
@@ -375,8 +469,9 @@ def test_samples_far_above_full_scale_get_one_warning(tmp_path, caplog):
 
 # ------------------------------------------------------------------ checkpoints and demo
 def test_model_safetensors_has_the_permissions_of_the_other_checkpoint_files(tmp_path):
-    config = EENDConfig(wavlm=preset("wavlm-tiny"), d_model=16, num_heads=2, ffn_dim=32,
-                        num_blocks=1)
+    config = EENDConfig(
+        wavlm=preset("wavlm-tiny"), d_model=16, num_heads=2, ffn_dim=32, num_blocks=1
+    )
     old = os.umask(0o022)
     try:
         directory = EEND(config).save_pretrained(tmp_path / "ckpt")

@@ -24,21 +24,33 @@ def help_text(capsys, *command: str) -> str:
 
 def test_number_writes_defaults_as_short_as_toml_would():
     assert [number(x) for x in (2e-4, 0.02, 0.8, 5.0, 0.0, 30, 1e-3)] == [
-        "2e-4", "0.02", "0.8", "5", "0", "30", "1e-3"]
+        "2e-4",
+        "0.02",
+        "0.8",
+        "5",
+        "0",
+        "30",
+        "1e-3",
+    ]
 
 
 def test_prune_help_quotes_the_prune_config_defaults(capsys):
     text = help_text(capsys, "prune")
     p, o, t = PruneConfig().prune, PruneConfig().optim, PruneConfig().trainer
     large = load_config(PruneConfig, "prune-wavlm-large").trainer.batch_size
-    for quoted in (f"up to {t.max_epochs} epochs", f"patience {t.patience} past the warm-up",
-                   f"global batch {t.batch_size} (--config prune-wavlm-large: {large} for Large)",
-                   f"warm-up {number(p.warmup_epochs)},",
-                   f"lr {number(o.lr_weights)} weights / {number(o.lr_gates)} gates / "
-                   f"{number(o.lr_lambda)} lambda", f"prune.gate_bound = {number(p.gate_bound)}",
-                   f"trainer.average_best ({t.average_best})",
-                   f"prune.tolerance ({number(p.tolerance)})",
-                   f"(default {number(p.sparsity)})", f"(default: {p.objective})"):
+    for quoted in (
+        f"up to {t.max_epochs} epochs",
+        f"patience {t.patience} past the warm-up",
+        f"global batch {t.batch_size} (--config prune-wavlm-large: {large} for Large)",
+        f"warm-up {number(p.warmup_epochs)},",
+        f"lr {number(o.lr_weights)} weights / {number(o.lr_gates)} gates / "
+        f"{number(o.lr_lambda)} lambda",
+        f"prune.gate_bound = {number(p.gate_bound)}",
+        f"trainer.average_best ({t.average_best})",
+        f"prune.tolerance ({number(p.tolerance)})",
+        f"(default {number(p.sparsity)})",
+        f"(default: {p.objective})",
+    ):
         assert quoted in text, quoted
     assert "up to 30 epochs" in text and "lr 2e-4 weights" in text  # the reference's values
 
@@ -46,8 +58,10 @@ def test_prune_help_quotes_the_prune_config_defaults(capsys):
 def test_the_prune_epilog_follows_a_changed_default():
     defaults = PruneConfig()
     changed = dataclasses.replace(
-        defaults, trainer=dataclasses.replace(defaults.trainer, max_epochs=12, patience=3),
-        optim=dataclasses.replace(defaults.optim, lr_weights=5e-5))
+        defaults,
+        trainer=dataclasses.replace(defaults.trainer, max_epochs=12, patience=3),
+        optim=dataclasses.replace(defaults.optim, lr_weights=5e-5),
+    )
     text = epilog(changed, defaults)
     assert "up to 12 epochs (early stop: patience 3 past" in text and "lr 5e-5 weights" in text
 
@@ -55,8 +69,10 @@ def test_the_prune_epilog_follows_a_changed_default():
 def test_distill_help_quotes_the_distill_config_defaults(capsys):
     text = help_text(capsys, "distill")
     o, t = DistillConfig().optim, DistillConfig().trainer
-    assert (f"up to {t.max_epochs} epochs, global batch {t.batch_size}, early stop after "
-            f"{t.patience} epochs") in text
+    assert (
+        f"up to {t.max_epochs} epochs, global batch {t.batch_size}, early stop after "
+        f"{t.patience} epochs"
+    ) in text
     assert f"lr {number(o.lr_weights)}, weight decay {number(o.weight_decay)}" in text
     assert f"averages the {t.average_best} best" in text
 
@@ -67,13 +83,15 @@ def test_diarize_help_quotes_the_pipeline_defaults(capsys):
     assert f"({windows.duration_s:g} s windows every {windows.step_s:g} s," in text
     assert f"windows.step_s; built-in default {windows.step_s:g})" in text
     assert f"windows.batch_size; built-in default {windows.batch_size})" in text
-    assert (f"clustering.min_cluster_size; built-in default "
-            f"{AgglomerativeClustering.min_cluster_size})") in text
+    assert (
+        f"clustering.min_cluster_size; built-in default {AgglomerativeClustering.min_cluster_size})"
+    ) in text
 
 
 def test_simulate_bench_and_training_help_quote_their_defaults(capsys):
-    assert (f"(default: {TurnTakingConfig().overlap_ratio:g}, or the value measured"
-            in help_text(capsys, "simulate"))
+    assert f"(default: {TurnTakingConfig().overlap_ratio:g}, or the value measured" in help_text(
+        capsys, "simulate"
+    )
     bench = help_text(capsys, "bench")
     assert "one input (default: 8)" in bench and "synthetic recording (default: 600)" in bench
     assert "untimed runs (default: 2)" in bench

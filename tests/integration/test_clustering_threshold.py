@@ -44,8 +44,9 @@ def resnet_path(tmp_path):
     """A tiny random WeSpeaker ResNet checkpoint (WeSpeaker's key layout)."""
     torch.manual_seed(0)
     fbank = FbankConfig(**{**wespeaker_fbank().__dict__, "num_mel_bins": 16})
-    model = ResNetEmbedding(ResNetConfig(num_blocks=[1, 1, 1, 1], base_channels=4,
-                                         embedding_dim=8, fbank=fbank))
+    model = ResNetEmbedding(
+        ResNetConfig(num_blocks=[1, 1, 1, 1], base_channels=4, embedding_dim=8, fbank=fbank)
+    )
     path = tmp_path / "avg_model.pt"
     torch.save(dict(model.resnet.state_dict()), path)
     return path
@@ -63,15 +64,18 @@ def test_the_resnet_defaults_to_the_reference_recipes_threshold(resnet_path):
     assert pipeline.config.to_dict()["clustering"]["threshold"] == 0.70  # recorded in results
 
 
-@pytest.mark.skipif(importlib.util.find_spec("resemblyzer") is None,
-                    reason="the GE2E weights (pip install --no-deps resemblyzer) are absent")
+@pytest.mark.skipif(
+    importlib.util.find_spec("resemblyzer") is None,
+    reason="the GE2E weights (pip install --no-deps resemblyzer) are absent",
+)
 def test_ge2e_defaults_to_its_measured_threshold():
     chosen = json.loads(MEASUREMENT.read_text())["chosen"]
     pipeline = DiarizationPipeline.from_pretrained(None, embedding="ge2e", settings=ORACLE)
     assert pipeline.embedding_model.default_threshold == DEFAULT_THRESHOLDS["ge2e"] == chosen
     assert pipeline.clustering.threshold == chosen
     explicit = DiarizationPipeline.from_pretrained(
-        None, embedding="ge2e", settings=[ORACLE, {"clustering": {"threshold": 0.9}}])
+        None, embedding="ge2e", settings=[ORACLE, {"clustering": {"threshold": 0.9}}]
+    )
     assert explicit.clustering.threshold == 0.9
 
 
@@ -86,36 +90,40 @@ def test_the_embeddings_threshold_applies_when_no_layer_gives_one(resnet_path, r
     pipeline = DiarizationPipeline.from_pretrained(None, embedding=resnet_path, settings=ORACLE)
     assert pipeline.clustering.threshold == resnet_default
     oracle = DiarizationPipeline.from_pretrained(
-        None, embedding=resnet_path, settings=[ORACLE, {"clustering": {"method": "oracle"}}])
+        None, embedding=resnet_path, settings=[ORACLE, {"clustering": {"method": "oracle"}}]
+    )
     assert "threshold" not in oracle.config.clustering.options  # other methods are left alone
 
 
 def test_an_explicit_threshold_wins_over_the_embeddings(resnet_path, resnet_default):
-    for layers in ([ORACLE, {"clustering": {"threshold": 0.55}}],
-                   [ORACLE, {"clustering": {"method": "agglomerative", "threshold": 0.55}}]):
-        pipeline = DiarizationPipeline.from_pretrained(None, embedding=resnet_path,
-                                                       settings=layers)
+    for layers in (
+        [ORACLE, {"clustering": {"threshold": 0.55}}],
+        [ORACLE, {"clustering": {"method": "agglomerative", "threshold": 0.55}}],
+    ):
+        pipeline = DiarizationPipeline.from_pretrained(None, embedding=resnet_path, settings=layers)
         assert pipeline.clustering.threshold == 0.55
     # other clustering options leave the threshold to the embedding
     sized = DiarizationPipeline.from_pretrained(
-        None, embedding=resnet_path, settings=[ORACLE, {"clustering": {"min_cluster_size": 5}}])
+        None, embedding=resnet_path, settings=[ORACLE, {"clustering": {"min_cluster_size": 5}}]
+    )
     assert (sized.clustering.threshold, sized.clustering.min_cluster_size) == (resnet_default, 5)
 
 
-def test_the_models_saved_threshold_wins_over_the_embeddings(tmp_path, resnet_path,
-                                                             resnet_default):
+def test_the_models_saved_threshold_wins_over_the_embeddings(tmp_path, resnet_path, resnet_default):
     checkpoint = tiny_checkpoint(tmp_path / "eend")
     save_settings(checkpoint, {"clustering": {"method": "agglomerative", "threshold": 0.42}})
     pipeline = DiarizationPipeline.from_pretrained(checkpoint, embedding=resnet_path)
     assert pipeline.clustering.threshold == 0.42
     override = DiarizationPipeline.from_pretrained(
-        checkpoint, embedding=resnet_path, settings={"clustering": {"threshold": 0.8}})
+        checkpoint, embedding=resnet_path, settings={"clustering": {"threshold": 0.8}}
+    )
     assert override.clustering.threshold == 0.8
     # a saved VBx section whose method the caller switches back drops the saved options
     save_settings(checkpoint, {"clustering": {"method": "vbx", "ahc_threshold": 0.3}})
     assert read_metadata(checkpoint)["pipeline"]["clustering"]["method"] == "vbx"
     switched = DiarizationPipeline.from_pretrained(
-        checkpoint, embedding=resnet_path, settings={"clustering": {"method": "agglomerative"}})
+        checkpoint, embedding=resnet_path, settings={"clustering": {"method": "agglomerative"}}
+    )
     assert switched.clustering.threshold == resnet_default
 
 
@@ -133,8 +141,9 @@ def test_the_page_shows_the_recorded_measurement_and_its_choice(tool):
         ders = [d["rows"][i]["der"] for d in data["data_dirs"]]
         assert all(d["rows"][i]["threshold"] == threshold for d in data["data_dirs"])
         assert data["mean_der"][i] == pytest.approx(np.mean(ders), abs=1e-5)
-    assert data["chosen"] == tool.choose(data["thresholds"], data["mean_der"],
-                                         data["tie_tolerance"])
+    assert data["chosen"] == tool.choose(
+        data["thresholds"], data["mean_der"], data["tie_tolerance"]
+    )
     assert DEFAULT_THRESHOLDS[data["embedding"]] == data["chosen"]
 
 
@@ -168,17 +177,19 @@ def write_tone_data(directory: Path) -> Path:
     directory.mkdir()
     soundfile.write(directory / "rec.wav", waveform, SAMPLE_RATE)
     (directory / "wav.scp").write_text(f"rec {directory / 'rec.wav'}\n")
-    (directory / "rttm").write_text("".join(
-        f"SPEAKER rec 1 {on:.3f} {off - on:.3f} <NA> <NA> {spk} <NA> <NA>\n"
-        for on, off, spk in turns))
+    (directory / "rttm").write_text(
+        "".join(
+            f"SPEAKER rec 1 {on:.3f} {off - on:.3f} <NA> <NA> {spk} <NA> <NA>\n"
+            for on, off, spk in turns
+        )
+    )
     (directory / "uem").write_text("rec 1 0.000 12.000\n")
     return directory
 
 
 def test_reclustering_cached_embeddings_scores_like_a_fresh_pipeline(tool, tmp_path):
     data_dir = write_tone_data(tmp_path / "data")
-    settings = {"segmentation": {"source": "oracle"}, "windows": {"duration_s": 4.0,
-                                                                  "step_s": 2.0}}
+    settings = {"segmentation": {"source": "oracle"}, "windows": {"duration_s": 4.0, "step_s": 2.0}}
     config = PipelineConfig.from_dict(settings)
     embedding = band_embedding()
     cached = tool.CachedEmbeddingPipeline(None, embedding, config)
@@ -188,12 +199,19 @@ def test_reclustering_cached_embeddings_scores_like_a_fresh_pipeline(tool, tmp_p
     assert calls_once > 0
     data = DataDir.load(data_dir)
     for threshold, row in zip(thresholds, measured["rows"]):
-        fresh = DiarizationPipeline(None, band_embedding(), PipelineConfig.from_dict(
-            {**settings, "clustering": {"threshold": threshold, "min_cluster_size": 2}}))
+        fresh = DiarizationPipeline(
+            None,
+            band_embedding(),
+            PipelineConfig.from_dict(
+                {**settings, "clustering": {"threshold": threshold, "min_cluster_size": 2}}
+            ),
+        )
         result = fresh(data.recordings["rec"].path, reference=data.turns["rec"], uri="rec")
-        total = score_diarization(annotations_from_turns(data.turns["rec"]),
-                                  annotations_from_turns(result.turns),
-                                  timelines_from_regions(data.uem["rec"])).total
+        total = score_diarization(
+            annotations_from_turns(data.turns["rec"]),
+            annotations_from_turns(result.turns),
+            timelines_from_regions(data.uem["rec"]),
+        ).total
         assert row["der"] == pytest.approx(total.der, abs=1e-5)
         assert row["num_speakers"] == [result.num_speakers]
     assert embedding.num_calls == calls_once  # no threshold after the first embedded again
@@ -203,13 +221,22 @@ def test_reclustering_cached_embeddings_scores_like_a_fresh_pipeline(tool, tmp_p
     assert measured["reference_num_speakers"] == [2] and measured["duration_s"] == 12.0
 
 
-def test_a_bad_data_directory_is_one_line_and_writes_nothing(tool, tmp_path, resnet_path,
-                                                             capsys):
+def test_a_bad_data_directory_is_one_line_and_writes_nothing(tool, tmp_path, resnet_path, capsys):
     good = write_tone_data(tmp_path / "good")
     out_json, out_doc = tmp_path / "m.json", tmp_path / "m.md"
     with pytest.raises(SystemExit) as exit_info:
-        tool.main([str(good), str(tmp_path / "missing"), "--embedding", str(resnet_path),
-                   "--json", str(out_json), "--doc", str(out_doc)])
+        tool.main(
+            [
+                str(good),
+                str(tmp_path / "missing"),
+                "--embedding",
+                str(resnet_path),
+                "--json",
+                str(out_json),
+                "--doc",
+                str(out_doc),
+            ]
+        )
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert "missing: not a directory" in error and len(error.strip().splitlines()) == 1

@@ -174,9 +174,7 @@ def test_non_finite_samples_are_reported(tmp_path, capsys, checkpoint, value):
     "num_samples",
     [1, 200, 3 * SAMPLE_RATE, WINDOW_SAMPLES - 1, WINDOW_SAMPLES, WINDOW_SAMPLES + 1],
 )
-def test_short_and_window_sized_audio_is_diarized_padded(
-    tmp_path, capsys, checkpoint, num_samples
-):
+def test_short_and_window_sized_audio_is_diarized_padded(tmp_path, capsys, checkpoint, num_samples):
     soundfile.write(tmp_path / "a.wav", noise(num_samples), SAMPLE_RATE, subtype="FLOAT")
     out = tmp_path / "out"
     status, err = diarize(
@@ -191,8 +189,16 @@ def test_silence_gives_an_empty_rttm_and_a_warning(tmp_path, silent_checkpoint):
     soundfile.write(tmp_path / "quiet.wav", np.zeros(SAMPLE_RATE, np.float32), SAMPLE_RATE)
     out = tmp_path / "out"
     argv = [
-        sys.executable, "-m", "slimdiar", "diarize", str(tmp_path / "quiet.wav"), "--out",
-        str(out), "--model", str(silent_checkpoint), *FAST,
+        sys.executable,
+        "-m",
+        "slimdiar",
+        "diarize",
+        str(tmp_path / "quiet.wav"),
+        "--out",
+        str(out),
+        "--model",
+        str(silent_checkpoint),
+        *FAST,
     ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(argv, capture_output=True, text=True, env=environment, timeout=300)
@@ -231,8 +237,9 @@ def test_other_sample_rates_are_resampled(tmp_path, capsys, checkpoint, sample_r
 def test_missing_path_is_reported_before_any_work(tmp_path, capsys, checkpoint):
     out = tmp_path / "out"
     status, err = diarize(capsys, [tmp_path / "absent.wav"], out, model=checkpoint)
-    assert_failed(status, err, out, "absent.wav", "no such audio file, directory or wav.scp",
-                  exit_status=2)
+    assert_failed(
+        status, err, out, "absent.wav", "no such audio file, directory or wav.scp", exit_status=2
+    )
     assert not out.exists()
 
 
@@ -262,13 +269,17 @@ def test_malformed_oracle_rttm_line_is_reported_with_its_line(tmp_path, capsys):
     soundfile.write(tmp_path / "a.wav", noise(SAMPLE_RATE), SAMPLE_RATE)
     rttm = tmp_path / "ref.rttm"
     rttm.write_text(
-        "SPEAKER a 1 0.10 0.50 <NA> <NA> A <NA> <NA>\n"
-        "SPEAKER a 1 zero 0.50 <NA> <NA> B <NA> <NA>\n"
+        "SPEAKER a 1 0.10 0.50 <NA> <NA> A <NA> <NA>\nSPEAKER a 1 zero 0.50 <NA> <NA> B <NA> <NA>\n"
     )
     out = tmp_path / "out"
     status, err = diarize(
-        capsys, [tmp_path / "a.wav"], out, "--oracle-segmentation", rttm,
-        "--oracle-clustering", rttm,
+        capsys,
+        [tmp_path / "a.wav"],
+        out,
+        "--oracle-segmentation",
+        rttm,
+        "--oracle-clustering",
+        rttm,
     )
     assert_failed(status, err, out, f"{rttm}:2", "onset", "SPEAKER a 1 zero", exit_status=2)
     assert not out.exists()
@@ -279,8 +290,9 @@ def test_malformed_wav_scp_line_is_reported_with_its_line(tmp_path, capsys, chec
     scp.write_text("good good.wav\nlonely\n")
     out = tmp_path / "out"
     status, err = diarize(capsys, [scp], out, model=checkpoint)
-    assert_failed(status, err, out, f"{scp}:2", "expected '<recording-id> <path>'", "lonely",
-                  exit_status=2)
+    assert_failed(
+        status, err, out, f"{scp}:2", "expected '<recording-id> <path>'", "lonely", exit_status=2
+    )
     assert not out.exists()
 
 
@@ -299,11 +311,18 @@ def test_impossible_speaker_bounds_are_reported_before_any_work(tmp_path, capsys
     soundfile.write(tmp_path / "a.wav", noise(SAMPLE_RATE), SAMPLE_RATE)
     out = tmp_path / "out"
     status, err = diarize(
-        capsys, [tmp_path / "a.wav"], out, "--min-speakers", "3", "--max-speakers", "2",
+        capsys,
+        [tmp_path / "a.wav"],
+        out,
+        "--min-speakers",
+        "3",
+        "--max-speakers",
+        "2",
         model=checkpoint,
     )
-    assert_failed(status, err, out, "--min-speakers (3)", "larger than --max-speakers",
-                  exit_status=2)
+    assert_failed(
+        status, err, out, "--min-speakers (3)", "larger than --max-speakers", exit_status=2
+    )
     assert not out.exists()
 
 
@@ -312,17 +331,16 @@ def test_impossible_speaker_bounds_are_reported_before_any_work(tmp_path, capsys
     [
         ("foo", "unknown device 'foo'"),
         pytest.param(
-            "cuda", "CUDA is not available",
+            "cuda",
+            "CUDA is not available",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available"),
         ),
     ],
 )
-def test_unusable_device_is_reported_before_any_work(tmp_path, capsys, checkpoint, device,
-                                                      message):
+def test_unusable_device_is_reported_before_any_work(tmp_path, capsys, checkpoint, device, message):
     soundfile.write(tmp_path / "a.wav", noise(SAMPLE_RATE), SAMPLE_RATE)
     out = tmp_path / "out"
-    status, err = diarize(capsys, [tmp_path / "a.wav"], out, "--device", device,
-                          model=checkpoint)
+    status, err = diarize(capsys, [tmp_path / "a.wav"], out, "--device", device, model=checkpoint)
     assert_failed(status, err, out, message, exit_status=2)
     assert not out.exists()
 

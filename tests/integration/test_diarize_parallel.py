@@ -68,8 +68,9 @@ def test_shard_depends_only_on_ids_and_durations():
 def test_durations_from_headers_and_zero_for_unreadable(tmp_path):
     soundfile.write(tmp_path / "a.wav", np.zeros(24000, dtype=np.float32), SAMPLE_RATE)
     (tmp_path / "b.wav").write_bytes(b"not audio")
-    found = durations_s([("a", tmp_path / "a.wav"), ("b", tmp_path / "b.wav"),
-                         ("c", tmp_path / "missing.wav")])
+    found = durations_s(
+        [("a", tmp_path / "a.wav"), ("b", tmp_path / "b.wav"), ("c", tmp_path / "missing.wav")]
+    )
     assert found == {"a": 1.5, "b": 0.0, "c": 0.0}
 
 
@@ -83,13 +84,16 @@ def test_launcher_rank_from_environment():
     assert launcher_rank({"RANK": "1", "WORLD_SIZE": "2"}) == Rank(1, 2, 1)
 
 
-@pytest.mark.parametrize("environ, message", [
-    ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 must be in [0, WORLD_SIZE=2)"),
-    ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK='x' is not an integer"),
-    ({"RANK": "0"}, "WORLD_SIZE is not set"),
-    ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be at least 1"),
-    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "-1"}, "LOCAL_RANK=-1"),
-])
+@pytest.mark.parametrize(
+    "environ, message",
+    [
+        ({"RANK": "2", "WORLD_SIZE": "2"}, "RANK=2 must be in [0, WORLD_SIZE=2)"),
+        ({"RANK": "x", "WORLD_SIZE": "2"}, "RANK='x' is not an integer"),
+        ({"RANK": "0"}, "WORLD_SIZE is not set"),
+        ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE=0 must be at least 1"),
+        ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "-1"}, "LOCAL_RANK=-1"),
+    ],
+)
 def test_launcher_rank_rejects_bad_variables(environ, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace(")", r"\)")):
         launcher_rank(environ)
@@ -109,7 +113,9 @@ def test_threads_share_the_cores():
     assert threads_per_job(3, cores=16) == 5
     assert threads_per_job(1, cores=8) == 8
     assert thread_environment(3) == {
-        "OMP_NUM_THREADS": "3", "MKL_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "3"
+        "OMP_NUM_THREADS": "3",
+        "MKL_NUM_THREADS": "3",
+        "OPENBLAS_NUM_THREADS": "3",
     }
 
 
@@ -119,8 +125,20 @@ def test_jobs_under_a_launcher_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     reference = tmp_path / "ref.rttm"
     reference.write_text("")
-    status = main(["diarize", str(tmp_path), "--out", str(tmp_path / "out"), "--jobs", "2",
-                   "--oracle-segmentation", str(reference), "--oracle-clustering", str(reference)])
+    status = main(
+        [
+            "diarize",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--jobs",
+            "2",
+            "--oracle-segmentation",
+            str(reference),
+            "--oracle-clustering",
+            str(reference),
+        ]
+    )
     assert status == 2
     assert "--jobs 2 cannot run under a launcher" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
@@ -143,8 +161,9 @@ def setup(tmp_path_factory):
         soundfile.write(audio / f"{uri}.wav", waveform.astype(np.float32), SAMPLE_RATE)
         for k, speaker in enumerate("AB"):  # two speakers taking turns every second
             for start in np.arange(k, duration_s - 1, 2.0):
-                lines.append(f"SPEAKER {uri} 1 {start:.3f} 1.200 <NA> <NA> {uri}_{speaker} "
-                             "<NA> <NA>\n")
+                lines.append(
+                    f"SPEAKER {uri} 1 {start:.3f} 1.200 <NA> <NA> {uri}_{speaker} <NA> <NA>\n"
+                )
     (audio / "rec_broken.wav").write_bytes(b"RIFF....not really a wave file")
     reference = root / "ref.rttm"
     reference.write_text("".join(lines))
@@ -153,8 +172,17 @@ def setup(tmp_path_factory):
 
 def command_args(setup, out):
     root, checkpoint, audio, reference = setup
-    return ["diarize", "--model", str(checkpoint), str(audio), "--out", str(out),
-            "--oracle-clustering", str(reference), *FAST]
+    return [
+        "diarize",
+        "--model",
+        str(checkpoint),
+        str(audio),
+        "--out",
+        str(out),
+        "--oracle-clustering",
+        str(reference),
+        *FAST,
+    ]
 
 
 def written(out: Path) -> dict[str, object]:
@@ -177,13 +205,19 @@ def one_process(setup):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **thread_environment(1)}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)
-    run = subprocess.run([sys.executable, "-m", "slimdiar", *command_args(setup, out)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "slimdiar", *command_args(setup, out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert run.returncode == 1, run.stderr[-3000:]  # the broken recording
     assert "1 of 5 recordings failed: rec_broken" in run.stderr
     files = written(out)
-    assert sorted(files) == sorted(f"{uri}.{ext}" for uri in DURATIONS_S
-                                   for ext in ("json", "rttm"))
+    assert sorted(files) == sorted(
+        f"{uri}.{ext}" for uri in DURATIONS_S for ext in ("json", "rttm")
+    )
     assert all(files[f"{uri}.rttm"] for uri in DURATIONS_S)  # every recording has turns
     return files
 
@@ -204,8 +238,18 @@ def test_jobs_write_the_same_files_as_one_process(setup, one_process, capfd):
 def test_torchrun_ranks_write_the_same_files_as_one_process(setup, one_process):
     out = setup[0] / "torchrun"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **thread_environment(1)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29547", "-m", "slimdiar", *command_args(setup, out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29547",
+        "-m",
+        "slimdiar",
+        *command_args(setup, out),
+    ]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode != 0, run.stderr[-3000:]  # the broken recording
     assert "rank 0 of 2" in run.stderr and "rank 1 of 2" in run.stderr
@@ -217,8 +261,13 @@ def test_each_rank_writes_only_its_own_recordings(setup, capsys, monkeypatch):
     """Ranks run one after the other in this process (no rendezvous): together, what one writes."""
     root, _, audio, reference = setup
     monkeypatch.delenv("MASTER_ADDR", raising=False)
-    oracle = ["--oracle-segmentation", str(reference), "--oracle-clustering", str(reference),
-              "--quiet"]
+    oracle = [
+        "--oracle-segmentation",
+        str(reference),
+        "--oracle-clustering",
+        str(reference),
+        "--quiet",
+    ]
 
     def diarize(out, rank=None, world_size=None):
         if rank is None:
@@ -234,8 +283,11 @@ def test_each_rank_writes_only_its_own_recordings(setup, capsys, monkeypatch):
     status, _ = diarize(root / "oracle-one")
     assert status == 1
     one = written(root / "oracle-one")
-    parts = shard(sorted((p.stem, p) for p in audio.iterdir()), 3,
-                  durations_s(sorted((p.stem, p) for p in audio.iterdir())))
+    parts = shard(
+        sorted((p.stem, p) for p in audio.iterdir()),
+        3,
+        durations_s(sorted((p.stem, p) for p in audio.iterdir())),
+    )
     union: dict[str, object] = {}
     for rank, part in enumerate(parts):
         status, err = diarize(root / f"oracle-rank{rank}", rank, 3)

@@ -29,7 +29,8 @@ def test_the_gpu_plan_measures_the_published_shapes(tool, capsys, tmp_path):
     backbones = [line for line in lines if "--pipeline" not in line]
     pipelines = [line for line in lines if "--pipeline" in line]
     assert [line.split()[2:4] for line in backbones] == [
-        ["wavlm-base-plus", "wavlm-base-plus-s80"], ["wavlm-large", "wavlm-large-s80"]
+        ["wavlm-base-plus", "wavlm-base-plus-s80"],
+        ["wavlm-large", "wavlm-large-s80"],
     ]
     for line in lines:
         assert line.startswith("slimdiar bench ") and "--device cuda" in line
@@ -39,7 +40,10 @@ def test_the_gpu_plan_measures_the_published_shapes(tool, capsys, tmp_path):
     assert len(pipelines) == 4
     assert all("--seconds 600 " in line and "resnet34" in line for line in pipelines)
     assert sorted(line.split("--dtype ")[1].split()[0] for line in pipelines) == [
-        "bfloat16", "bfloat16", "float32", "float32"
+        "bfloat16",
+        "bfloat16",
+        "float32",
+        "float32",
     ]
     assert not (tmp_path / "gpu").exists()  # a dry run writes nothing
 
@@ -71,18 +75,28 @@ def test_cpu_smoke_runs_every_command(tool, tmp_path):
     out = tmp_path / "gpu"
     assert tool.main(["--cpu-smoke", "--out", str(out)], run_command=slimdiar) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted([
-        "backbone-base-plus.json", "backbone-large.json", "summary.json", "summary.md",
-        *(f"pipeline-{shape}-{dtype}.json" for shape in ("base-plus", "base-plus-s80")
-          for dtype in ("float32", "bfloat16")),
-    ])
+    assert names == sorted(
+        [
+            "backbone-base-plus.json",
+            "backbone-large.json",
+            "summary.json",
+            "summary.md",
+            *(
+                f"pipeline-{shape}-{dtype}.json"
+                for shape in ("base-plus", "base-plus-s80")
+                for dtype in ("float32", "bfloat16")
+            ),
+        ]
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["cpu_smoke"] and all(r["status"] == 0 for r in summary["runs"])
     assert len(summary["runs"]) == 6
     # the pruned model of each pair, in each precision, against the paper's anchor
     assert sorted((b["shape"], b["dtype"], b["paper_speedup"]) for b in summary["backbones"]) == [
-        ("base-plus", "bfloat16", 4.0), ("base-plus", "float32", 4.0),
-        ("large", "bfloat16", 2.6), ("large", "float32", 2.6),
+        ("base-plus", "bfloat16", 4.0),
+        ("base-plus", "float32", 4.0),
+        ("large", "bfloat16", 2.6),
+        ("large", "float32", 2.6),
     ]
     assert all(b["speedup_b1"] > 0 and b["speedup_b2"] > 0 for b in summary["backbones"])
     assert len(summary["pipelines"]) == 4

@@ -53,8 +53,15 @@ def pruned_tiny_wavlm_config():
         remaining_heads=[[0, 2], [1, 2, 3]],
         ffn_dim=[40, 0],
         use_ffn=[True, False],
-        conv_layers=[(24, 10, 5), (32, 3, 2), (16, 3, 2), (32, 3, 2), (32, 3, 2), (8, 2, 2),
-                     (32, 2, 2)],
+        conv_layers=[
+            (24, 10, 5),
+            (32, 3, 2),
+            (16, 3, 2),
+            (32, 3, 2),
+            (32, 3, 2),
+            (8, 2, 2),
+            (32, 2, 2),
+        ],
     )
 
 
@@ -62,8 +69,9 @@ def random_model(seed=0) -> ResNetEmbedding:
     """A tiny ResNet with non-trivial batch-norm statistics."""
     torch.manual_seed(seed)
     fbank = FbankConfig(**{**wespeaker_fbank().__dict__, "num_mel_bins": 16})
-    model = ResNetEmbedding(ResNetConfig(num_blocks=[1, 2, 1, 1], base_channels=4,
-                                         embedding_dim=8, fbank=fbank))
+    model = ResNetEmbedding(
+        ResNetConfig(num_blocks=[1, 2, 1, 1], base_channels=4, embedding_dim=8, fbank=fbank)
+    )
     with torch.no_grad():
         for name, tensor in model.state_dict().items():
             if name.endswith("running_var"):
@@ -91,8 +99,17 @@ def exported(tmp_path_factory):
     resnet = random_model()
     save_file(resnet.resnet.state_dict(), str(root / "resnet.safetensors"))
     torch.set_num_threads(1)
-    status = main(["export", "--model", str(checkpoint), "--embedding",
-                   str(root / "resnet.safetensors"), "--out", str(root / "export")])
+    status = main(
+        [
+            "export",
+            "--model",
+            str(checkpoint),
+            "--embedding",
+            str(root / "resnet.safetensors"),
+            "--out",
+            str(root / "export"),
+        ]
+    )
     assert status == 0
     return root
 
@@ -121,8 +138,7 @@ def assert_log_prob_parity(model, session):
 @pytest.mark.slow
 def test_export_writes_models_with_sidecars_and_opset(exported):
     files = sorted(p.name for p in (exported / "export").iterdir())
-    assert files == ["embedding.json", "embedding.onnx", "segmentation.json",
-                     "segmentation.onnx"]
+    assert files == ["embedding.json", "embedding.onnx", "segmentation.json", "segmentation.onnx"]
     proto = onnx.load(str(exported / "export" / "segmentation.onnx"))
     onnx.checker.check_model(proto)
     assert [o.version for o in proto.opset_import if o.domain == ""] == [18]
@@ -131,8 +147,9 @@ def test_export_writes_models_with_sidecars_and_opset(exported):
     info = read_sidecar(exported / "export" / "segmentation.onnx", "segmentation")
     assert info["frame_step_samples"] == 320 and info["receptive_field_samples"] == 400
     assert np.asarray(info["mapping"]).shape == (11, 4)
-    assert info["config"] == json.loads(json.dumps(EEND.from_pretrained(
-        exported / "eend").config.to_dict()))
+    assert info["config"] == json.loads(
+        json.dumps(EEND.from_pretrained(exported / "eend").config.to_dict())
+    )
 
 
 @pytest.mark.slow
@@ -173,7 +190,7 @@ def test_onnx_resnet_embeddings_match_torch(exported):
 
 def write_recording(path, seconds=12.0):
     waveform = speech_like(1, int(16000 * seconds), seed=3)[0].numpy()
-    waveform[int(16000 * 4):int(16000 * 7)] *= 0.2  # a quieter stretch
+    waveform[int(16000 * 4) : int(16000 * 7)] *= 0.2  # a quieter stretch
     soundfile.write(path, waveform, 16000)
     return path
 
@@ -181,11 +198,32 @@ def write_recording(path, seconds=12.0):
 @pytest.mark.slow
 def test_diarize_with_onnx_engine_writes_the_torch_rttm(exported, tmp_path):
     audio = write_recording(tmp_path / "talk.wav")
-    common = ["diarize", "--model", str(exported / "eend"), str(audio), "--quiet",
-              "--embedding", str(exported / "resnet.safetensors"), "--threads", "1"]
+    common = [
+        "diarize",
+        "--model",
+        str(exported / "eend"),
+        str(audio),
+        "--quiet",
+        "--embedding",
+        str(exported / "resnet.safetensors"),
+        "--threads",
+        "1",
+    ]
     assert main([*common, "--out", str(tmp_path / "torch")]) == 0
-    assert main([*common, "--out", str(tmp_path / "onnx"), "--engine", "onnx",
-                 "--onnx", str(exported / "export")]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--out",
+                str(tmp_path / "onnx"),
+                "--engine",
+                "onnx",
+                "--onnx",
+                str(exported / "export"),
+            ]
+        )
+        == 0
+    )
     torch_rttm = (tmp_path / "torch" / "talk.rttm").read_text()
     assert torch_rttm.strip()  # some speech was found, so the comparison says something
     assert (tmp_path / "onnx" / "talk.rttm").read_text() == torch_rttm
@@ -194,9 +232,21 @@ def test_diarize_with_onnx_engine_writes_the_torch_rttm(exported, tmp_path):
 @pytest.mark.slow
 def test_diarize_refuses_an_export_of_another_model(exported, tmp_path, capsys):
     other = tiny_eend(wavlm_tiny(), seed=1).save_pretrained(tmp_path / "other")
-    status = main(["diarize", "--model", str(other), str(write_recording(tmp_path / "a.wav")),
-                   "--out", str(tmp_path / "out"), "--engine", "onnx",
-                   "--onnx", str(exported / "export"), "--quiet"])
+    status = main(
+        [
+            "diarize",
+            "--model",
+            str(other),
+            str(write_recording(tmp_path / "a.wav")),
+            "--out",
+            str(tmp_path / "out"),
+            "--engine",
+            "onnx",
+            "--onnx",
+            str(exported / "export"),
+            "--quiet",
+        ]
+    )
     assert status == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "exported from another model" in err
@@ -206,27 +256,63 @@ def test_onnx_engine_without_onnxruntime_is_one_line_exit_2(tmp_path, capsys, mo
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ConfigError, match="slimdiar\\[onnx\\]"):
         require_onnxruntime()
-    status = main(["diarize", "--model", str(tmp_path), str(tmp_path / "a.wav"), "--out",
-                   str(tmp_path / "out"), "--engine", "onnx", "--onnx", str(tmp_path)])
+    status = main(
+        [
+            "diarize",
+            "--model",
+            str(tmp_path),
+            str(tmp_path / "a.wav"),
+            "--out",
+            str(tmp_path / "out"),
+            "--engine",
+            "onnx",
+            "--onnx",
+            str(tmp_path),
+        ]
+    )
     assert status == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "needs onnxruntime" in err
 
 
-@pytest.mark.parametrize("extra, message", [
-    ([], "needs --onnx"),
-    (["--onnx", "x", "--dtype", "bfloat16"], "float32 only"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "needs --onnx"),
+        (["--onnx", "x", "--dtype", "bfloat16"], "float32 only"),
+    ],
+)
 def test_onnx_engine_option_errors(tmp_path, capsys, extra, message):
-    status = main(["diarize", "--model", str(tmp_path), str(tmp_path / "a.wav"), "--out",
-                   str(tmp_path / "out"), "--engine", "onnx", *extra])
+    status = main(
+        [
+            "diarize",
+            "--model",
+            str(tmp_path),
+            str(tmp_path / "a.wav"),
+            "--out",
+            str(tmp_path / "out"),
+            "--engine",
+            "onnx",
+            *extra,
+        ]
+    )
     assert status == 2
     assert message in capsys.readouterr().err
 
 
 def test_onnx_option_needs_the_onnx_engine(tmp_path, capsys):
-    status = main(["diarize", "--model", str(tmp_path), str(tmp_path / "a.wav"), "--out",
-                   str(tmp_path / "out"), "--onnx", str(tmp_path)])
+    status = main(
+        [
+            "diarize",
+            "--model",
+            str(tmp_path),
+            str(tmp_path / "a.wav"),
+            "--out",
+            str(tmp_path / "out"),
+            "--onnx",
+            str(tmp_path),
+        ]
+    )
     assert status == 2 and "--onnx is an option of --engine onnx" in capsys.readouterr().err
 
 
@@ -255,8 +341,7 @@ def test_write_model_is_atomic(tmp_path, monkeypatch):
 
     path = tmp_path / "segmentation.onnx"
     export.write_model(identity_model(), path, {"format": "slimdiar-onnx", "kind": "x"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["segmentation.json",
-                                                          "segmentation.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["segmentation.json", "segmentation.onnx"]
     assert {p.key: p.value for p in onnx.load(str(path)).metadata_props}["kind"] == "x"
 
     def fail(*args, **kwargs):
@@ -266,8 +351,7 @@ def test_write_model_is_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(export, "write_json_atomic", fail)
     with pytest.raises(OSError):
         export.write_model(identity_model(), target, {"format": "slimdiar-onnx"})
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["segmentation.json",
-                                                          "segmentation.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["segmentation.json", "segmentation.onnx"]
 
 
 def test_export_help_states_the_opset(capsys):
@@ -280,12 +364,12 @@ def test_bench_times_torch_and_onnx_side_by_side():
     from slimdiar.bench.backbone import benchmark_backbones
 
     torch.set_num_threads(1)
-    results = benchmark_backbones(["wavlm-tiny"], seconds=0.5, batch_size=2, warmup=0,
-                                  repeats=1, engines=["torch", "onnx"])
+    results = benchmark_backbones(
+        ["wavlm-tiny"], seconds=0.5, batch_size=2, warmup=0, repeats=1, engines=["torch", "onnx"]
+    )
     assert [r.engine for r in results] == ["torch", "onnx"]
     assert results[0].params == results[1].params
-    assert results[1].speedup_vs_torch == pytest.approx(
-        results[0].latency_s / results[1].latency_s)
+    assert results[1].speedup_vs_torch == pytest.approx(results[0].latency_s / results[1].latency_s)
     assert results[0].speedup_vs_torch is None
 
 

@@ -86,9 +86,7 @@ def write_wav(path, waveform, sample_rate=SAMPLE_RATE):
 
 # ---------------------------------------------------------------------- oracle variants
 def test_oracle_segmentation_and_clustering_reproduce_the_reference():
-    pipeline = DiarizationPipeline(
-        config=oracle_config()
-    )
+    pipeline = DiarizationPipeline(config=oracle_config())
     waveform = synthesize(REFERENCE)
     result = pipeline((waveform, SAMPLE_RATE), reference=REFERENCE, uri="meeting")
     # reference boundaries on frame boundaries: exact up to float rounding
@@ -101,11 +99,10 @@ def test_oracle_segmentation_and_clustering_reproduce_the_reference():
 
 def test_oracle_pipeline_error_is_bounded_by_frame_quantisation():
     rng = np.random.default_rng(1)
-    jittered = [(on + rng.uniform(0, 0.02), off + rng.uniform(0, 0.02), spk)
-                for on, off, spk in REFERENCE]
-    pipeline = DiarizationPipeline(
-        config=oracle_config()
-    )
+    jittered = [
+        (on + rng.uniform(0, 0.02), off + rng.uniform(0, 0.02), spk) for on, off, spk in REFERENCE
+    ]
+    pipeline = DiarizationPipeline(config=oracle_config())
     result = pipeline((synthesize(jittered), SAMPLE_RATE), reference=jittered)
     speech_s = sum(off - on for on, off, _ in jittered)
     # every boundary moves by at most half a frame step (10 ms)
@@ -132,9 +129,7 @@ def test_oracle_segmentation_with_embedding_clustering_finds_the_speakers(tone_e
 
 
 def test_exclusive_turns_never_overlap_and_cover_the_same_speech():
-    pipeline = DiarizationPipeline(
-        config=oracle_config()
-    )
+    pipeline = DiarizationPipeline(config=oracle_config())
     result = pipeline((synthesize(REFERENCE), SAMPLE_RATE), reference=REFERENCE)
     exclusive = sorted(result.exclusive_turns, key=lambda t: t.onset_s)
     for before, after in zip(exclusive, exclusive[1:]):
@@ -207,8 +202,9 @@ def test_missing_audio_and_models_are_clear_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------- model glue, streaming
-def test_model_segmentation_streams_windows_from_the_file(tmp_path, monkeypatch,
-                                                          tiny_eend_model, tone_embedding):
+def test_model_segmentation_streams_windows_from_the_file(
+    tmp_path, monkeypatch, tiny_eend_model, tone_embedding
+):
     waveform = synthesize(REFERENCE, duration_s=9.0)
     path = write_wav(tmp_path / "talk.wav", waveform)
     reads = []
@@ -219,12 +215,18 @@ def test_model_segmentation_streams_windows_from_the_file(tmp_path, monkeypatch,
         return real_read_audio(path, start_s, duration_s, channel)
 
     monkeypatch.setattr(pipeline_module, "read_audio", spy)
-    config = make_config(windows={"duration_s": 2.0, "step_s": 0.5, "batch_size": 3},
-                    clustering={"min_cluster_size": 2})
+    config = make_config(
+        windows={"duration_s": 2.0, "step_s": 0.5, "batch_size": 3},
+        clustering={"min_cluster_size": 2},
+    )
     pipeline = DiarizationPipeline(tiny_eend_model, tone_embedding, config)
     events = []
-    result = pipeline(path, hook=lambda stage, payload, completed, total: events.append(
-        (stage, payload is None, completed, total)))
+    result = pipeline(
+        path,
+        hook=lambda stage, payload, completed, total: events.append(
+            (stage, payload is None, completed, total)
+        ),
+    )
     num_chunks = result.info["num_chunks"]
     assert num_chunks == 15  # starts 0, 0.5, ..., 7.0 s: the last one reaches 9 s
     # every read is one window at most: the file is never loaded whole
@@ -248,9 +250,12 @@ def test_model_segmentation_streams_windows_from_the_file(tmp_path, monkeypatch,
 def test_from_pretrained_and_result_files(tmp_path):
     checkpoint = tiny_eend().save_pretrained(tmp_path / "eend")
     pipeline = DiarizationPipeline.from_pretrained(
-        checkpoint, embedding=None,
-        settings={"windows": {"step_s": 1.0, "batch_size": 4, "duration_s": 2.0},
-                  "clustering": {"method": "oracle"}},
+        checkpoint,
+        embedding=None,
+        settings={
+            "windows": {"step_s": 1.0, "batch_size": 4, "duration_s": 2.0},
+            "clustering": {"method": "oracle"},
+        },
     )
     assert pipeline.embedding_model is None  # oracle clustering needs no embeddings
     path = write_wav(tmp_path / "talk.wav", synthesize(REFERENCE, duration_s=6.0))

@@ -45,10 +45,19 @@ def test_oracle_cli_over_a_directory_skips_a_bad_recording(tmp_path, capsys):
     (audio / "broken.wav").write_bytes(b"RIFF....not really a wave file")
     reference = write_reference(tmp_path / "ref.rttm")
     out = tmp_path / "out"
-    status = main([
-        "diarize", str(audio), "--out", str(out), "--oracle-segmentation", str(reference),
-        "--oracle-clustering", str(reference), "--quiet",
-    ])
+    status = main(
+        [
+            "diarize",
+            str(audio),
+            "--out",
+            str(out),
+            "--oracle-segmentation",
+            str(reference),
+            "--oracle-clustering",
+            str(reference),
+            "--quiet",
+        ]
+    )
     assert status == 1
     err = capsys.readouterr().err
     assert "broken" in err and "1 of 3 recordings failed" in err
@@ -58,7 +67,8 @@ def test_oracle_cli_over_a_directory_skips_a_bad_recording(tmp_path, capsys):
         expected = sorted(turns, key=lambda t: (t[2], t[0]))
         assert [t.speaker for t in written] == [spk for _, _, spk in expected]
         np.testing.assert_allclose(
-            [(t.onset_s, t.offset_s) for t in written], [(on, off) for on, off, _ in expected],
+            [(t.onset_s, t.offset_s) for t in written],
+            [(on, off) for on, off, _ in expected],
             atol=2e-3,
         )
         data = json.loads((out / f"{uri}.json").read_text())
@@ -74,10 +84,23 @@ def test_model_cli_with_wav_scp_and_exclusive_turns(tmp_path, capsys):
     scp.write_text("one audio/one.wav\ntwo audio/two.wav\n")
     reference = write_reference(tmp_path / "ref.rttm")
     out = tmp_path / "out"
-    status = main([
-        "diarize", "--model", str(checkpoint), str(scp), "--out", str(out), "--exclusive",
-        "--oracle-clustering", str(reference), "--step", "4.0", "--batch-size", "2",
-    ])
+    status = main(
+        [
+            "diarize",
+            "--model",
+            str(checkpoint),
+            str(scp),
+            "--out",
+            str(out),
+            "--exclusive",
+            "--oracle-clustering",
+            str(reference),
+            "--step",
+            "4.0",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     assert audio.is_dir()
     for uri in REFERENCE:
@@ -109,10 +132,18 @@ def test_cli_errors_before_any_work(tmp_path, capsys, extra, message):
 
 def test_cli_rejects_missing_inputs(tmp_path, capsys):
     reference = write_reference(tmp_path / "ref.rttm")
-    status = main([
-        "diarize", str(tmp_path / "nothing.wav"), "--out", str(tmp_path / "out"),
-        "--oracle-segmentation", str(reference), "--oracle-clustering", str(reference),
-    ])
+    status = main(
+        [
+            "diarize",
+            str(tmp_path / "nothing.wav"),
+            "--out",
+            str(tmp_path / "out"),
+            "--oracle-segmentation",
+            str(reference),
+            "--oracle-clustering",
+            str(reference),
+        ]
+    )
     assert status == 2
     assert "no such audio file, directory or wav.scp" in capsys.readouterr().err
 
@@ -120,9 +151,17 @@ def test_cli_rejects_missing_inputs(tmp_path, capsys):
 def test_cli_rejects_recording_ids_with_spaces(tmp_path, capsys):
     soundfile.write(tmp_path / "my talk.wav", np.zeros(1600, dtype=np.float32), SAMPLE_RATE)
     reference = write_reference(tmp_path / "ref.rttm")
-    status = main([
-        "diarize", str(tmp_path / "my talk.wav"), "--out", str(tmp_path / "out"),
-        "--oracle-segmentation", str(reference), "--oracle-clustering", str(reference),
-    ])
+    status = main(
+        [
+            "diarize",
+            str(tmp_path / "my talk.wav"),
+            "--out",
+            str(tmp_path / "out"),
+            "--oracle-segmentation",
+            str(reference),
+            "--oracle-clustering",
+            str(reference),
+        ]
+    )
     assert status == 1  # reported and skipped like any recording that fails
     assert "cannot be written to RTTM" in capsys.readouterr().err

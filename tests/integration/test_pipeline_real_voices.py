@@ -29,15 +29,18 @@ VOICES = {"man": "en-us", "woman": "en-us+f3"}
 
 def say(voice: str, text: str, directory) -> np.ndarray:
     path = directory / "say.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-w", str(path), text], check=True, capture_output=True
+    )
     audio, rate = soundfile.read(path, dtype="float32")
     return soxr.resample(audio, rate, 16000).astype(np.float32)
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
-@pytest.mark.skipif(importlib.util.find_spec("resemblyzer") is None,
-                    reason="the GE2E weights (pip install --no-deps resemblyzer) are absent")
+@pytest.mark.skipif(
+    importlib.util.find_spec("resemblyzer") is None,
+    reason="the GE2E weights (pip install --no-deps resemblyzer) are absent",
+)
 def test_oracle_segmentation_and_ge2e_separate_two_clearly_different_voices(tmp_path):
     audio, turns, t = [], [], 0.0
     for i, sentence in enumerate(SENTENCES):
@@ -51,8 +54,13 @@ def test_oracle_segmentation_and_ge2e_separate_two_clearly_different_voices(tmp_
     soundfile.write(path, np.concatenate(audio), 16000)
 
     pipeline = DiarizationPipeline.from_pretrained(
-        None, embedding="ge2e", settings={"segmentation": {"source": "oracle"},
-                                          "clustering": {"min_cluster_size": 2, "threshold": 0.5}})
+        None,
+        embedding="ge2e",
+        settings={
+            "segmentation": {"source": "oracle"},
+            "clustering": {"min_cluster_size": 2, "threshold": 0.5},
+        },
+    )
     result = pipeline(path, reference=turns, uri="talk")
     assert result.num_speakers == 2
 

@@ -45,10 +45,10 @@ def test_audio_sources_directory_tree_and_wav_scp(pretrain_corpus, tmp_path):
     scp.write_text("".join(f"u{i} {f}\n" for i, f in enumerate(files[:3])))
     assert list_audio(scp) == files[:3]
     dataset = CropDataset(train, 2.0, 1.0)
-    assert len(dataset) == 6 * 3                      # starts 0, 1, 2 s in 4 s files
+    assert len(dataset) == 6 * 3  # starts 0, 1, 2 s in 4 s files
     item = dataset[1]
     assert item["waveform"].shape == (32000,) and item["num_samples"] == 32000
-    short = CropDataset(train, 6.0, 6.0)              # longer than the files: one padded crop
+    short = CropDataset(train, 6.0, 6.0)  # longer than the files: one padded crop
     assert len(short) == 6 and short[0]["num_samples"] == 64000
     assert short[0]["waveform"].shape == (96000,) and not short[0]["waveform"][64000:].any()
     with pytest.raises(ConfigError, match="no audio file"):
@@ -97,7 +97,7 @@ def test_kmeans_targets_are_deterministic_for_a_seed(pretrain_corpus):
     labels = targets(waveforms)
     assert labels.shape == (4, grid.num_frames(32000))
     assert torch.equal(labels, targets(waveforms))
-    assert len(labels.unique()) > 10                  # the clusters are used, not collapsed
+    assert len(labels.unique()) > 10  # the clusters are used, not collapsed
 
 
 @pytest.mark.slow
@@ -107,7 +107,8 @@ def test_nearest_centroid_agrees_with_sklearn_predict():
     kmeans = fit_kmeans(iter(stream), 8, seed=0, batch_frames=250)
     features = np.concatenate(stream)
     torch_labels = ClusterTargets(_Identity(39), torch.from_numpy(kmeans.cluster_centers_))(
-        torch.from_numpy(features)[None])[0]
+        torch.from_numpy(features)[None]
+    )[0]
     np.testing.assert_array_equal(torch_labels.numpy(), kmeans.predict(features.astype(np.float64)))
 
 
@@ -131,7 +132,7 @@ def test_span_mask_fraction_matches_the_analytic_expectation():
     valid = torch.ones(400, 199, dtype=torch.bool)
     mask = span_mask(valid, 0.08, 10, generator)
     expected = expected_mask_fraction(199, 0.08, 10)
-    assert 0.5 < expected < 0.6                       # "about half the frames"
+    assert 0.5 < expected < 0.6  # "about half the frames"
     assert abs(float(mask.float().mean()) - expected) < 0.01
     # spans: every masked run is at least 10 frames long
     row = mask[0].int()
@@ -145,7 +146,7 @@ def test_span_mask_stays_inside_the_valid_frames():
     valid = torch.arange(100)[None, :] < torch.tensor([[100], [40], [5]])
     mask = span_mask(valid, 0.5, 10, generator)
     assert not (mask & ~valid).any()
-    assert not mask[2].any()                          # too short for one span
+    assert not mask[2].any()  # too short for one span
 
 
 # ---------------------------------------------------------------------------------- denoising
@@ -156,24 +157,25 @@ def test_mixing_adds_a_scaled_segment_at_the_drawn_ratio():
     generator = torch.Generator().manual_seed(3)
     mixed, info = mix_utterances(clean, num_samples, 0.2, 0.25, -5.0, 20.0, 0.5, generator)
     chosen = torch.nonzero(info.mixed).flatten().tolist()
-    assert 4 <= len(chosen) <= 25                     # about a fifth of 64
+    assert 4 <= len(chosen) <= 25  # about a fifth of 64
     assert torch.equal(mixed[~info.mixed], clean[~info.mixed])
     assert (info.source[info.mixed] >= 0).any() and (info.source[info.mixed] == -1).any()
     for i in chosen:
         first, n = int(info.start[i]), int(info.length[i])
         assert 1 <= n <= SAMPLE_RATE // 2
         added = (mixed[i] - clean[i]).double()
-        assert not added[:first].any() and not added[first + n:].any()
-        ratio = 10 * torch.log10(clean[i].double().square().mean()
-                                 / added[first:first + n].square().mean())
+        assert not added[:first].any() and not added[first + n :].any()
+        ratio = 10 * torch.log10(
+            clean[i].double().square().mean() / added[first : first + n].square().mean()
+        )
         assert abs(float(ratio) - float(info.ratio_db[i])) < 0.01
         assert -5.0 <= float(info.ratio_db[i]) <= 20.0
         j = int(info.source[i])
-        if j >= 0:                                    # a scaled piece of another utterance
+        if j >= 0:  # a scaled piece of another utterance
             assert j != i
             k = int(info.source_start[i])
-            piece = clean[j, k:k + n].double()
-            segment = added[first:first + n]
+            piece = clean[j, k : k + n].double()
+            segment = added[first : first + n]
             scale = segment.dot(piece) / piece.dot(piece)
             assert scale > 0 and torch.allclose(segment, scale * piece, atol=1e-5)
 
@@ -185,8 +187,10 @@ def test_denoising_keeps_the_targets_of_the_primary(pretrain_corpus):
     dataset = CropDataset(train, 2.0, 1.0)
     centroids = torch.randn(50, 39, generator=torch.Generator().manual_seed(0)).numpy()
 
-    batch = {"waveform": torch.stack([dataset[i]["waveform"] for i in range(6)]),
-             "num_samples": torch.full((6,), 32000)}
+    batch = {
+        "waveform": torch.stack([dataset[i]["waveform"] for i in range(6)]),
+        "num_samples": torch.full((6,), 32000),
+    }
     seen = {}
 
     class Spy(ClusterTargets):
@@ -196,8 +200,14 @@ def test_denoising_keeps_the_targets_of_the_primary(pretrain_corpus):
 
     denoise = config.denoise
     denoise.prob = 1.0
-    objective = MaskedPredictionObjective(WavLM(grid), Spy(MFCC(grid), torch.from_numpy(centroids)),
-                                          config.masking, denoise, config.head, config.optim)
+    objective = MaskedPredictionObjective(
+        WavLM(grid),
+        Spy(MFCC(grid), torch.from_numpy(centroids)),
+        config.masking,
+        denoise,
+        config.head,
+        config.optim,
+    )
     objective.loss(batch)
     # the targets are computed on the clean crops, before any mixing
     assert torch.equal(seen["input"], batch["waveform"])
@@ -228,13 +238,43 @@ def test_cli_refuses_a_used_directory_and_bad_settings(pretrain_corpus, tmp_path
     train, dev = pretrain_corpus
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "metrics.jsonl").write_text("")
-    assert main(["pretrain", "--train", str(train), "--dev", str(dev), "--out",
-                 str(tmp_path / "exp")]) == 2
+    assert (
+        main(["pretrain", "--train", str(train), "--dev", str(dev), "--out", str(tmp_path / "exp")])
+        == 2
+    )
     assert "--resume" in capsys.readouterr().err
-    assert main(["pretrain", "--train", str(train), "--dev", str(dev), "--out",
-                 str(tmp_path / "x"), "--layer", "2"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--train",
+                str(train),
+                "--dev",
+                str(dev),
+                "--out",
+                str(tmp_path / "x"),
+                "--layer",
+                "2",
+            ]
+        )
+        == 2
+    )
     assert "--targets-from" in capsys.readouterr().err
-    assert main(["pretrain", "--train", str(train), "--dev", str(dev), "--out",
-                 str(tmp_path / "y"), "--set", "masking.prob=1.5"]) == 2
+    assert (
+        main(
+            [
+                "pretrain",
+                "--train",
+                str(train),
+                "--dev",
+                str(dev),
+                "--out",
+                str(tmp_path / "y"),
+                "--set",
+                "masking.prob=1.5",
+            ]
+        )
+        == 2
+    )
     assert "masking" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()

@@ -47,10 +47,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Small chunks and many steps per epoch: enough optimiser steps for the multipliers to act.
 FAST = [
-    "--set", "data.chunk_duration_s=1.0", "--set", "data.shift_s=0.25",
-    "--set", "data.val_chunk_duration_s=2.0", "--set", "data.val_shift_s=2.0",
-    "--set", "trainer.num_workers=0", "--set", "trainer.progress=false",
-    "--set", "trainer.batch_size=8",
+    "--set",
+    "data.chunk_duration_s=1.0",
+    "--set",
+    "data.shift_s=0.25",
+    "--set",
+    "data.val_chunk_duration_s=2.0",
+    "--set",
+    "data.val_shift_s=2.0",
+    "--set",
+    "trainer.num_workers=0",
+    "--set",
+    "trainer.progress=false",
+    "--set",
+    "trainer.batch_size=8",
 ]
 
 
@@ -63,8 +73,21 @@ def setup(tmp_path_factory, tone_train_dev):
 
 
 def run_prune(root: Path, train, dev, out: str, *extra: str) -> int:
-    return main(["prune", "--teacher", str(root / "teacher"), "--train", str(train),
-                 "--dev", str(dev), "--out", str(root / out), *FAST, *extra])
+    return main(
+        [
+            "prune",
+            "--teacher",
+            str(root / "teacher"),
+            "--train",
+            str(train),
+            "--dev",
+            str(dev),
+            "--out",
+            str(root / out),
+            *FAST,
+            *extra,
+        ]
+    )
 
 
 # ---------------------------------------------------------------------- pieces
@@ -102,7 +125,7 @@ def test_distillation_loss_is_the_mean_l1_minus_the_mean_cosine_of_the_stacked_s
     student = [torch.randn(3, 6, 10) for _ in range(5)]
     teacher = [torch.randn(3, 6, 10) for _ in range(5)]
     layers = [0, 2, 4]
-    s = torch.stack([student[i] for i in layers], dim=1)              # (B, layer, T, E)
+    s = torch.stack([student[i] for i in layers], dim=1)  # (B, layer, T, E)
     t = torch.stack([teacher[i] for i in layers], dim=1)
     l1 = (s - t).abs().mean()
     cos = ((s * t).sum(-1) / (s.norm(dim=-1) * t.norm(dim=-1))).mean()
@@ -138,12 +161,22 @@ def test_gradient_reversal_steps_exactly_as_gradient_ascent_did():
         with torch.no_grad():  # multipliers away from 0, so that both terms have a gradient
             controller.lambda1.fill_(-0.3)
             controller.lambda2.fill_(0.2)
-        optimizer = torch.optim.AdamW([
-            {"params": model.gate_parameters(), "lr": 0.05, "weight_decay": 0.0,
-             "name": "gates"},
-            {"params": list(controller.parameters()), "lr": abs(-0.02), "weight_decay": 0.0,
-             "name": "lambda"},
-        ])
+        optimizer = torch.optim.AdamW(
+            [
+                {
+                    "params": model.gate_parameters(),
+                    "lr": 0.05,
+                    "weight_decay": 0.0,
+                    "name": "gates",
+                },
+                {
+                    "params": list(controller.parameters()),
+                    "lr": abs(-0.02),
+                    "weight_decay": 0.0,
+                    "name": "lambda",
+                },
+            ]
+        )
         return model, controller, optimizer, PercentileClipper(90.0, 1000)
 
     reference = float(WavLM.from_preset("wavlm-tiny").num_params())
@@ -181,10 +214,12 @@ def test_lagrangian_grows_while_sparsity_lags_then_tracks_the_target():
     model = WavLM.from_preset("wavlm-tiny").enable_pruning()
     reference = float(model.num_params())
     controller = SparsityController(0.5, warmup_epochs=0)
-    optimizer = torch.optim.AdamW([
-        {"params": model.gate_parameters(), "lr": 0.05, "weight_decay": 0.0},
-        {"params": list(controller.parameters()), "lr": 0.05, "weight_decay": 0.0},
-    ])
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": model.gate_parameters(), "lr": 0.05, "weight_decay": 0.0},
+            {"params": list(controller.parameters()), "lr": 0.05, "weight_decay": 0.0},
+        ]
+    )
     history = []
     for _ in range(400):
         sparsity = expected_sparsity(model, reference)
@@ -212,8 +247,12 @@ def test_stage_defaults_are_the_reference_recipe():
     assert stage1.prune.final_model == "average"
     assert stage1.prune.gate_bound == 0.0
     assert (stage1.prune.warmup_epochs, stage1.prune.sparsity) == (5.0, 0.8)
-    assert (stage1.optim.lr_weights, stage1.optim.lr_gates, stage1.optim.lr_lambda,
-            stage1.optim.weight_decay) == (2e-4, 2e-2, 2e-2, 0.0)
+    assert (
+        stage1.optim.lr_weights,
+        stage1.optim.lr_gates,
+        stage1.optim.lr_lambda,
+        stage1.optim.weight_decay,
+    ) == (2e-4, 2e-2, 2e-2, 0.0)
     stage2 = DistillConfig()
     assert (stage2.trainer.max_epochs, stage2.trainer.batch_size) == (20, 64)
     assert (stage2.trainer.patience, stage2.trainer.average_best) == (5, 5)
@@ -221,10 +260,13 @@ def test_stage_defaults_are_the_reference_recipe():
     assert isinstance(stage2.trainer, DistillTrainerConfig)
 
 
-@pytest.mark.parametrize("name, batch_size, layers", [
-    ("prune-wavlm-base-plus.toml", 64, [0, 4, 8, 12]),
-    ("prune-wavlm-large.toml", 32, [0, 8, 16, 24]),
-])
+@pytest.mark.parametrize(
+    "name, batch_size, layers",
+    [
+        ("prune-wavlm-base-plus.toml", 64, [0, 4, 8, 12]),
+        ("prune-wavlm-large.toml", 32, [0, 8, 16, 24]),
+    ],
+)
 def test_stage1_configs_of_the_recipe(name, batch_size, layers):
     config = load_config(PruneConfig, name)
     assert config.trainer.batch_size == batch_size
@@ -234,18 +276,27 @@ def test_stage1_configs_of_the_recipe(name, batch_size, layers):
 
 
 def test_final_model_and_gate_bound_are_settings():
-    config = load_config(PruneConfig, None, ['prune.final_model="on-target"',
-                                             "prune.gate_bound=0.001"])
+    config = load_config(
+        PruneConfig, None, ['prune.final_model="on-target"', "prune.gate_bound=0.001"]
+    )
     assert (config.prune.final_model, config.prune.gate_bound) == ("on-target", 0.001)
-    assert load_config(PruneConfig, None, ["prune.final_model=on-target"]).prune.final_model \
+    assert (
+        load_config(PruneConfig, None, ["prune.final_model=on-target"]).prune.final_model
         == "on-target"
+    )
 
 
 def test_log_alphas_are_not_clamped_by_default():
     teacher = WavLM.from_preset("wavlm-tiny").eval()
     student = enable_units(WavLM.from_preset("wavlm-tiny"), PruneSection())
-    objective = PruneObjective(student, teacher, [0, 2], DistillOptimSection(),
-                               SparsityController(0.5), gate_bound=PruneSection().gate_bound)
+    objective = PruneObjective(
+        student,
+        teacher,
+        [0, 2],
+        DistillOptimSection(),
+        SparsityController(0.5),
+        gate_bound=PruneSection().gate_bound,
+    )
     with torch.no_grad():
         for gate in student.gates():
             gate.log_alpha.uniform_(-20.0, 20.0)
@@ -256,8 +307,10 @@ def test_log_alphas_are_not_clamped_by_default():
 
 
 def history(totals: dict[int, float]) -> list[dict]:
-    return [{"epoch": e, "val_loss": 0.0, "selectable": True, "metrics": {"total": t}}
-            for e, t in sorted(totals.items())]
+    return [
+        {"epoch": e, "val_loss": 0.0, "selectable": True, "metrics": {"total": t}}
+        for e, t in sorted(totals.items())
+    ]
 
 
 def test_final_epochs_are_the_lowest_from_the_loss_peak_on():
@@ -275,11 +328,19 @@ def test_final_epochs_are_the_lowest_from_the_loss_peak_on():
 def test_on_target_rule_takes_the_one_best_on_target_checkpoint():
     teacher = WavLM.from_preset("wavlm-tiny").eval()
     student = enable_units(WavLM.from_preset("wavlm-tiny"), PruneSection())
-    objective = PruneObjective(student, teacher, [0, 2], DistillOptimSection(),
-                               SparsityController(0.5), final_model="on-target")
-    runs = [{"epoch": 1, "val_loss": 0.1, "selectable": False, "metrics": {"total": 0.5}},
-            {"epoch": 2, "val_loss": 0.4, "selectable": True, "metrics": {"total": 0.9}},
-            {"epoch": 3, "val_loss": 0.3, "selectable": True, "metrics": {"total": 0.3}}]
+    objective = PruneObjective(
+        student,
+        teacher,
+        [0, 2],
+        DistillOptimSection(),
+        SparsityController(0.5),
+        final_model="on-target",
+    )
+    runs = [
+        {"epoch": 1, "val_loss": 0.1, "selectable": False, "metrics": {"total": 0.5}},
+        {"epoch": 2, "val_loss": 0.4, "selectable": True, "metrics": {"total": 0.9}},
+        {"epoch": 3, "val_loss": 0.3, "selectable": True, "metrics": {"total": 0.3}},
+    ]
     assert objective.final_epochs(runs, 5) == [3]
     objective.final_model = "average"
     assert objective.final_epochs(runs, 5) == [3, 2]
@@ -290,9 +351,18 @@ def test_stage1_model_is_the_average_of_the_chosen_epochs_log_alphas_included(se
     the 5 epochs with the lowest total dev loss from the peak on, then prunes that average."""
     root, train, dev = setup
     exp = root / "average"
-    args = ["--sparsity", "0.5", "--set", "trainer.max_epochs=8",
-            "--set", "trainer.max_steps_per_epoch=1", "--set", "prune.warmup_epochs=1",
-            "--set", "trainer.patience=0"]
+    args = [
+        "--sparsity",
+        "0.5",
+        "--set",
+        "trainer.max_epochs=8",
+        "--set",
+        "trainer.max_steps_per_epoch=1",
+        "--set",
+        "prune.warmup_epochs=1",
+        "--set",
+        "trainer.patience=0",
+    ]
     assert run_prune(root, train, dev, "average", *args) == 0
     records = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["type"] == "epoch"]
@@ -339,28 +409,33 @@ def test_stage1_model_is_the_average_of_the_chosen_epochs_log_alphas_included(se
     report = json.loads((exp / "report.json").read_text())
     assert report["final_model"] == {"rule": "average", "epochs": chosen}
     assert report["reached_sparsity"] == pytest.approx(
-        1 - pruned.num_params() / teacher.num_params())
+        1 - pruned.num_params() / teacher.num_params()
+    )
     metadata = json.loads((exp / "pruned" / "metadata.json").read_text())
     assert metadata["reached_sparsity"] == pytest.approx(report["reached_sparsity"])
     assert metadata["final_model"] == "average" and metadata["epochs"] == chosen
 
 
 # ---------------------------------------------------------------------- errors before work
-@pytest.mark.parametrize("args, message", [
-    (["--teacher", "/nonexistent/teacher", "--sparsity", "0.8"], "does not exist"),
-    (["--sparsity", "1.2"], "between 0 and 1"),
-    (["--sparsity", "0"], "between 0 and 1"),
-    (["--set", "prune.distill_layers=[0, 1, 7]"], "beyond the model's depth"),
-    (["--set", 'prune.units=["conv", "neurons"]'], "units must be"),
-    (["--set", "prune.gate_bound=0.5"], "gate_bound must be"),
-    (["--set", 'prune.final_model="best"'], "final_model must be one of"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--teacher", "/nonexistent/teacher", "--sparsity", "0.8"], "does not exist"),
+        (["--sparsity", "1.2"], "between 0 and 1"),
+        (["--sparsity", "0"], "between 0 and 1"),
+        (["--set", "prune.distill_layers=[0, 1, 7]"], "beyond the model's depth"),
+        (["--set", 'prune.units=["conv", "neurons"]'], "units must be"),
+        (["--set", "prune.gate_bound=0.5"], "gate_bound must be"),
+        (["--set", 'prune.final_model="best"'], "final_model must be one of"),
+    ],
+)
 def test_bad_settings_are_clear_errors_before_any_work(setup, capsys, args, message):
     root, train, dev = setup
     teacher = [] if "--teacher" in args else ["--teacher", str(root / "teacher")]
     out = root / "never-written"
-    code = main(["prune", *teacher, "--train", str(train), "--dev", str(dev), "--out",
-                 str(out), *args])
+    code = main(
+        ["prune", *teacher, "--train", str(train), "--dev", str(dev), "--out", str(out), *args]
+    )
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (out / "checkpoints").exists()
@@ -371,10 +446,24 @@ def test_bad_settings_are_clear_errors_before_any_work(setup, capsys, args, mess
 def heads_ffn(setup):
     """A stage-1 run that prunes heads and FFN units to 0.3; its experiment directory."""
     root, train, dev = setup
-    code = run_prune(root, train, dev, "heads-ffn", "--sparsity", "0.3",
-                     "--set", 'prune.units=["head", "ffn"]', "--set", "trainer.max_epochs=2",
-                     "--set", "prune.warmup_epochs=1", "--set", "optim.lr_gates=0.2",
-                     "--set", "optim.lr_lambda=0.5")
+    code = run_prune(
+        root,
+        train,
+        dev,
+        "heads-ffn",
+        "--sparsity",
+        "0.3",
+        "--set",
+        'prune.units=["head", "ffn"]',
+        "--set",
+        "trainer.max_epochs=2",
+        "--set",
+        "prune.warmup_epochs=1",
+        "--set",
+        "optim.lr_gates=0.2",
+        "--set",
+        "optim.lr_lambda=0.5",
+    )
     assert code == 0
     return root / "heads-ffn"
 
@@ -400,39 +489,69 @@ def test_prune_writes_a_smaller_exact_model_and_a_report(setup, heads_ffn):
     report = json.loads((exp / "report.json").read_text())
     assert report["student"]["params"] == pruned.num_params()
     assert report["reached_sparsity"] == pytest.approx(
-        1 - pruned.num_params() / teacher.num_params())
+        1 - pruned.num_params() / teacher.num_params()
+    )
     for name in ("report.md", "kept_units.png", "training.png"):
         assert (exp / name).stat().st_size > 0
     records = [json.loads(line) for line in (exp / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["type"] == "step"]
     assert {"expected_sparsity", "target_sparsity", "lambda1", "lambda2", "distill"} <= set(
-        steps[0])
+        steps[0]
+    )
 
 
 def test_pretrained_wavlm_teacher_runs_the_same_code(setup):
     """The baseline order: the teacher is a plain (pre-trained) WavLM, not a diarization model."""
     root, train, dev = setup
     WavLM.from_pretrained(root / "teacher").save_pretrained(root / "plain-teacher")
-    code = main(["prune", "--teacher", str(root / "plain-teacher"), "--sparsity", "0.3",
-                 "--train", str(train), "--dev", str(dev), "--out", str(root / "baseline"),
-                 *FAST, "--set", "trainer.max_epochs=1", "--set", "trainer.max_steps_per_epoch=2"])
+    code = main(
+        [
+            "prune",
+            "--teacher",
+            str(root / "plain-teacher"),
+            "--sparsity",
+            "0.3",
+            "--train",
+            str(train),
+            "--dev",
+            str(dev),
+            "--out",
+            str(root / "baseline"),
+            *FAST,
+            "--set",
+            "trainer.max_epochs=1",
+            "--set",
+            "trainer.max_steps_per_epoch=2",
+        ]
+    )
     assert code == 0
     assert WavLM.from_pretrained(root / "baseline" / "pruned").num_params() > 0
 
 
 def test_prune_resume_reproduces_the_uninterrupted_run(setup):
     root, train, dev = setup
-    common = ["--sparsity", "0.5", "--set", "trainer.max_steps_per_epoch=3",
-              "--set", "prune.warmup_epochs=1"]
+    common = [
+        "--sparsity",
+        "0.5",
+        "--set",
+        "trainer.max_steps_per_epoch=3",
+        "--set",
+        "prune.warmup_epochs=1",
+    ]
     assert run_prune(root, train, dev, "straight", *common, "--set", "trainer.max_epochs=2") == 0
     assert run_prune(root, train, dev, "resumed", *common, "--set", "trainer.max_epochs=1") == 0
-    assert run_prune(root, train, dev, "resumed", *common, "--set", "trainer.max_epochs=2",
-                     "--resume") == 0
+    assert (
+        run_prune(root, train, dev, "resumed", *common, "--set", "trainer.max_epochs=2", "--resume")
+        == 0
+    )
 
     def losses(name):
         lines = (root / name / "metrics.jsonl").read_text().splitlines()
-        return [(r["step"], r["loss"], r["lambda1"]) for r in map(json.loads, lines)
-                if r["type"] == "step"]
+        return [
+            (r["step"], r["loss"], r["lambda1"])
+            for r in map(json.loads, lines)
+            if r["type"] == "step"
+        ]
 
     straight, resumed = losses("straight"), losses("resumed")
     assert len(straight) == len(resumed) == 6
@@ -442,10 +561,28 @@ def test_prune_resume_reproduces_the_uninterrupted_run(setup):
 
 def test_distill_stage_trains_the_pruned_student(setup, heads_ffn):
     root, train, dev = setup
-    code = main(["distill", "--student", str(heads_ffn / "pruned"), "--teacher",
-                 str(root / "teacher"), "--train", str(train), "--dev", str(dev), "--out",
-                 str(root / "distill"), *FAST, "--set", "trainer.max_epochs=1",
-                 "--set", "trainer.max_steps_per_epoch=3", "--set", "trainer.average_best=1"])
+    code = main(
+        [
+            "distill",
+            "--student",
+            str(heads_ffn / "pruned"),
+            "--teacher",
+            str(root / "teacher"),
+            "--train",
+            str(train),
+            "--dev",
+            str(dev),
+            "--out",
+            str(root / "distill"),
+            *FAST,
+            "--set",
+            "trainer.max_epochs=1",
+            "--set",
+            "trainer.max_steps_per_epoch=3",
+            "--set",
+            "trainer.average_best=1",
+        ]
+    )
     assert code == 0
     distilled = WavLM.from_pretrained(root / "distill" / "best")
     assert distilled.config == WavLM.from_pretrained(heads_ffn / "pruned").config
@@ -461,8 +598,9 @@ def test_gates_follow_the_units_setting():
 def test_the_prune_objective_bounds_its_gates_after_each_step():
     teacher = WavLM.from_preset("wavlm-tiny").eval()
     student = enable_units(WavLM.from_preset("wavlm-tiny"), PruneSection())
-    objective = PruneObjective(student, teacher, [0, 2], DistillOptimSection(),
-                               SparsityController(0.5), gate_bound=0.01)
+    objective = PruneObjective(
+        student, teacher, [0, 2], DistillOptimSection(), SparsityController(0.5), gate_bound=0.01
+    )
     with torch.no_grad():
         for gate in student.gates():
             gate.log_alpha.uniform_(-20.0, 20.0)
@@ -494,17 +632,50 @@ def test_prune_with_two_processes_matches_one_process(setup):
     data-parallel run, so with dropout the two runs agree only in distribution.
     """
     root, train, dev = setup
-    common = ["--sparsity", "0.5", "--set", "trainer.max_epochs=2",
-              "--set", "trainer.max_steps_per_epoch=3", "--set", "prune.warmup_epochs=1",
-              "--set", "optim.lr_gates=0.2", "--set", "optim.lr_lambda=0.5",
-              "--set", "wavlm.feat_proj_dropout=0", "--set", "wavlm.attention_dropout=0",
-              "--set", "wavlm.hidden_dropout=0"]
+    common = [
+        "--sparsity",
+        "0.5",
+        "--set",
+        "trainer.max_epochs=2",
+        "--set",
+        "trainer.max_steps_per_epoch=3",
+        "--set",
+        "prune.warmup_epochs=1",
+        "--set",
+        "optim.lr_gates=0.2",
+        "--set",
+        "optim.lr_lambda=0.5",
+        "--set",
+        "wavlm.feat_proj_dropout=0",
+        "--set",
+        "wavlm.attention_dropout=0",
+        "--set",
+        "wavlm.hidden_dropout=0",
+    ]
     assert run_prune(root, train, dev, "single", *common) == 0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29541", "-m", "slimdiar", "prune", "--teacher",
-               str(root / "teacher"), "--train", str(train), "--dev", str(dev), "--out",
-               str(root / "ddp"), *FAST, *common]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29541",
+        "-m",
+        "slimdiar",
+        "prune",
+        "--teacher",
+        str(root / "teacher"),
+        "--train",
+        str(train),
+        "--dev",
+        str(dev),
+        "--out",
+        str(root / "ddp"),
+        *FAST,
+        *common,
+    ]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
 
@@ -515,8 +686,15 @@ def test_prune_with_two_processes_matches_one_process(setup):
     single, ddp = records("single"), records("ddp")
     assert len(single) == len(ddp) == 8
     for a, b in zip(single, ddp):
-        for key in ("loss", "distill", "expected_sparsity", "lambda1", "lambda2",
-                    "val/loss", "val/sparsity"):
+        for key in (
+            "loss",
+            "distill",
+            "expected_sparsity",
+            "lambda1",
+            "lambda2",
+            "val/loss",
+            "val/sparsity",
+        ):
             if key in a:
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (key, a, b)
     a = load_checkpoint(root / "single" / "pruned")[0]

@@ -32,8 +32,9 @@ BIN = str(Path(sys.executable).parent)
 
 def run_recipe(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(["bash", str(RUN_SH), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        ["bash", str(RUN_SH), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def commands(output: str) -> list[list[str]]:
@@ -49,15 +50,34 @@ def sets(command: list[str]) -> list[str]:
     return [command[i + 1] for i, word in enumerate(command) if word == "--set"]
 
 
-BASE = ["--wavlm", "models/wavlm-base-plus", "--train", "data/train", "--dev", "data/dev",
-        "--test", "data/ami/test", "--test", "data/aishell4/test", "--exp", "exp/run",
-        "--embedding", "models/wespeaker/pytorch_model.bin", "--dry-run"]
+BASE = [
+    "--wavlm",
+    "models/wavlm-base-plus",
+    "--train",
+    "data/train",
+    "--dev",
+    "data/dev",
+    "--test",
+    "data/ami/test",
+    "--test",
+    "data/aishell4/test",
+    "--exp",
+    "exp/run",
+    "--embedding",
+    "models/wespeaker/pytorch_model.bin",
+    "--dry-run",
+]
 
 
 def test_every_recipe_starts_with_usage_and_strict_mode():
     assert {p.relative_to(REPO).as_posix() for p in RECIPES} >= {
-        "recipes/run.sh", "recipes/paper.sh", "recipes/ami/run.sh", "recipes/aishell4/run.sh",
-        "recipes/alimeeting/run.sh", "recipes/compound/run.sh"}
+        "recipes/run.sh",
+        "recipes/paper.sh",
+        "recipes/ami/run.sh",
+        "recipes/aishell4/run.sh",
+        "recipes/alimeeting/run.sh",
+        "recipes/compound/run.sh",
+    }
     for path in RECIPES:
         lines = path.read_text().splitlines()
         assert lines[0] == "#!/usr/bin/env bash", path
@@ -69,11 +89,17 @@ def test_every_recipe_starts_with_usage_and_strict_mode():
 
 
 def test_finetune_first_commands():
-    result = run_recipe(*BASE, "--sparsity", "0.9", "--finetune-set", "trainer.batch_size=8",
-                        "--prune-set", "trainer.batch_size=4")
+    result = run_recipe(
+        *BASE,
+        "--sparsity",
+        "0.9",
+        "--finetune-set",
+        "trainer.batch_size=8",
+        "--prune-set",
+        "trainer.batch_size=4",
+    )
     assert result.returncode == 0, result.stderr
-    finetune, prune, distill, stage3, diarize1, score1, diarize2, score2 = commands(
-        result.stdout)
+    finetune, prune, distill, stage3, diarize1, score1, diarize2, score2 = commands(result.stdout)
     assert finetune[:2] == ["slimdiar", "finetune"]
     assert option(finetune, "--backbone") == "models/wavlm-base-plus"
     assert option(finetune, "--out") == "exp/run/stage0-finetune"
@@ -89,8 +115,7 @@ def test_finetune_first_commands():
     assert sets(distill) == []
     assert option(stage3, "--backbone") == "exp/run/stage2-distill/best"
     # The paper's stage-3 schedule, then the user's overrides (the later --set wins).
-    assert sets(stage3) == ["trainer.max_epochs=20", "trainer.patience=5",
-                            "trainer.batch_size=8"]
+    assert sets(stage3) == ["trainer.max_epochs=20", "trainer.patience=5", "trainer.batch_size=8"]
     assert option(diarize1, "--model") == "exp/run/stage3-finetune/best"
     assert diarize1[2] == "data/ami/test/wav.scp"
     assert option(diarize1, "--out") == "exp/run/diarize/ami_test"
@@ -106,8 +131,19 @@ def test_finetune_first_commands():
 
 
 def test_prune_first_commands_and_gpus():
-    result = run_recipe(*BASE, "--order", "prune-first", "--ngpu", "4", "--channel", "0",
-                        "--embedding", "models/resnet34.pt", "--device", "cuda")
+    result = run_recipe(
+        *BASE,
+        "--order",
+        "prune-first",
+        "--ngpu",
+        "4",
+        "--channel",
+        "0",
+        "--embedding",
+        "models/resnet34.pt",
+        "--device",
+        "cuda",
+    )
     assert result.returncode == 0, result.stderr
     assert "stage 0: nothing to do in the prune-first order" in result.stdout
     prune, distill, stage3, diarize, _, _, _ = commands(result.stdout)
@@ -125,8 +161,9 @@ def test_prune_first_commands_and_gpus():
 
 
 def test_stage_guards_and_reuse_of_a_finetuned_model():
-    result = run_recipe(*BASE, "--stage", "1", "--stop-stage", "2", "--finetuned",
-                        "exp/shared/best")
+    result = run_recipe(
+        *BASE, "--stage", "1", "--stop-stage", "2", "--finetuned", "exp/shared/best"
+    )
     assert result.returncode == 0, result.stderr
     prune, distill = commands(result.stdout)
     assert option(prune, "--teacher") == option(distill, "--teacher") == "exp/shared/best"
@@ -153,8 +190,9 @@ def test_bad_options(args, message):
 
 
 def test_stage_4_needs_the_resnet_embedding_unless_ge2e_is_allowed():
-    no_embedding = [a for a in BASE if a not in ("--embedding",
-                                                 "models/wespeaker/pytorch_model.bin")]
+    no_embedding = [
+        a for a in BASE if a not in ("--embedding", "models/wespeaker/pytorch_model.bin")
+    ]
     for extra in ([], ["--embedding", "ge2e"]):
         result = run_recipe(*no_embedding, *extra)
         assert result.returncode == 1 and commands(result.stdout) == []
@@ -209,11 +247,20 @@ def toy_data(root: Path) -> dict[str, Path]:
     return dirs
 
 
-TINY = ["trainer.max_epochs=1", "trainer.max_steps_per_epoch=2", "trainer.progress=false",
-        "trainer.device=cpu"]
-TINY_DISTILL = TINY + ["data.chunk_duration_s=2.0", "data.shift_s=1.0",
-                       "data.val_chunk_duration_s=2.0", "data.val_shift_s=2.0",
-                       "trainer.batch_size=2", "trainer.num_workers=0"]
+TINY = [
+    "trainer.max_epochs=1",
+    "trainer.max_steps_per_epoch=2",
+    "trainer.progress=false",
+    "trainer.device=cpu",
+]
+TINY_DISTILL = TINY + [
+    "data.chunk_duration_s=2.0",
+    "data.shift_s=1.0",
+    "data.val_chunk_duration_s=2.0",
+    "data.val_shift_s=2.0",
+    "trainer.batch_size=2",
+    "trainer.num_workers=0",
+]
 
 
 @pytest.mark.slow
@@ -221,19 +268,39 @@ def test_tiny_finetune_first_end_to_end_and_restart(tmp_path):
     data = toy_data(tmp_path / "data")
     wavlm = WavLM.from_preset("wavlm-tiny").save_pretrained(tmp_path / "wavlm-tiny")
     exp = tmp_path / "exp"
-    args = ["--wavlm", str(wavlm), "--config", "tiny",
-            "--train", str(data["train"]), "--dev", str(data["dev"]),
-            "--test", str(data["test"]), "--exp", str(exp),
-            "--finetune-set", 'model.frontend="wavlm"', "--prune-set", "prune.warmup_epochs=1",
-            "--allow-ge2e"]
+    args = [
+        "--wavlm",
+        str(wavlm),
+        "--config",
+        "tiny",
+        "--train",
+        str(data["train"]),
+        "--dev",
+        str(data["dev"]),
+        "--test",
+        str(data["test"]),
+        "--exp",
+        str(exp),
+        "--finetune-set",
+        'model.frontend="wavlm"',
+        "--prune-set",
+        "prune.warmup_epochs=1",
+        "--allow-ge2e",
+    ]
     for value in TINY:
         args += ["--finetune-set", value]
     for value in TINY_DISTILL:
         args += ["--prune-set", value, "--distill-set", value]
     result = run_recipe(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for path in ("stage0-finetune/best", "stage1-prune/pruned", "stage1-prune/report.json",
-                 "stage2-distill/best", "stage3-finetune/best", "diarize/toy_test/test0.rttm"):
+    for path in (
+        "stage0-finetune/best",
+        "stage1-prune/pruned",
+        "stage1-prune/report.json",
+        "stage2-distill/best",
+        "stage3-finetune/best",
+        "diarize/toy_test/test0.rttm",
+    ):
         assert (exp / path).exists(), path
     # Stage 3 fine-tuned the distilled, pruned WavLM (not the original one).
     stage3 = json.loads((exp / "stage3-finetune" / "config.json").read_text())
@@ -244,23 +311,50 @@ def test_tiny_finetune_first_end_to_end_and_restart(tmp_path):
     again = run_recipe(*args, "--stop-stage", "3", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert commands(again.stdout) == []
-    for stage, path in ((0, "stage0-finetune/best"), (1, "stage1-prune/pruned"),
-                        (2, "stage2-distill/best"), (3, "stage3-finetune/best")):
+    for stage, path in (
+        (0, "stage0-finetune/best"),
+        (1, "stage1-prune/pruned"),
+        (2, "stage2-distill/best"),
+        (3, "stage3-finetune/best"),
+    ):
         assert f"stage {stage}: {exp / path} exists, skipped" in again.stdout
 
 
 # ---------------------------------------------------------------------- corpus recipes
 def run_script(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(["bash", str(REPO / "recipes" / script), *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["bash", str(REPO / "recipes" / script), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_paper_runs_of_the_compound_recipe(tmp_path):
     result = run_script(
-        "compound/run.sh", "--dry-run", "--ami-dir", "/c/ami", "--ami-rttm-dir", "/s/rttms",
-        "--aishell4-dir", "/c/a4", "--alimeeting-dir", "/c/ali", "--wavlm-base-plus", "m/bp",
-        "--wavlm-large", "m/l", "--ngpu", "2", "--embedding", "m/resnet34.bin", cwd=tmp_path)
+        "compound/run.sh",
+        "--dry-run",
+        "--ami-dir",
+        "/c/ami",
+        "--ami-rttm-dir",
+        "/s/rttms",
+        "--aishell4-dir",
+        "/c/a4",
+        "--alimeeting-dir",
+        "/c/ali",
+        "--wavlm-base-plus",
+        "m/bp",
+        "--wavlm-large",
+        "m/l",
+        "--ngpu",
+        "2",
+        "--embedding",
+        "m/resnet34.bin",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     printed = commands(result.stdout)
     prepares = [c for c in printed if c[:2] == ["slimdiar", "prepare"]]
@@ -282,8 +376,9 @@ def test_paper_runs_of_the_compound_recipe(tmp_path):
     configs = {option(c, "--config") for c in trainings if "finetune" in c}
     assert configs == {"wavlm-base-plus", "wavlm-large"}
     # stage 1 of each WavLM runs with its own reference setting (Large: global batch 32)
-    prune_configs = {option(c, "--out").split("/")[2]: option(c, "--config")
-                     for c in trainings if "prune" in c}
+    prune_configs = {
+        option(c, "--out").split("/")[2]: option(c, "--config") for c in trainings if "prune" in c
+    }
     assert prune_configs == {"base-plus": "prune-wavlm-base-plus", "large": "prune-wavlm-large"}
     diarized = [option(c, "--model") for c in printed if c[:2] == ["slimdiar", "diarize"]]
     # 3 test sets x (8 pruned runs + 2 unpruned models).
@@ -295,22 +390,70 @@ def test_paper_runs_of_the_compound_recipe(tmp_path):
 @pytest.mark.parametrize(
     ("script", "args", "prepare"),
     [
-        ("ami/run.sh", ["--corpus-dir", "/c/ami", "--annotations-dir", "/c/nxt"],
-         ["slimdiar", "prepare", "ami", "--corpus-dir", "/c/ami", "--out", "data/ami",
-          "--annotations-dir", "/c/nxt"]),
-        ("aishell4/run.sh", ["--corpus-dir", "/c/a4", "--dev-sessions", "5"],
-         ["slimdiar", "prepare", "aishell4", "--corpus-dir", "/c/a4", "--out", "data/aishell4",
-          "--extract-channel", "--dev-sessions", "5"]),
-        ("alimeeting/run.sh", ["--corpus-dir", "/c/ali"],
-         ["slimdiar", "prepare", "alimeeting", "--corpus-dir", "/c/ali", "--out",
-          "data/alimeeting", "--extract-channel"]),
+        (
+            "ami/run.sh",
+            ["--corpus-dir", "/c/ami", "--annotations-dir", "/c/nxt"],
+            [
+                "slimdiar",
+                "prepare",
+                "ami",
+                "--corpus-dir",
+                "/c/ami",
+                "--out",
+                "data/ami",
+                "--annotations-dir",
+                "/c/nxt",
+            ],
+        ),
+        (
+            "aishell4/run.sh",
+            ["--corpus-dir", "/c/a4", "--dev-sessions", "5"],
+            [
+                "slimdiar",
+                "prepare",
+                "aishell4",
+                "--corpus-dir",
+                "/c/a4",
+                "--out",
+                "data/aishell4",
+                "--extract-channel",
+                "--dev-sessions",
+                "5",
+            ],
+        ),
+        (
+            "alimeeting/run.sh",
+            ["--corpus-dir", "/c/ali"],
+            [
+                "slimdiar",
+                "prepare",
+                "alimeeting",
+                "--corpus-dir",
+                "/c/ali",
+                "--out",
+                "data/alimeeting",
+                "--extract-channel",
+            ],
+        ),
     ],
 )
 def test_single_corpus_recipes(tmp_path, script, args, prepare):
     corpus = script.split("/")[0]
-    result = run_script(script, "--dry-run", *args, "--wavlm-base-plus", "m/bp", "--models",
-                        "base-plus", "--sparsities", "0.9", "--orders", "prune-first",
-                        "--allow-ge2e", cwd=tmp_path)
+    result = run_script(
+        script,
+        "--dry-run",
+        *args,
+        "--wavlm-base-plus",
+        "m/bp",
+        "--models",
+        "base-plus",
+        "--sparsities",
+        "0.9",
+        "--orders",
+        "prune-first",
+        "--allow-ge2e",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     printed = commands(result.stdout)
     assert printed[0] == prepare
@@ -328,27 +471,35 @@ def test_single_corpus_recipes(tmp_path, script, args, prepare):
 def test_compound_data_from_synthetic_releases(tmp_path):
     """Corpora prepared beforehand are reused; the compound sets are their concatenation."""
     annotations = make_ami_release(tmp_path / "ami")
-    write_pcm_audio(tmp_path / "ami" / "amicorpus" / "IS1008a" / "audio" / "IS1008a.Array1-01.wav",
-                2.0, 1)
-    (annotations / "words" / "IS1008a.A.words.xml").write_text(ami_words_xml("IS1008a", "A", [
-        '<w nite:id="d0" starttime="0.10" endtime="0.90">hi</w>']))
+    write_pcm_audio(
+        tmp_path / "ami" / "amicorpus" / "IS1008a" / "audio" / "IS1008a.Array1-01.wav", 2.0, 1
+    )
+    (annotations / "words" / "IS1008a.A.words.xml").write_text(
+        ami_words_xml("IS1008a", "A", ['<w nite:id="d0" starttime="0.10" endtime="0.90">hi</w>'])
+    )
     make_aishell4_release(tmp_path / "aishell4")
     make_alimeeting_release(tmp_path / "alimeeting")
     data = tmp_path / "data"
-    prepare_corpus("ami", tmp_path / "ami", data / "ami", annotations_dir=annotations,
-                   skip_missing=True)
-    prepare_corpus("aishell4", tmp_path / "aishell4", data / "aishell4", extract_channel=True,
-                   dev_sessions=1)
-    prepare_corpus("alimeeting", tmp_path / "alimeeting", data / "alimeeting",
-                   extract_channel=True)
+    prepare_corpus(
+        "ami", tmp_path / "ami", data / "ami", annotations_dir=annotations, skip_missing=True
+    )
+    prepare_corpus(
+        "aishell4", tmp_path / "aishell4", data / "aishell4", extract_channel=True, dev_sessions=1
+    )
+    prepare_corpus("alimeeting", tmp_path / "alimeeting", data / "alimeeting", extract_channel=True)
     result = run_script("compound/run.sh", "--data-only", "--data", "data", cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "+ slimdiar prepare" not in result.stdout
     train = DataDir.load(data / "compound" / "train", channel=0)
     dev = DataDir.load(data / "compound" / "dev", channel=0)
     assert list(train.recordings) == [
-        "ES2002a", "20200707_L_R001S01C01", "20200708_L_R002S01C01", "20200711_S_R001S01C01",
-        "R0003_M0046_MS801", "R0015_M0151_MS802"]
+        "ES2002a",
+        "20200707_L_R001S01C01",
+        "20200708_L_R002S01C01",
+        "20200711_S_R001S01C01",
+        "R0003_M0046_MS801",
+        "R0015_M0151_MS802",
+    ]
     assert list(dev.recordings) == ["IS1008a", "20200710_M_R001S01C01", "R8001_M8004_MS801"]
     assert all(r.num_channels == 1 for r in train.recordings.values())
     assert len(dev.all_turns()) == 1 + 3 + 3

@@ -22,8 +22,17 @@ def test_score_prints_table_and_writes_json(tmp_path, capsys):
     (tmp_path / "ref.rttm").write_text(REF)
     (tmp_path / "hyp.rttm").write_text(HYP)
     out_json = tmp_path / "der.json"
-    status = main(["score", "--ref", str(tmp_path / "ref.rttm"), "--hyp",
-                   str(tmp_path / "hyp.rttm"), "--json", str(out_json)])
+    status = main(
+        [
+            "score",
+            "--ref",
+            str(tmp_path / "ref.rttm"),
+            "--hyp",
+            str(tmp_path / "hyp.rttm"),
+            "--json",
+            str(out_json),
+        ]
+    )
     assert status == 0
     out = capsys.readouterr().out
     assert "no UEM, each file scored over the extent of its reference" in out
@@ -52,8 +61,19 @@ def test_score_with_collar_uem_and_directories(tmp_path, capsys):
     (hyp_dir / "f1.rttm").write_text(HYP.splitlines()[0] + "\n")
     (hyp_dir / "f2.rttm").write_text(HYP.splitlines()[1] + "\n")
     out_json = tmp_path / "der.json"
-    status = main(["score", "--ref", str(ref_dir), "--hyp", str(hyp_dir), "--collar", "0.25",
-                   "--json", str(out_json)])
+    status = main(
+        [
+            "score",
+            "--ref",
+            str(ref_dir),
+            "--hyp",
+            str(hyp_dir),
+            "--collar",
+            "0.25",
+            "--json",
+            str(out_json),
+        ]
+    )
     assert status == 0
     out = capsys.readouterr().out
     assert f"UEM {ref_dir / 'uem'}" in out
@@ -70,24 +90,40 @@ def test_score_with_collar_uem_and_directories(tmp_path, capsys):
 def test_score_bad_input_exits_2_with_file_and_line(tmp_path, capsys):
     (tmp_path / "ref.rttm").write_text(REF)
     (tmp_path / "hyp.rttm").write_text(HYP + "SPEAKER f1 1 3.0 <NA> <NA> x <NA> <NA>\n")
-    status = main(["score", "--ref", str(tmp_path / "ref.rttm"), "--hyp",
-                   str(tmp_path / "hyp.rttm")])
+    status = main(
+        ["score", "--ref", str(tmp_path / "ref.rttm"), "--hyp", str(tmp_path / "hyp.rttm")]
+    )
     assert status == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'hyp.rttm'}:4: expected 10 fields" in err
 
-    assert main(["score", "--ref", str(tmp_path / "nothing"), "--hyp",
-                 str(tmp_path / "hyp.rttm")]) == 2
+    assert (
+        main(["score", "--ref", str(tmp_path / "nothing"), "--hyp", str(tmp_path / "hyp.rttm")])
+        == 2
+    )
     assert "no such RTTM file or directory" in capsys.readouterr().err
 
     (tmp_path / "hyp.rttm").write_text(HYP)
-    assert main(["score", "--ref", str(tmp_path / "ref.rttm"), "--hyp",
-                 str(tmp_path / "hyp.rttm"), "--collar", "-1"]) == 2
+    assert (
+        main(
+            [
+                "score",
+                "--ref",
+                str(tmp_path / "ref.rttm"),
+                "--hyp",
+                str(tmp_path / "hyp.rttm"),
+                "--collar",
+                "-1",
+            ]
+        )
+        == 2
+    )
     assert "--collar must be >= 0" in capsys.readouterr().err
 
     (tmp_path / "empty").mkdir()
-    assert main(["score", "--ref", str(tmp_path / "empty"), "--hyp",
-                 str(tmp_path / "hyp.rttm")]) == 2
+    assert (
+        main(["score", "--ref", str(tmp_path / "empty"), "--hyp", str(tmp_path / "hyp.rttm")]) == 2
+    )
     assert "neither an 'rttm' file nor any *.rttm file" in capsys.readouterr().err
 
 
@@ -95,21 +131,34 @@ def score_cli(tmp_path, ref_text, hyp_text, *options):
     (tmp_path / "ref.rttm").write_text(ref_text)
     (tmp_path / "hyp.rttm").write_text(hyp_text)
     out_json = tmp_path / "der.json"
-    status = main(["score", "--ref", str(tmp_path / "ref.rttm"), "--hyp",
-                   str(tmp_path / "hyp.rttm"), "--json", str(out_json), *options])
+    status = main(
+        [
+            "score",
+            "--ref",
+            str(tmp_path / "ref.rttm"),
+            "--hyp",
+            str(tmp_path / "hyp.rttm"),
+            "--json",
+            str(out_json),
+            *options,
+        ]
+    )
     return status, json.loads(out_json.read_text()) if out_json.exists() else None
 
 
 def rttm(*turns):
-    return "".join(f"SPEAKER {uri} 1 {onset} {duration} <NA> <NA> {speaker} <NA> <NA>\n"
-                   for uri, onset, duration, speaker in turns)
+    return "".join(
+        f"SPEAKER {uri} 1 {onset} {duration} <NA> <NA> {speaker} <NA> <NA>\n"
+        for uri, onset, duration, speaker in turns
+    )
 
 
 def test_score_merges_a_speakers_overlapping_turns(tmp_path, caplog):
     # one speaker 0-10 s and 5-15 s against a perfect hypothesis: DER 0 (not 5 s missed)
     with caplog.at_level(logging.WARNING):
-        status, data = score_cli(tmp_path, rttm(("f", 0, 10, "A"), ("f", 5, 10, "A")),
-                                 rttm(("f", 0, 15, "x")))
+        status, data = score_cli(
+            tmp_path, rttm(("f", 0, 10, "A"), ("f", 5, 10, "A")), rttm(("f", 0, 15, "x"))
+        )
     assert status == 0
     assert data["total"]["der"] == 0.0 and data["total"]["total"] == pytest.approx(15.0)
     assert data["merged_turns"] == {"reference": 1, "hypothesis": 0}
@@ -124,8 +173,15 @@ def test_score_refuses_a_recording_in_two_files_of_a_directory(tmp_path, capsys)
     (ref_dir / "f1.rttm").write_text(REF.splitlines()[0] + "\n")
     (ref_dir / "f2.rttm").write_text("".join(line + "\n" for line in REF.splitlines()[1:3]))
     (hyp_dir / "all.rttm").write_text(HYP)
-    args = ["score", "--ref", str(ref_dir), "--hyp", str(hyp_dir), "--json",
-            str(tmp_path / "der.json")]
+    args = [
+        "score",
+        "--ref",
+        str(ref_dir),
+        "--hyp",
+        str(hyp_dir),
+        "--json",
+        str(tmp_path / "der.json"),
+    ]
     # an identical copy of a recording (all.rttm beside per-recording files) is counted once
     (hyp_dir / "f1.rttm").write_text(HYP.splitlines()[0] + "\n")
     assert main(args) == 0
@@ -153,15 +209,22 @@ def test_score_refuses_nothing_to_score(tmp_path, capsys):
         assert "covers all the reference speech" in capsys.readouterr().err
     for collar in ("nan", "inf", "-0.5"):
         assert score_cli(tmp_path, rttm(("f", 0, 10, "A")), hyp, "--collar", collar) == (2, None)
-        assert f"--collar must be >= 0 and finite (seconds), got {float(collar)}" in \
-            capsys.readouterr().err
+        assert (
+            f"--collar must be >= 0 and finite (seconds), got {float(collar)}"
+            in capsys.readouterr().err
+        )
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".json"] == []
 
 
 def test_score_reports_a_file_without_scored_speech_as_null(tmp_path, capsys):
     # g's only turn (0.4 s) lies inside its collars; f is scored over [0.25, 9.75]
-    status, data = score_cli(tmp_path, rttm(("f", 0, 10, "A"), ("g", 0, 0.4, "B")),
-                             rttm(("f", 0, 10, "x"), ("g", 0, 0.4, "y")), "--collar", "0.25")
+    status, data = score_cli(
+        tmp_path,
+        rttm(("f", 0, 10, "A"), ("g", 0, 0.4, "B")),
+        rttm(("f", 0, 10, "x"), ("g", 0, 0.4, "y")),
+        "--collar",
+        "0.25",
+    )
     assert status == 0
     assert data["files"]["g"]["der"] is None
     assert data["files"]["g"]["reason"] == "the collar covers all of the reference speech"
@@ -176,11 +239,14 @@ OVERLAP_REF = rttm(("f", 0, 10, "A"), ("f", 4, 6, "B"))
 OVERLAP_HYP = rttm(("f", 0, 4, "x"), ("f", 4, 6, "y"), ("f", 4, 6, "z"))
 
 
-@pytest.mark.parametrize(("options", "convention", "der"), [
-    ([], "md-eval", 1.0),
-    (["--convention", "md-eval"], "md-eval", 1.0),
-    (["--convention", "pyannote"], "pyannote", 0.0),
-])
+@pytest.mark.parametrize(
+    ("options", "convention", "der"),
+    [
+        ([], "md-eval", 1.0),
+        (["--convention", "md-eval"], "md-eval", 1.0),
+        (["--convention", "pyannote"], "pyannote", 0.0),
+    ],
+)
 def test_score_convention(tmp_path, capsys, options, convention, der):
     status, data = score_cli(tmp_path, OVERLAP_REF, OVERLAP_HYP, "--skip-overlap", *options)
     assert status == 0

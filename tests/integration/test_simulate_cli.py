@@ -22,24 +22,47 @@ def test_parse_range():
 
 
 def test_scale_splits_keeps_proportions_and_every_split():
-    assert scale_splits({"train": 20, "dev": 4, "test": 4}, 28) == {"train": 20, "dev": 4,
-                                                                    "test": 4}
-    assert scale_splits({"train": 20, "dev": 4, "test": 4}, 7) == {"train": 5, "dev": 1,
-                                                                   "test": 1}
-    assert scale_splits({"train": 20, "dev": 4, "test": 4}, 3) == {"train": 1, "dev": 1,
-                                                                   "test": 1}
+    assert scale_splits({"train": 20, "dev": 4, "test": 4}, 28) == {
+        "train": 20,
+        "dev": 4,
+        "test": 4,
+    }
+    assert scale_splits({"train": 20, "dev": 4, "test": 4}, 7) == {"train": 5, "dev": 1, "test": 1}
+    assert scale_splits({"train": 20, "dev": 4, "test": 4}, 3) == {"train": 1, "dev": 1, "test": 1}
     assert sum(scale_splits({"a": 1, "b": 1, "c": 1}, 100).values()) == 100
 
 
 def test_cli_writes_splits_and_prints_a_summary(tmp_path, capsys):
     out = tmp_path / "sim"
-    status = main([
-        "simulate", "--out", str(out), "--speakers-from", "TONES", "--tts-speakers", "12",
-        "--utterances-per-speaker", "4", "--splits", "train=2,dev=1,test=1",
-        "--duration-s", "6", "--speakers-per-recording", "2-3", "--sample-rate", "8000",
-        "--noise-snr-db", "10-20", "--noise-types", "white", "pink", "--reverb",
-        "--seed", "3",
-    ])
+    status = main(
+        [
+            "simulate",
+            "--out",
+            str(out),
+            "--speakers-from",
+            "TONES",
+            "--tts-speakers",
+            "12",
+            "--utterances-per-speaker",
+            "4",
+            "--splits",
+            "train=2,dev=1,test=1",
+            "--duration-s",
+            "6",
+            "--speakers-per-recording",
+            "2-3",
+            "--sample-rate",
+            "8000",
+            "--noise-snr-db",
+            "10-20",
+            "--noise-types",
+            "white",
+            "pink",
+            "--reverb",
+            "--seed",
+            "3",
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert "overlap ratio" in printed and "configured" in printed and "measured" in printed
@@ -60,11 +83,25 @@ def test_cli_stats_from_rttm(tmp_path, capsys):
         lines.append(f"SPEAKER meet 1 {onset:.3f} 1.500 <NA> <NA> {speaker} <NA> <NA>")
         onset += 1.0 if index % 4 == 0 else 1.7
     rttm.write_text("\n".join(lines) + "\n")
-    status = main([
-        "simulate", "--out", str(tmp_path / "sim"), "--speakers-from", "TONES",
-        "--stats-from", str(rttm), "--splits", "train=1", "--duration-s", "5",
-        "--sample-rate", "8000", "--speakers-per-recording", "2",
-    ])
+    status = main(
+        [
+            "simulate",
+            "--out",
+            str(tmp_path / "sim"),
+            "--speakers-from",
+            "TONES",
+            "--stats-from",
+            str(rttm),
+            "--splits",
+            "train=1",
+            "--duration-s",
+            "5",
+            "--sample-rate",
+            "8000",
+            "--speakers-per-recording",
+            "2",
+        ]
+    )
     assert status == 0
     printed = capsys.readouterr().out
     assert f"statistics of {rttm}" in printed
@@ -75,11 +112,13 @@ def test_cli_stats_from_rttm(tmp_path, capsys):
 
 
 def test_cli_errors_are_one_line_messages(tmp_path, capsys):
-    status = main(["simulate", "--out", str(tmp_path), "--speakers-from", "TONES",
-                   "--splits", "train=2,dev"])
+    status = main(
+        ["simulate", "--out", str(tmp_path), "--speakers-from", "TONES", "--splits", "train=2,dev"]
+    )
     assert status == 2
     assert "slimdiar: error: bad split 'dev'" in capsys.readouterr().err
-    status = main(["simulate", "--out", str(tmp_path), "--speakers-from",
-                   str(tmp_path / "nowhere")])
+    status = main(
+        ["simulate", "--out", str(tmp_path), "--speakers-from", str(tmp_path / "nowhere")]
+    )
     assert status == 2
     assert "no such corpus directory or list file" in capsys.readouterr().err

@@ -62,7 +62,9 @@ class ToyObjective(Objective):
     def __init__(self, dropout: float = 0.0, with_lambda: bool = False):
         torch.manual_seed(0)
         self.net = torch.nn.Sequential(
-            torch.nn.Linear(DIM, 16), torch.nn.Tanh(), torch.nn.Dropout(dropout),
+            torch.nn.Linear(DIM, 16),
+            torch.nn.Tanh(),
+            torch.nn.Dropout(dropout),
             torch.nn.Linear(16, 1),
         )
         self.extra = torch.nn.Module()
@@ -74,8 +76,9 @@ class ToyObjective(Objective):
 
     def parameter_groups(self):
         groups = [
-            ParamGroup("body", self.net[0].parameters(), lr=1e-2, weight_decay=0.01,
-                       optimizer="body"),
+            ParamGroup(
+                "body", self.net[0].parameters(), lr=1e-2, weight_decay=0.01, optimizer="body"
+            ),
             ParamGroup("out", self.net[3].parameters(), lr=5e-2, optimizer="out"),
         ]
         if self.with_lambda:
@@ -100,8 +103,10 @@ class ToyObjective(Objective):
         return {"loss": (total, count)}
 
     def state_dict(self):
-        return {**{f"net.{k}": v for k, v in self.net.state_dict().items()},
-                "lam": self.extra.lam.detach()}
+        return {
+            **{f"net.{k}": v for k, v in self.net.state_dict().items()},
+            "lam": self.extra.lam.detach(),
+        }
 
     def load_state_dict(self, state_dict):
         self.net.load_state_dict({k[4:]: v for k, v in state_dict.items() if k != "lam"})
@@ -110,12 +115,23 @@ class ToyObjective(Objective):
 
 
 def make_trainer(out, dropout=0.0, with_lambda=False, ctx=None, **overrides):
-    settings = dict(max_epochs=2, patience=0, batch_size=8, seed=11, num_workers=0,
-                    average_best=2, progress=False)
+    settings = dict(
+        max_epochs=2,
+        patience=0,
+        batch_size=8,
+        seed=11,
+        num_workers=0,
+        average_best=2,
+        progress=False,
+    )
     settings.update(overrides)
     return Trainer(
-        ToyObjective(dropout, with_lambda), ToyData(48, 1), ToyData(20, 2),
-        TrainerConfig(**settings), out, ctx=ctx,
+        ToyObjective(dropout, with_lambda),
+        ToyData(48, 1),
+        ToyData(20, 2),
+        TrainerConfig(**settings),
+        out,
+        ctx=ctx,
     )
 
 
@@ -187,8 +203,10 @@ def test_average_checkpoints_equals_hand_mean(tmp_path):
         {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(7), "h": torch.tensor([2.0], dtype=half)},
         {"w": torch.tensor([5.0, 1.0]), "n": torch.tensor(9), "h": torch.tensor([4.0], dtype=half)},
     ]
-    dirs = [save_checkpoint(tmp_path / f"c{i}", s, "toy", {"d": 2}, {"stage": "toy"})
-            for i, s in enumerate(states)]
+    dirs = [
+        save_checkpoint(tmp_path / f"c{i}", s, "toy", {"d": 2}, {"stage": "toy"})
+        for i, s in enumerate(states)
+    ]
     out = average_checkpoints(dirs, tmp_path / "avg", {"note": "x"})
     averaged, config, metadata = load_checkpoint(out, kind="toy")
     assert torch.equal(averaged["w"], torch.tensor([3.0, 3.0]))
@@ -229,8 +247,9 @@ def test_training_writes_metrics_checkpoints_and_best(tmp_path):
     # best/ is the mean of the two epochs with the lowest validation loss
     ranked = sorted(epochs, key=lambda r: r["val/loss"])[:2]
     assert result.best_epochs == [r["epoch"] for r in ranked]
-    sources = [load_checkpoint(tmp_path / f"exp/checkpoints/epoch-{r['epoch']:03d}")[0]
-               for r in ranked]
+    sources = [
+        load_checkpoint(tmp_path / f"exp/checkpoints/epoch-{r['epoch']:03d}")[0] for r in ranked
+    ]
     best, _, metadata = load_checkpoint(tmp_path / "exp/best", kind="toy")
     for key in best:
         assert torch.allclose(best[key], (sources[0][key] + sources[1][key]) / 2)
@@ -267,8 +286,9 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path):
 
 
 def test_early_stopping_and_gradient_ascent(tmp_path):
-    trainer = make_trainer(tmp_path / "exp", with_lambda=True, max_epochs=50, patience=2,
-                           average_best=1)
+    trainer = make_trainer(
+        tmp_path / "exp", with_lambda=True, max_epochs=50, patience=2, average_best=1
+    )
     # validation loss rises every epoch after the first: stop after patience epochs
     calls = []
 
@@ -287,8 +307,9 @@ def test_early_stopping_and_gradient_ascent(tmp_path):
     # the objective is left holding best/ (epoch 1, after 6 steps)
     assert trainer.objective.extra.lam.item() == pytest.approx(0.1 * 6, rel=0.05)
     # resuming a finished run trains nothing more and rebuilds best/
-    again = make_trainer(tmp_path / "exp", with_lambda=True, max_epochs=50, patience=2,
-                         average_best=1)
+    again = make_trainer(
+        tmp_path / "exp", with_lambda=True, max_epochs=50, patience=2, average_best=1
+    )
     assert again.fit(resume=True).steps == result.steps
 
 
@@ -400,8 +421,18 @@ def test_ddp_two_processes_match_one_process(tmp_path):
     make_trainer(tmp_path / "single", batch_size=8, max_epochs=2).fit()
     src = str(Path(__file__).parents[2] / "src")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": src}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_port", "29533", __file__, str(tmp_path / "ddp"), "8"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        __file__,
+        str(tmp_path / "ddp"),
+        "8",
+    ]
     run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"ddp/params-rank{r}.pt") for r in range(2)]

@@ -35,10 +35,18 @@ def test_recipe_configs_hold_the_reference_settings():
 
 
 def test_overrides_are_type_checked():
-    config = load_config(FinetuneConfig, "tiny", [
-        "trainer.batch_size=4", "optim.lr_head=5e-4", "model.frontend=wavlm-frozen",
-        'model.backbone="wavlm-small"', "data.channel=0", "trainer.progress=false",
-    ])
+    config = load_config(
+        FinetuneConfig,
+        "tiny",
+        [
+            "trainer.batch_size=4",
+            "optim.lr_head=5e-4",
+            "model.frontend=wavlm-frozen",
+            'model.backbone="wavlm-small"',
+            "data.channel=0",
+            "trainer.progress=false",
+        ],
+    )
     assert config.trainer.batch_size == 4 and config.optim.lr_head == 5e-4
     assert config.model.frontend == "wavlm-frozen" and config.model.backbone == "wavlm-small"
     assert config.data.channel == 0 and config.trainer.progress is False
@@ -72,14 +80,29 @@ def test_config_file_errors(tmp_path):
         load_config(FinetuneConfig, tmp_path / "broken.toml")
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(FinetuneConfig, tmp_path / "missing.toml")
-    assert main(["finetune", "--config", str(tmp_path / "bad.toml"), "--train", "x", "--dev",
-                 "x", "--out", str(tmp_path / "exp")]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "--config",
+                str(tmp_path / "bad.toml"),
+                "--train",
+                "x",
+                "--dev",
+                "x",
+                "--out",
+                str(tmp_path / "exp"),
+            ]
+        )
+        == 2
+    )
 
 
 def test_frontend_variants_choose_the_parameter_groups(tmp_path):
     small = dict(d_model=16, num_heads=2, ffn_dim=32, conv_kernel=3, num_blocks=1)
-    updated = FinetuneObjective(build_model(ModelSection(backbone="wavlm-tiny", **small)),
-                                FinetuneConfig().optim)
+    updated = FinetuneObjective(
+        build_model(ModelSection(backbone="wavlm-tiny", **small)), FinetuneConfig().optim
+    )
     groups = {g.name: g for g in updated.parameter_groups()}
     assert set(groups) == {"wavlm", "head"}
     assert (groups["wavlm"].lr, groups["head"].lr) == (2e-5, 1e-3)
@@ -110,12 +133,29 @@ def test_frozen_pretrained_backbone_is_loaded_and_kept(tmp_path):
     pretrained = WavLM.from_preset("wavlm-tiny")
     pretrained.save_pretrained(tmp_path / "wavlm")
     data = write_tone_datadir(tmp_path / "data", num_recordings=1, duration_s=6.0)
-    status = main([
-        "finetune", "--config", "tiny", "--train", str(data), "--dev",
-        str(data), "--out", str(tmp_path / "exp"), "--backbone", str(tmp_path / "wavlm"),
-        "--set", "model.frontend=wavlm-frozen", "--set", "trainer.max_epochs=2",
-        "--set", "trainer.batch_size=2", "--set", "trainer.progress=false",
-    ])
+    status = main(
+        [
+            "finetune",
+            "--config",
+            "tiny",
+            "--train",
+            str(data),
+            "--dev",
+            str(data),
+            "--out",
+            str(tmp_path / "exp"),
+            "--backbone",
+            str(tmp_path / "wavlm"),
+            "--set",
+            "model.frontend=wavlm-frozen",
+            "--set",
+            "trainer.max_epochs=2",
+            "--set",
+            "trainer.batch_size=2",
+            "--set",
+            "trainer.progress=false",
+        ]
+    )
     assert status == 0
     best = EEND.from_pretrained(tmp_path / "exp/best")
     for key, value in pretrained.state_dict().items():
@@ -131,11 +171,23 @@ def test_frozen_pretrained_backbone_is_loaded_and_kept(tmp_path):
 def test_tiny_model_learns_to_diarize_tones(tmp_path, tone_datadir):
     data = tone_datadir
     exp = tmp_path / "exp"
-    status = main([
-        "finetune", "--config", "tiny", "--train", str(data), "--dev",
-        str(data), "--out", str(exp), "--set", "trainer.max_epochs=12",
-        "--set", "trainer.progress=false",
-    ])
+    status = main(
+        [
+            "finetune",
+            "--config",
+            "tiny",
+            "--train",
+            str(data),
+            "--dev",
+            str(data),
+            "--out",
+            str(exp),
+            "--set",
+            "trainer.max_epochs=12",
+            "--set",
+            "trainer.progress=false",
+        ]
+    )
     assert status == 0
     records = [json.loads(x) for x in (exp / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["type"] == "epoch"]
@@ -158,8 +210,13 @@ def test_tiny_model_learns_to_diarize_tones(tmp_path, tone_datadir):
 
 def test_resumed_finetuning_matches_the_uninterrupted_run(tmp_path):
     data = write_tone_datadir(tmp_path / "data", num_recordings=1, duration_s=6.0)
-    overrides = ["model.dropout=0.2", "trainer.batch_size=2", "trainer.max_steps_per_epoch=2",
-                 "trainer.progress=false", "trainer.average_best=1"]
+    overrides = [
+        "model.dropout=0.2",
+        "trainer.batch_size=2",
+        "trainer.max_steps_per_epoch=2",
+        "trainer.progress=false",
+        "trainer.average_best=1",
+    ]
     two = load_config(FinetuneConfig, "tiny", overrides + ["trainer.max_epochs=2"])
     one = load_config(FinetuneConfig, "tiny", overrides + ["trainer.max_epochs=1"])
     finetune(two, data, data, tmp_path / "straight")

@@ -27,8 +27,14 @@ def tiny_config(**overrides) -> PretrainConfig:
     return load_config(PretrainConfig, "pretrain-tiny", [f"{k}={v}" for k, v in overrides.items()])
 
 
-SMALL = {"trainer.progress": "false", "data.crop_duration_s": 1.0, "data.shift_s": 0.5,
-         "data.val_crop_duration_s": 1.0, "data.val_shift_s": 1.0, "trainer.batch_size": 6}
+SMALL = {
+    "trainer.progress": "false",
+    "data.crop_duration_s": 1.0,
+    "data.shift_s": 0.5,
+    "data.val_crop_duration_s": 1.0,
+    "data.val_shift_s": 1.0,
+    "trainer.batch_size": 6,
+}
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +54,7 @@ def test_pretraining_lowers_the_masked_prediction_loss(pretrained):
     first = np.mean([r["masked_loss"] for r in steps[:3]])
     last = np.mean([r["masked_loss"] for r in steps[-3:]])
     assert last < first - 0.3, (first, last)
-    assert last < math.log(50)                        # better than guessing among 50 clusters
+    assert last < math.log(50)  # better than guessing among 50 clusters
     expected = expected_mask_fraction(49, 0.08, 10)
     assert abs(np.mean([r["mask_fraction"] for r in steps]) - expected) < 0.06
     epochs = [r for r in records if r["type"] == "epoch"]
@@ -66,8 +72,10 @@ def test_the_result_is_a_plain_wavlm_that_finetuning_takes(pretrained):
     state, _, _ = load_checkpoint(exp / "checkpoints" / f"epoch-{epoch:03d}", "wavlm-pretrain")
     for key, value in best.state_dict().items():
         assert torch.equal(value, state[f"wavlm.{key}"]), key
-    model = build_model(ModelSection(frontend="wavlm", d_model=32, num_heads=2, ffn_dim=64,
-                                     num_blocks=1), str(result.best_dir))
+    model = build_model(
+        ModelSection(frontend="wavlm", d_model=32, num_heads=2, ffn_dim=64, num_blocks=1),
+        str(result.best_dir),
+    )
     for key, value in model.backbone.state_dict().items():
         assert torch.equal(value, best.state_dict()[key]), key
     log_probs = model(torch.randn(2, 32000), torch.ones(2, 99, dtype=torch.bool))
@@ -77,24 +85,37 @@ def test_the_result_is_a_plain_wavlm_that_finetuning_takes(pretrained):
 def test_iteration_two_clusters_a_layer_of_the_first_model(pretrain_corpus, pretrained, tmp_path):
     train, dev = pretrain_corpus
     _, first = pretrained
-    config = tiny_config(**SMALL, **{"trainer.max_epochs": 1, "trainer.max_steps_per_epoch": 2,
-                                     "targets.num_clusters": 20, "targets.kmeans_passes": 1})
+    config = tiny_config(
+        **SMALL,
+        **{
+            "trainer.max_epochs": 1,
+            "trainer.max_steps_per_epoch": 2,
+            "targets.num_clusters": 20,
+            "targets.kmeans_passes": 1,
+        },
+    )
     config.targets.source, config.targets.layer = str(first.best_dir), 1
     result = pretrain(config, train, dev, tmp_path / "exp2")
     centroids, info = load_centroids(tmp_path / "exp2" / "targets")
     assert info["layer"] == 1 and info["source"] == str(first.best_dir)
-    assert centroids.shape == (20, 64)                # clusters of the 64-wide hidden state
+    assert centroids.shape == (20, 64)  # clusters of the 64-wide hidden state
     assert WavLM.from_pretrained(result.best_dir).config.embed_dim == 64
 
 
 def test_resume_equals_the_uninterrupted_run(pretrain_corpus, tmp_path):
     train, dev = pretrain_corpus
     settings = dict(SMALL, **{"trainer.max_steps_per_epoch": 3, "targets.kmeans_passes": 1})
-    whole = pretrain(tiny_config(**settings, **{"trainer.max_epochs": 2}), train, dev,
-                     tmp_path / "a")
+    whole = pretrain(
+        tiny_config(**settings, **{"trainer.max_epochs": 2}), train, dev, tmp_path / "a"
+    )
     pretrain(tiny_config(**settings, **{"trainer.max_epochs": 1}), train, dev, tmp_path / "b")
-    resumed = pretrain(tiny_config(**settings, **{"trainer.max_epochs": 2}), train, dev,
-                       tmp_path / "b", resume=True)
+    resumed = pretrain(
+        tiny_config(**settings, **{"trainer.max_epochs": 2}),
+        train,
+        dev,
+        tmp_path / "b",
+        resume=True,
+    )
     assert resumed.steps == whole.steps == 6
     a = WavLM.from_pretrained(whole.best_dir).state_dict()
     b = WavLM.from_pretrained(resumed.best_dir).state_dict()

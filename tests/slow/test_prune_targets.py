@@ -37,8 +37,11 @@ def finetuned(setup):
     root, train, dev = setup
     out = root / "finetuned"
     teacher = finetune_tiny_teacher(train, dev, out)
-    best = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-            if r["type"] == "best"]
+    best = [
+        r
+        for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+        if r["type"] == "best"
+    ]
     assert best[-1]["val/der"] < 0.1  # it has learnt the task
     return teacher
 
@@ -56,8 +59,22 @@ def test_reached_sparsity_of_the_pruned_checkpoint_is_on_target(setup, finetuned
     """Counted parameters of EXP_DIR/pruned, not the expectation, land within ±0.02."""
     root, train, dev = setup
     out = root / f"target{sparsity}"
-    code = main(["prune", "--teacher", str(finetuned), "--sparsity", str(sparsity),
-                 "--train", str(train), "--dev", str(dev), "--out", str(out), *TONE_PRUNE_SETTING])
+    code = main(
+        [
+            "prune",
+            "--teacher",
+            str(finetuned),
+            "--sparsity",
+            str(sparsity),
+            "--train",
+            str(train),
+            "--dev",
+            str(dev),
+            "--out",
+            str(out),
+            *TONE_PRUNE_SETTING,
+        ]
+    )
     assert code == 0
     teacher = WavLM.from_pretrained(finetuned)
     pruned = WavLM.from_pretrained(out / "pruned")
@@ -83,9 +100,24 @@ def test_mac_objective_lands_on_target_in_macs(setup, finetuned):
     """``--objective macs``: the MACs per second of audio, not the parameters, meet the target."""
     root, train, dev = setup
     out = root / "macs"
-    code = main(["prune", "--teacher", str(finetuned), "--sparsity", "0.5", "--train",
-                 str(train), "--dev", str(dev), "--out", str(out), *TONE_PRUNE_SETTING,
-                 "--set", 'prune.objective="macs"'])
+    code = main(
+        [
+            "prune",
+            "--teacher",
+            str(finetuned),
+            "--sparsity",
+            "0.5",
+            "--train",
+            str(train),
+            "--dev",
+            str(dev),
+            "--out",
+            str(out),
+            *TONE_PRUNE_SETTING,
+            "--set",
+            'prune.objective="macs"',
+        ]
+    )
     assert code == 0
     teacher = WavLM.from_pretrained(finetuned)
     pruned = WavLM.from_pretrained(out / "pruned")
@@ -93,7 +125,6 @@ def test_mac_objective_lands_on_target_in_macs(setup, finetuned):
     report = json.loads((out / "report.json").read_text())
     assert report["objective"] == "macs"
     assert report["reached_mac_sparsity"] == pytest.approx(reached)
-    print(f"MAC target 0.5: reached {reached:.4f} "
-          f"(parameters: {report['reached_sparsity']:.4f})")
+    print(f"MAC target 0.5: reached {reached:.4f} (parameters: {report['reached_sparsity']:.4f})")
     assert abs(reached - 0.5) <= 0.02
     assert chosen_epoch_record(out)["val/sparsity"] == pytest.approx(reached, abs=1e-6)

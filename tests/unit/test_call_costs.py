@@ -56,7 +56,7 @@ def test_eval_outputs_equal_the_plain_path_on_repeated_calls(name):
     expected = plain_forward(model, waveforms)
     with torch.inference_mode():
         first = model(waveforms)
-        second = model(waveforms)           # served from both caches
+        second = model(waveforms)  # served from both caches
     assert len(bias_cache(model)) == 1 and len(spectrum_cache(model)) == 1
     assert_close_outputs(first, expected, FFT_TOLERANCE)
     assert_close_outputs(second, first, 0.0)
@@ -78,18 +78,21 @@ def test_kept_bias_is_bit_identical_to_a_fresh_one():
         assert torch.equal(kept[:, query, key], table[buckets[key - query + 36]])
 
 
-@pytest.mark.parametrize("embed_dim,kernel,groups,frames", [
-    (768, 128, 16, 60),     # Base+ positional conv (even kernel: the last output is dropped)
-    (64, 7, 4, 23),         # an odd kernel
-    (64, 16, 8, 5),         # fewer frames than the kernel
-])
+@pytest.mark.parametrize(
+    "embed_dim,kernel,groups,frames",
+    [
+        (768, 128, 16, 60),  # Base+ positional conv (even kernel: the last output is dropped)
+        (64, 7, 4, 23),  # an odd kernel
+        (64, 16, 8, 5),  # fewer frames than the kernel
+    ],
+)
 def test_fft_positional_conv_matches_the_direct_convolution(embed_dim, kernel, groups, frames):
     torch.manual_seed(1)
     conv = PositionalConv(embed_dim, kernel, groups).eval()
     with torch.no_grad():
         conv.bias.normal_()
     x = torch.randn(3, frames, embed_dim)
-    direct = conv(x)                       # autograd on: the direct path
+    direct = conv(x)  # autograd on: the direct path
     assert direct.requires_grad
     with torch.no_grad():
         fast = conv(x)
@@ -105,7 +108,7 @@ def test_neither_cache_is_used_in_training_or_under_autograd():
     with torch.no_grad():
         model(waveforms)
     model.eval()
-    outputs = model(waveforms)             # eval, but autograd on
+    outputs = model(waveforms)  # eval, but autograd on
     assert not bias_cache(model) and not spectrum_cache(model)
     outputs[-1].sum().backward()
     assert model.encoder.rel_attn_embed.weight.grad.abs().sum() > 0
@@ -115,7 +118,7 @@ def test_neither_cache_is_used_in_training_or_under_autograd():
 def test_caches_are_bounded():
     model = tiny()
     with torch.no_grad():
-        for num_samples in range(4000, 4000 + 320 * 8, 320):   # eight window lengths
+        for num_samples in range(4000, 4000 + 320 * 8, 320):  # eight window lengths
             model(torch.randn(1, num_samples))
     assert len(bias_cache(model)) == components.BIAS_CACHE_ENTRIES
     assert len(spectrum_cache(model)) <= components.SPECTRUM_CACHE_ENTRIES
@@ -125,8 +128,8 @@ def test_a_bias_larger_than_the_limit_is_not_kept(monkeypatch):
     model = tiny()
     monkeypatch.setattr(components, "BIAS_CACHE_BYTES", 4 * 20 * 20 * 4 - 1)
     with torch.no_grad():
-        model.encoder.position_bias(19)    # 4 heads x 19 x 19 floats: under the limit
-        model.encoder.position_bias(20)    # exactly 1 byte over
+        model.encoder.position_bias(19)  # 4 heads x 19 x 19 floats: under the limit
+        model.encoder.position_bias(20)  # exactly 1 byte over
     assert [key[0] for key in bias_cache(model)] == [19]
 
 
@@ -145,12 +148,12 @@ def test_load_state_dict_and_weight_changes_are_seen():
     model, other = tiny(seed=0), tiny(seed=1)
     waveforms = torch.randn(1, 8000)
     with torch.no_grad():
-        model(waveforms)                   # fill both caches with model's weights
+        model(waveforms)  # fill both caches with model's weights
     model.load_state_dict(other.state_dict())
     with torch.no_grad():
         loaded = model(waveforms)
     assert_close_outputs(loaded, plain_forward(other, waveforms), FFT_TOLERANCE)
-    with torch.no_grad():                  # in-place edits, as an optimizer step makes them
+    with torch.no_grad():  # in-place edits, as an optimizer step makes them
         model.encoder.rel_attn_embed.weight.mul_(2.0)
         model.encoder.pos_conv.weight_g.mul_(0.5)
         edited = model(waveforms)
@@ -164,7 +167,8 @@ def test_a_replaced_bias_table_is_seen():
     with torch.no_grad():
         before = encoder.position_bias(11)
         encoder.rel_attn_embed.weight = torch.nn.Parameter(
-            encoder.rel_attn_embed.weight.detach() + 1.0)
+            encoder.rel_attn_embed.weight.detach() + 1.0
+        )
         after = encoder.position_bias(11)
     assert torch.equal(after, before + 1.0)
 
@@ -172,8 +176,9 @@ def test_a_replaced_bias_table_is_seen():
 def test_a_traced_encoder_keeps_nothing_and_computes_the_same():
     model = tiny()
     with torch.no_grad():
-        traced = torch.jit.trace(model.encoder, torch.randn(1, 12, 64), check_trace=False,
-                                 strict=False)
+        traced = torch.jit.trace(
+            model.encoder, torch.randn(1, 12, 64), check_trace=False, strict=False
+        )
         assert not model.encoder.__dict__.get("_bias_cache")
         assert not model.encoder.pos_conv.__dict__.get("_spectrum_cache")
         x = torch.randn(1, 12, 64)

@@ -49,7 +49,8 @@ def test_a_stage_1_checkpoint_of_0_1_0_rebuilds_its_gated_student(expected):
 def test_the_multipliers_of_a_0_1_0_stage_1_checkpoint_load_into_the_controller():
     state, config, _ = load_checkpoint(OLD / "stage1-gated", kind=GATED_KIND)
     controller = SparsityController(0.5, 2.0)
-    controller.load_state_dict({k[len("controller."):]: v for k, v in state.items()
-                                if k.startswith("controller.")})
+    controller.load_state_dict(
+        {k[len("controller.") :]: v for k, v in state.items() if k.startswith("controller.")}
+    )
     assert controller.lambda1.item() == 0.25 and controller.lambda2.item() == -0.5
     assert config["layers"] == [1, 2]

@@ -25,13 +25,20 @@ def starts(chunks):
 def test_chunk_regions_train_and_validation_layouts():
     assert starts(chunk_regions([UEMRegion("r", 0, 20)], 8, 6)) == [(0, 8), (6, 8), (12, 8)]
     assert starts(chunk_regions([UEMRegion("r", 0, 21)], 8, 6)) == [
-        (0, 8), (6, 8), (12, 8), (18, 3)]
+        (0, 8),
+        (6, 8),
+        (12, 8),
+        (18, 3),
+    ]
     assert starts(chunk_regions([UEMRegion("r", 0, 20)], 8, 8)) == [(0, 8), (8, 8), (16, 4)]
     assert starts(chunk_regions([UEMRegion("r", 0, 16)], 8, 8)) == [(0, 8), (8, 8)]
     # regions are cut independently, each starting at its own start
     chunks = chunk_regions([UEMRegion("a", 2.5, 12.5), UEMRegion("b", 1, 4)], 8, 6)
     assert [(c.uri, c.start_s, c.valid_duration_s) for c in chunks] == [
-        ("a", 2.5, 8), ("a", 8.5, 4), ("b", 1, 3)]
+        ("a", 2.5, 8),
+        ("a", 8.5, 4),
+        ("b", 1, 3),
+    ]
     assert all(c.duration_s == 8 for c in chunks)
 
 
@@ -178,8 +185,9 @@ def test_data_layer_does_not_import_later_stages():
         "'pyannote')))\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""
 
 
@@ -195,8 +203,9 @@ def test_training_labels_and_output_turns_put_frame_i_at_the_same_second(tmp_pat
     from slimdiar.pipeline import DiarizationPipeline, PipelineConfig, activity_to_segments
 
     model = tiny_eend()
-    pipeline = DiarizationPipeline(model, None, PipelineConfig.from_dict(
-        {"clustering": {"method": "oracle"}}))
+    pipeline = DiarizationPipeline(
+        model, None, PipelineConfig.from_dict({"clustering": {"method": "oracle"}})
+    )
     root, _ = make_dir(tmp_path)
     dataset = ChunkDataset(DataDir.load(root), model, 8.0, 6.0)
     assert dataset.grid == pipeline.grid == FrameGrid(320, 400, SAMPLE_RATE)
@@ -212,8 +221,9 @@ def test_training_labels_and_output_turns_put_frame_i_at_the_same_second(tmp_pat
         local = np.flatnonzero(item["labels"][:, 0].numpy())
         # both ends included, as the reference labels them
         assert (local[0], local[-1]) == (first - start_frame, last - start_frame)
-        np.testing.assert_allclose(item["start_s"] + dataset.centers_s[local[[0, -1]]],
-                                   [onset_s, offset_s], atol=1e-9)
+        np.testing.assert_allclose(
+            item["start_s"] + dataset.centers_s[local[[0, -1]]], [onset_s, offset_s], atol=1e-9
+        )
         # the same frames on the pipeline's global grid become a turn at the same seconds
         binary = np.zeros((500, 1), dtype=np.uint8)
         binary[start_frame + local, 0] = 1

@@ -53,8 +53,11 @@ def test_load_and_summary_hand_computed(tmp_path):
 
 
 def test_speech_is_counted_inside_the_uem_only(tmp_path):
-    datadir = DataDir.load(make_datadir(tmp_path / "d", uem="rec1 1 8 10\nrec1 1 2 6\n",
-                                        rttm=RTTM.splitlines()[1] + "\n"))
+    datadir = DataDir.load(
+        make_datadir(
+            tmp_path / "d", uem="rec1 1 8 10\nrec1 1 2 6\n", rttm=RTTM.splitlines()[1] + "\n"
+        )
+    )
     assert datadir.regions_array("rec1").tolist() == [[2.0, 6.0], [8.0, 10.0]]
     assert datadir.uem["rec2"] == []  # not in the UEM: neither trained on nor scored
     summary = datadir.summary()
@@ -96,15 +99,21 @@ def test_rttm_for_unknown_recording(tmp_path):
 
 
 def test_turn_after_end_of_audio(tmp_path):
-    root = make_datadir(tmp_path / "d", uem=None,
-                        rttm=RTTM + "SPEAKER rec2 1 5.5 0.6 <NA> <NA> C <NA> <NA>\n")
+    root = make_datadir(
+        tmp_path / "d", uem=None, rttm=RTTM + "SPEAKER rec2 1 5.5 0.6 <NA> <NA> C <NA> <NA>\n"
+    )
     check_error(root, "rttm", 5, "turn ends at 6.100 s, after the end of the audio (6.000 s)")
 
 
 def test_turn_outside_uem(tmp_path):
     root = make_datadir(tmp_path / "d", uem="rec1 1 0 10\nrec2 1 1 3\n")
-    check_error(root, "rttm", 4, "turn [0.500, 2.500] is not inside a UEM region of 'rec2'",
-                "(regions: [1, 3])")
+    check_error(
+        root,
+        "rttm",
+        4,
+        "turn [0.500, 2.500] is not inside a UEM region of 'rec2'",
+        "(regions: [1, 3])",
+    )
 
 
 def test_uem_for_unknown_recording_and_past_the_audio(tmp_path):

@@ -73,8 +73,11 @@ def test_missing_file_is_reported(tmp_path):
 
 # ---------------------------------------------------------------- RTTM
 def test_rttm_reads_turns(tmp_path):
-    path = write(tmp_path, "rttm", ";; comment\n" + GOOD_RTTM +
-                 "SPEAKER rec2 1 3 2 <NA> <NA> spk_b <NA> <NA>\n")
+    path = write(
+        tmp_path,
+        "rttm",
+        ";; comment\n" + GOOD_RTTM + "SPEAKER rec2 1 3 2 <NA> <NA> spk_b <NA> <NA>\n",
+    )
     turns = read_rttm(path)
     assert turns == [Turn("rec1", 0.5, 1.25, "spk_a", 1), Turn("rec2", 3.0, 2.0, "spk_b", 1)]
     assert turns[0].offset_s == pytest.approx(1.75)
@@ -175,8 +178,9 @@ def test_rttm_and_uem_edge_cases_of_real_files(tmp_path):
     from slimdiar.data.datadir import merge_intervals
 
     turns = read_rttm(EDGE_CASES / "edge-cases.rttm")
-    assert [(t.uri, t.onset_s, t.duration_s, t.speaker, t.channel, t.line_number)
-            for t in turns] == [
+    assert [
+        (t.uri, t.onset_s, t.duration_s, t.speaker, t.channel, t.line_number) for t in turns
+    ] == [
         ("ES2002a", 0.5, 1.25, "FEE005", 1, 2),
         ("ES2002a", 1.0, 0.5, "MEE006", 1, 3),
         ("ES2002a", 1.2, 0.1, "FEE005", 1, 5),
@@ -189,12 +193,16 @@ def test_rttm_and_uem_edge_cases_of_real_files(tmp_path):
     np.testing.assert_allclose(merge_intervals(spans), [[0.5, 2.0]])
     regions = read_uem(EDGE_CASES / "edge-cases.uem")
     assert [(r.uri, r.start_s, r.end_s) for r in regions] == [
-        ("ES2002a", 2.5, 6.0), ("ES2002a", 0.0, 2.5), ("20200707_L_R001S01C01", 0.0, 10.0),
-        ("ES2002a", 7.25, 9.0)]
+        ("ES2002a", 2.5, 6.0),
+        ("ES2002a", 0.0, 2.5),
+        ("20200707_L_R001S01C01", 0.0, 10.0),
+        ("ES2002a", 7.25, 9.0),
+    ]
     # written back (millisecond times, one space), they read the same
     write_rttm(tmp_path / "rttm", turns)
     write_uem(tmp_path / "uem", regions)
     again = read_rttm(tmp_path / "rttm")
     assert [(t.uri, t.onset_s, t.duration_s, t.speaker, t.channel) for t in again] == [
-        (t.uri, t.onset_s, t.duration_s, t.speaker, t.channel) for t in turns]
+        (t.uri, t.onset_s, t.duration_s, t.speaker, t.channel) for t in turns
+    ]
     assert read_uem(tmp_path / "uem") == regions

@@ -54,16 +54,25 @@ def tiny_expected_pipeline() -> dict:
         "windows": {"duration_s": 3.0, "step_s": 0.3, "batch_size": 2},
         "segmentation": {"median_filter_frames": 11},
         "speakers": {"min_speakers": 1, "max_speakers": 20},
-        "clustering": {"method": "vbx", "ahc_threshold": 0.6, "fa": 0.07, "fb": 0.8,
-                       "lda_dim": 128, "max_iters": 20, "plda_dir": "plda"},
+        "clustering": {
+            "method": "vbx",
+            "ahc_threshold": 0.6,
+            "fa": 0.07,
+            "fb": 0.8,
+            "lda_dim": 128,
+            "max_iters": 20,
+            "plda_dir": "plda",
+        },
     }
 
 
 # ---------------------------------------------------------------------- tiny/
 def test_tiny_log_probabilities_match_the_reference():
     model, _ = load_diarizen_dir(TINY)
-    for inputs, expected in [("input.npy", "expected_logprobs.npy"),
-                             ("input_b.npy", "expected_logprobs_b.npy")]:
+    for inputs, expected in [
+        ("input.npy", "expected_logprobs.npy"),
+        ("input_b.npy", "expected_logprobs_b.npy"),
+    ]:
         reference = np.load(TINY / expected)
         ours = log_probs(model, TINY / inputs)
         assert ours.shape == reference.shape
@@ -132,14 +141,28 @@ def test_diarize_runs_a_diarizen_directory(tmp_path, capsys):
 
     src = copy_tiny(tmp_path)
     rng = np.random.default_rng(0)
-    soundfile.write(tmp_path / "one.wav", (0.1 * rng.normal(size=6 * 16000)).astype(np.float32),
-                    16000)
+    soundfile.write(
+        tmp_path / "one.wav", (0.1 * rng.normal(size=6 * 16000)).astype(np.float32), 16000
+    )
     reference = tmp_path / "ref.rttm"
-    reference.write_text("SPEAKER one 1 0.5000 2.0000 <NA> <NA> A <NA> <NA>\n"
-                         "SPEAKER one 1 3.0000 2.5000 <NA> <NA> B <NA> <NA>\n")
+    reference.write_text(
+        "SPEAKER one 1 0.5000 2.0000 <NA> <NA> A <NA> <NA>\n"
+        "SPEAKER one 1 3.0000 2.5000 <NA> <NA> B <NA> <NA>\n"
+    )
     out = tmp_path / "out"
-    status = main(["diarize", "--model", str(src), str(tmp_path / "one.wav"), "--out", str(out),
-                   "--oracle-clustering", str(reference), "--quiet"])
+    status = main(
+        [
+            "diarize",
+            "--model",
+            str(src),
+            str(tmp_path / "one.wav"),
+            "--out",
+            str(out),
+            "--oracle-clustering",
+            str(reference),
+            "--quiet",
+        ]
+    )
     assert status == 0, capsys.readouterr().err
     assert json.loads((out / "one.json").read_text())["segmentation_model"] == str(src)
     assert (out / "one.rttm").is_file()
@@ -155,20 +178,37 @@ def rewrite_weights(directory: Path, change) -> None:
 @pytest.mark.parametrize(
     "change, message",
     [
-        (lambda s: s.update({"conformer.pos_emb.pe_k.weight": torch.zeros(2, 8)}),
-         r"key conformer\.pos_emb\.pe_k\.weight has no place in the model"),
-        (lambda s: s.update({"wavlm_model.encoder.transformer.layers.1.attention."
-                             "rel_attn_embed.weight": torch.zeros(320, 4)}),
-         r"key wavlm_model\.encoder\.transformer\.layers\.1\.attention\.rel_attn_embed\.weight "
-         r"has no place in the WavLM"),
-        (lambda s: s.pop("conformer.conformer_layer.1.conv.bn_norm.running_var"),
-         r"no tensor for the model's conformer\.blocks\.1\.conv\.batch_norm\.running_var"),
-        (lambda s: s.pop("conformer.conformer_layer.0.mha.mha.linearK.bias"),
-         r"conformer_layer\.0\.mha\.mha\.linearK\.bias is missing"),
-        (lambda s: s.update({"proj.weight": torch.zeros(32, 31)}),
-         r"proj\.weight has shape \(32, 31\) but the model's projection\.weight needs \(32, 32\)"),
-        (lambda s: s.update({"wavlm_model.feature_extractor.dummy_weight": torch.ones(31)}),
-         r"dummy_weight has shape \(31,\)"),
+        (
+            lambda s: s.update({"conformer.pos_emb.pe_k.weight": torch.zeros(2, 8)}),
+            r"key conformer\.pos_emb\.pe_k\.weight has no place in the model",
+        ),
+        (
+            lambda s: s.update(
+                {
+                    "wavlm_model.encoder.transformer.layers.1.attention."
+                    "rel_attn_embed.weight": torch.zeros(320, 4)
+                }
+            ),
+            r"key wavlm_model\.encoder\.transformer\.layers\.1\.attention\.rel_attn_embed\.weight "
+            r"has no place in the WavLM",
+        ),
+        (
+            lambda s: s.pop("conformer.conformer_layer.1.conv.bn_norm.running_var"),
+            r"no tensor for the model's conformer\.blocks\.1\.conv\.batch_norm\.running_var",
+        ),
+        (
+            lambda s: s.pop("conformer.conformer_layer.0.mha.mha.linearK.bias"),
+            r"conformer_layer\.0\.mha\.mha\.linearK\.bias is missing",
+        ),
+        (
+            lambda s: s.update({"proj.weight": torch.zeros(32, 31)}),
+            r"proj\.weight has shape \(32, 31\) "
+            r"but the model's projection\.weight needs \(32, 32\)",
+        ),
+        (
+            lambda s: s.update({"wavlm_model.feature_extractor.dummy_weight": torch.ones(31)}),
+            r"dummy_weight has shape \(31,\)",
+        ),
     ],
     ids=["unexpected", "unexpected-wavlm", "missing", "missing-qkv", "shape", "shape-wavlm"],
 )
@@ -228,14 +268,19 @@ def test_pruning_wavlm_file_is_refused(tmp_path):
 # ---------------------------------------------------------------------- named shapes
 def test_every_named_shape_of_the_reference_is_known():
     assert sorted(DIARIZEN_WAVLM_SHAPES) == [
-        "wavlm_base", "wavlm_base_s80_md", "wavlm_large", "wavlm_large_s80_md"]
+        "wavlm_base",
+        "wavlm_base_s80_md",
+        "wavlm_large",
+        "wavlm_large_s80_md",
+    ]
     anchors = Path(__file__).resolve().parents[1] / "data" / "anchors"
     for name, preset_name in DIARIZEN_WAVLM_SHAPES.items():
         config = diarizen_wavlm_shape(name.upper())
         assert config.conv_output_scale
         assert config.replace(conv_output_scale=False) == preset(preset_name)
         assert config.replace(conv_output_scale=False) == WavLMConfig.from_json(
-            anchors / f"{preset_name}.json")
+            anchors / f"{preset_name}.json"
+        )
     with torch.device("meta"):
         base = WavLM(diarizen_wavlm_shape("wavlm_base"))
     # the reference's count of Base+, its 512-element scale included (SPEC 1.1)
@@ -292,7 +337,8 @@ def test_released_base_s80_shape_matches_the_reference(tmp_path):
     regenerate_base_s80(src)
     model, metadata = load_diarizen_dir(src)
     assert model.backbone.config.replace(conv_output_scale=False, name="x") == preset(
-        "wavlm-base-plus-s80").replace(name="x")
+        "wavlm-base-plus-s80"
+    ).replace(name="x")
     reference = np.load(BASE_S80 / "expected_logprobs.npy")
     ours = log_probs(model, BASE_S80 / "input.npy")
     assert ours.shape == reference.shape == (1, 399, 11)
@@ -307,10 +353,10 @@ def test_released_base_s80_shape_matches_the_reference(tmp_path):
         assert abs(state.mean().item() - expected["mean"]) < TOLERANCE
         assert abs(state.std().item() - expected["std"]) < TOLERANCE
         assert abs(state.abs().max().item() - expected["absmax"]) < TOLERANCE
-        np.testing.assert_allclose(state[0, :8].numpy(), expected["frame0_first8"],
-                                   atol=TOLERANCE, rtol=0)
-    assert metadata["pipeline"]["windows"] == {"duration_s": 16.0, "step_s": 1.6,
-                                               "batch_size": 32}
+        np.testing.assert_allclose(
+            state[0, :8].numpy(), expected["frame0_first8"], atol=TOLERANCE, rtol=0
+        )
+    assert metadata["pipeline"]["windows"] == {"duration_s": 16.0, "step_s": 1.6, "batch_size": 32}
 
 
 # ---------------------------------------------------------------------- a pre-norm WavLM file
@@ -319,19 +365,28 @@ def diarizen_kwargs(config: WavLMConfig) -> dict:
     return {
         "extractor_mode": config.extractor_mode,
         "extractor_conv_layer_config": [tuple(layer) for layer in config.conv_layers],
-        "extractor_conv_bias": False, "encoder_embed_dim": config.embed_dim,
-        "encoder_projection_dropout": 0.1, "encoder_pos_conv_kernel": config.pos_conv_kernel,
+        "extractor_conv_bias": False,
+        "encoder_embed_dim": config.embed_dim,
+        "encoder_projection_dropout": 0.1,
+        "encoder_pos_conv_kernel": config.pos_conv_kernel,
         "encoder_pos_conv_groups": config.pos_conv_groups,
-        "encoder_num_layers": config.num_layers, "encoder_use_attention": config.use_attention,
+        "encoder_num_layers": config.num_layers,
+        "encoder_use_attention": config.use_attention,
         "encoder_use_feed_forward": config.use_ffn,
         "encoder_total_num_heads": [config.num_heads] * config.num_layers,
         "encoder_remaining_heads": config.remaining_heads,
-        "encoder_num_buckets": config.num_buckets, "encoder_max_distance": config.max_distance,
-        "encoder_attention_dropout": 0.1, "encoder_ff_interm_features": config.ffn_dim,
-        "encoder_ff_interm_dropout": 0.0, "encoder_dropout": 0.1,
-        "encoder_layer_norm_first": config.layer_norm_first, "encoder_layer_drop": 0.1,
-        "aux_num_out": None, "normalize_waveform": config.normalize_waveform,
-        "extractor_prune_conv_channels": False, "encoder_prune_attention_heads": False,
+        "encoder_num_buckets": config.num_buckets,
+        "encoder_max_distance": config.max_distance,
+        "encoder_attention_dropout": 0.1,
+        "encoder_ff_interm_features": config.ffn_dim,
+        "encoder_ff_interm_dropout": 0.0,
+        "encoder_dropout": 0.1,
+        "encoder_layer_norm_first": config.layer_norm_first,
+        "encoder_layer_drop": 0.1,
+        "aux_num_out": None,
+        "normalize_waveform": config.normalize_waveform,
+        "extractor_prune_conv_channels": False,
+        "encoder_prune_attention_heads": False,
         "encoder_prune_attention_layer": False,
         "encoder_prune_feed_forward_intermediate": False,
         "encoder_prune_feed_forward_layer": False,
@@ -350,13 +405,16 @@ def diarizen_state(model: WavLM) -> dict:
         elif key.startswith("feature_projection."):
             name = "encoder." + key
         elif key.startswith("encoder.pos_conv."):
-            part = {"bias": "bias", "weight_g": "parametrizations.weight.original0",
-                    "weight_v": "parametrizations.weight.original1"}[key.rsplit(".", 1)[1]]
+            part = {
+                "bias": "bias",
+                "weight_g": "parametrizations.weight.original0",
+                "weight_v": "parametrizations.weight.original1",
+            }[key.rsplit(".", 1)[1]]
             name = f"encoder.transformer.pos_conv_embed.conv.{part}"
         elif key == "encoder.rel_attn_embed.weight":
             name = "encoder.transformer.layers.0.attention.rel_attn_embed.weight"
         elif key.startswith("encoder."):
-            name = "encoder.transformer." + key[len("encoder."):]
+            name = "encoder.transformer." + key[len("encoder.") :]
         if name.endswith("gru_rel_pos_const"):
             layer = int(key.split(".")[2])
             full = torch.full((config.num_heads,), 7.0)  # removed heads: never used
@@ -364,8 +422,10 @@ def diarizen_state(model: WavLM) -> dict:
             value = full.reshape(1, -1, 1, 1)
         state[name] = value
     for i in range(config.num_layers):
-        for norm, present in (("layer_norm", config.use_attention[i]),
-                              ("final_layer_norm", config.use_ffn[i])):
+        for norm, present in (
+            ("layer_norm", config.use_attention[i]),
+            ("final_layer_norm", config.use_ffn[i]),
+        ):
             if not present:
                 for kind in ("weight", "bias"):
                     key = f"encoder.transformer.layers.{i}.{norm}.{kind}"
@@ -375,8 +435,12 @@ def diarizen_state(model: WavLM) -> dict:
 
 def test_pre_norm_wavlm_file_with_removed_blocks(tmp_path):
     config = preset("wavlm-tiny-prenorm").replace(
-        remaining_heads=[[1, 3], []], use_attention=[True, False], ffn_dim=[0, 40],
-        use_ffn=[False, True], conv_output_scale=True)
+        remaining_heads=[[1, 3], []],
+        use_attention=[True, False],
+        ffn_dim=[0, 40],
+        use_ffn=[False, True],
+        conv_output_scale=True,
+    )
     torch.manual_seed(0)
     model = WavLM(config).eval()
     with torch.no_grad():
@@ -401,6 +465,9 @@ def test_pre_norm_wavlm_file_with_removed_blocks(tmp_path):
     del state["encoder.transformer.layers.0.attention.extra.weight"]
     del state["encoder.transformer.layers.0.attention.q_proj.bias"]
     torch.save({"config": diarizen_kwargs(config), "state_dict": state}, tmp_path / "bad.bin")
-    with pytest.raises(CheckpointError, match=r"no tensor for the model's "
-                       r"encoder\.layers\.0\.attention\.q_proj\.bias"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no tensor for the model's "
+        r"encoder\.layers\.0\.attention\.q_proj\.bias",
+    ):
         WavLM.from_pretrained(tmp_path / "bad.bin")

@@ -28,8 +28,15 @@ def pruned_tiny_wavlm_config():
         remaining_heads=[[0, 2], [1, 2, 3]],
         ffn_dim=[40, 0],
         use_ffn=[True, False],
-        conv_layers=[(24, 10, 5), (32, 3, 2), (16, 3, 2), (32, 3, 2), (32, 3, 2), (8, 2, 2),
-                     (32, 2, 2)],
+        conv_layers=[
+            (24, 10, 5),
+            (32, 3, 2),
+            (16, 3, 2),
+            (32, 3, 2),
+            (32, 3, 2),
+            (8, 2, 2),
+            (32, 2, 2),
+        ],
     )
 
 
@@ -275,7 +282,7 @@ def test_checkpoint_without_layer_sum_key_loads_as_softmax(tmp_path):
     model = tiny_eend(layer_sum="softmax").eval()
     path = model.save_pretrained(tmp_path / "old")
     header = json.loads((path / "config.json").read_text())
-    del header["config"]["layer_sum"]          # as written before the option existed
+    del header["config"]["layer_sum"]  # as written before the option existed
     (path / "config.json").write_text(json.dumps(header))
     loaded = EEND.from_pretrained(path)
     assert loaded.config.layer_sum == "softmax"

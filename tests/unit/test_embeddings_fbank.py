@@ -19,8 +19,17 @@ from slimdiar.models.embeddings.fbank import (
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
-def numpy_fbank(signal, *, num_mel_bins, window, preemphasis=0.97, low_hz=20.0,
-                sample_rate=16000, use_energy=False, energy_floor=1.0):
+def numpy_fbank(
+    signal,
+    *,
+    num_mel_bins,
+    window,
+    preemphasis=0.97,
+    low_hz=20.0,
+    sample_rate=16000,
+    use_energy=False,
+    energy_floor=1.0,
+):
     """Kaldi's fbank, frame by frame, written from the formulas with numpy loops."""
     frame_length, frame_shift, fft_size = 400, 160, 512
     if window == "povey":
@@ -48,9 +57,9 @@ def numpy_fbank(signal, *, num_mel_bins, window, preemphasis=0.97, low_hz=20.0,
     rows = []
     num_frames = 1 + (len(signal) - frame_length) // frame_shift
     for t in range(num_frames):
-        frame = np.array(signal[t * frame_shift: t * frame_shift + frame_length], dtype=np.float64)
+        frame = np.array(signal[t * frame_shift : t * frame_shift + frame_length], dtype=np.float64)
         frame = frame - frame.mean()
-        energy = max(float(np.sum(frame ** 2)), FLOAT32_EPS)
+        energy = max(float(np.sum(frame**2)), FLOAT32_EPS)
         emphasized = frame.copy()
         for i in range(frame_length - 1, 0, -1):
             emphasized[i] = frame[i] - preemphasis * frame[i - 1]
@@ -88,7 +97,9 @@ def test_float32_input_is_close_to_float64():
 def test_frame_count_and_shape():
     config = FbankConfig()
     assert (config.window_num_samples, config.shift_num_samples, config.fft_num_samples) == (
-        400, 160, 512,
+        400,
+        160,
+        512,
     )
     assert [config.num_frames(n) for n in (399, 400, 559, 560, 16000)] == [0, 1, 1, 2, 98]
     features = kaldi_fbank(torch.zeros(3, 16000), config)
@@ -190,5 +201,8 @@ def test_bad_config_values_are_config_errors():
 def test_wespeaker_preset():
     config = wespeaker_fbank()
     assert (config.num_mel_bins, config.window_type, config.input_scale, config.dither) == (
-        80, "hamming", 32768.0, 0.0,
+        80,
+        "hamming",
+        32768.0,
+        0.0,
     )

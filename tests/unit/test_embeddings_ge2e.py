@@ -51,10 +51,12 @@ def numpy_mel_power(signal, config):
     padded = np.pad(signal, n_fft // 2, mode="reflect")
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(n_fft) / n_fft)
     num_frames = 1 + len(signal) // hop
-    power = np.stack([
-        np.abs(np.fft.rfft(padded[t * hop: t * hop + n_fft] * window)) ** 2
-        for t in range(num_frames)
-    ])
+    power = np.stack(
+        [
+            np.abs(np.fft.rfft(padded[t * hop : t * hop + n_fft] * window)) ** 2
+            for t in range(num_frames)
+        ]
+    )
     return power @ slaney_mel_filterbank(16000, n_fft, config.num_mel_bins).T
 
 
@@ -162,8 +164,12 @@ def pretrained_path_or_skip():
 def test_pretrained_weights_load_strictly():
     path = pretrained_path_or_skip()
     state = read_state_dict(path)
-    assert {k.split(".")[0] for k in state} == {"lstm", "linear", "similarity_weight",
-                                                "similarity_bias"}
+    assert {k.split(".")[0] for k in state} == {
+        "lstm",
+        "linear",
+        "similarity_weight",
+        "similarity_bias",
+    }
     model = load_embedding_model("ge2e")
     assert (model.dimension, model.sample_rate, model.min_num_samples) == (256, 16000, 400)
     assert model.model.config == GE2EConfig()
@@ -171,8 +177,9 @@ def test_pretrained_weights_load_strictly():
 
 def espeak(voice, text, tmp_path):
     path = tmp_path / f"{voice}.wav"
-    subprocess.run(["espeak-ng", "-v", voice, "-w", str(path), text], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-w", str(path), text], check=True, capture_output=True
+    )
     audio, rate = soundfile.read(path, dtype="float32")
     return soxr.resample(audio, rate, 16000).astype(np.float32)
 

@@ -34,8 +34,10 @@ def test_resnet34_by_name_asks_for_a_path():
 
 
 def test_unknown_name_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="neither a known embedding model nor an existing path"
-                       ".*ge2e.*wespeaker-resnet34"):
+    with pytest.raises(
+        ConfigError,
+        match="neither a known embedding model nor an existing path.*ge2e.*wespeaker-resnet34",
+    ):
         load_embedding_model("xvector")
 
 
@@ -79,8 +81,9 @@ def test_unreadable_and_foreign_checkpoints(tmp_path):
     with pytest.raises(CheckpointError, match="entries that are not tensors: epoch"):
         read_state_dict(tmp_path / "mixed.pt")
     torch.save({"encoder.weight": torch.zeros(2)}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="not a known speaker embedding checkpoint.*"
-                       "found encoder.weight"):
+    with pytest.raises(
+        CheckpointError, match="not a known speaker embedding checkpoint.*found encoder.weight"
+    ):
         load_embedding_model(tmp_path / "other.pt")
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="directory holds none of avg_model.pt"):

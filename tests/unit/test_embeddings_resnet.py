@@ -147,8 +147,9 @@ def test_both_published_layouts_load_strictly_and_agree(tmp_path):
         a, b = wespeaker(waveforms, weights), pyannote(waveforms, weights)
         np.testing.assert_array_equal(a, b)
         with torch.no_grad():
-            reference = model(torch.from_numpy(waveforms), None if weights is None
-                              else torch.from_numpy(weights))
+            reference = model(
+                torch.from_numpy(waveforms), None if weights is None else torch.from_numpy(weights)
+            )
         expected = torch.nn.functional.normalize(reference, dim=-1).numpy()
         np.testing.assert_allclose(a, expected, rtol=0, atol=1e-6)
         np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-6)

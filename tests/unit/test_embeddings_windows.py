@@ -39,8 +39,9 @@ def test_resnet_window_path_matches_the_per_pair_path(resnet, one_thread):
     waveforms = waveforms.astype(np.float32)
     assert resnet.shares_windows
     shared = embed_speakers(waveforms, masks, resnet, batch_size=4, dimension=resnet.dimension)
-    pairs = embed_speakers(waveforms, masks, per_pair(resnet), batch_size=3,
-                           dimension=resnet.dimension)
+    pairs = embed_speakers(
+        waveforms, masks, per_pair(resnet), batch_size=3, dimension=resnet.dimension
+    )
     silent = masks.sum(axis=-1) == 0
     assert silent.any() and (~silent).sum() >= 8
     assert np.isnan(shared[silent]).all() and np.isnan(pairs[silent]).all()
@@ -56,10 +57,12 @@ def test_trunk_runs_once_per_window_and_pooling_once_per_active_speaker(resnet, 
     trunk, pooled = [], []
     network = resnet.model.resnet
     forward_frames, pool = network.forward_frames, network.pool
-    monkeypatch.setattr(network, "forward_frames",
-                        lambda fbank: trunk.append(len(fbank)) or forward_frames(fbank))
-    monkeypatch.setattr(network, "pool",
-                        lambda frames, w=None: pooled.append(len(frames)) or pool(frames, w))
+    monkeypatch.setattr(
+        network, "forward_frames", lambda fbank: trunk.append(len(fbank)) or forward_frames(fbank)
+    )
+    monkeypatch.setattr(
+        network, "pool", lambda frames, w=None: pooled.append(len(frames)) or pool(frames, w)
+    )
     embed_speakers(waveforms, masks, resnet, batch_size=4, dimension=resnet.dimension)
     num_speaking_windows = int((masks.sum(axis=(1, 2)) > 0).sum())
     assert trunk == [4, num_speaking_windows - 4]  # the silent window is not embedded

@@ -30,8 +30,17 @@ ALLOWED = {
     "simulate": {"models", "data"},
     "pretrain": {"models", "data", "train"},
     "bench": {"models", "data", "pipeline", "scoring"},
-    "demo": {"models", "data", "train", "stages", "pipeline", "scoring", "bench", "simulate",
-             "pretrain"},
+    "demo": {
+        "models",
+        "data",
+        "train",
+        "stages",
+        "pipeline",
+        "scoring",
+        "bench",
+        "simulate",
+        "pretrain",
+    },
     "testing": {"models", "data"},
     "cli": None,  # the command line may import anything; nothing imports it
 }
@@ -57,8 +66,9 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-SOURCES = sorted(p for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py",)
-                 or p.parent != PACKAGE)
+SOURCES = sorted(
+    p for p in PACKAGE.rglob("*.py") if p.name not in ("__init__.py",) or p.parent != PACKAGE
+)
 
 
 @pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
@@ -80,13 +90,18 @@ def test_imports_follow_the_layers(path):
 
 def test_the_training_loop_knows_no_stage():
     """``train`` imports neither ``stages`` nor ``pretrain``; ``models`` imports neither layer."""
-    for part, forbidden in (("train", {"stages", "pretrain"}),
-                            ("models", {"train", "stages", "pretrain", "data"})):
+    for part, forbidden in (
+        ("train", {"stages", "pretrain"}),
+        ("models", {"train", "stages", "pretrain", "data"}),
+    ):
         sources = sorted((PACKAGE / part).rglob("*.py"))
         assert sources, part
         for path in sources:
-            targets = {name.split(".")[1] for name in imported_modules(path)
-                       if name.startswith("slimdiar.")}
+            targets = {
+                name.split(".")[1]
+                for name in imported_modules(path)
+                if name.startswith("slimdiar.")
+            }
             assert not targets & forbidden, f"{path.relative_to(PACKAGE)} imports {targets}"
 
 
@@ -95,8 +110,9 @@ def test_the_training_loop_knows_no_stage():
 DATA_FLOOR = {"frames", "errors", "fileio"}
 
 
-@pytest.mark.parametrize("path", sorted((PACKAGE / "data").rglob("*.py")),
-                         ids=lambda p: str(p.relative_to(PACKAGE)))
+@pytest.mark.parametrize(
+    "path", sorted((PACKAGE / "data").rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE))
+)
 def test_data_imports_only_frames_errors_and_fileio(path):
     for name in imported_modules(path):
         parts = name.split(".")
@@ -108,8 +124,11 @@ def test_data_imports_only_frames_errors_and_fileio(path):
 
 def test_the_floor_imports_only_errors():
     for name in ("frames", "errors", "fileio"):
-        imported = {m.split(".")[1] for m in imported_modules(PACKAGE / f"{name}.py")
-                    if m.startswith("slimdiar.")}
+        imported = {
+            m.split(".")[1]
+            for m in imported_modules(PACKAGE / f"{name}.py")
+            if m.startswith("slimdiar.")
+        }
         assert imported <= {"errors"}, f"{name}.py imports slimdiar.{sorted(imported)}"
 
 
@@ -152,11 +171,16 @@ def slimdiar_imports(path: Path) -> list[tuple[str, bool, int]]:
             elif isinstance(child, ast.ImportFrom):
                 assert child.level == 0, f"{path}: relative import on line {child.lineno}"
                 module = child.module or ""
-                targets = [f"{module}.{alias.name}" if f"{module}.{alias.name}" in MODULES
-                           else module for alias in child.names]
+                targets = [
+                    f"{module}.{alias.name}" if f"{module}.{alias.name}" in MODULES else module
+                    for alias in child.names
+                ]
             else:
-                visit(child, in_function or isinstance(
-                    child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+                visit(
+                    child,
+                    in_function
+                    or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)),
+                )
                 continue
             for target in targets:
                 if target.split(".")[0] == "slimdiar":
@@ -195,8 +219,10 @@ KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 def import_graph() -> dict[str, set[str]]:
     """Every slimdiar module -> the slimdiar modules it imports, at its top or in a function."""
-    return {name: {target for target, _, _ in slimdiar_imports(path) if target != name}
-            for name, path in MODULES.items()}
+    return {
+        name: {target for target, _, _ in slimdiar_imports(path) if target != name}
+        for name, path in MODULES.items()
+    }
 
 
 def strongly_connected(graph: dict[str, set[str]]) -> list[set[str]]:
@@ -261,6 +287,9 @@ def test_slimdiar_imports_have_no_cycle():
     graph = import_graph()
     assert "slimdiar.models.wavlm.diarizen_format" in graph["slimdiar.models.wavlm.convert"]
     assert "slimdiar.models.wavlm.convert" in graph["slimdiar.models.diarizen"]
-    cycles = [" -> ".join(a_cycle(graph, group)) for group in strongly_connected(graph)
-              if frozenset(group) not in KNOWN_CYCLES]
+    cycles = [
+        " -> ".join(a_cycle(graph, group))
+        for group in strongly_connected(graph)
+        if frozenset(group) not in KNOWN_CYCLES
+    ]
     assert not cycles, "import cycles: " + "; ".join(cycles)

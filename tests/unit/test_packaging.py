@@ -25,8 +25,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_bundled_configs_are_package_data_and_found_by_name():
     names = bundled_configs()
-    assert {"tiny", "wavlm-base-plus", "wavlm-large", "prune-wavlm-base-plus",
-            "prune-wavlm-large", "pretrain-tiny", "demo", "demo-quick"} <= set(names)
+    assert {
+        "tiny",
+        "wavlm-base-plus",
+        "wavlm-large",
+        "prune-wavlm-base-plus",
+        "prune-wavlm-large",
+        "pretrain-tiny",
+        "demo",
+        "demo-quick",
+    } <= set(names)
     for name in names:
         assert (resources.files("slimdiar") / "configs" / f"{name}.toml").is_file()
     by_name = load_config(FinetuneConfig, "wavlm-large")
@@ -45,8 +53,11 @@ def test_a_file_shadows_a_bundled_name_and_a_path_never_becomes_a_name(tmp_path,
 
 
 def test_an_unknown_name_lists_the_bundled_configs():
-    with pytest.raises(ConfigError, match=r"^wavlm-huge: no such config file, nor a bundled "
-                                          r"config \(bundled: .*wavlm-base-plus"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^wavlm-huge: no such config file, nor a bundled "
+        r"config \(bundled: .*wavlm-base-plus",
+    ):
         load_config(FinetuneConfig, "wavlm-huge")
     with pytest.raises(ConfigError, match="no such bundled config"):
         bundled_config("wavlm-huge")
@@ -59,11 +70,17 @@ def test_the_demo_sizes_are_the_bundled_demo_configs():
     assert (full.batch_size, full.max_steps_per_epoch, full.distill_shift_s) == (16, 0, 1.0)
     assert full.thresholds == (0.4, 0.45, 0.5) and full.sparsity == 0.8
     assert quick.splits == {"train": 6, "dev": 2, "test": 2} and quick.tts_speakers == 16
-    assert (quick.max_steps_per_epoch, quick.pipeline_step_s, quick.thresholds) == (4, 2.0,
-                                                                                   (0.45, 0.6))
+    assert (quick.max_steps_per_epoch, quick.pipeline_step_s, quick.thresholds) == (
+        4,
+        2.0,
+        (0.45, 0.6),
+    )
     # each file gives every size the dataclass leaves without a default, and nothing else
-    required = {f.name for f in dataclasses.fields(DemoSettings)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    required = {
+        f.name
+        for f in dataclasses.fields(DemoSettings)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
     for name in ("demo", "demo-quick"):
         keys = set(tomllib.loads(bundled_config(name).read_text(encoding="utf-8")))
         assert required <= keys <= {f.name for f in dataclasses.fields(DemoSettings)}
@@ -71,16 +88,18 @@ def test_the_demo_sizes_are_the_bundled_demo_configs():
 
 def test_a_demo_config_without_a_required_size_is_a_clear_error(tmp_path):
     (tmp_path / "demo.toml").write_text("duration_s = 30.0\n")
-    with pytest.raises(ConfigError, match=r"the configuration lacks the keys splits, "
-                                          r"tts_speakers"):
+    with pytest.raises(
+        ConfigError,
+        match=r"the configuration lacks the keys splits, "
+        r"tts_speakers",
+    ):
         load_config(DemoSettings, tmp_path / "demo.toml")
 
 
 def test_one_version_and_the_typed_marker():
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
-    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {
-        "attr": "slimdiar.__version__"}
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "slimdiar.__version__"}
     assert slimdiar.__version__.count(".") == 2
     data = pyproject["tool"]["setuptools"]["package-data"]["slimdiar"]
     assert {"py.typed", "configs/*.toml", "simulate/voice-pool.json"} <= set(data)

@@ -286,8 +286,11 @@ def test_small_clusters_join_the_nearest_large_one():
     a, b = np.eye(8)[0], np.eye(8)[1]
     c = 0.6 * a + 0.8 * np.eye(8)[2]  # far from both (distance > 0.7), closer to a
     points = np.concatenate(
-        [a + 0.02 * rng.normal(size=(20, 8)), b + 0.02 * rng.normal(size=(20, 8)),
-         c + 0.02 * rng.normal(size=(2, 8))]
+        [
+            a + 0.02 * rng.normal(size=(20, 8)),
+            b + 0.02 * rng.normal(size=(20, 8)),
+            c + 0.02 * rng.normal(size=(2, 8)),
+        ]
     )
     clustering = AgglomerativeClustering(min_cluster_size=5)
     labels = clustering.cluster_embeddings(points)
@@ -434,8 +437,7 @@ def test_clusters_shaped_on_a_subset_when_there_are_many_embeddings():
     """Bounded memory on long recordings: the same speakers come out of a capped linkage."""
     activities, embeddings, _ = synthetic_recording(seed=1)
     full = AgglomerativeClustering(min_cluster_size=5)(activities, embeddings)
-    capped = AgglomerativeClustering(min_cluster_size=5, max_embeddings=12)(activities,
-                                                                           embeddings)
+    capped = AgglomerativeClustering(min_cluster_size=5, max_embeddings=12)(activities, embeddings)
     assert_valid_assignment(capped, activities)
     # identical partitions of the local speakers, up to the names of the clusters
     pairs = {(a, b) for a, b in zip(full.ravel(), capped.ravel())}

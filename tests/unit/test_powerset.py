@@ -158,9 +158,7 @@ def test_loss_three_speakers_with_three_way_overlap():
 
 def test_loss_five_speakers_keeps_four_most_talkative():
     # talk frames: s0 1, s1 5, s2 3, s3 2, s4 4 -> s0 is dropped; kept in order s1 s2 s3 s4
-    target = activity(
-        6, {0: [0], 1: [1, 2, 3, 4, 5], 2: [2, 3, 4], 3: [4, 5], 4: [0, 1, 3, 5]}, 5
-    )
+    target = activity(6, {0: [0], 1: [1, 2, 3, 4, 5], 2: [2, 3, 4], 3: [4, 5], 4: [0, 1, 3, 5]}, 5)
     # over-full frames (3, 4, 5) keep the two most talkative of slots (s1 > s4 > s2 > s3)
     classes = [4, 7, 5, 7, 5, 7]
     log_probs = favouring(classes, seed=6)
@@ -215,8 +213,9 @@ def test_loss_ignores_masked_frames_and_backpropagates():
     assert torch.allclose(loss.detach(), loss2)
     # the mean runs over valid frames only
     per_chunk = [
-        permutation_invariant_powerset_loss(F.log_softmax(logits[i : i + 1, :n], -1),
-                                            target[i : i + 1, :n])[0].detach()
+        permutation_invariant_powerset_loss(
+            F.log_softmax(logits[i : i + 1, :n], -1), target[i : i + 1, :n]
+        )[0].detach()
         for i, n in [(0, 20), (1, 12)]
     ]
     assert torch.allclose(loss.detach(), (per_chunk[0] * 20 + per_chunk[1] * 12) / 32)

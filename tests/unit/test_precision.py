@@ -51,16 +51,16 @@ def speech_like(batch=4, seconds=4.0, seed=0):
     return 0.3 * tone * syllables + 0.05 * torch.randn(batch, len(t), generator=generator)
 
 
-@pytest.mark.parametrize("frontend, mode", [("wavlm", "autocast"), ("wavlm", "weights"),
-                                            ("fbank", "autocast")])
+@pytest.mark.parametrize(
+    "frontend, mode", [("wavlm", "autocast"), ("wavlm", "weights"), ("fbank", "autocast")]
+)
 def test_bfloat16_log_probs_are_bounded_and_decisions_agree(frontend, mode):
     waveforms = speech_like()
     with torch.inference_mode():
         reference = tiny_eend(frontend)(waveforms)
         low = with_precision(tiny_eend(frontend), torch.bfloat16, mode)(waveforms)
     assert low.dtype == torch.float32
-    torch.testing.assert_close(low.logsumexp(-1), torch.zeros(low.shape[:2]), atol=1e-5,
-                               rtol=0)
+    torch.testing.assert_close(low.logsumexp(-1), torch.zeros(low.shape[:2]), atol=1e-5, rtol=0)
     difference = (low - reference).abs()
     assert 0 < difference.max() <= MAX_ABS_LOG_PROB_DIFF  # really computed in bfloat16
     agreement = (low.argmax(-1) == reference.argmax(-1)).float().mean()
@@ -119,8 +119,10 @@ def test_cpu_bf16_detection_reads_the_flags(tmp_path, monkeypatch):
     assert not native and "AVX2" in description and "none" in description
     with_bf16 = tmp_path / "cpuinfo-amx"
     with_bf16.write_text("flags\t\t: avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
-    assert cpu_bf16_support(with_bf16) == (True, "torch CPU capability AVX2, bfloat16 flags: "
-                                                 "amx_bf16, avx512_bf16")
+    assert cpu_bf16_support(with_bf16) == (
+        True,
+        "torch CPU capability AVX2, bfloat16 flags: amx_bf16, avx512_bf16",
+    )
 
 
 def test_bfloat16_on_a_cpu_without_it_warns_once(monkeypatch, caplog):
@@ -136,9 +138,12 @@ def test_bfloat16_on_a_cpu_without_it_warns_once(monkeypatch, caplog):
 def test_pipeline_in_bfloat16_finds_the_same_local_speakers(tmp_path):
     checkpoint = tiny_eend().save_pretrained(tmp_path / "eend")
     pipeline = DiarizationPipeline.from_pretrained(
-        checkpoint, embedding=None,
-        settings={"windows": {"step_s": 1.0, "batch_size": 4, "duration_s": 2.0},
-                  "clustering": {"method": "oracle"}},
+        checkpoint,
+        embedding=None,
+        settings={
+            "windows": {"step_s": 1.0, "batch_size": 4, "duration_s": 2.0},
+            "clustering": {"method": "oracle"},
+        },
     )
     embedding = SpeakerEmbedding(tiny_resnet(seed=3), "tiny-resnet")
     pipeline.embedding_model = embedding
@@ -165,8 +170,19 @@ def test_pipeline_in_bfloat16_finds_the_same_local_speakers(tmp_path):
 
 def test_diarize_refuses_float16_on_a_cpu_before_any_work(tmp_path, capsys):
     out = tmp_path / "out"
-    status = main(["diarize", str(tmp_path), "--out", str(out), "--oracle-segmentation",
-                   str(tmp_path / "ref.rttm"), "--dtype", "float16", "--quiet"])
+    status = main(
+        [
+            "diarize",
+            str(tmp_path),
+            "--out",
+            str(out),
+            "--oracle-segmentation",
+            str(tmp_path / "ref.rttm"),
+            "--dtype",
+            "float16",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 2 and "Traceback" not in err
     assert "float16 runs on a GPU only" in err and not out.exists()
@@ -185,9 +201,25 @@ def test_diarize_in_bfloat16_writes_its_outputs(tmp_path, capsys):
     soundfile.write(tmp_path / "talk.wav", speech_like(batch=1, seconds=3.0)[0].numpy(), 16000)
     (tmp_path / "ref.rttm").write_text("SPEAKER talk 1 0.00 3.00 <NA> <NA> A <NA> <NA>\n")
     out = tmp_path / "out"
-    status = main(["diarize", str(tmp_path / "talk.wav"), "--model", str(checkpoint), "--out",
-                   str(out), "--oracle-clustering", str(tmp_path / "ref.rttm"), "--dtype",
-                   "bfloat16", "--step", "8.0", "--batch-size", "2", "--quiet"])
+    status = main(
+        [
+            "diarize",
+            str(tmp_path / "talk.wav"),
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--oracle-clustering",
+            str(tmp_path / "ref.rttm"),
+            "--dtype",
+            "bfloat16",
+            "--step",
+            "8.0",
+            "--batch-size",
+            "2",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert status == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["talk.json", "talk.rttm"]

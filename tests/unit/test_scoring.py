@@ -32,7 +32,11 @@ def annotation(uri, *spans):
 
 def score_one(ref, hyp, uem=None, collar_s=0.0, skip_overlap=False, convention="md-eval"):
     report = score_diarization(
-        {"f": ref}, {"f": hyp}, None if uem is None else {"f": uem}, collar_s, skip_overlap,
+        {"f": ref},
+        {"f": hyp},
+        None if uem is None else {"f": uem},
+        collar_s,
+        skip_overlap,
         convention=convention,
     )
     return report.files["f"].components, report
@@ -47,8 +51,9 @@ def test_missed_speech():
 
 def test_collar_is_per_side_as_in_md_eval():
     # 0.25 s on each side of the reference boundaries 0 and 10: scored [0.25, 9.75]
-    c, report = score_one(annotation("f", (0, 10, "A")), annotation("f", (1, 10, "x")),
-                          collar_s=0.25)
+    c, report = score_one(
+        annotation("f", (0, 10, "A")), annotation("f", (1, 10, "x")), collar_s=0.25
+    )
     assert c.total_s == pytest.approx(9.5)
     assert c.missed_s == pytest.approx(0.75)
     assert c.der == pytest.approx(0.75 / 9.5)
@@ -131,8 +136,10 @@ def test_a_speakers_overlapping_turns_are_merged(caplog):
     # one speaker talking 0-10 s and 5-15 s talks 0-15 s: a perfect hypothesis has DER 0
     # (counting the speaker twice in 5-10 s would make those 5 s missed speech)
     with caplog.at_level(logging.WARNING, logger="slimdiar.scoring"):
-        c, report = score_one(annotation("f", (0, 10, "A"), (5, 15, "A")),
-                              annotation("f", (0, 8, "x"), (6, 15, "x"), (7, 9, "x")))
+        c, report = score_one(
+            annotation("f", (0, 10, "A"), (5, 15, "A")),
+            annotation("f", (0, 8, "x"), (6, 15, "x"), (7, 9, "x")),
+        )
     assert (c.missed_s, c.false_alarm_s, c.confusion_s, c.total_s) == pytest.approx((0, 0, 0, 15))
     assert c.der == 0.0
     assert report.merged_turns == {"reference": 1, "hypothesis": 2}
@@ -143,15 +150,19 @@ def test_a_speakers_overlapping_turns_are_merged(caplog):
 
 def test_collars_surround_the_merged_turns():
     # merged turn 0-15 s: collars only at 0 and 15 (none at 5 or 10): scored [0.25, 14.75]
-    c, report = score_one(annotation("f", (0, 10, "A"), (5, 15, "A")),
-                          annotation("f", (0, 15, "x")), collar_s=0.25)
+    c, report = score_one(
+        annotation("f", (0, 10, "A"), (5, 15, "A")), annotation("f", (0, 15, "x")), collar_s=0.25
+    )
     assert (c.total_s, c.der) == pytest.approx((14.5, 0.0))
     assert report.files["f"].scored_s == pytest.approx(14.5)
 
 
 def test_merge_speaker_turns_merges_overlaps_only():
-    merged, num_merged = merge_speaker_turns(annotation(
-        "f", (0, 2, "A"), (1, 3, "A"), (3, 4, "A"), (5, 6, "A"), (5, 6, "A"), (0, 6, "B")))
+    merged, num_merged = merge_speaker_turns(
+        annotation(
+            "f", (0, 2, "A"), (1, 3, "A"), (3, 4, "A"), (5, 6, "A"), (5, 6, "A"), (0, 6, "B")
+        )
+    )
     spans = sorted((s.start, s.end, label) for s, _, label in merged.itertracks(yield_label=True))
     # (0, 2) + (1, 3) overlap; (3, 4) only touches (0, 3) and stays apart; (5, 6) twice is once
     assert spans == [(0, 3, "A"), (0, 6, "B"), (3, 4, "A"), (5, 6, "A")]
@@ -166,14 +177,20 @@ def test_nothing_scored_is_an_error():
     with pytest.raises(NoScoredTimeError, match="none of the 1 files"):
         score_diarization({}, {"f": annotation("f", (0, 5, "x"))})
     with pytest.raises(NoScoredTimeError, match="no reference speech in the scored region"):
-        score_one(annotation("f", (0, 5, "A")), annotation("f", (0, 5, "x")),
-                  uem=Timeline([Segment(6, 9)]))
+        score_one(
+            annotation("f", (0, 5, "A")),
+            annotation("f", (0, 5, "x")),
+            uem=Timeline([Segment(6, 9)]),
+        )
     # collars of 5 s around 0 and 10 remove [-5, 5] and [5, 15]: all of the reference speech
     with pytest.raises(NoScoredTimeError, match="a collar of 5 s"):
         score_one(annotation("f", (0, 10, "A")), annotation("f", (0, 10, "x")), collar_s=5.0)
     with pytest.raises(NoScoredTimeError, match="overlap skipped"):
-        score_one(annotation("f", (0, 10, "A"), (0, 10, "B")), annotation("f", (0, 10, "x")),
-                  skip_overlap=True)
+        score_one(
+            annotation("f", (0, 10, "A"), (0, 10, "B")),
+            annotation("f", (0, 10, "x")),
+            skip_overlap=True,
+        )
 
 
 def test_a_file_without_scored_speech_has_null_der_and_a_reason():
@@ -197,8 +214,7 @@ def test_collar_must_be_finite_and_not_negative(collar_s):
 
 def test_unknown_convention_is_refused():
     with pytest.raises(ConfigError, match="choose one of md-eval, pyannote"):
-        score_one(annotation("f", (0, 10, "A")), annotation("f", (0, 10, "x")),
-                  convention="dscore")
+        score_one(annotation("f", (0, 10, "A")), annotation("f", (0, 10, "x")), convention="dscore")
 
 
 # ------------------------------------------------------------------ md-eval vs pyannote mapping
@@ -216,7 +232,8 @@ def test_skip_overlap_md_eval_maps_speakers_before_removing_overlap():
     for convention in ("md-eval", "pyannote"):
         c, _ = score_one(ref, hyp, convention=convention)
         assert (c.missed_s, c.false_alarm_s, c.confusion_s, c.total_s) == pytest.approx(
-            (0, 0, 4, 16))
+            (0, 0, 4, 16)
+        )
     # overlap skipped: only [0, 4) is scored, A heard as x.
     # md-eval keeps A->y: 4 s confused of 4 -> DER 1.0
     c, report = score_one(ref, hyp, skip_overlap=True)
@@ -255,13 +272,18 @@ def test_collar_md_eval_maps_speakers_before_removing_collars():
 
 def test_speakers_are_mapped_per_file():
     # the same labels map differently in two files; each file is right on its own
-    ref = {"a": annotation("a", (0, 4, "A"), (4, 10, "B")),
-           "b": annotation("b", (0, 4, "A"), (4, 10, "B"))}
-    hyp = {"a": annotation("a", (0, 4, "x"), (4, 10, "y")),
-           "b": annotation("b", (0, 4, "y"), (4, 10, "x"))}
+    ref = {
+        "a": annotation("a", (0, 4, "A"), (4, 10, "B")),
+        "b": annotation("b", (0, 4, "A"), (4, 10, "B")),
+    }
+    hyp = {
+        "a": annotation("a", (0, 4, "x"), (4, 10, "y")),
+        "b": annotation("b", (0, 4, "y"), (4, 10, "x")),
+    }
     for convention in ("md-eval", "pyannote"):
-        report = score_diarization(ref, hyp, collar_s=0.25, skip_overlap=True,
-                                   convention=convention)
+        report = score_diarization(
+            ref, hyp, collar_s=0.25, skip_overlap=True, convention=convention
+        )
         assert report.total.der == 0.0 and report.total.total_s == pytest.approx(2 * 9.0)
 
 
@@ -279,8 +301,9 @@ def random_turns_ms(rng, labels, num_turns):
         turns.append((start, end, str(rng.choice(labels))))
         if rng.random() < 0.15:  # a second turn of the same speaker that overlaps this one
             inner = int(rng.integers(start, end))
-            turns.append((inner, min(DURATION_MS, inner + int(rng.integers(50, 3000))),
-                          turns[-1][2]))
+            turns.append(
+                (inner, min(DURATION_MS, inner + int(rng.integers(50, 3000))), turns[-1][2])
+            )
     return turns
 
 
@@ -297,8 +320,9 @@ def merged_spans_ms(turns):
 
 
 def spans_to_annotation(uri, spans_ms):
-    return annotation(uri, *[(s / 1000, e / 1000, label) for label, spans in spans_ms.items()
-                             for s, e in spans])
+    return annotation(
+        uri, *[(s / 1000, e / 1000, label) for label, spans in spans_ms.items() for s, e in spans]
+    )
 
 
 def md_eval_on_grid(ref_turns, hyp_turns, uem_ms, collar_ms, skip_overlap):
@@ -320,15 +344,23 @@ def md_eval_on_grid(ref_turns, hyp_turns, uem_ms, collar_ms, skip_overlap):
 
     ref, hyp = activity(ref_spans), activity(hyp_spans)
     if uem_ms is None:
-        uem_ms = [(min(s for v in ref_spans.values() for s, _ in v),
-                   max(e for v in ref_spans.values() for _, e in v))] if ref_spans else []
+        uem_ms = (
+            [
+                (
+                    min(s for v in ref_spans.values() for s, _ in v),
+                    max(e for v in ref_spans.values() for _, e in v),
+                )
+            ]
+            if ref_spans
+            else []
+        )
     evaluated = np.zeros(DURATION_MS, dtype=bool)
     for start, end in uem_ms:
         evaluated[start:end] = True
     collar = np.zeros(DURATION_MS, dtype=bool)
     for spans in ref_spans.values():
         for boundary in (t for span in spans for t in span):
-            collar[max(0, boundary - collar_ms):max(0, boundary + collar_ms)] = True
+            collar[max(0, boundary - collar_ms) : max(0, boundary + collar_ms)] = True
     num_ref, num_hyp = ref.sum(0), hyp.sum(0)
     scored = evaluated & ~collar
     if skip_overlap:
@@ -336,23 +368,28 @@ def md_eval_on_grid(ref_turns, hyp_turns, uem_ms, collar_ms, skip_overlap):
 
     size = max(len(ref), len(hyp))
     cooccurrence = np.zeros((size, size), dtype=np.int64)
-    cooccurrence[:len(ref), :len(hyp)] = (ref & evaluated).astype(np.int64) @ hyp.T
-    totals = {p: sum(cooccurrence[i, p[i]] for i in range(size))
-              for p in itertools.permutations(range(size))}
+    cooccurrence[: len(ref), : len(hyp)] = (ref & evaluated).astype(np.int64) @ hyp.T
+    totals = {
+        p: sum(cooccurrence[i, p[i]] for i in range(size))
+        for p in itertools.permutations(range(size))
+    }
     best = max(totals.values(), default=0)
     confusions = set()
     for p, value in totals.items():
         if value != best:
             continue
-        num_mapped = sum((ref[i] & hyp[p[i]]).astype(np.int64)
-                         for i in range(len(ref)) if p[i] < len(hyp))
+        num_mapped = sum(
+            (ref[i] & hyp[p[i]]).astype(np.int64) for i in range(len(ref)) if p[i] < len(hyp)
+        )
         confusions.add(int(np.sum(scored * (np.minimum(num_ref, num_hyp) - num_mapped))))
     if len(confusions) != 1:
         return None
-    return (int(np.sum(scored * np.maximum(num_ref - num_hyp, 0))),
-            int(np.sum(scored * np.maximum(num_hyp - num_ref, 0))),
-            confusions.pop(),
-            int(np.sum(scored * num_ref)))
+    return (
+        int(np.sum(scored * np.maximum(num_ref - num_hyp, 0))),
+        int(np.sum(scored * np.maximum(num_hyp - num_ref, 0))),
+        confusions.pop(),
+        int(np.sum(scored * num_ref)),
+    )
 
 
 def random_cases(seed, num_cases, num_files=2):
@@ -360,10 +397,12 @@ def random_cases(seed, num_cases, num_files=2):
     for _ in range(num_cases):
         files = {}
         for k in range(num_files):
-            ref = random_turns_ms(rng, ["A", "B", "C"][:int(rng.integers(1, 4))],
-                                  int(rng.integers(2, 9)))
-            hyp = random_turns_ms(rng, ["s1", "s2", "s3", "s4"][:int(rng.integers(1, 5))],
-                                  int(rng.integers(1, 10)))
+            ref = random_turns_ms(
+                rng, ["A", "B", "C"][: int(rng.integers(1, 4))], int(rng.integers(2, 9))
+            )
+            hyp = random_turns_ms(
+                rng, ["s1", "s2", "s3", "s4"][: int(rng.integers(1, 5))], int(rng.integers(1, 10))
+            )
             uem = None
             if rng.random() < 0.5:
                 cut = sorted(int(t) for t in rng.choice(DURATION_MS, size=3, replace=False))
@@ -371,21 +410,38 @@ def random_cases(seed, num_cases, num_files=2):
             files[f"file{k}"] = (ref, hyp, uem)
         with_uem = any(uem is not None for _, _, uem in files.values())
         if with_uem:  # one UEM for all files or none: a file without a region is not scored
-            files = {uri: (ref, hyp, uem or [(0, DURATION_MS)])
-                     for uri, (ref, hyp, uem) in files.items()}
+            files = {
+                uri: (ref, hyp, uem or [(0, DURATION_MS)]) for uri, (ref, hyp, uem) in files.items()
+            }
         yield files, with_uem
 
 
 def score_case(files, with_uem, collar_s, skip_overlap, convention, merge_in_test):
-    build = (lambda uri, turns: spans_to_annotation(uri, merged_spans_ms(turns))) \
-        if merge_in_test else (lambda uri, turns: annotation(
-            uri, *[(s / 1000, e / 1000, label) for s, e, label in turns]))
+    build = (
+        (lambda uri, turns: spans_to_annotation(uri, merged_spans_ms(turns)))
+        if merge_in_test
+        else (
+            lambda uri, turns: annotation(
+                uri, *[(s / 1000, e / 1000, label) for s, e, label in turns]
+            )
+        )
+    )
     refs = {uri: build(uri, ref) for uri, (ref, _, _) in files.items()}
     hyps = {uri: build(uri, hyp) for uri, (_, hyp, _) in files.items()}
-    uems = {uri: Timeline([Segment(s / 1000, e / 1000) for s, e in uem])
-            for uri, (_, _, uem) in files.items()} if with_uem else None
-    return refs, hyps, uems, score_diarization(refs, hyps, uems, collar_s, skip_overlap,
-                                               convention=convention)
+    uems = (
+        {
+            uri: Timeline([Segment(s / 1000, e / 1000) for s, e in uem])
+            for uri, (_, _, uem) in files.items()
+        }
+        if with_uem
+        else None
+    )
+    return (
+        refs,
+        hyps,
+        uems,
+        score_diarization(refs, hyps, uems, collar_s, skip_overlap, convention=convention),
+    )
 
 
 @pytest.mark.parametrize("collar_s", [0.0, 0.25])
@@ -396,8 +452,9 @@ def test_pyannote_convention_equals_pyannote_metrics_on_merged_turns(collar_s, s
     for files, with_uem in random_cases(7 + int(collar_s * 4) + 2 * skip_overlap, 50):
         # the raw turns go to slimdiar (which merges), the test's own merged turns to pyannote
         try:
-            _, _, _, report = score_case(files, with_uem, collar_s, skip_overlap, "pyannote",
-                                         merge_in_test=False)
+            _, _, _, report = score_case(
+                files, with_uem, collar_s, skip_overlap, "pyannote", merge_in_test=False
+            )
         except NoScoredTimeError:
             report = None
         refs, hyps, uems, _ = score_case(files, with_uem, 0.0, False, "pyannote", True)
@@ -412,9 +469,9 @@ def test_pyannote_convention_equals_pyannote_metrics_on_merged_turns(collar_s, s
             continue
         for uri, e in expected.items():
             got = report.files[uri].components
-            assert (got.missed_s, got.false_alarm_s, got.confusion_s, got.total_s) == \
-                pytest.approx((e["missed detection"], e["false alarm"], e["confusion"],
-                               e["total"]), abs=1e-9)
+            assert (got.missed_s, got.false_alarm_s, got.confusion_s, got.total_s) == pytest.approx(
+                (e["missed detection"], e["false alarm"], e["confusion"], e["total"]), abs=1e-9
+            )
             if e["total"] > 0:
                 assert got.der == pytest.approx(e["diarization error rate"], abs=1e-9)
             num_files += 1
@@ -428,9 +485,12 @@ def test_md_eval_convention_equals_a_frame_grid_md_eval(collar_s, skip_overlap):
     # all times are whole milliseconds, so the 1 ms grid is exact: the two agree to float error
     num_files = num_ties = num_merged = num_differ = 0
     for files, with_uem in random_cases(101 + int(collar_s * 4) + 2 * skip_overlap, 50):
-        expected = {uri: md_eval_on_grid(ref, hyp, uem if with_uem else None,
-                                         int(collar_s * 1000), skip_overlap)
-                    for uri, (ref, hyp, uem) in files.items()}
+        expected = {
+            uri: md_eval_on_grid(
+                ref, hyp, uem if with_uem else None, int(collar_s * 1000), skip_overlap
+            )
+            for uri, (ref, hyp, uem) in files.items()
+        }
         if any(e is None for e in expected.values()):
             num_ties += 1
             continue
@@ -442,8 +502,9 @@ def test_md_eval_convention_equals_a_frame_grid_md_eval(collar_s, skip_overlap):
         _, _, _, other = score_case(files, with_uem, collar_s, skip_overlap, "pyannote", False)
         for uri, e in expected.items():
             got = report.files[uri].components
-            assert (got.missed_s, got.false_alarm_s, got.confusion_s, got.total_s) == \
-                pytest.approx(tuple(t / 1000 for t in e), abs=1e-6)
+            assert (got.missed_s, got.false_alarm_s, got.confusion_s, got.total_s) == pytest.approx(
+                tuple(t / 1000 for t in e), abs=1e-6
+            )
             num_files += 1
         errors_ms = np.sum([e[:3] for e in expected.values()])
         total_ms = sum(e[3] for e in expected.values())
@@ -471,8 +532,9 @@ def test_scoring_depends_on_numpy_and_pyannote_only():
         " if m in sys.modules)\n"
         "print(','.join(bad))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""
 
 
@@ -486,15 +548,26 @@ def run_md_eval(tmp_path, files, with_uem, collar_s, skip_overlap):
     for uri, (ref, hyp, uem) in files.items():
         # md-eval refuses a speaker's overlapping turns: it is given them merged (as dscore does)
         for lines, turns in ((ref_lines, ref), (hyp_lines, hyp)):
-            lines += [f"SPEAKER {uri} 1 {s / 1000:.3f} {(e - s) / 1000:.3f} <NA> <NA> {label} "
-                      "<NA> <NA>\n" for label, spans in merged_spans_ms(turns).items()
-                      for s, e in spans]
+            lines += [
+                f"SPEAKER {uri} 1 {s / 1000:.3f} {(e - s) / 1000:.3f} <NA> <NA> {label} <NA> <NA>\n"
+                for label, spans in merged_spans_ms(turns).items()
+                for s, e in spans
+            ]
         uem_lines += [f"{uri} 1 {s / 1000:.3f} {e / 1000:.3f}\n" for s, e in uem or []]
     (tmp_path / "ref.rttm").write_text("".join(ref_lines))
     (tmp_path / "hyp.rttm").write_text("".join(hyp_lines))
     (tmp_path / "all.uem").write_text("".join(uem_lines))
-    command = ["perl", MD_EVAL_SCRIPT, "-af", "-c", str(collar_s),
-               "-r", str(tmp_path / "ref.rttm"), "-s", str(tmp_path / "hyp.rttm")]
+    command = [
+        "perl",
+        MD_EVAL_SCRIPT,
+        "-af",
+        "-c",
+        str(collar_s),
+        "-r",
+        str(tmp_path / "ref.rttm"),
+        "-s",
+        str(tmp_path / "hyp.rttm"),
+    ]
     command += ["-u", str(tmp_path / "all.uem")] if with_uem else []
     command += ["-1"] if skip_overlap else []
     done = subprocess.run(command, capture_output=True, text=True)
@@ -504,15 +577,19 @@ def run_md_eval(tmp_path, files, with_uem, collar_s, skip_overlap):
     times = {}
     for block in done.stdout.split("*** Performance analysis for Speaker Diarization for ")[1:]:
         times[block.split(" ***")[0]] = {
-            name: float(value) for name, value in re.findall(
+            name: float(value)
+            for name, value in re.findall(
                 r"(SCORED SPEAKER|MISSED SPEAKER|FALARM SPEAKER|SPEAKER ERROR) TIME =([0-9.]+)",
-                block)}
+                block,
+            )
+        }
     return times
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not MD_EVAL_SCRIPT,
-                    reason="set SLIMDIAR_MD_EVAL to NIST md-eval-22.pl (run with perl)")
+@pytest.mark.skipif(
+    not MD_EVAL_SCRIPT, reason="set SLIMDIAR_MD_EVAL to NIST md-eval-22.pl (run with perl)"
+)
 @pytest.mark.parametrize("collar_s", [0.0, 0.25])
 @pytest.mark.parametrize("skip_overlap", [False, True])
 def test_md_eval_convention_equals_nist_md_eval(tmp_path, collar_s, skip_overlap):
@@ -527,12 +604,22 @@ def test_md_eval_convention_equals_nist_md_eval(tmp_path, collar_s, skip_overlap
             c = score.components
             # md-eval prints its times with 6 decimals
             assert (c.missed_s, c.false_alarm_s, c.confusion_s, c.total_s) == pytest.approx(
-                tuple(e.get(name, 0.0) for name in (
-                    "MISSED SPEAKER", "FALARM SPEAKER", "SPEAKER ERROR", "SCORED SPEAKER")),
-                abs=2e-6)
+                tuple(
+                    e.get(name, 0.0)
+                    for name in (
+                        "MISSED SPEAKER",
+                        "FALARM SPEAKER",
+                        "SPEAKER ERROR",
+                        "SCORED SPEAKER",
+                    )
+                ),
+                abs=2e-6,
+            )
             num_files += 1
         total = expected["ALL"]
         assert report.total.der == pytest.approx(
             (total["MISSED SPEAKER"] + total["FALARM SPEAKER"] + total["SPEAKER ERROR"])
-            / total["SCORED SPEAKER"], abs=1e-6)
+            / total["SCORED SPEAKER"],
+            abs=1e-6,
+        )
     assert num_files >= 40

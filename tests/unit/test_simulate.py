@@ -90,31 +90,46 @@ def test_simulation_config_rejects_bad_values():
 
 # ---------------------------------------------------------------------- layout
 def test_layout_with_pauses_only_is_hand_computable():
-    turns = TurnTakingConfig(same_speaker_probability=0.0, pause_other_speaker=fixed(0.5),
-                             overlap=fixed(0.3), overlap_ratio=None, overlap_probability=0.0)
+    turns = TurnTakingConfig(
+        same_speaker_probability=0.0,
+        pause_other_speaker=fixed(0.5),
+        overlap=fixed(0.3),
+        overlap_ratio=None,
+        overlap_probability=0.0,
+    )
     segments = [[one_segment(1000)] * 3, [one_segment(1000)] * 3]
-    placements = layout_conversation(segments, turns, 0.0, RATE, np.random.default_rng(0),
-                                     max_turns=4)
+    placements = layout_conversation(
+        segments, turns, 0.0, RATE, np.random.default_rng(0), max_turns=4
+    )
     assert [p.onset_sample for p in placements] == [0, 1500, 3000, 4500]
     speakers = [p.speaker_index for p in placements]
     assert all(a != b for a, b in zip(speakers, speakers[1:]))  # two speakers alternate
 
 
 def test_layout_with_overlaps_only_is_hand_computable():
-    turns = TurnTakingConfig(same_speaker_probability=0.0, pause_other_speaker=fixed(0.5),
-                             overlap=fixed(0.3), overlap_ratio=None, overlap_probability=1.0)
+    turns = TurnTakingConfig(
+        same_speaker_probability=0.0,
+        pause_other_speaker=fixed(0.5),
+        overlap=fixed(0.3),
+        overlap_ratio=None,
+        overlap_probability=1.0,
+    )
     segments = [[one_segment(1000)] * 3, [one_segment(1000)] * 3]
-    placements = layout_conversation(segments, turns, 1.0, RATE, np.random.default_rng(0),
-                                     max_turns=3)
+    placements = layout_conversation(
+        segments, turns, 1.0, RATE, np.random.default_rng(0), max_turns=3
+    )
     assert [p.onset_sample for p in placements] == [0, 700, 1400]
 
 
 def test_overlap_is_cut_to_the_current_turn_and_never_involves_three_speakers():
-    turns = TurnTakingConfig(same_speaker_probability=0.0, overlap=fixed(5.0),
-                             overlap_ratio=None, overlap_probability=1.0)
+    turns = TurnTakingConfig(
+        same_speaker_probability=0.0,
+        overlap=fixed(5.0),
+        overlap_ratio=None,
+        overlap_probability=1.0,
+    )
     rng = np.random.default_rng(3)
-    segments = [[one_segment(int(n)) for n in rng.integers(200, 3000, size=20)]
-                for _ in range(4)]
+    segments = [[one_segment(int(n)) for n in rng.integers(200, 3000, size=20)] for _ in range(4)]
     placements = layout_conversation(segments, turns, 1.0, RATE, rng, max_turns=60)
     spans = placed_segments(placements, segments)
     grid = np.zeros(max(end for _, _, end in spans) + 1, dtype=int)
@@ -127,11 +142,11 @@ def test_overlap_is_cut_to_the_current_turn_and_never_involves_three_speakers():
 
 
 def test_measure_inverts_the_layout():
-    turns = TurnTakingConfig(same_speaker_probability=0.3, overlap_ratio=None,
-                             overlap_probability=0.4)
+    turns = TurnTakingConfig(
+        same_speaker_probability=0.3, overlap_ratio=None, overlap_probability=0.4
+    )
     rng = np.random.default_rng(7)
-    segments = [[one_segment(int(n)) for n in rng.integers(500, 2500, size=10)]
-                for _ in range(3)]
+    segments = [[one_segment(int(n)) for n in rng.integers(500, 2500, size=10)] for _ in range(3)]
     placements = layout_conversation(segments, turns, 0.4, RATE, rng, max_turns=300)
     spans = [(k, s / RATE, e / RATE) for k, s, e in placed_segments(placements, segments)]
     stats = measure_turn_taking(spans)
@@ -151,13 +166,16 @@ def test_speech_and_overlap_hand_cases():
 
 
 def test_measure_classifies_transitions_by_hand():
-    stats = measure_turn_taking([
-        ("a", 0.0, 2.0), ("b", 1.5, 3.0),  # overlap 0.5
-        ("b", 3.5, 4.0),  # same speaker, pause 0.5
-        ("a", 4.25, 5.0),  # other speaker, pause 0.25
-        ("c", 4.5, 4.75),  # overlap 0.5, inside a's turn
-        ("b", 5.0, 6.0),  # other speaker, touching: pause 0
-    ])
+    stats = measure_turn_taking(
+        [
+            ("a", 0.0, 2.0),
+            ("b", 1.5, 3.0),  # overlap 0.5
+            ("b", 3.5, 4.0),  # same speaker, pause 0.5
+            ("a", 4.25, 5.0),  # other speaker, pause 0.25
+            ("c", 4.5, 4.75),  # overlap 0.5, inside a's turn
+            ("b", 5.0, 6.0),  # other speaker, touching: pause 0
+        ]
+    )
     assert stats.same_speaker_transitions == 1
     assert stats.pause_same_speaker_s == [0.5]
     assert stats.pause_other_speaker_s == [0.25, 0.0]
@@ -198,14 +216,16 @@ def test_tone_source_is_deterministic_and_speaker_specific():
     np.testing.assert_array_equal(a.audio, b.audio)
     assert a.segments.tolist() == [[0, a.num_samples]]
     assert source.load("tone003", "tone003-001").audio.shape != a.audio.shape or not np.allclose(
-        source.load("tone003", "tone003-001").audio[:100], a.audio[:100])
+        source.load("tone003", "tone003-001").audio[:100], a.audio[:100]
+    )
 
 
 def test_speech_segments_find_bursts_and_trim():
     rate = 16000
     tone = 0.3 * np.sin(2 * np.pi * 200 * np.arange(rate // 2) / rate)
-    audio = np.concatenate([np.zeros(rate // 4), tone, np.zeros(rate), tone,
-                            np.zeros(rate // 4)]).astype(np.float32)
+    audio = np.concatenate(
+        [np.zeros(rate // 4), tone, np.zeros(rate), tone, np.zeros(rate // 4)]
+    ).astype(np.float32)
     segments = speech_segments(audio, rate)
     assert segments.shape == (2, 2)
     np.testing.assert_allclose(segments / rate, [[0.25, 0.75], [1.75, 2.25]], atol=0.011)
@@ -232,8 +252,9 @@ def test_corpus_source_reads_librispeech_layout_and_lists(tmp_path):
     assert abs(resampled.num_samples - 2 * rate) < 800
 
     listing = tmp_path / "list.txt"
-    listing.write_text("# speaker path\nalice corpus/19/100/19-100-0000.flac\n"
-                       "bob corpus/26/100/26-100-0000.flac\n")
+    listing.write_text(
+        "# speaker path\nalice corpus/19/100/19-100-0000.flac\nbob corpus/26/100/26-100-0000.flac\n"
+    )
     assert CorpusSource(listing, rate).speakers() == ["alice", "bob"]
     listing.write_text("alice corpus/19/100/19-100-0000.flac\nbob\n")
     with pytest.raises(DataFormatError, match=r"list.txt:2: expected '<speaker> <path>'"):
@@ -287,20 +308,24 @@ def test_synthetic_rir_decays_by_60_db_in_rt60():
 def small_config(**changes) -> SimulationConfig:
     """A short recording with a fixed overlap probability (no calibration, for speed)."""
     turns = TurnTakingConfig(overlap_ratio=None, overlap_probability=0.3)
-    config = SimulationConfig(duration_s=8.0, min_speakers=2, max_speakers=3, sample_rate=RATE,
-                              turns=turns)
+    config = SimulationConfig(
+        duration_s=8.0, min_speakers=2, max_speakers=3, sample_rate=RATE, turns=turns
+    )
     return replace(config, **changes)
 
 
 def test_output_validates_as_a_data_directory(tmp_path):
     source = ToneSource(10, 6, RATE)
-    report = simulate_data_dirs(source, tmp_path / "out", small_config(),
-                                {"train": 3, "dev": 1, "test": 1}, seed=0)
+    report = simulate_data_dirs(
+        source, tmp_path / "out", small_config(), {"train": 3, "dev": 1, "test": 1}, seed=0
+    )
     speakers = {}
     for name in ("train", "dev", "test"):
         data = DataDir.load(tmp_path / "out" / name)
-        assert len(data.recordings) == report.splits[[s.name for s in report.splits]
-                                                     .index(name)].num_recordings
+        assert (
+            len(data.recordings)
+            == report.splits[[s.name for s in report.splits].index(name)].num_recordings
+        )
         for uri, recording in data.recordings.items():
             assert recording.sample_rate == RATE and recording.num_channels == 1
             assert data.uem[uri][0].end_s == pytest.approx(recording.duration_s, abs=1e-3)
@@ -325,8 +350,9 @@ def test_same_seed_gives_byte_identical_output_and_workers_do_not_matter(tmp_pat
     simulate_data_dirs(source, tmp_path / "a", config, splits, seed=4)
     simulate_data_dirs(source, tmp_path / "b", config, splits, seed=4, num_workers=2)
     simulate_data_dirs(source, tmp_path / "c", config, splits, seed=5)
-    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*")
-                   if p.is_file())
+    files = sorted(
+        p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*") if p.is_file()
+    )
     assert len(files) == 1 + 3 * 4 + 4  # summary, 3 x (wav.scp, rttm, uem, json), 4 wavs
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
@@ -340,7 +366,7 @@ def test_level_is_normalised_without_noise(tmp_path):
     recording = simulator.simulate("r", source.speakers(), np.random.default_rng(0))
     mask = np.zeros(recording.num_samples, bool)
     for turn in recording.turns:
-        mask[round(turn.onset_s * RATE):round(turn.offset_s * RATE)] = True
+        mask[round(turn.onset_s * RATE) : round(turn.offset_s * RATE)] = True
     assert 20 * np.log10(acoustics.rms(recording.audio, mask)) == pytest.approx(-20.0, abs=0.05)
 
 
@@ -348,12 +374,17 @@ def test_babble_noise_uses_speakers_outside_the_conversation(tmp_path):
     config = small_config(noise_snr_db=(5.0, 5.0), noise_types=("babble",))
     source = ToneSource(8, 4, RATE)
     simulator = ConversationSimulator(source, config, seed=0)
-    recording = simulator.simulate("r", source.speakers()[:3], np.random.default_rng(0),
-                                   babble_speakers=source.speakers())
+    recording = simulator.simulate(
+        "r", source.speakers()[:3], np.random.default_rng(0), babble_speakers=source.speakers()
+    )
     assert recording.noise == ("babble", 5.0)
     with pytest.raises(ConfigError, match="babble noise needs speakers outside"):
-        simulator.simulate("r", source.speakers()[:3], np.random.default_rng(0),
-                           babble_speakers=source.speakers()[:3])
+        simulator.simulate(
+            "r",
+            source.speakers()[:3],
+            np.random.default_rng(0),
+            babble_speakers=source.speakers()[:3],
+        )
 
 
 def test_a_failed_run_leaves_no_directory_that_looks_complete(tmp_path, monkeypatch):
@@ -370,8 +401,9 @@ def test_a_failed_run_leaves_no_directory_that_looks_complete(tmp_path, monkeypa
 
     monkeypatch.setattr(module.sf, "write", write_then_fail)
     with pytest.raises(OSError, match="No space left"):
-        simulate_data_dirs(ToneSource(6, 3, RATE), tmp_path / "out", small_config(),
-                           {"train": 2, "dev": 2}, seed=0)
+        simulate_data_dirs(
+            ToneSource(6, 3, RATE), tmp_path / "out", small_config(), {"train": 2, "dev": 2}, seed=0
+        )
     assert len(calls) == 3
     assert list((tmp_path / "out").iterdir()) == []
 
@@ -405,8 +437,9 @@ LONG_TURNS = TurnTakingConfig(
 def long_simulation(tmp_path_factory):
     """About 100 minutes of conversation at 1 kHz, with its report and output directory."""
     out = tmp_path_factory.mktemp("long")
-    config = SimulationConfig(duration_s=200.0, min_speakers=2, max_speakers=4,
-                              sample_rate=RATE, turns=LONG_TURNS)
+    config = SimulationConfig(
+        duration_s=200.0, min_speakers=2, max_speakers=4, sample_rate=RATE, turns=LONG_TURNS
+    )
     report = simulate_data_dirs(ToneSource(12, 12, RATE), out, config, {"train": 30}, seed=0)
     return report, out
 
@@ -421,8 +454,7 @@ def test_simulated_statistics_match_the_configuration(long_simulation):
     assert np.mean(stats.pause_other_speaker_s) == pytest.approx(0.5, rel=0.10)
     assert stats.overlap_probability == pytest.approx(report.overlap_probability, rel=0.10)
     # the report measures the same thing
-    assert report.stats.summary()["overlap_ratio"] == pytest.approx(stats.overlap_ratio,
-                                                                    abs=1e-3)
+    assert report.stats.summary()["overlap_ratio"] == pytest.approx(stats.overlap_ratio, abs=1e-3)
 
 
 def test_stats_from_rttm_round_trip(long_simulation, tmp_path):
@@ -436,8 +468,7 @@ def test_stats_from_rttm_round_trip(long_simulation, tmp_path):
     assert estimated.pause_other_speaker.is_empirical
     # simulating again from the estimate reproduces the statistics
     config = SimulationConfig(duration_s=200.0, sample_rate=RATE, turns=estimated)
-    report = simulate_data_dirs(ToneSource(12, 12, RATE), tmp_path, config, {"train": 12},
-                                seed=1)
+    report = simulate_data_dirs(ToneSource(12, 12, RATE), tmp_path, config, {"train": 12}, seed=1)
     again = turn_taking_from_rttm(tmp_path / "train" / "rttm")
     assert again.overlap_ratio == pytest.approx(0.12, rel=0.15)
     assert np.mean(again.pause_other_speaker_s) == pytest.approx(0.5, rel=0.15)
@@ -469,11 +500,13 @@ def test_corpus_utterances_with_pauses_become_separate_turns(tmp_path):
             path = tmp_path / "corpus" / speaker / "1" / f"{speaker}-{index}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, audio, rate)
-    turns = TurnTakingConfig(same_speaker_probability=0.0, overlap_ratio=None,
-                             overlap_probability=0.0)
+    turns = TurnTakingConfig(
+        same_speaker_probability=0.0, overlap_ratio=None, overlap_probability=0.0
+    )
     config = SimulationConfig(duration_s=10.0, min_speakers=2, max_speakers=3, turns=turns)
-    simulate_data_dirs(CorpusSource(tmp_path / "corpus"), tmp_path / "out", config,
-                       {"train": 1}, seed=0)
+    simulate_data_dirs(
+        CorpusSource(tmp_path / "corpus"), tmp_path / "out", config, {"train": 1}, seed=0
+    )
     data = DataDir.load(tmp_path / "out" / "train")
     lengths_s = [t.duration_s for t in data.all_turns()]
     assert len(lengths_s) >= 4 and len(lengths_s) % 2 == 0

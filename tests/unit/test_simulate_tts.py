@@ -51,12 +51,14 @@ def test_sentences_are_distinct_and_each_speaker_says_its_own_subset():
 
 
 def test_select_distinct_keeps_only_far_apart_voices():
-    distances = np.array([
-        [0.0, 0.5, 3.0, 3.0],
-        [0.5, 0.0, 3.0, 2.5],
-        [3.0, 3.0, 0.0, 1.0],
-        [3.0, 2.5, 1.0, 0.0],
-    ])
+    distances = np.array(
+        [
+            [0.0, 0.5, 3.0, 3.0],
+            [0.5, 0.0, 3.0, 2.5],
+            [3.0, 3.0, 0.0, 1.0],
+            [3.0, 2.5, 1.0, 0.0],
+        ]
+    )
     chosen = select_distinct(distances, 2.0)
     assert len(chosen) == 2
     assert distances[chosen[0], chosen[1]] > 2.0
@@ -65,8 +67,9 @@ def test_select_distinct_keeps_only_far_apart_voices():
 def test_voice_distance_separates_pitches_and_not_sentences():
     source = ToneSource(3, 8, 16000, f0_low_hz=100, f0_high_hz=200)
     features = [
-        np.stack([utterance_features(source.load(s, u).audio, 16000)
-                  for u in source.utterance_ids(s)])
+        np.stack(
+            [utterance_features(source.load(s, u).audio, 16000) for u in source.utterance_ids(s)]
+        )
         for s in source.speakers()
     ]
     assert 2 ** features[0][:, -1].mean() == pytest.approx(100, rel=0.05)
@@ -91,8 +94,10 @@ def test_pool_synthesises_once_and_caches(tmp_path):
     again.prepare()
     for speaker in pool.speakers():
         for utterance_id in pool.utterance_ids(speaker):
-            assert (pool.cache_path(speaker, utterance_id).read_bytes()
-                    == again.cache_path(speaker, utterance_id).read_bytes())
+            assert (
+                pool.cache_path(speaker, utterance_id).read_bytes()
+                == again.cache_path(speaker, utterance_id).read_bytes()
+            )
 
 
 @needs_espeak

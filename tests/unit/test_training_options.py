@@ -75,8 +75,12 @@ def test_dropouts_reach_their_modules():
         assert layer.feed_forward.dropout.p == 0.1
         assert layer.feed_forward.intermediate_dropout.p == 0.0
     cfg = model.config
-    assert (cfg.feat_proj_dropout, cfg.attention_dropout, cfg.dropout,
-            cfg.activation_dropout) == (0.1, 0.1, 0.1, 0.0)
+    assert (cfg.feat_proj_dropout, cfg.attention_dropout, cfg.dropout, cfg.activation_dropout) == (
+        0.1,
+        0.1,
+        0.1,
+        0.0,
+    )
     # The dropouts act in training and vanish in eval.
     x = torch.randn(1, 8000)
     torch.manual_seed(1)
@@ -90,8 +94,9 @@ def test_dropouts_reach_their_modules():
 
 def test_intermediate_dropout_acts_inside_the_ffn():
     model = WavLM.from_preset("wavlm-tiny").train()
-    model.set_training_options(feat_proj_dropout=0.0, attention_dropout=0.0, dropout=0.0,
-                               activation_dropout=0.5)
+    model.set_training_options(
+        feat_proj_dropout=0.0, attention_dropout=0.0, dropout=0.0, activation_dropout=0.5
+    )
     x = torch.randn(1, 8000)
     assert not torch.allclose(model(x)[-1], model(x)[-1])
     model.set_training_options(activation_dropout=0.0)
@@ -102,8 +107,12 @@ def test_intermediate_dropout_acts_inside_the_ffn():
 def test_every_stage_defaults_to_the_reference_values(cls):
     section = cls().wavlm
     assert section.feature_grad_mult == 0.1
-    assert (section.feat_proj_dropout, section.attention_dropout, section.hidden_dropout,
-            section.activation_dropout) == (0.1, 0.1, 0.1, 0.0)
+    assert (
+        section.feat_proj_dropout,
+        section.attention_dropout,
+        section.hidden_dropout,
+        section.activation_dropout,
+    ) == (0.1, 0.1, 0.1, 0.0)
     off = load_config(cls, None, ["wavlm.feature_grad_mult=1.0", "wavlm.hidden_dropout=0"])
     assert off.wavlm.feature_grad_mult == 1.0 and off.wavlm.hidden_dropout == 0.0
 
@@ -148,14 +157,21 @@ def test_finetune_and_distill_train_wavlm_with_the_options(tmp_path, monkeypatch
     teacher = WavLM.from_preset("wavlm-tiny")
     teacher.save_pretrained(tmp_path / "teacher")
     with pytest.raises(_Stop):
-        distill_module.run(DistillConfig(), tmp_path / "teacher", tmp_path / "teacher",
-                           tmp_path, tmp_path, tmp_path / "distill")
+        distill_module.run(
+            DistillConfig(),
+            tmp_path / "teacher",
+            tmp_path / "teacher",
+            tmp_path,
+            tmp_path,
+            tmp_path / "distill",
+        )
     student = _CapturingTrainer.objective.student
     assert student.feature_grad_mult == 0.1 and student.config.attention_dropout == 0.1
     assert _CapturingTrainer.objective.teacher.feature_grad_mult == 1.0
     with pytest.raises(_Stop):
-        prune_module.run(PruneConfig(), tmp_path / "teacher", tmp_path, tmp_path,
-                         tmp_path / "prune")
+        prune_module.run(
+            PruneConfig(), tmp_path / "teacher", tmp_path, tmp_path, tmp_path / "prune"
+        )
     student = _CapturingTrainer.objective.student
     assert student.feature_grad_mult == 0.1 and student.pruning_enabled
     assert student.config.dropout == 0.1
@@ -168,13 +184,17 @@ def test_the_conv_output_scale_is_not_trained_by_stage_1(tmp_path, monkeypatch):
     monkeypatch.setattr(prune_module, "chunk_datasets", lambda *a, **k: (None, None))
     WavLM.from_preset("wavlm-tiny").save_pretrained(tmp_path / "teacher")
     with pytest.raises(_Stop):
-        prune_module.run(PruneConfig(), tmp_path / "teacher", tmp_path, tmp_path,
-                         tmp_path / "prune")
+        prune_module.run(
+            PruneConfig(), tmp_path / "teacher", tmp_path, tmp_path, tmp_path / "prune"
+        )
     student = _CapturingTrainer.objective.student
     assert student.config.conv_output_scale
     assert not student.feature_extractor.output_scale.requires_grad
-    assert all(p.requires_grad for n, p in student.named_parameters()
-               if n != "feature_extractor.output_scale")
+    assert all(
+        p.requires_grad
+        for n, p in student.named_parameters()
+        if n != "feature_extractor.output_scale"
+    )
 
 
 def test_the_last_conv_gate_gradient_from_the_transformer_is_scaled_too():

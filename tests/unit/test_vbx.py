@@ -71,19 +71,29 @@ def test_vbx_matches_the_reference_step_by_step(prefix):
 def test_vbx_is_registered_with_the_reference_defaults():
     clustering = make_clustering("vbx")
     assert isinstance(clustering, VBxClustering)
-    assert (clustering.ahc_threshold, clustering.fa, clustering.fb, clustering.lda_dim,
-            clustering.max_iters, clustering.loop_probability, clustering.init_smoothing,
-            clustering.plda_dir) == (0.6, 0.07, 0.8, 128, 20, 0.0, 7.0, "plda")
+    assert (
+        clustering.ahc_threshold,
+        clustering.fa,
+        clustering.fb,
+        clustering.lda_dim,
+        clustering.max_iters,
+        clustering.loop_probability,
+        clustering.init_smoothing,
+        clustering.plda_dir,
+    ) == (0.6, 0.07, 0.8, 128, 20, 0.0, 7.0, "plda")
     with pytest.raises(ConfigError, match="loop_probability"):
         VBxClustering(loop_probability=1.0)
 
 
-@pytest.mark.parametrize("bounds, expected", [
-    (SpeakerBounds(num_speakers=2), 2),
-    (SpeakerBounds(max_speakers=3), 3),
-    (SpeakerBounds(min_speakers=6), 6),
-    (SpeakerBounds(min_speakers=2, max_speakers=5), 4),  # VBx's own answer is allowed
-])
+@pytest.mark.parametrize(
+    "bounds, expected",
+    [
+        (SpeakerBounds(num_speakers=2), 2),
+        (SpeakerBounds(max_speakers=3), 3),
+        (SpeakerBounds(min_speakers=6), 6),
+        (SpeakerBounds(min_speakers=2, max_speakers=5), 4),  # VBx's own answer is allowed
+    ],
+)
 def test_out_of_bounds_vbx_falls_back_to_a_constrained_cut(bounds, expected, caplog):
     with caplog.at_level(logging.WARNING):
         found, activities = run("", bounds)

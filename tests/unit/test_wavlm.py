@@ -19,14 +19,24 @@ from slimdiar.models.wavlm.convert import parse_conv_layers
 transformers = pytest.importorskip("transformers")
 
 TINY = dict(
-    hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-    conv_dim=[32] * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-    num_buckets=32, max_bucket_distance=100,
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    conv_dim=[32] * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+    num_buckets=32,
+    max_bucket_distance=100,
 )
 BASE_PLUS = dict(feat_extract_norm="group", do_stable_layer_norm=False)
 LARGE = dict(
-    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
-    feat_extract_norm="layer", do_stable_layer_norm=True,
+    hidden_size=1024,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    intermediate_size=4096,
+    feat_extract_norm="layer",
+    do_stable_layer_norm=True,
 )
 
 
@@ -74,9 +84,7 @@ def test_parity_tiny(tmp_path, stable, seconds):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "shape", [BASE_PLUS, LARGE], ids=["base-plus-shape", "large-shape"]
-)
+@pytest.mark.parametrize("shape", [BASE_PLUS, LARGE], ids=["base-plus-shape", "large-shape"])
 def test_parity_full_size(tmp_path, shape):
     hf = make_hf_model(shape["do_stable_layer_norm"], **shape)
     hf.save_pretrained(tmp_path)
@@ -131,18 +139,22 @@ def to_original_layout(hf_model) -> dict:
         elif key.startswith("feature_projection.projection."):
             new = key.replace("feature_projection.projection.", "post_extract_proj.")
         elif key.startswith("encoder.pos_conv_embed.conv."):
-            suffix = {"bias": "bias", "parametrizations.weight.original0": "weight_g",
-                      "parametrizations.weight.original1": "weight_v"}[
-                key[len("encoder.pos_conv_embed.conv."):]]
+            suffix = {
+                "bias": "bias",
+                "parametrizations.weight.original0": "weight_g",
+                "parametrizations.weight.original1": "weight_v",
+            }[key[len("encoder.pos_conv_embed.conv.") :]]
             new = f"encoder.pos_conv.0.{suffix}"
         elif key.startswith("encoder.layers."):
-            new = (key.replace("attention.rel_attn_embed", "self_attn.relative_attention_bias")
-                   .replace("attention.gru_rel_pos_linear", "self_attn.grep_linear")
-                   .replace("attention.gru_rel_pos_const", "self_attn.grep_a")
-                   .replace("attention.", "self_attn.")
-                   .replace(".layer_norm.", ".self_attn_layer_norm.")
-                   .replace("feed_forward.intermediate_dense", "fc1")
-                   .replace("feed_forward.output_dense", "fc2"))
+            new = (
+                key.replace("attention.rel_attn_embed", "self_attn.relative_attention_bias")
+                .replace("attention.gru_rel_pos_linear", "self_attn.grep_linear")
+                .replace("attention.gru_rel_pos_const", "self_attn.grep_a")
+                .replace("attention.", "self_attn.")
+                .replace(".layer_norm.", ".self_attn_layer_norm.")
+                .replace("feed_forward.intermediate_dense", "fc1")
+                .replace("feed_forward.output_dense", "fc2")
+            )
         out[new] = value.clone()
     return out
 
@@ -193,8 +205,7 @@ def test_original_release_unexpected_key_is_listed(tmp_path):
 
 
 def test_conv_layer_spec_is_parsed_without_eval():
-    assert parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2")[-1] == (
-        512, 2, 2)
+    assert parse_conv_layers("[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2")[-1] == (512, 2, 2)
     with pytest.raises(CheckpointError, match="unsupported"):
         parse_conv_layers("__import__('os').system('true')")
 
@@ -227,24 +238,34 @@ def test_checkpoint_with_missing_and_unexpected_keys_lists_them(tmp_path):
     assert "unexpected keys: encoder.extra" in message
 
 
-DIARIZEN_WAVLM_FILE = (Path(__file__).resolve().parents[1] / "data" / "diarizen" / "tiny"
-                       / "wavlm.bin")
+DIARIZEN_WAVLM_FILE = (
+    Path(__file__).resolve().parents[1] / "data" / "diarizen" / "tiny" / "wavlm.bin"
+)
 
 
 @pytest.mark.parametrize(
     "key, value, message",
     [
-        ("encoder.transformer.layers.0.attention.q_proj.weight", torch.zeros(3, 3),
-         r"wavlm\.bin: encoder\.transformer\.layers\.0\.attention\.q_proj\.weight has shape "
-         r"\(3, 3\) but the model's encoder\.layers\.0\.attention\.q_proj\.weight needs "
-         r"\(24, 32\)"),
+        (
+            "encoder.transformer.layers.0.attention.q_proj.weight",
+            torch.zeros(3, 3),
+            r"wavlm\.bin: encoder\.transformer\.layers\.0\.attention\.q_proj\.weight has shape "
+            r"\(3, 3\) but the model's encoder\.layers\.0\.attention\.q_proj\.weight needs "
+            r"\(24, 32\)",
+        ),
         # layer 2 of this file has no attention block
-        ("encoder.transformer.layers.2.attention.q_proj.weight", torch.zeros(24, 32),
-         r"key encoder\.transformer\.layers\.2\.attention\.q_proj\.weight has no place in the "
-         r"model \(encoder\.layers\.2\.attention\.q_proj\.weight\)"),
-        ("encoder.transformer.layers.1.attention.gru_rel_pos_const", torch.ones(1, 3, 1, 1),
-         r"gru_rel_pos_const has shape \(1, 3, 1, 1\) but the model's "
-         r"encoder\.layers\.1\.attention\.gru_rel_pos_const needs \(1, 4, 1, 1\)"),
+        (
+            "encoder.transformer.layers.2.attention.q_proj.weight",
+            torch.zeros(24, 32),
+            r"key encoder\.transformer\.layers\.2\.attention\.q_proj\.weight has no place in the "
+            r"model \(encoder\.layers\.2\.attention\.q_proj\.weight\)",
+        ),
+        (
+            "encoder.transformer.layers.1.attention.gru_rel_pos_const",
+            torch.ones(1, 3, 1, 1),
+            r"gru_rel_pos_const has shape \(1, 3, 1, 1\) but the model's "
+            r"encoder\.layers\.1\.attention\.gru_rel_pos_const needs \(1, 4, 1, 1\)",
+        ),
     ],
     ids=["shape", "no-block", "gate-constants"],
 )
@@ -315,7 +336,9 @@ def test_analytic_macs_equal_counted_flops(name):
     counts = counter.get_flop_counts()
     # The relative-position gates are part of the position bias, which the MAC count leaves out.
     gate_flops = sum(
-        v for key, per_op in counts.items() if key.endswith("gru_rel_pos_linear")
+        v
+        for key, per_op in counts.items()
+        if key.endswith("gru_rel_pos_linear")
         for v in per_op.values()
     )
     assert (counter.get_total_flops() - gate_flops) // 2 == model.macs(1.0)
@@ -361,8 +384,10 @@ def test_pruning_conv_channels_deviation_is_bounded(name):
     assert small.num_params() == model.deterministic_num_params()
     removed = [32 - c for c, _, _ in small.config.conv_layers]
     relative = max(((a - b).norm() / a.norm()).item() for a, b in zip(gated, pruned))
-    print(f"\n{name}: conv channels removed per layer {removed}; "
-          f"relative deviation of hidden states {relative:.4f}")
+    print(
+        f"\n{name}: conv channels removed per layer {removed}; "
+        f"relative deviation of hidden states {relative:.4f}"
+    )
     assert sum(removed) > 0
     assert relative < 0.5
 
@@ -388,8 +413,7 @@ def test_closed_blocks_are_removed_exactly():
 def test_block_gates_fold_into_the_pruned_model():
     torch.manual_seed(0)
     model = WavLM.from_preset("wavlm-tiny")
-    model.enable_pruning(conv=False, heads=True, ffn=True, attention_blocks=True,
-                         ffn_blocks=True)
+    model.enable_pruning(conv=False, heads=True, ffn=True, attention_blocks=True, ffn_blocks=True)
     with torch.no_grad():
         for gate in model.gates():
             gate.log_alpha.normal_(1.0, 2.0)
@@ -446,11 +470,12 @@ def test_units_list_gates_what_the_keyword_form_gates():
 
     torch.manual_seed(3)
     by_keyword = WavLM.from_preset("wavlm-tiny").enable_pruning(
-        conv=False, attention_blocks=True, ffn_drop_rate=0.3, block_drop_rate=0.2)
+        conv=False, attention_blocks=True, ffn_drop_rate=0.3, block_drop_rate=0.2
+    )
     torch.manual_seed(3)
     by_list = WavLM.from_preset("wavlm-tiny").enable_pruning(
-        ["heads", PruneUnit.FFN, "attention_blocks"],
-        {PruneUnit.FFN: 0.3, "attention_blocks": 0.2})
+        ["heads", PruneUnit.FFN, "attention_blocks"], {PruneUnit.FFN: 0.3, "attention_blocks": 0.2}
+    )
     names = [n for n, _ in by_keyword.named_parameters() if "log_alpha" in n]
     assert names == [n for n, _ in by_list.named_parameters() if "log_alpha" in n]
     assert "encoder.layers.0.attention.block_gate.log_alpha" in names
@@ -460,12 +485,15 @@ def test_units_list_gates_what_the_keyword_form_gates():
         assert torch.equal(a.log_alpha, b.log_alpha)
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda m: m.enable_pruning(["channels"]), "unknown pruning unit 'channels'"),
-    (lambda m: m.enable_pruning("conv"), "must be a list"),
-    (lambda m: m.enable_pruning(["conv"], conv=False), "either as a list"),
-    (lambda m: m.enable_pruning(rates={"bias": 0.1}), "unknown pruning unit 'bias'"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda m: m.enable_pruning(["channels"]), "unknown pruning unit 'channels'"),
+        (lambda m: m.enable_pruning("conv"), "must be a list"),
+        (lambda m: m.enable_pruning(["conv"], conv=False), "either as a list"),
+        (lambda m: m.enable_pruning(rates={"bias": 0.1}), "unknown pruning unit 'bias'"),
+    ],
+)
 def test_bad_pruning_units_are_clear_errors(call, message):
     with pytest.raises((ValueError, TypeError), match=message):
         call(WavLM.from_preset("wavlm-tiny"))
@@ -485,9 +513,11 @@ def test_every_block_counts_its_own_parameters(name):
     for layer in model.encoder.layers:
         for block in (layer.attention, layer.feed_forward):
             assert block.num_params(block.dims(Count.EXACT)) == sum(
-                p.numel() for p in block.parameters())
+                p.numel() for p in block.parameters()
+            )
         assert layer.num_params(layer.dims(Count.EXACT)) == sum(
-            p.numel() for p in layer.parameters())
+            p.numel() for p in layer.parameters()
+        )
     own = sum(p.numel() for p in model.encoder.pos_conv.parameters())
     assert model.encoder.pos_conv.num_params() == own
 
@@ -580,9 +610,9 @@ def soft_last_conv_gate_model(conv_output_scale: bool):
     layers = model.feature_extractor.conv_layers
     with torch.no_grad():
         for layer in layers:
-            layer.gate.log_alpha.fill_(6.0)                # open, scale 0.999
+            layer.gate.log_alpha.fill_(6.0)  # open, scale 0.999
         layers[-1].gate.log_alpha[:12].uniform_(1.5, 2.5)  # open, scales 0.86 .. 0.95
-        layers[2].gate.log_alpha[:8] = -20.0               # closed (no LayerNorm spans them)
+        layers[2].gate.log_alpha[:8] = -20.0  # closed (no LayerNorm spans them)
     return model.eval()
 
 
@@ -603,15 +633,23 @@ def test_last_conv_gate_acts_before_the_projection_norm_and_survives_as_a_scale(
     assert torch.allclose(small.feature_extractor.output_scale, last_mask)
     assert not small.feature_extractor.output_scale.requires_grad
     # the projection keeps its weights: the scale cannot be folded across the LayerNorm
-    assert torch.equal(small.feature_projection.projection.weight,
-                       model.feature_projection.projection.weight)
+    assert torch.equal(
+        small.feature_projection.projection.weight, model.feature_projection.projection.weight
+    )
     for a, b in zip(gated, pruned):
         assert (a - b).abs().max().item() < 1e-5
-    assert torch.allclose(projected, F.layer_norm(conv_out, conv_out.shape[-1:],
-                                                  model.feature_projection.layer_norm.weight,
-                                                  model.feature_projection.layer_norm.bias)
-                          @ model.feature_projection.projection.weight.T
-                          + model.feature_projection.projection.bias, atol=1e-5)
+    assert torch.allclose(
+        projected,
+        F.layer_norm(
+            conv_out,
+            conv_out.shape[-1:],
+            model.feature_projection.layer_norm.weight,
+            model.feature_projection.layer_norm.bias,
+        )
+        @ model.feature_projection.projection.weight.T
+        + model.feature_projection.projection.bias,
+        atol=1e-5,
+    )
 
 
 def test_without_the_scale_the_last_gate_folds_into_the_projection():

@@ -186,8 +186,9 @@ def benchmark_backbones(
             run = with_precision(model, precision, precision_mode)
             generator = torch.Generator().manual_seed(0)
             single = torch.randn(1, num_samples, generator=generator).to(device, input_dtype)
-            batch = torch.randn(batch_size, num_samples, generator=generator).to(device,
-                                                                                 input_dtype)
+            batch = torch.randn(batch_size, num_samples, generator=generator).to(
+                device, input_dtype
+            )
             label = f"{spec} ({dtype_name(precision)})"
             with torch.inference_mode():
                 if progress:
@@ -195,19 +196,22 @@ def benchmark_backbones(
                 latency = _median_latency(functools.partial(run, single), warmup, repeats, sync)
                 if progress:
                     progress(f"{label}: batch {batch_size}")
-                latency_batch = _median_latency(functools.partial(run, batch), warmup, repeats,
-                                                sync)
-            results.append(BackboneResult(
-                name=spec,
-                params=params,
-                macs_per_second=macs,
-                latency_s=latency,
-                latency_batch_s=latency_batch,
-                rtf=latency / seconds,
-                rtf_batch=latency_batch / (seconds * batch_size),
-                dtype=dtype_name(precision),
-                precision_mode=precision_mode if lower else None,
-            ))
+                latency_batch = _median_latency(
+                    functools.partial(run, batch), warmup, repeats, sync
+                )
+            results.append(
+                BackboneResult(
+                    name=spec,
+                    params=params,
+                    macs_per_second=macs,
+                    latency_s=latency,
+                    latency_batch_s=latency_batch,
+                    rtf=latency / seconds,
+                    rtf_batch=latency_batch / (seconds * batch_size),
+                    dtype=dtype_name(precision),
+                    precision_mode=precision_mode if lower else None,
+                )
+            )
             del model, run, single, batch
     if "onnx" in engines:
         results += _benchmark_onnx(specs, seconds, batch_size, warmup, repeats, progress)
@@ -266,13 +270,21 @@ def _benchmark_onnx(specs, seconds, batch_size, warmup, repeats, progress):
         latency = _median_latency(functools.partial(run, single), warmup, repeats, lambda: None)
         if progress:
             progress(f"{spec} (onnx): batch {batch_size}")
-        latency_batch = _median_latency(functools.partial(run, batch), warmup, repeats,
-                                        lambda: None)
-        results.append(BackboneResult(
-            name=spec, params=params, macs_per_second=macs, latency_s=latency,
-            latency_batch_s=latency_batch, rtf=latency / seconds,
-            rtf_batch=latency_batch / (seconds * batch_size), engine="onnx",
-        ))
+        latency_batch = _median_latency(
+            functools.partial(run, batch), warmup, repeats, lambda: None
+        )
+        results.append(
+            BackboneResult(
+                name=spec,
+                params=params,
+                macs_per_second=macs,
+                latency_s=latency,
+                latency_batch_s=latency_batch,
+                rtf=latency / seconds,
+                rtf_batch=latency_batch / (seconds * batch_size),
+                engine="onnx",
+            )
+        )
         del session
     return results
 

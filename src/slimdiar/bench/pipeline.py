@@ -38,8 +38,14 @@ from slimdiar.frames import SAMPLE_RATE
 logger = logging.getLogger(__name__)
 
 #: Stages in the order the pipeline runs them; "output" is the building of the result.
-STAGE_ORDER = ("segmentation", "speaker_counting", "embeddings", "clustering", "reconstruction",
-               "output")
+STAGE_ORDER = (
+    "segmentation",
+    "speaker_counting",
+    "embeddings",
+    "clustering",
+    "reconstruction",
+    "output",
+)
 #: Seconds between two samples of the measured process's resident size.
 RSS_SAMPLE_INTERVAL_S = 0.01
 #: Fundamental frequencies (Hz) of the synthetic voices.
@@ -116,13 +122,13 @@ def write_synthetic_conversation(
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".wav", dir=path.parent)
     os.close(handle)
     try:
-        with soundfile.SoundFile(tmp_name, "w", samplerate=SAMPLE_RATE, channels=1,
-                                 subtype="PCM_16", format="WAV") as out:
+        with soundfile.SoundFile(
+            tmp_name, "w", samplerate=SAMPLE_RATE, channels=1, subtype="PCM_16", format="WAV"
+        ) as out:
             written = 0
             speaker = 0
             while written < total_samples:
-                num_samples = min(int(rng.uniform(0.5, 4.0) * SAMPLE_RATE),
-                                  total_samples - written)
+                num_samples = min(int(rng.uniform(0.5, 4.0) * SAMPLE_RATE), total_samples - written)
                 kind = rng.random()
                 if kind < 0.15:  # pause
                     part = 0.002 * rng.standard_normal(num_samples)
@@ -132,8 +138,9 @@ def write_synthetic_conversation(
                     part = voice(speaker, num_samples, written)
                     if kind > 0.9 and num_speakers > 1:  # overlap with the next voice
                         part = part + voice((speaker + 1) % num_speakers, num_samples, written)
-                    speaker = (speaker + 1 + int(rng.integers(0, max(1, num_speakers - 1)))) \
-                        % num_speakers
+                    speaker = (
+                        speaker + 1 + int(rng.integers(0, max(1, num_speakers - 1)))
+                    ) % num_speakers
                 out.write(np.clip(part, -1.0, 1.0).astype(np.float32))
                 written += num_samples
         os.replace(tmp_name, path)
@@ -223,8 +230,13 @@ class PipelineBenchResult:
 
 
 def _measure_in_this_process(
-    model: str, audio: str, embedding: str | None, device: str, threads: int | None,
-    batch_size: int, dtype: str = "float32",
+    model: str,
+    audio: str,
+    embedding: str | None,
+    device: str,
+    threads: int | None,
+    batch_size: int,
+    dtype: str = "float32",
 ) -> dict:
     """Load the pipeline, run it once on ``audio``, return timings and memory (a plain dict)."""
     import gc
@@ -236,7 +248,9 @@ def _measure_in_this_process(
     if threads:
         torch.set_num_threads(threads)
     pipeline = DiarizationPipeline.from_pretrained(
-        model, embedding=embedding, device=device,
+        model,
+        embedding=embedding,
+        device=device,
         settings={"windows": {"batch_size": batch_size}},
     )
     if dtype != "float32":
@@ -356,11 +370,14 @@ def validate_pipeline_bench(
 
     model = Path(model)
     if not model.exists():
-        raise CheckpointError(f"{model}: no such segmentation checkpoint (give an EEND "
-                              "checkpoint directory written by save_pretrained or finetune)")
+        raise CheckpointError(
+            f"{model}: no such segmentation checkpoint (give an EEND "
+            "checkpoint directory written by save_pretrained or finetune)"
+        )
     if not is_checkpoint_dir(model):
-        raise CheckpointError(f"{model}: not a slimdiar checkpoint directory (weights and "
-                              "config JSON expected)")
+        raise CheckpointError(
+            f"{model}: not a slimdiar checkpoint directory (weights and config JSON expected)"
+        )
     if audio is not None:
         if seconds is not None:
             raise ConfigError("give either an audio file or a duration in seconds, not both")
@@ -427,8 +444,15 @@ def benchmark_pipeline(
             logger.info("wrote %.0f s of synthetic audio to %s", seconds, path)
         else:
             path = Path(audio)
-        kwargs = dict(model=str(model), audio=str(path), embedding=embedding, device=device,
-                      threads=threads, batch_size=batch_size, dtype=dtype)
+        kwargs = dict(
+            model=str(model),
+            audio=str(path),
+            embedding=embedding,
+            device=device,
+            threads=threads,
+            batch_size=batch_size,
+            dtype=dtype,
+        )
         measured, samples = _run_in_fresh_process(kwargs)
     duration_s = float(measured["duration_s"])
     stages = {

@@ -19,8 +19,19 @@ from slimdiar.errors import SlimdiarError
 
 # Module names under slimdiar.cli, in the order ``slimdiar --help`` lists them.
 COMMANDS: list[str] = [
-    "demo", "data", "prepare", "simulate", "finetune", "prune", "distill", "diarize", "score",
-    "bench", "export", "convert", "pretrain",
+    "demo",
+    "data",
+    "prepare",
+    "simulate",
+    "finetune",
+    "prune",
+    "distill",
+    "diarize",
+    "score",
+    "bench",
+    "export",
+    "convert",
+    "pretrain",
 ]
 
 DESCRIPTION = """\
@@ -44,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
     parser.add_argument(
-        "--debug", action="store_true",
+        "--debug",
+        action="store_true",
         help="print the traceback of an error (also: SLIMDIAR_DEBUG=1)",
     )
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -102,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # the boundary: anything else is a bug to report
         _print_traceback(debug)
         hint = "" if debug else "; run again with --debug for the traceback"
-        print(f"slimdiar: internal error: {type(error).__name__}: {_error_line(error)} "
-              f"(please report this{hint})", file=sys.stderr)
+        print(
+            f"slimdiar: internal error: {type(error).__name__}: {_error_line(error)} "
+            f"(please report this{hint})",
+            file=sys.stderr,
+        )
         return 1
 
 

@@ -42,8 +42,10 @@ def current_rank(args: argparse.Namespace) -> Rank:
     """The rank of this process: from its launcher, or alone (``--jobs`` starts its own)."""
     rank = launcher_rank()
     if rank.distributed and (getattr(args, "jobs", None) or 1) > 1:
-        raise ConfigError(f"--jobs {args.jobs} cannot run under a launcher that already starts "
-                          f"{rank.world_size} processes (RANK/WORLD_SIZE are set): give one")
+        raise ConfigError(
+            f"--jobs {args.jobs} cannot run under a launcher that already starts "
+            f"{rank.world_size} processes (RANK/WORLD_SIZE are set): give one"
+        )
     return rank
 
 
@@ -58,15 +60,18 @@ def run_jobs(args: argparse.Namespace, command, num_recordings: int) -> int:
     threads = args.threads or threads_per_job(jobs)
     worker_args = argparse.Namespace(**{**vars(args), "jobs": None, "threads": threads})
     context = multiprocessing.get_context("spawn")
-    saved = {name: os.environ.get(name) for name in (*thread_environment(1), "RANK",
-                                                      "WORLD_SIZE", "LOCAL_RANK")}
+    saved = {
+        name: os.environ.get(name)
+        for name in (*thread_environment(1), "RANK", "WORLD_SIZE", "LOCAL_RANK")
+    }
     processes = []
     try:
         os.environ.update(thread_environment(threads))  # read by the children as they start
         for index in range(jobs):
             os.environ.update(RANK=str(index), WORLD_SIZE=str(jobs), LOCAL_RANK=str(index))
-            process = context.Process(target=_worker, args=(command, worker_args),
-                                      name=f"slimdiar-diarize-{index}")
+            process = context.Process(
+                target=_worker, args=(command, worker_args), name=f"slimdiar-diarize-{index}"
+            )
             process.start()
             processes.append(process)
     finally:
@@ -106,8 +111,11 @@ def _worker(command, args: argparse.Namespace) -> None:
         status = 2
     except Exception as error:
         logger.debug("worker failed", exc_info=True)
-        print(f"slimdiar: internal error: {type(error).__name__}: {_error_line(error)} "
-              "(please report this)", file=sys.stderr)
+        print(
+            f"slimdiar: internal error: {type(error).__name__}: {_error_line(error)} "
+            "(please report this)",
+            file=sys.stderr,
+        )
         status = 1
     sys.stdout.flush()
     sys.stderr.flush()
@@ -122,11 +130,16 @@ def finish_rank(rank: Rank, num_recordings: int, failed: list[str]) -> int:
     (torchrun stops all ranks as soon as one exits with an error), and rank 0 reports the total.
     """
     detail = f": {', '.join(failed)}" if failed else ""
-    print(f"slimdiar: rank {rank.rank} of {rank.world_size}: {num_recordings} recordings, "
-          f"{len(failed)} failed{detail}", file=sys.stderr)
+    print(
+        f"slimdiar: rank {rank.rank} of {rank.world_size}: {num_recordings} recordings, "
+        f"{len(failed)} failed{detail}",
+        file=sys.stderr,
+    )
     totals = gather_failures(rank, num_recordings, len(failed))
     if totals is not None and rank.rank == 0:
         recordings, failures = totals
-        print(f"slimdiar: all {rank.world_size} ranks: {failures} of {recordings} recordings "
-              "failed", file=sys.stderr)
+        print(
+            f"slimdiar: all {rank.world_size} ranks: {failures} of {recordings} recordings failed",
+            file=sys.stderr,
+        )
     return 1 if failed else 0

@@ -32,8 +32,12 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("format", choices=["diarizen"], help="the source format")
     parser.add_argument("source", metavar="DIR", help="the model directory to convert")
-    parser.add_argument("--out", required=True, metavar="CKPT",
-                        help="checkpoint directory to write (replaced if it exists)")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="CKPT",
+        help="checkpoint directory to write (replaced if it exists)",
+    )
     parser.set_defaults(func=run)
 
 

@@ -52,12 +52,18 @@ def add_parser(subparsers) -> None:
     )
     check.add_argument("directory", metavar="DIR", help="data directory")
     check.add_argument(
-        "--channel", type=non_negative_int, default=None, metavar="K",
+        "--channel",
+        type=non_negative_int,
+        default=None,
+        metavar="K",
         help="0-based channel that will be read (every recording must have it); "
         "default: downmix all channels to mono",
     )
     check.add_argument(
-        "--max-rows", type=non_negative_int, default=20, metavar="N",
+        "--max-rows",
+        type=non_negative_int,
+        default=20,
+        metavar="N",
         help="recordings listed in the per-recording table (default: %(default)s)",
     )
     check.set_defaults(func=run_check)
@@ -114,16 +120,21 @@ def print_summary(
     table = Table(
         title="recordings", caption="spk: speakers, ovl: overlap (% of speech), ch: channels"
     )
-    for name in ("recording", "dur s", "scored s", "spk", "turns", "speech %", "ovl %", "Hz",
-                 "ch"):
+    for name in ("recording", "dur s", "scored s", "spk", "turns", "speech %", "ovl %", "Hz", "ch"):
         table.add_column(name, justify="left" if name == "recording" else "right")
     for row in summary.recordings[:max_rows]:
         speech = 100 * row["speech_s"] / row["scored_s"] if row["scored_s"] else 0.0
         overlap = 100 * row["overlap_s"] / row["speech_s"] if row["speech_s"] else 0.0
         table.add_row(
-            row["uri"], f"{row['duration_s']:.1f}", f"{row['scored_s']:.1f}",
-            str(row["speakers"]), str(row["turns"]), f"{speech:.1f}", f"{overlap:.1f}",
-            str(row["sample_rate"]), str(row["channels"]),
+            row["uri"],
+            f"{row['duration_s']:.1f}",
+            f"{row['scored_s']:.1f}",
+            str(row["speakers"]),
+            str(row["turns"]),
+            f"{speech:.1f}",
+            f"{overlap:.1f}",
+            str(row["sample_rate"]),
+            str(row["channels"]),
         )
     console.print(table)
     if len(summary.recordings) > max_rows:

@@ -24,17 +24,28 @@ continues where it stopped when run again with the same --out.
 def add_parser(subparsers) -> None:
     """Register ``slimdiar demo``."""
     parser = subparsers.add_parser(
-        "demo", help="run the whole method offline on simulated data (make demo)",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "demo",
+        help="run the whole method offline on simulated data (make demo)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", type=output_dir, default="exp/demo",
-                        help="output directory (default %(default)s)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke-test sizes: a few minutes, not an accuracy claim")
-    parser.add_argument("--seed", type=int, default=0,
-                        help="seed of the whole run (default %(default)s)")
-    parser.add_argument("--jobs", type=positive_int, default=2,
-                        help="processes for speech synthesis and simulation (default %(default)s)")
+    parser.add_argument(
+        "--out", type=output_dir, default="exp/demo", help="output directory (default %(default)s)"
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke-test sizes: a few minutes, not an accuracy claim",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the whole run (default %(default)s)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=2,
+        help="processes for speech synthesis and simulation (default %(default)s)",
+    )
     parser.set_defaults(func=run)
 
 

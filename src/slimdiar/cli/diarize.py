@@ -78,94 +78,121 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "inputs", nargs="+", metavar="INPUT", help="audio file, directory of audio, or wav.scp"
     )
-    parser.add_argument("--model", metavar="CKPT",
-                        help="EEND checkpoint directory or DiariZen model directory")
-    parser.add_argument("--out", type=output_dir, required=True, metavar="OUT_DIR",
-                        help="output directory")
+    parser.add_argument(
+        "--model", metavar="CKPT", help="EEND checkpoint directory or DiariZen model directory"
+    )
+    parser.add_argument(
+        "--out", type=output_dir, required=True, metavar="OUT_DIR", help="output directory"
+    )
     count = parser.add_argument_group("number of speakers (default: found by clustering)")
-    count.add_argument("--num-speakers", type=positive_int, metavar="N",
-                       help="exact number of speakers")
+    count.add_argument(
+        "--num-speakers", type=positive_int, metavar="N", help="exact number of speakers"
+    )
     count.add_argument("--min-speakers", type=positive_int, metavar="A", help="at least A speakers")
     count.add_argument("--max-speakers", type=positive_int, metavar="B", help="at most B speakers")
     parser.add_argument(
-        "--exclusive", action="store_true",
+        "--exclusive",
+        action="store_true",
         help="write exclusive turns (one speaker at a time) to the RTTM files",
     )
     settings = parser.add_argument_group("pipeline settings (default: the model's own)")
     settings.add_argument(
-        "--config", metavar="FILE", help="TOML file of pipeline settings ([windows], "
-        "[segmentation], [clustering], [speakers])",
+        "--config",
+        metavar="FILE",
+        help="TOML file of pipeline settings ([windows], [segmentation], [clustering], [speakers])",
     )
     settings.add_argument(
-        "--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        dest="overrides",
         help="override one setting, e.g. clustering.threshold=0.5 (repeatable)",
     )
     settings.add_argument(
-        "--step", type=positive_float, metavar="SECONDS",
-        help="seconds between window starts (windows.step_s; built-in default "
-        f"{WINDOWS.step_s:g})",
+        "--step",
+        type=positive_float,
+        metavar="SECONDS",
+        help=f"seconds between window starts (windows.step_s; built-in default {WINDOWS.step_s:g})",
     )
     settings.add_argument(
-        "--batch-size", type=positive_int, metavar="N",
+        "--batch-size",
+        type=positive_int,
+        metavar="N",
         help="windows per segmentation batch (windows.batch_size; built-in default "
         f"{WINDOWS.batch_size})",
     )
     settings.add_argument(
-        "--clustering", choices=["agglomerative", "vbx"],
+        "--clustering",
+        choices=["agglomerative", "vbx"],
         help="clustering method (clustering.method)",
     )
     settings.add_argument(
-        "--threshold", type=float, metavar="D",
+        "--threshold",
+        type=float,
+        metavar="D",
         help="agglomerative distance threshold (clustering.threshold; default: the "
         "embedding's, 0.70 for a WeSpeaker ResNet, see docs/clustering-threshold.md for GE2E)",
     )
     settings.add_argument(
-        "--min-cluster-size", type=positive_int, metavar="N",
+        "--min-cluster-size",
+        type=positive_int,
+        metavar="N",
         help="agglomerative clusters smaller than N join the closest large one "
         "(clustering.min_cluster_size; built-in default "
         f"{AgglomerativeClustering.min_cluster_size})",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
         help="precision of both models (default: float32); bfloat16 is fast on GPUs and on "
-             "CPUs with AVX-512-BF16 or AMX (a warning says when the CPU has neither); float16 "
-             "on GPUs only",
+        "CPUs with AVX-512-BF16 or AMX (a warning says when the CPU has neither); float16 "
+        "on GPUs only",
     )
     parser.add_argument(
-        "--engine", choices=["torch", "onnx"], default="torch",
+        "--engine",
+        choices=["torch", "onnx"],
+        default="torch",
         help="what runs the models (default: torch); onnx runs the models exported by "
-             "'slimdiar export' (given with --onnx) in ONNX Runtime, float32 only",
+        "'slimdiar export' (given with --onnx) in ONNX Runtime, float32 only",
     )
     parser.add_argument(
-        "--onnx", metavar="EXPORT_DIR",
+        "--onnx",
+        metavar="EXPORT_DIR",
         help="with --engine onnx: the directory 'slimdiar export' wrote for --model "
-             "(segmentation.onnx, and embedding.onnx for a ResNet embedding)",
+        "(segmentation.onnx, and embedding.onnx for a ResNet embedding)",
     )
     parser.add_argument(
-        "--embedding", default="ge2e", metavar="NAME_OR_PATH",
+        "--embedding",
+        default="ge2e",
+        metavar="NAME_OR_PATH",
         help="speaker embedding model name or checkpoint (default: ge2e)",
     )
     parser.add_argument(
         "--oracle-segmentation", metavar="RTTM", help="take local speakers from this reference"
     )
-    parser.add_argument(
-        "--oracle-clustering", metavar="RTTM", help="cluster with this reference"
-    )
+    parser.add_argument("--oracle-clustering", metavar="RTTM", help="cluster with this reference")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parallel = parser.add_argument_group(
-        "several processes", "Under torchrun, or any launcher that sets RANK and WORLD_SIZE, "
+        "several processes",
+        "Under torchrun, or any launcher that sets RANK and WORLD_SIZE, "
         "each rank diarizes its share of the recordings (on cuda:LOCAL_RANK with --device "
         "cuda). See docs/pipeline.md.",
     )
     parallel.add_argument(
-        "--jobs", type=positive_int, metavar="N",
+        "--jobs",
+        type=positive_int,
+        metavar="N",
         help="diarize in N worker processes on this machine, each its share of the recordings",
     )
     parallel.add_argument(
-        "--threads", type=positive_int, metavar="T",
+        "--threads",
+        type=positive_int,
+        metavar="T",
         help="torch threads per process (default: the cores divided by --jobs with --jobs; "
-             "torch's choice otherwise)",
+        "torch's choice otherwise)",
     )
     parser.set_defaults(func=run)
 
@@ -207,15 +234,14 @@ def collect_inputs(inputs: list[str]) -> Inputs:
             named.extend(_read_scp(path / "wav.scp"))
             if (path / "uem").is_file():
                 for region in read_uem(path / "uem"):
-                    found.regions.setdefault(region.uri, []).append(
-                        (region.start_s, region.end_s)
-                    )
+                    found.regions.setdefault(region.uri, []).append((region.start_s, region.end_s))
         elif path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
             if not files:
                 suffixes = ", ".join(AUDIO_SUFFIXES)
-                raise ConfigError(f"{path}: directory holds no audio file ({suffixes}) and no "
-                                  "wav.scp")
+                raise ConfigError(
+                    f"{path}: directory holds no audio file ({suffixes}) and no wav.scp"
+                )
             named.extend((p.stem, p) for p in files)
         elif path.is_file() and (path.suffix == ".scp" or path.name == "wav.scp"):
             named.extend(_read_scp(path))
@@ -226,8 +252,14 @@ def collect_inputs(inputs: list[str]) -> Inputs:
     seen: dict[str, Path] = {}
     for uri, path in named:
         if not uri or any(c.isspace() for c in uri):
-            found.rejected.append((uri, path, f"recording id {uri!r} cannot be written to RTTM "
-                                              "(it holds a space); rename the file"))
+            found.rejected.append(
+                (
+                    uri,
+                    path,
+                    f"recording id {uri!r} cannot be written to RTTM "
+                    "(it holds a space); rename the file",
+                )
+            )
             continue
         if uri in seen:
             raise ConfigError(f"recording id {uri!r} is given twice ({seen[uri]} and {path})")
@@ -305,8 +337,9 @@ def check_onnx_options(args: argparse.Namespace) -> None:
     if args.onnx is None:
         raise ConfigError("--engine onnx needs --onnx EXPORT_DIR (written by 'slimdiar export')")
     if args.oracle_segmentation is not None:
-        raise ConfigError("--engine onnx runs the segmentation model: not with "
-                          "--oracle-segmentation")
+        raise ConfigError(
+            "--engine onnx runs the segmentation model: not with --oracle-segmentation"
+        )
     if getattr(args, "dtype", "float32") != "float32":
         raise ConfigError("--engine onnx runs in float32 only: drop --dtype")
     if args.device != "cpu":
@@ -330,9 +363,11 @@ def use_onnx_models(pipeline, export_dir, threads: int | None) -> None:
     if embedding is not None and pipeline.embedding_model is not None:
         torch_model = getattr(pipeline.embedding_model, "model", None)
         config = getattr(torch_model, "config", None)
-        if not dataclasses.is_dataclass(config) or embedding.info["config"] != json.loads(
-            json.dumps(dataclasses.asdict(config))
-        ) or embedding.info.get("weights_sha256") != weights_fingerprint(torch_model):
+        if (
+            not dataclasses.is_dataclass(config)
+            or embedding.info["config"] != json.loads(json.dumps(dataclasses.asdict(config)))
+            or embedding.info.get("weights_sha256") != weights_fingerprint(torch_model)
+        ):
             raise ConfigError(
                 f"{export_dir}: its embedding model was not exported from --embedding "
                 f"{pipeline.embedding_name} (export it again with 'slimdiar export')"
@@ -413,8 +448,10 @@ def run(args: argparse.Namespace) -> int:
         if reference is not None:
             turns = reference.get(uri, [])
             if not turns:
-                print(f"slimdiar: warning: {uri}: no reference turns (taken as silence)",
-                      file=sys.stderr)
+                print(
+                    f"slimdiar: warning: {uri}: no reference turns (taken as silence)",
+                    file=sys.stderr,
+                )
         hook, bar = _progress_hook(uri, args.quiet or rank.distributed)
         try:
             result = pipeline(
@@ -438,8 +475,9 @@ def run(args: argparse.Namespace) -> int:
         finally:
             bar.close()
         if not args.quiet:
-            print(f"{uri}: {result.num_speakers} speakers, {len(result.turns)} turns",
-                  file=sys.stderr)
+            print(
+                f"{uri}: {result.num_speakers} speakers, {len(result.turns)} turns", file=sys.stderr
+            )
     if rank.distributed:  # a summary line per rank, then wait for the other ranks
         return _parallel.finish_rank(rank, len(recordings) + len(inputs.rejected), failed)
     if failed:

@@ -42,14 +42,21 @@ example:
 def add_parser(subparsers) -> None:
     """Register ``slimdiar distill``."""
     parser = subparsers.add_parser(
-        "distill", help="further distillation of a pruned WavLM (stage 2)",
-        description=DESCRIPTION, epilog=epilog(DistillConfig()),
+        "distill",
+        help="further distillation of a pruned WavLM (stage 2)",
+        description=DESCRIPTION,
+        epilog=epilog(DistillConfig()),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--student", required=True, metavar="CKPT",
-                        help="pruned WavLM (e.g. EXP_DIR/pruned of slimdiar prune)")
-    parser.add_argument("--teacher", required=True, metavar="CKPT",
-                        help="the teacher used for pruning")
+    parser.add_argument(
+        "--student",
+        required=True,
+        metavar="CKPT",
+        help="pruned WavLM (e.g. EXP_DIR/pruned of slimdiar prune)",
+    )
+    parser.add_argument(
+        "--teacher", required=True, metavar="CKPT", help="the teacher used for pruning"
+    )
     add_data_arguments(parser)
     add_run_arguments(parser, config_required=False)
     parser.set_defaults(func=run)
@@ -60,9 +67,19 @@ def run(args: argparse.Namespace) -> int:
     from slimdiar.stages import distill
 
     config = load_config(distill.DistillConfig, args.config, args.overrides)
-    ctx, result = run_stage(config.trainer.device, lambda ctx: distill.run(
-        config, args.student, args.teacher, args.train, args.dev, args.out, ctx=ctx,
-        resume=args.resume))
+    ctx, result = run_stage(
+        config.trainer.device,
+        lambda ctx: distill.run(
+            config,
+            args.student,
+            args.teacher,
+            args.train,
+            args.dev,
+            args.out,
+            ctx=ctx,
+            resume=args.resume,
+        ),
+    )
     if ctx.is_main:
         print(f"done after {result.epochs_run} epochs ({result.steps} steps)")
         print(f"distilled student (average of epochs {result.best_epochs}): {result.best_dir}")

@@ -42,13 +42,21 @@ def add_parser(subparsers) -> None:
         description=DESCRIPTION.format(opset=OPSET),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, metavar="CKPT",
-                        help="EEND checkpoint directory or DiariZen model directory")
-    parser.add_argument("--embedding", metavar="PATH",
-                        help="a ResNet embedding checkpoint to export as well (WeSpeaker "
-                             "avg_model.pt, pyannote pytorch_model.bin, safetensors)")
-    parser.add_argument("--out", type=output_dir, required=True, metavar="OUT_DIR",
-                        help="output directory")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="CKPT",
+        help="EEND checkpoint directory or DiariZen model directory",
+    )
+    parser.add_argument(
+        "--embedding",
+        metavar="PATH",
+        help="a ResNet embedding checkpoint to export as well (WeSpeaker "
+        "avg_model.pt, pyannote pytorch_model.bin, safetensors)",
+    )
+    parser.add_argument(
+        "--out", type=output_dir, required=True, metavar="OUT_DIR", help="output directory"
+    )
     parser.set_defaults(func=run)
 
 
@@ -62,15 +70,19 @@ def run(args: argparse.Namespace) -> int:
         from slimdiar.models.embeddings import load_embedding_model
 
         if args.embedding == "ge2e":
-            raise ConfigError("--embedding ge2e: GE2E is not exported (it runs on torch with "
-                              "either engine); give a ResNet checkpoint or leave it out")
+            raise ConfigError(
+                "--embedding ge2e: GE2E is not exported (it runs on torch with "
+                "either engine); give a ResNet checkpoint or leave it out"
+            )
         embedding = load_embedding_model(args.embedding)
         if embedding.architecture != "resnet":
-            raise ConfigError(f"--embedding {args.embedding}: only a ResNet embedding exports "
-                              "to ONNX")
+            raise ConfigError(
+                f"--embedding {args.embedding}: only a ResNet embedding exports to ONNX"
+            )
     model = load_segmentation_model(args.model)
-    written = export_pipeline_models(model, Path(args.out), embedding, str(args.model),
-                                     args.embedding)
+    written = export_pipeline_models(
+        model, Path(args.out), embedding, str(args.model), args.embedding
+    )
     for path in written:
         print(f"wrote {path} and {path.with_suffix('.json').name}")
     return 0

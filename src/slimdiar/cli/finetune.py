@@ -60,7 +60,8 @@ def add_parser(subparsers) -> None:
     )
     add_data_arguments(parser)
     parser.add_argument(
-        "--backbone", metavar="CKPT_OR_PRESET",
+        "--backbone",
+        metavar="CKPT_OR_PRESET",
         help="WavLM checkpoint (Hugging Face dir, original .pt, slimdiar dir) or preset name "
         "(random init); overrides model.backbone",
     )
@@ -71,16 +72,25 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, then print where the final model is."""
     config = load_config(finetune.FinetuneConfig, args.config, args.overrides)
-    ctx, result = run_stage(config.trainer.device, lambda ctx: finetune.run(
-        config, args.train, args.dev, args.out, ctx=ctx, backbone=args.backbone,
-        resume=args.resume,
-    ))
+    ctx, result = run_stage(
+        config.trainer.device,
+        lambda ctx: finetune.run(
+            config,
+            args.train,
+            args.dev,
+            args.out,
+            ctx=ctx,
+            backbone=args.backbone,
+            resume=args.resume,
+        ),
+    )
     if ctx.is_main:
         how = "stopped early" if result.stopped_early else "done"
         print(f"{how} after {result.epochs_run} epochs ({result.steps} steps)")
         print(f"final model (average of epochs {result.best_epochs}): {result.best_dir}")
         if result.best_metrics:
-            print("its validation metrics: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in sorted(result.best_metrics.items())
-            ))
+            print(
+                "its validation metrics: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.best_metrics.items()))
+            )
     return 0

@@ -58,30 +58,69 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("corpus", choices=sorted(CORPORA), help="corpus to prepare")
     parser.add_argument("--corpus-dir", required=True, metavar="DIR", help="corpus release root")
-    parser.add_argument("--out", type=output_dir, required=True, metavar="DIR",
-                        help="output root: one data directory per subset")
-    parser.add_argument("--subsets", default=None, metavar="LIST",
-                        help="comma-separated subsets (default: train,dev,test)")
-    parser.add_argument("--channel", type=non_negative_int, default=0, metavar="K",
-                        help="0-based channel used (default: %(default)s)")
-    parser.add_argument("--extract-channel", action="store_true",
-                        help="copy the channel to mono files OUT/audio/<uri>.wav")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="skip recordings with malformed or missing annotations or audio "
-                        "(with a warning) instead of failing")
+    parser.add_argument(
+        "--out",
+        type=output_dir,
+        required=True,
+        metavar="DIR",
+        help="output root: one data directory per subset",
+    )
+    parser.add_argument(
+        "--subsets",
+        default=None,
+        metavar="LIST",
+        help="comma-separated subsets (default: train,dev,test)",
+    )
+    parser.add_argument(
+        "--channel",
+        type=non_negative_int,
+        default=0,
+        metavar="K",
+        help="0-based channel used (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--extract-channel",
+        action="store_true",
+        help="copy the channel to mono files OUT/audio/<uri>.wav",
+    )
+    parser.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="skip recordings with malformed or missing annotations or audio "
+        "(with a warning) instead of failing",
+    )
     ami = parser.add_argument_group("AMI")
-    ami.add_argument("--rttm-dir", metavar="DIR",
-                     help="RTTM files of the AMI diarization setup (DIR/<subset>/<meeting>.rttm)")
-    ami.add_argument("--uem-dir", metavar="DIR",
-                     help="UEM files of the AMI diarization setup (default: whole recordings)")
-    ami.add_argument("--annotations-dir", metavar="DIR",
-                     help="AMI NXT manual annotations (words/, corpusResources/)")
-    ami.add_argument("--merge-gap", type=float, default=0.0, metavar="SECONDS",
-                     help="NXT words of a speaker at most this far apart form one turn "
-                     "(default: %(default)g, only touching words)")
+    ami.add_argument(
+        "--rttm-dir",
+        metavar="DIR",
+        help="RTTM files of the AMI diarization setup (DIR/<subset>/<meeting>.rttm)",
+    )
+    ami.add_argument(
+        "--uem-dir",
+        metavar="DIR",
+        help="UEM files of the AMI diarization setup (default: whole recordings)",
+    )
+    ami.add_argument(
+        "--annotations-dir",
+        metavar="DIR",
+        help="AMI NXT manual annotations (words/, corpusResources/)",
+    )
+    ami.add_argument(
+        "--merge-gap",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="NXT words of a speaker at most this far apart form one turn "
+        "(default: %(default)g, only touching words)",
+    )
     aishell4 = parser.add_argument_group("AISHELL-4")
-    aishell4.add_argument("--dev-sessions", type=non_negative_int, default=10, metavar="N",
-                          help="training sessions held out as dev (default: %(default)s)")
+    aishell4.add_argument(
+        "--dev-sessions",
+        type=non_negative_int,
+        default=10,
+        metavar="N",
+        help="training sessions held out as dev (default: %(default)s)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -95,9 +134,13 @@ def run(args: argparse.Namespace) -> int:
     if args.corpus == "ami":
         if args.merge_gap < 0:
             raise ConfigError(f"--merge-gap must be >= 0, got {args.merge_gap}")
-        options = dict(annotations_dir=args.annotations_dir, rttm_dir=args.rttm_dir,
-                       uem_dir=args.uem_dir, merge_gap_s=args.merge_gap,
-                       skip_missing=args.skip_invalid)
+        options = dict(
+            annotations_dir=args.annotations_dir,
+            rttm_dir=args.rttm_dir,
+            uem_dir=args.uem_dir,
+            merge_gap_s=args.merge_gap,
+            skip_missing=args.skip_invalid,
+        )
     else:
         for name in ("rttm_dir", "uem_dir", "annotations_dir"):
             if getattr(args, name) is not None:
@@ -106,10 +149,18 @@ def run(args: argparse.Namespace) -> int:
         options = dict(skip_invalid=args.skip_invalid)
         if args.corpus == "aishell4":
             options["dev_sessions"] = args.dev_sessions
-    prepared = prepare_corpus(args.corpus, args.corpus_dir, args.out, subsets,
-                              channel=args.channel, extract_channel=args.extract_channel,
-                              **options)
+    prepared = prepare_corpus(
+        args.corpus,
+        args.corpus_dir,
+        args.out,
+        subsets,
+        channel=args.channel,
+        extract_channel=args.extract_channel,
+        **options,
+    )
     for subset in prepared:
-        print(f"{subset.path}: {subset.num_recordings} recordings, {subset.num_turns} turns, "
-              f"{subset.duration_s / 3600:.2f} h")
+        print(
+            f"{subset.path}: {subset.num_recordings} recordings, {subset.num_turns} turns, "
+            f"{subset.duration_s / 3600:.2f} h"
+        )
     return 0

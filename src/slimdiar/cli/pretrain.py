@@ -48,22 +48,41 @@ examples:
 def add_parser(subparsers) -> None:
     """Register ``slimdiar pretrain``."""
     parser = subparsers.add_parser(
-        "pretrain", help="self-supervised pretraining of a WavLM (masked prediction)",
-        description=DESCRIPTION, epilog=EPILOG,
+        "pretrain",
+        help="self-supervised pretraining of a WavLM (masked prediction)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--train", required=True, metavar="AUDIO",
-                        help="training audio: a directory tree of audio files or a wav.scp")
-    parser.add_argument("--dev", required=True, metavar="AUDIO",
-                        help="validation audio: a directory tree of audio files or a wav.scp")
+    parser.add_argument(
+        "--train",
+        required=True,
+        metavar="AUDIO",
+        help="training audio: a directory tree of audio files or a wav.scp",
+    )
+    parser.add_argument(
+        "--dev",
+        required=True,
+        metavar="AUDIO",
+        help="validation audio: a directory tree of audio files or a wav.scp",
+    )
     parser.add_argument("--out", required=True, metavar="EXP_DIR", help="experiment directory")
-    parser.add_argument("--backbone", metavar="CKPT_OR_PRESET",
-                        help="WavLM preset (random init) or checkpoint to continue; overrides "
-                        "model.backbone")
-    parser.add_argument("--targets-from", metavar="CKPT",
-                        help="iteration 2: cluster a hidden layer of this WavLM instead of MFCC")
-    parser.add_argument("--layer", type=int, metavar="N",
-                        help="the hidden state of --targets-from to cluster (1..num_layers)")
+    parser.add_argument(
+        "--backbone",
+        metavar="CKPT_OR_PRESET",
+        help="WavLM preset (random init) or checkpoint to continue; overrides model.backbone",
+    )
+    parser.add_argument(
+        "--targets-from",
+        metavar="CKPT",
+        help="iteration 2: cluster a hidden layer of this WavLM instead of MFCC",
+    )
+    parser.add_argument(
+        "--layer",
+        type=int,
+        metavar="N",
+        help="the hidden state of --targets-from to cluster (1..num_layers)",
+    )
     add_run_arguments(parser, config_required=False)
     parser.set_defaults(func=run)
 
@@ -82,12 +101,18 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"targets.source={json.dumps(args.targets_from)}")
         overrides.append(f"targets.layer={args.layer}")
     config = load_config(pretrain.PretrainConfig, args.config, overrides)
-    ctx, result = run_stage(config.trainer.device, lambda ctx: pretrain.run(
-        config, args.train, args.dev, args.out, ctx=ctx, resume=args.resume))
+    ctx, result = run_stage(
+        config.trainer.device,
+        lambda ctx: pretrain.run(
+            config, args.train, args.dev, args.out, ctx=ctx, resume=args.resume
+        ),
+    )
     if ctx.is_main:
         print(f"done after {result.epochs_run} epochs ({result.steps} steps)")
         print(f"pretrained WavLM (epochs {result.best_epochs}): {result.best_dir}")
         if result.best_metrics:
-            print("its validation metrics: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in sorted(result.best_metrics.items())))
+            print(
+                "its validation metrics: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in sorted(result.best_metrics.items()))
+            )
     return 0

@@ -64,19 +64,25 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--hyp", required=True, metavar="RTTM_OR_DIR", help="hypothesis")
     parser.add_argument("--uem", metavar="UEM", help="scored regions (UEM file)")
     parser.add_argument(
-        "--collar", type=float, default=0.0, metavar="SECONDS",
+        "--collar",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
         help="no-score collar on each side of reference boundaries (default: %(default)s)",
     )
     parser.add_argument(
         "--skip-overlap", action="store_true", help="do not score overlapped reference speech"
     )
     parser.add_argument(
-        "--convention", choices=CONVENTIONS, default=CONVENTIONS[0],
+        "--convention",
+        choices=CONVENTIONS,
+        default=CONVENTIONS[0],
         help="where speakers are mapped: md-eval (whole region, before collars and overlap "
-             "removal) or pyannote (scored region only) (default: %(default)s)",
+        "removal) or pyannote (scored region only) (default: %(default)s)",
     )
-    parser.add_argument("--json", type=output_file, metavar="FILE",
-                        help="also write the scores as JSON")
+    parser.add_argument(
+        "--json", type=output_file, metavar="FILE", help="also write the scores as JSON"
+    )
     parser.set_defaults(func=run)
 
 
@@ -117,7 +123,9 @@ def read_rttm_files(files: list[Path]) -> list[Turn]:
                 first_file[uri], turns_by_uri[uri] = file, turns
             elif sorted(map(_turn_key, turns)) != sorted(map(_turn_key, turns_by_uri[uri])):
                 raise DataFormatError(
-                    file, None, None,
+                    file,
+                    None,
+                    None,
                     f"recording {uri!r} is also in {first_file[uri]}, with other turns; "
                     "score a directory that holds each recording once",
                 )
@@ -171,14 +179,26 @@ def print_report(report: ScoreReport, uem_path: Path | None, console: Console) -
         c = score.components
         note = {"ref_only": "no hyp", "hyp_only": "no ref"}.get(score.status, "")
         table.add_row(
-            uri, _percent(c.der), f"{c.missed_s:.2f}", f"{c.false_alarm_s:.2f}",
-            f"{c.confusion_s:.2f}", f"{c.total_s:.2f}", _percent(score.jer), note,
+            uri,
+            _percent(c.der),
+            f"{c.missed_s:.2f}",
+            f"{c.false_alarm_s:.2f}",
+            f"{c.confusion_s:.2f}",
+            f"{c.total_s:.2f}",
+            _percent(score.jer),
+            note,
         )
     t = report.total
     table.add_row(
-        "TOTAL", _percent(t.der), f"{t.missed_s:.2f}", f"{t.false_alarm_s:.2f}",
-        f"{t.confusion_s:.2f}", f"{t.total_s:.2f}", _percent(report.jer),
-        f"{len(report.files)} files", style="bold",
+        "TOTAL",
+        _percent(t.der),
+        f"{t.missed_s:.2f}",
+        f"{t.false_alarm_s:.2f}",
+        f"{t.confusion_s:.2f}",
+        f"{t.total_s:.2f}",
+        _percent(report.jer),
+        f"{len(report.files)} files",
+        style="bold",
     )
     console.print(table)
     if uem_path:
@@ -189,8 +209,10 @@ def print_report(report: ScoreReport, uem_path: Path | None, console: Console) -
             "(md-eval convention)"
         )
     overlap = "skipped" if report.skip_overlap else "scored"
-    console.print(f"collar: {report.collar_s:g} s on each side of reference boundaries; "
-                  f"overlap {overlap}; speakers mapped with the {report.convention} convention")
+    console.print(
+        f"collar: {report.collar_s:g} s on each side of reference boundaries; "
+        f"overlap {overlap}; speakers mapped with the {report.convention} convention"
+    )
     for uri, reason in report.unscored.items():
         console.print(f"not scored: {uri} ({reason})")
     for uri, score in report.files.items():

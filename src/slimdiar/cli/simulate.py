@@ -95,45 +95,115 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", type=output_dir, required=True, help="output directory")
-    parser.add_argument("--speakers-from", default="TTS", metavar="SOURCE",
-                        help="TTS, TONES, a corpus directory or a speaker list (default: TTS)")
-    parser.add_argument("--splits", default=DEFAULT_SPLITS,
-                        help=f"recordings per split, NAME=COUNT,... (default: {DEFAULT_SPLITS})")
-    parser.add_argument("--num-recordings", type=non_negative_int, default=None, metavar="N",
-                        help="total recordings, shared among the splits in their proportions")
-    parser.add_argument("--duration-s", type=float, default=60.0,
-                        help="length of a recording in seconds (default: %(default)g)")
-    parser.add_argument("--speakers-per-recording", type=lambda t: parse_range(t, int),
-                        default=(2, 4), metavar="MIN-MAX", help="default: 2-4")
-    parser.add_argument("--overlap-ratio", type=float, default=None,
-                        help="fraction of the speech with two speakers (default: "
-                        f"{default_overlap_ratio():g}, or the "
-                        "value measured in --stats-from)")
-    parser.add_argument("--stats-from", type=Path, default=None, metavar="RTTM",
-                        help="estimate pause and overlap distributions from this RTTM file")
-    parser.add_argument("--noise-snr-db", type=parse_range, default=None, metavar="LOW-HIGH",
-                        help="add noise at an SNR drawn from this range in dB (default: none)")
-    parser.add_argument("--noise-types", nargs="+", default=["white", "pink", "babble"],
-                        choices=["white", "pink", "babble"], help="default: all three")
-    parser.add_argument("--reverb", action=argparse.BooleanOptionalAction, default=False,
-                        help="convolve each speaker with a synthetic room response (default: "
-                        "off)")
-    parser.add_argument("--rt60-s", type=parse_range, default=(0.2, 0.6), metavar="LOW-HIGH",
-                        help="reverberation time range in seconds (default: 0.2-0.6)")
-    parser.add_argument("--sample-rate", type=positive_int, default=SAMPLE_RATE,
-                        help=f"default: {SAMPLE_RATE}")
+    parser.add_argument(
+        "--speakers-from",
+        default="TTS",
+        metavar="SOURCE",
+        help="TTS, TONES, a corpus directory or a speaker list (default: TTS)",
+    )
+    parser.add_argument(
+        "--splits",
+        default=DEFAULT_SPLITS,
+        help=f"recordings per split, NAME=COUNT,... (default: {DEFAULT_SPLITS})",
+    )
+    parser.add_argument(
+        "--num-recordings",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="total recordings, shared among the splits in their proportions",
+    )
+    parser.add_argument(
+        "--duration-s",
+        type=float,
+        default=60.0,
+        help="length of a recording in seconds (default: %(default)g)",
+    )
+    parser.add_argument(
+        "--speakers-per-recording",
+        type=lambda t: parse_range(t, int),
+        default=(2, 4),
+        metavar="MIN-MAX",
+        help="default: 2-4",
+    )
+    parser.add_argument(
+        "--overlap-ratio",
+        type=float,
+        default=None,
+        help="fraction of the speech with two speakers (default: "
+        f"{default_overlap_ratio():g}, or the "
+        "value measured in --stats-from)",
+    )
+    parser.add_argument(
+        "--stats-from",
+        type=Path,
+        default=None,
+        metavar="RTTM",
+        help="estimate pause and overlap distributions from this RTTM file",
+    )
+    parser.add_argument(
+        "--noise-snr-db",
+        type=parse_range,
+        default=None,
+        metavar="LOW-HIGH",
+        help="add noise at an SNR drawn from this range in dB (default: none)",
+    )
+    parser.add_argument(
+        "--noise-types",
+        nargs="+",
+        default=["white", "pink", "babble"],
+        choices=["white", "pink", "babble"],
+        help="default: all three",
+    )
+    parser.add_argument(
+        "--reverb",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="convolve each speaker with a synthetic room response (default: off)",
+    )
+    parser.add_argument(
+        "--rt60-s",
+        type=parse_range,
+        default=(0.2, 0.6),
+        metavar="LOW-HIGH",
+        help="reverberation time range in seconds (default: 0.2-0.6)",
+    )
+    parser.add_argument(
+        "--sample-rate", type=positive_int, default=SAMPLE_RATE, help=f"default: {SAMPLE_RATE}"
+    )
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
-    parser.add_argument("--cache", type=Path, default=None, metavar="DIR",
-                        help="voice pool cache (default: ~/.cache/slimdiar/tts)")
-    parser.add_argument("--tts-speakers", type=positive_int, default=None, metavar="N",
-                        help="use the first N voices of the pool (default: all), or N tone "
-                        "speakers with TONES (default: 24)")
-    parser.add_argument("--utterances-per-speaker", type=positive_int, default=15,
-                        help="sentences each pool or tone speaker says (default: %(default)s)")
-    parser.add_argument("--jobs", type=positive_int, default=1,
-                        help="parallel worker processes (the output does not depend on it)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace existing split directories once the new ones are complete")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="voice pool cache (default: ~/.cache/slimdiar/tts)",
+    )
+    parser.add_argument(
+        "--tts-speakers",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="use the first N voices of the pool (default: all), or N tone "
+        "speakers with TONES (default: 24)",
+    )
+    parser.add_argument(
+        "--utterances-per-speaker",
+        type=positive_int,
+        default=15,
+        help="sentences each pool or tone speaker says (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--jobs",
+        type=positive_int,
+        default=1,
+        help="parallel worker processes (the output does not depend on it)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing split directories once the new ones are complete",
+    )
     parser.set_defaults(func=run)
 
 
@@ -143,13 +213,19 @@ def _source(args, sample_rate: int):
 
     name = args.speakers_from
     if name.upper() == "TTS":
-        return TTSVoicePool(args.cache, num_speakers=args.tts_speakers,
-                            utterances_per_speaker=args.utterances_per_speaker,
-                            sample_rate=sample_rate)
+        return TTSVoicePool(
+            args.cache,
+            num_speakers=args.tts_speakers,
+            utterances_per_speaker=args.utterances_per_speaker,
+            sample_rate=sample_rate,
+        )
     if name.upper() == "TONES":
-        return ToneSource(num_speakers=args.tts_speakers or 24,
-                          utterances_per_speaker=args.utterances_per_speaker,
-                          sample_rate=sample_rate, seed=args.seed)
+        return ToneSource(
+            num_speakers=args.tts_speakers or 24,
+            utterances_per_speaker=args.utterances_per_speaker,
+            sample_rate=sample_rate,
+            seed=args.seed,
+        )
     return CorpusSource(name, sample_rate)
 
 
@@ -193,8 +269,14 @@ def run(args) -> int:
         config.validate()
     except ConfigError as error:
         raise with_flag_names(
-            error, "duration_s", "overlap_ratio", "sample_rate", "rt60_s", "noise_snr_db",
-            min_speakers="--speakers-per-recording", max_speakers="--speakers-per-recording",
+            error,
+            "duration_s",
+            "overlap_ratio",
+            "sample_rate",
+            "rt60_s",
+            "noise_snr_db",
+            min_speakers="--speakers-per-recording",
+            max_speakers="--speakers-per-recording",
         ) from None
 
     source = _source(args, args.sample_rate)
@@ -208,13 +290,21 @@ def run(args) -> int:
 
     with tqdm(total=sum(splits.values()), desc="recordings", unit="rec") as bar:
         report = simulate_data_dirs(
-            source, args.out, config, splits, seed=args.seed, num_workers=args.jobs,
-            overwrite=args.overwrite, progress=lambda _: bar.update(),
+            source,
+            args.out,
+            config,
+            splits,
+            seed=args.seed,
+            num_workers=args.jobs,
+            overwrite=args.overwrite,
+            progress=lambda _: bar.update(),
         )
 
     for split in report.splits:
-        print(f"{split.path}: {split.num_recordings} recordings, "
-              f"{split.duration_s / 3600:.2f} h, {len(split.speakers)} speakers")
+        print(
+            f"{split.path}: {split.num_recordings} recordings, "
+            f"{split.duration_s / 3600:.2f} h, {len(split.speakers)} speakers"
+        )
     print(f"\n{'':34}{'configured':>12}{'measured':>12}")
     for name, configured, measured in report.comparison():
         left = "-" if configured is None else f"{configured:.3f}"

@@ -135,10 +135,14 @@ def audio_info(path: str | Path | BinaryIO) -> AudioInfo:
             declared, present = cut
             rate = info.sample_rate
             _warn_once(
-                _name(path), "truncated",
+                _name(path),
+                "truncated",
                 "%s: the file is truncated: its header declares %.3f s but only %.3f s are "
-                "present (%.3f s missing); reading what is there", _name(path),
-                declared / rate, present / rate, (declared - present) / rate,
+                "present (%.3f s missing); reading what is there",
+                _name(path),
+                declared / rate,
+                present / rate,
+                (declared - present) / rate,
             )
     return info
 
@@ -187,9 +191,7 @@ def resample(waveform: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_R
     )
 
 
-def _apply_channel_policy(
-    data: np.ndarray, channel: int | None, name: str
-) -> np.ndarray:
+def _apply_channel_policy(data: np.ndarray, channel: int | None, name: str) -> np.ndarray:
     """``(num_samples, num_channels)`` -> ``(num_samples,)`` by the channel policy."""
     num_channels = data.shape[1]
     if channel is not None:
@@ -220,9 +222,13 @@ def _check_full_scale(waveform: np.ndarray, name: str) -> None:
     peak = float(np.abs(waveform).max()) if waveform.size else 0.0
     if peak > FULL_SCALE_WARNING:
         _warn_once(
-            name, "full-scale",
+            name,
+            "full-scale",
             "%s: samples reach %.3g, %.0f dB above full scale (1.0): integer values stored as "
-            "float, or a wrong gain? Read as they are", name, peak, 20 * math.log10(peak),
+            "float, or a wrong gain? Read as they are",
+            name,
+            peak,
+            20 * math.log10(peak),
         )
 
 
@@ -358,6 +364,7 @@ def load_audio(audio: AudioSource, channel: int | None = None) -> np.ndarray:
         # A copy: the caller's array is never shared with (or changed by) what follows.
         return np.array(
             resample(_apply_channel_policy(data, channel, "<waveform>"), sample_rate),
-            dtype=np.float32, copy=True,
+            dtype=np.float32,
+            copy=True,
         )
     return read_audio(audio, channel=channel)

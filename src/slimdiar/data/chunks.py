@@ -156,7 +156,9 @@ def frame_labels(
     if len(ranked) > max_speakers:
         logger.debug(
             "chunk at %.3f s has %d speakers, keeping the %d who talk most",
-            start_s, len(ranked), max_speakers,
+            start_s,
+            len(ranked),
+            max_speakers,
         )
     centers_s = np.asarray(centers_s, dtype=np.float64)
     mask = centers_s < valid_duration_s
@@ -214,7 +216,8 @@ class ChunkDataset(Dataset):
             raise ConfigError(f"max_speakers must be >= 1, got {max_speakers}")
         if channel is not None:
             lacking = [
-                uri for uri, rec in datadir.recordings.items()
+                uri
+                for uri, rec in datadir.recordings.items()
                 if rec.num_channels is not None and not 0 <= channel < rec.num_channels
             ]
             if lacking:
@@ -246,7 +249,11 @@ class ChunkDataset(Dataset):
         )
         logger.info(
             "%s: %d chunks of %.1f s (shift %.1f s), %d frames each",
-            datadir.path, len(self.chunks), chunk_duration_s, shift_s, self.num_frames,
+            datadir.path,
+            len(self.chunks),
+            chunk_duration_s,
+            shift_s,
+            self.num_frames,
         )
 
     def __len__(self) -> int:
@@ -262,8 +269,11 @@ class ChunkDataset(Dataset):
         valid = min(len(audio), self.num_samples)
         waveform[:valid] = audio[:valid]
         labels, mask, _ = frame_labels(
-            self.datadir.turns[chunk.uri], chunk.start_s, chunk.valid_duration_s,
-            self.centers_s, self.max_speakers,
+            self.datadir.turns[chunk.uri],
+            chunk.start_s,
+            chunk.valid_duration_s,
+            self.centers_s,
+            self.max_speakers,
         )
         return {
             "waveform": torch.from_numpy(waveform),

@@ -61,9 +61,7 @@ def intersect_intervals(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray(out, dtype=np.float64).reshape(-1, 2)
 
 
-def speech_and_overlap_s(
-    turns: list[Turn], regions: np.ndarray
-) -> tuple[float, float]:
+def speech_and_overlap_s(turns: list[Turn], regions: np.ndarray) -> tuple[float, float]:
     """Seconds of speech (>= 1 speaker) and overlap (>= 2 speakers) inside ``regions``.
 
     Parameters
@@ -94,10 +92,15 @@ def speech_and_overlap_s(
 
 def _audio_header(recording: Recording) -> tuple[int, int, float]:
     """``(sample_rate, num_channels, duration_s)`` of a recording whose audio header is read."""
-    if (recording.sample_rate is None or recording.num_channels is None
-            or recording.num_frames is None):
+    if (
+        recording.sample_rate is None
+        or recording.num_channels is None
+        or recording.num_frames is None
+    ):
         raise DataFormatError(
-            recording.path, None, None,
+            recording.path,
+            None,
+            None,
             f"audio header of {recording.uri!r} not read (load the directory with DataDir.load)",
         )
     duration_s = recording.num_frames / recording.sample_rate
@@ -190,7 +193,9 @@ class DataDir:
         for required in (scp_path, rttm_path):
             if not required.is_file():
                 raise DataFormatError(
-                    required, None, None,
+                    required,
+                    None,
+                    None,
                     f"missing: a data directory holds {WAV_SCP}, {RTTM} and optionally {UEM}",
                 )
         recordings: dict[str, Recording] = {}
@@ -200,18 +205,22 @@ class DataDir:
                 info = audio_info(recording.path)
             except AudioError as error:
                 raise DataFormatError(
-                    scp_path, recording.line_number,
-                    _line_text(scp_path, recording.line_number), f"unreadable audio: {error}",
+                    scp_path,
+                    recording.line_number,
+                    _line_text(scp_path, recording.line_number),
+                    f"unreadable audio: {error}",
                 ) from None
             if channel is not None and not 0 <= channel < info.num_channels:
                 raise DataFormatError(
-                    scp_path, recording.line_number,
+                    scp_path,
+                    recording.line_number,
                     _line_text(scp_path, recording.line_number),
-                    f"channel {channel} requested but the audio has {info.num_channels} "
-                    "channel(s)",
+                    f"channel {channel} requested but the audio has {info.num_channels} channel(s)",
                 )
             recordings[recording.uri] = replace(
-                recording, sample_rate=info.sample_rate, num_channels=info.num_channels,
+                recording,
+                sample_rate=info.sample_rate,
+                num_channels=info.num_channels,
                 num_frames=info.num_frames,
             )
             durations_s[recording.uri] = info.duration_s
@@ -222,13 +231,17 @@ class DataDir:
         for turn in read_rttm(rttm_path):
             if turn.uri not in recordings:
                 raise DataFormatError(
-                    rttm_path, turn.line_number, _line_text(rttm_path, turn.line_number),
+                    rttm_path,
+                    turn.line_number,
+                    _line_text(rttm_path, turn.line_number),
                     f"recording {turn.uri!r} is not in {scp_path}",
                 )
             duration_s = durations_s[turn.uri]
             if turn.offset_s > duration_s + TIME_TOLERANCE_S:
                 raise DataFormatError(
-                    rttm_path, turn.line_number, _line_text(rttm_path, turn.line_number),
+                    rttm_path,
+                    turn.line_number,
+                    _line_text(rttm_path, turn.line_number),
                     f"turn ends at {turn.offset_s:.3f} s, after the end of the audio "
                     f"({duration_s:.3f} s)",
                 )
@@ -240,13 +253,17 @@ class DataDir:
             for region in read_uem(uem_path):
                 if region.uri not in recordings:
                     raise DataFormatError(
-                        uem_path, region.line_number, _line_text(uem_path, region.line_number),
+                        uem_path,
+                        region.line_number,
+                        _line_text(uem_path, region.line_number),
                         f"recording {region.uri!r} is not in {scp_path}",
                     )
                 duration_s = durations_s[region.uri]
                 if region.end_s > duration_s + TIME_TOLERANCE_S:
                     raise DataFormatError(
-                        uem_path, region.line_number, _line_text(uem_path, region.line_number),
+                        uem_path,
+                        region.line_number,
+                        _line_text(uem_path, region.line_number),
                         f"region ends at {region.end_s:.3f} s, after the end of the audio "
                         f"({duration_s:.3f} s)",
                     )
@@ -255,7 +272,10 @@ class DataDir:
             if missing:
                 logger.warning(
                     "%s: %d recording(s) have no UEM region and will be neither trained on nor "
-                    "scored: %s", uem_path, len(missing), ", ".join(missing[:5]),
+                    "scored: %s",
+                    uem_path,
+                    len(missing),
+                    ", ".join(missing[:5]),
                 )
             for uri in recordings:
                 uem[uri] = sorted(uem.get(uri, []), key=lambda r: r.start_s)
@@ -281,7 +301,9 @@ class DataDir:
             if not inside:
                 spans = ", ".join(f"[{r.start_s:g}, {r.end_s:g}]" for r in regions) or "none"
                 raise DataFormatError(
-                    rttm_path, turn.line_number, _line_text(rttm_path, turn.line_number),
+                    rttm_path,
+                    turn.line_number,
+                    _line_text(rttm_path, turn.line_number),
                     f"turn [{turn.onset_s:.3f}, {turn.offset_s:.3f}] is not inside a UEM region "
                     f"of {turn.uri!r} in {uem_path} (regions: {spans})",
                 )
@@ -289,9 +311,9 @@ class DataDir:
     # ------------------------------------------------------------------ queries
     def regions_array(self, uri: str) -> np.ndarray:
         """UEM regions of ``uri`` as a ``(num_regions, 2)`` array of ``[start_s, end_s)``."""
-        return np.asarray(
-            [(r.start_s, r.end_s) for r in self.uem[uri]], dtype=np.float64
-        ).reshape(-1, 2)
+        return np.asarray([(r.start_s, r.end_s) for r in self.uem[uri]], dtype=np.float64).reshape(
+            -1, 2
+        )
 
     def all_turns(self) -> list[Turn]:
         """Every turn, recording by recording (``wav.scp`` order), each sorted by onset."""
@@ -318,17 +340,19 @@ class DataDir:
             speech_total += speech_s
             overlap_total += overlap_s
             scored_total += scored_s
-            rows.append({
-                "uri": uri,
-                "duration_s": duration_s,
-                "scored_s": scored_s,
-                "speakers": len(speakers),
-                "turns": len(turns),
-                "speech_s": speech_s,
-                "overlap_s": overlap_s,
-                "sample_rate": sample_rate,
-                "channels": num_channels,
-            })
+            rows.append(
+                {
+                    "uri": uri,
+                    "duration_s": duration_s,
+                    "scored_s": scored_s,
+                    "speakers": len(speakers),
+                    "turns": len(turns),
+                    "speech_s": speech_s,
+                    "overlap_s": overlap_s,
+                    "sample_rate": sample_rate,
+                    "channels": num_channels,
+                }
+            )
         return DataSummary(
             num_recordings=len(self.recordings),
             duration_s=sum(duration_s for _, _, duration_s in headers.values()),
@@ -338,9 +362,11 @@ class DataDir:
             num_turns=sum(len(t) for t in self.turns.values()),
             speakers_per_recording=speakers_per_recording,
             turns_per_speaker=dict(sorted(turns_per_speaker.items())),
-            sample_rates=dict(sorted(Counter(
-                sample_rate for sample_rate, _, _ in headers.values()).items())),
-            channels=dict(sorted(Counter(
-                num_channels for _, num_channels, _ in headers.values()).items())),
+            sample_rates=dict(
+                sorted(Counter(sample_rate for sample_rate, _, _ in headers.values()).items())
+            ),
+            channels=dict(
+                sorted(Counter(num_channels for _, num_channels, _ in headers.values()).items())
+            ),
             recordings=rows,
         )

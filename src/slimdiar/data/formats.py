@@ -49,9 +49,7 @@ def _channel(path: Path, number: int, line: str, text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise DataFormatError(
-            path, number, line, f"channel {text!r} is not an integer"
-        ) from None
+        raise DataFormatError(path, number, line, f"channel {text!r} is not an integer") from None
 
 
 # ---------------------------------------------------------------------- wav.scp
@@ -85,7 +83,7 @@ def read_wav_scp(path: str | Path) -> list[Recording]:
                 path, number, line, "expected '<recording-id> <path>' but found 1 field"
             )
         uri = fields[0]
-        audio = line.strip()[len(uri):].strip()
+        audio = line.strip()[len(uri) :].strip()
         if audio.endswith("|"):
             raise DataFormatError(
                 path,
@@ -180,9 +178,7 @@ def read_rttm(path: str | Path) -> list[Turn]:
         )
         key = (turn.uri, turn.speaker, onset_s, duration_s)
         if key in seen:
-            raise DataFormatError(
-                path, number, line, f"duplicate turn (first on line {seen[key]})"
-            )
+            raise DataFormatError(path, number, line, f"duplicate turn (first on line {seen[key]})")
         seen[key] = number
         turns.append(turn)
     return turns
@@ -251,12 +247,11 @@ def read_uem(path: str | Path) -> list[UEMRegion]:
         if start_s < 0:
             raise DataFormatError(path, number, line, f"negative start {start_s}")
         if end_s <= start_s:
-            raise DataFormatError(
-                path, number, line, f"end {end_s} is not after start {start_s}"
-            )
+            raise DataFormatError(path, number, line, f"end {end_s} is not after start {start_s}")
         regions.append(
-            UEMRegion(uri=fields[0], start_s=start_s, end_s=end_s, channel=channel,
-                      line_number=number)
+            UEMRegion(
+                uri=fields[0], start_s=start_s, end_s=end_s, channel=channel, line_number=number
+            )
         )
     _check_uem_overlaps(path, regions)
     return regions
@@ -290,9 +285,7 @@ def write_uem(path: str | Path, regions: Iterable[UEMRegion]) -> None:
     regions
         Regions to write, in order.
     """
-    lines = [
-        f"{r.uri} {r.channel} {r.start_s:.3f} {r.end_s:.3f}\n" for r in regions
-    ]
+    lines = [f"{r.uri} {r.channel} {r.start_s:.3f} {r.end_s:.3f}\n" for r in regions]
     write_text_atomic(path, "".join(lines))
 
 

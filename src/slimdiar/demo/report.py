@@ -17,32 +17,38 @@ def build_report(out: Path, quick: bool) -> dict:
     bench = json.loads((out / "bench.json").read_text())
     pruning = json.loads((out / "prune" / "report.json").read_text())
     rows = []
-    for name, bench_row, label in (("finetune", bench["models"][0], "fine-tuned"),
-                                   ("finetune-pruned", bench["models"][1], "pruned + fine-tuned")):
+    for name, bench_row, label in (
+        ("finetune", bench["models"][0], "fine-tuned"),
+        ("finetune-pruned", bench["models"][1], "pruned + fine-tuned"),
+    ):
         der = json.loads((out / name / "der.json").read_text())
-        rows.append({
-            "system": label,
-            "params": bench_row["params"],
-            "macs_per_second": bench_row["macs_per_second"],
-            "cpu_speedup": bench_row["speedup_vs_first"],
-            "cpu_speedup_batch": bench_row["speedup_batch_vs_first"],
-            "rtf": bench_row["rtf"],
-            "der": der["total"]["der"],
-            "missed": der["total"]["missed"],
-            "false_alarm": der["total"]["false_alarm"],
-            "confusion": der["total"]["confusion"],
-            "total_speech": der["total"]["total"],
-            "pipeline_rtf": der["pipeline_rtf"],
-            "clustering_threshold": der["clustering_threshold"],
-        })
+        rows.append(
+            {
+                "system": label,
+                "params": bench_row["params"],
+                "macs_per_second": bench_row["macs_per_second"],
+                "cpu_speedup": bench_row["speedup_vs_first"],
+                "cpu_speedup_batch": bench_row["speedup_batch_vs_first"],
+                "rtf": bench_row["rtf"],
+                "der": der["total"]["der"],
+                "missed": der["total"]["missed"],
+                "false_alarm": der["total"]["false_alarm"],
+                "confusion": der["total"]["confusion"],
+                "total_speech": der["total"]["total"],
+                "pipeline_rtf": der["pipeline_rtf"],
+                "clustering_threshold": der["clustering_threshold"],
+            }
+        )
     return {
         "quick": quick,
         "note": NO_PRETRAINING,
         "target_sparsity": pruning["target_sparsity"],
         "reached_sparsity": pruning["reached_sparsity"],
         "rows": rows,
-        "kept": {key: {"teacher": pruning[key]["teacher"], "student": pruning[key]["student"]}
-                 for key in ("conv_channels", "heads", "ffn_units")},
+        "kept": {
+            key: {"teacher": pruning[key]["teacher"], "student": pruning[key]["student"]}
+            for key in ("conv_channels", "heads", "ffn_units")
+        },
         "device": bench["device"],
         "threads": bench["threads"],
         "torch": bench["torch"],
@@ -74,8 +80,9 @@ def render_report(report: dict) -> str:
         "",
         *lines,
         "",
-        "Clustering threshold tuned on the dev set: " + ", ".join(
-            f"{row['system']} {row['clustering_threshold']:.2f}" for row in report["rows"]) + ".",
+        "Clustering threshold tuned on the dev set: "
+        + ", ".join(f"{row['system']} {row['clustering_threshold']:.2f}" for row in report["rows"])
+        + ".",
         "",
         *_kept_lines(report.get("kept")),
         report["note"],
@@ -89,8 +96,12 @@ def _kept_lines(kept: dict | None) -> list[str]:
     """What the pruned WavLM kept of each part (reports written before it was recorded: none)."""
     if not kept:
         return []
-    names = {"conv_channels": "conv channels", "heads": "attention heads per layer",
-             "ffn_units": "FFN units per layer"}
-    lines = [f"- {names[key]}: {value['student']} of {value['teacher']}"
-             for key, value in kept.items()]
+    names = {
+        "conv_channels": "conv channels",
+        "heads": "attention heads per layer",
+        "ffn_units": "FFN units per layer",
+    }
+    lines = [
+        f"- {names[key]}: {value['student']} of {value['teacher']}" for key, value in kept.items()
+    ]
     return ["Kept by pruning:", "", *lines, ""]

@@ -69,10 +69,16 @@ class DemoSettings:
     bench_seconds: float = 8.0
     pipeline_step_s: float = 0.4
     thresholds: tuple[float, ...] = (0.4, 0.45, 0.5)
-    head: dict = field(default_factory=lambda: {
-        "d_model": 128, "num_heads": 4, "ffn_dim": 256, "conv_kernel": 15, "num_blocks": 2,
-        "dropout": 0.1,
-    })
+    head: dict = field(
+        default_factory=lambda: {
+            "d_model": 128,
+            "num_heads": 4,
+            "ffn_dim": 256,
+            "conv_kernel": 15,
+            "num_blocks": 2,
+            "dropout": 0.1,
+        }
+    )
 
 
 def demo_settings(quick: bool = False) -> DemoSettings:
@@ -100,8 +106,14 @@ class Demo:
         Called with one line of progress text per event.
     """
 
-    def __init__(self, out: str | Path, quick: bool = False, seed: int = 0, jobs: int = 2,
-                 say: Callable[[str], None] = print):
+    def __init__(
+        self,
+        out: str | Path,
+        quick: bool = False,
+        seed: int = 0,
+        jobs: int = 2,
+        say: Callable[[str], None] = print,
+    ):
         self.out = Path(out)
         self.quick = quick
         self.settings = demo_settings(quick)
@@ -133,18 +145,24 @@ class Demo:
         from slimdiar.simulate.tts import TTSVoicePool
 
         s = self.settings
-        pool = TTSVoicePool(self.out / "voices", num_speakers=s.tts_speakers or None,
-                            utterances_per_speaker=s.utterances_per_speaker)
+        pool = TTSVoicePool(
+            self.out / "voices",
+            num_speakers=s.tts_speakers or None,
+            utterances_per_speaker=s.utterances_per_speaker,
+        )
         missing = pool.missing()
         if missing:
             self.say(f"  synthesising {len(missing)} utterances with the offline voice pool")
             pool.prepare(max(2, self.jobs))
         config = SimulationConfig(duration_s=s.duration_s, min_speakers=2, max_speakers=3)
-        report = simulate_data_dirs(pool, self.data, config, s.splits, seed=self.seed,
-                                    num_workers=self.jobs, overwrite=True)
+        report = simulate_data_dirs(
+            pool, self.data, config, s.splits, seed=self.seed, num_workers=self.jobs, overwrite=True
+        )
         for split in report.splits:
-            self.say(f"  {split.path.name}: {split.num_recordings} recordings, "
-                     f"{split.duration_s / 60:.1f} min, {len(split.speakers)} speakers")
+            self.say(
+                f"  {split.path.name}: {split.num_recordings} recordings, "
+                f"{split.duration_s / 60:.1f} min, {len(split.speakers)} speakers"
+            )
 
     def _finetune_config(self, epochs: int):
         from slimdiar.stages.common import DataSection
@@ -154,18 +172,27 @@ class Demo:
         s = self.settings
         return FinetuneConfig(
             model=ModelSection(backbone=s.backbone, frontend="wavlm", **s.head),
-            data=DataSection(chunk_duration_s=s.chunk_duration_s, shift_s=s.shift_s,
-                             val_chunk_duration_s=s.chunk_duration_s,
-                             val_shift_s=s.chunk_duration_s),
+            data=DataSection(
+                chunk_duration_s=s.chunk_duration_s,
+                shift_s=s.shift_s,
+                val_chunk_duration_s=s.chunk_duration_s,
+                val_shift_s=s.chunk_duration_s,
+            ),
             optim=OptimSection(lr_backbone=s.lr_backbone, lr_head=s.lr_head, weight_decay=0.0),
             trainer=self._trainer(TrainerConfig, epochs, patience=0, average_best=3),
         )
 
     def _trainer(self, cls, epochs: int, **overrides):
         s = self.settings
-        return cls(max_epochs=epochs, batch_size=s.batch_size, seed=3407 + self.seed,
-                   num_workers=0, device="cpu", max_steps_per_epoch=s.max_steps_per_epoch,
-                   **overrides)
+        return cls(
+            max_epochs=epochs,
+            batch_size=s.batch_size,
+            seed=3407 + self.seed,
+            num_workers=0,
+            device="cpu",
+            max_steps_per_epoch=s.max_steps_per_epoch,
+            **overrides,
+        )
 
     def finetune(self, name: str, epochs: int, backbone: str | None) -> None:
         """Stage 0 or 3: fine-tune a diarization model into ``out/name``."""
@@ -173,18 +200,25 @@ class Demo:
 
         exp = self.out / name
         shutil.rmtree(exp, ignore_errors=True)
-        finetune(self._finetune_config(epochs), self.data / "train", self.data / "dev", exp,
-                 backbone=backbone)
+        finetune(
+            self._finetune_config(epochs),
+            self.data / "train",
+            self.data / "dev",
+            exp,
+            backbone=backbone,
+        )
 
     def _distill_data(self):
         """Short chunks for distillation (no labels): more optimiser steps for the same audio."""
         from slimdiar.stages.common import DataSection
 
         s = self.settings
-        return DataSection(chunk_duration_s=s.distill_chunk_duration_s,
-                           shift_s=s.distill_shift_s,
-                           val_chunk_duration_s=s.chunk_duration_s,
-                           val_shift_s=s.chunk_duration_s)
+        return DataSection(
+            chunk_duration_s=s.distill_chunk_duration_s,
+            shift_s=s.distill_shift_s,
+            val_chunk_duration_s=s.chunk_duration_s,
+            val_shift_s=s.chunk_duration_s,
+        )
 
     def prune(self) -> None:
         """Stage 1: prune the fine-tuned WavLM to the demo's sparsity into ``out/prune``."""
@@ -203,9 +237,11 @@ class Demo:
         )
         prune(config, self.out / "finetune" / "best", self.data / "train", self.data / "dev", exp)
         report = json.loads((exp / "report.json").read_text())
-        self.say(f"  {report['teacher']['params'] / 1e6:.3f}M -> "
-                 f"{report['student']['params'] / 1e6:.3f}M WavLM parameters "
-                 f"(sparsity {report['reached_sparsity']:.3f}, target {s.sparsity})")
+        self.say(
+            f"  {report['teacher']['params'] / 1e6:.3f}M -> "
+            f"{report['student']['params'] / 1e6:.3f}M WavLM parameters "
+            f"(sparsity {report['reached_sparsity']:.3f}, target {s.sparsity})"
+        )
 
     def distill(self) -> None:
         """Stage 2: distil the fine-tuned model into the pruned student, into ``out/distill``."""
@@ -219,19 +255,30 @@ class Demo:
             data=self._distill_data(),
             trainer=self._trainer(DistillTrainerConfig, s.distill_epochs, average_best=1),
         )
-        distill(config, self.out / "prune" / "pruned", self.out / "finetune" / "best",
-                self.data / "train", self.data / "dev", exp)
+        distill(
+            config,
+            self.out / "prune" / "pruned",
+            self.out / "finetune" / "best",
+            self.data / "train",
+            self.data / "dev",
+            exp,
+        )
 
     def pipeline_settings(self, threshold: float | None = None) -> dict:
         """The demo's pipeline settings (windows, and the clustering threshold if given)."""
-        settings: dict = {"windows": {"duration_s": self.settings.chunk_duration_s,
-                                      "step_s": self.settings.pipeline_step_s}}
+        settings: dict = {
+            "windows": {
+                "duration_s": self.settings.chunk_duration_s,
+                "step_s": self.settings.pipeline_step_s,
+            }
+        }
         if threshold is not None:
             settings["clustering"] = {"method": "agglomerative", "threshold": threshold}
         return settings
 
-    def _diarize(self, name: str, split: str, settings: dict | None = None,
-                 rttm_dir: Path | None = None):
+    def _diarize(
+        self, name: str, split: str, settings: dict | None = None, rttm_dir: Path | None = None
+    ):
         """Diarize a split with ``out/name/best``; return its score report and the RTF.
 
         ``settings`` override the model's own pipeline settings (its metadata).
@@ -245,8 +292,7 @@ class Demo:
         )
 
         data = DataDir.load(self.data / split)
-        pipeline = DiarizationPipeline.from_pretrained(self.out / name / "best",
-                                                       settings=settings)
+        pipeline = DiarizationPipeline.from_pretrained(self.out / name / "best", settings=settings)
         hypothesis_turns = []
         start = time.perf_counter()
         for uri, recording in sorted(data.recordings.items()):
@@ -260,7 +306,8 @@ class Demo:
         elapsed = time.perf_counter() - start
         audio_s = sum(r.duration_s for r in data.recordings.values())
         report = score_diarization(
-            annotations_from_turns(data.all_turns()), annotations_from_turns(hypothesis_turns),
+            annotations_from_turns(data.all_turns()),
+            annotations_from_turns(hypothesis_turns),
             timelines_from_regions(data.all_regions()) if data.has_uem else None,
         )
         return report.to_dict(), elapsed / audio_s
@@ -279,8 +326,10 @@ class Demo:
             ders[threshold] = scores["total"]["der"]
             self.say(f"  dev DER at clustering threshold {threshold:.2f}: {ders[threshold]:.3f}")
         best = min(ders, key=lambda t: (ders[t], t))
-        write_json_atomic(self.out / name / "threshold.json",
-                          {"threshold": best, "dev_der": {str(k): v for k, v in ders.items()}})
+        write_json_atomic(
+            self.out / name / "threshold.json",
+            {"threshold": best, "dev_der": {str(k): v for k, v in ders.items()}},
+        )
         save_settings(self.out / name / "best", self.pipeline_settings(best))
         return best
 
@@ -304,11 +353,20 @@ class Demo:
         from slimdiar.bench.backbone import benchmark_backbones, environment
 
         models = [str(self.out / "finetune" / "best"), str(self.out / "finetune-pruned" / "best")]
-        results = benchmark_backbones(models, seconds=self.settings.bench_seconds, batch_size=4,
-                                      warmup=1, repeats=3 if self.quick else 5)
-        write_json_atomic(self.out / "bench.json", {
-            "models": [r.to_dict() for r in results], **environment("cpu", torch.float32),
-        })
+        results = benchmark_backbones(
+            models,
+            seconds=self.settings.bench_seconds,
+            batch_size=4,
+            warmup=1,
+            repeats=3 if self.quick else 5,
+        )
+        write_json_atomic(
+            self.out / "bench.json",
+            {
+                "models": [r.to_dict() for r in results],
+                **environment("cpu", torch.float32),
+            },
+        )
 
     def next_steps(self) -> str:
         """The two checkpoints to diarize with, and the commands that redo the demo's scores.
@@ -317,17 +375,30 @@ class Demo:
         threshold the demo tuned on dev, recorded in the checkpoint) and the demo's step; its
         score over the test set is the demo's DER of that system.
         """
-        systems = [("fine-tuned", self.out / "finetune" / "best"),
-                   ("pruned + fine-tuned", self.out / "finetune-pruned" / "best")]
+        systems = [
+            ("fine-tuned", self.out / "finetune" / "best"),
+            ("pruned + fine-tuned", self.out / "finetune-pruned" / "best"),
+        ]
         test = self.data / "test"
         again = self.out / "finetune-pruned" / "rttm-again"
         lines = ["checkpoints to diarize with:"]
         lines += [f"  {label:21} {path}" for label, path in systems]
         lines += [
             "the demo's test score of the pruned system again:",
-            "  " + shlex.join(["slimdiar", "diarize", "--model", str(systems[1][1]), "--step",
-                               f"{self.settings.pipeline_step_s:g}", str(test), "--out",
-                               str(again)]),
+            "  "
+            + shlex.join(
+                [
+                    "slimdiar",
+                    "diarize",
+                    "--model",
+                    str(systems[1][1]),
+                    "--step",
+                    f"{self.settings.pipeline_step_s:g}",
+                    str(test),
+                    "--out",
+                    str(again),
+                ]
+            ),
             "  " + shlex.join(["slimdiar", "score", "--ref", str(test), "--hyp", str(again)]),
         ]
         return "\n".join(lines)
@@ -339,16 +410,26 @@ class Demo:
         self.out.mkdir(parents=True, exist_ok=True)
         self.say(NO_PRETRAINING)
         self._stage("simulate", (self.data / "test" / "wav.scp").exists(), self.simulate)
-        self._stage("finetune", is_checkpoint_dir(self.out / "finetune" / "best"),
-                    lambda: self.finetune("finetune", s.finetune_epochs, s.backbone))
+        self._stage(
+            "finetune",
+            is_checkpoint_dir(self.out / "finetune" / "best"),
+            lambda: self.finetune("finetune", s.finetune_epochs, s.backbone),
+        )
         self._stage("prune", is_checkpoint_dir(self.out / "prune" / "pruned"), self.prune)
         self._stage("distill", is_checkpoint_dir(self.out / "distill" / "best"), self.distill)
-        self._stage("finetune-pruned", is_checkpoint_dir(self.out / "finetune-pruned" / "best"),
-                    lambda: self.finetune("finetune-pruned", s.finetune_pruned_epochs,
-                                          str(self.out / "distill" / "best")))
+        self._stage(
+            "finetune-pruned",
+            is_checkpoint_dir(self.out / "finetune-pruned" / "best"),
+            lambda: self.finetune(
+                "finetune-pruned", s.finetune_pruned_epochs, str(self.out / "distill" / "best")
+            ),
+        )
         for name in ("finetune", "finetune-pruned"):
-            self._stage(f"diarize {name}", (self.out / name / "der.json").exists(),
-                        lambda name=name: self.diarize_and_score(name))
+            self._stage(
+                f"diarize {name}",
+                (self.out / name / "der.json").exists(),
+                lambda name=name: self.diarize_and_score(name),
+            )
         self._stage("bench", (self.out / "bench.json").exists(), self.bench)
         report = build_report(self.out, quick=self.quick)
         report["timings_s"] = self.timings

@@ -207,8 +207,12 @@ def load_state_dict_strict(
     module.load_state_dict(state_dict, strict=True)
 
 
-def _check_converted(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
-                     source: str | Path, file_keys: Mapping[str, str]) -> None:
+def _check_converted(
+    state_dict: Mapping[str, torch.Tensor],
+    expected: Mapping[str, torch.Tensor],
+    source: str | Path,
+    file_keys: Mapping[str, str],
+) -> None:
     """The first problem of converted tensors, named as the file names them."""
     for key, value in state_dict.items():
         name = file_keys.get(key, key)

@@ -86,18 +86,29 @@ def diarizen_wavlm_shape(name: str) -> WavLMConfig:
 
 # ---------------------------------------------------------------------------- head key map
 _BLOCK_PARTS = {
-    "ffn1.ln_norm": "ffn1.norm", "ffn1.w_1": "ffn1.linear1", "ffn1.w_2": "ffn1.linear2",
-    "ffn2.ln_norm": "ffn2.norm", "ffn2.w_1": "ffn2.linear1", "ffn2.w_2": "ffn2.linear2",
-    "mha.ln_norm": "attention.norm", "mha.mha.linearO": "attention.attention.out_proj",
-    "conv.ln_norm": "conv.norm", "conv.pointwise_conv1": "conv.pointwise1",
-    "conv.depthwise_conv": "conv.depthwise", "conv.bn_norm": "conv.batch_norm",
-    "conv.pointwise_conv2": "conv.pointwise2", "ln_norm": "norm",
+    "ffn1.ln_norm": "ffn1.norm",
+    "ffn1.w_1": "ffn1.linear1",
+    "ffn1.w_2": "ffn1.linear2",
+    "ffn2.ln_norm": "ffn2.norm",
+    "ffn2.w_1": "ffn2.linear1",
+    "ffn2.w_2": "ffn2.linear2",
+    "mha.ln_norm": "attention.norm",
+    "mha.mha.linearO": "attention.attention.out_proj",
+    "conv.ln_norm": "conv.norm",
+    "conv.pointwise_conv1": "conv.pointwise1",
+    "conv.depthwise_conv": "conv.depthwise",
+    "conv.bn_norm": "conv.batch_norm",
+    "conv.pointwise_conv2": "conv.pointwise2",
+    "ln_norm": "norm",
 }
 _HEAD_FIXED = {
     "weight_sum.weight": "weight_sum.weight",
-    "proj.weight": "projection.weight", "proj.bias": "projection.bias",
-    "lnorm.weight": "norm.weight", "lnorm.bias": "norm.bias",
-    "classifier.weight": "classifier.weight", "classifier.bias": "classifier.bias",
+    "proj.weight": "projection.weight",
+    "proj.bias": "projection.bias",
+    "lnorm.weight": "norm.weight",
+    "lnorm.bias": "norm.bias",
+    "classifier.weight": "classifier.weight",
+    "classifier.bias": "classifier.bias",
 }
 _BLOCK_KEY = re.compile(
     r"^conformer\.conformer_layer\.(\d+)\.(.+)\."
@@ -172,10 +183,23 @@ def read_diarizen_config(directory: str | Path) -> dict:
 
 
 _MODEL_ARGS = {
-    "wavlm_src", "wavlm_layer_num", "wavlm_feat_dim", "attention_in", "ffn_hidden", "num_head",
-    "num_layer", "kernel_size", "dropout", "use_posi", "output_activate_function",
-    "max_speakers_per_chunk", "max_speakers_per_frame", "chunk_size", "num_channels",
-    "selected_channel", "sample_rate",
+    "wavlm_src",
+    "wavlm_layer_num",
+    "wavlm_feat_dim",
+    "attention_in",
+    "ffn_hidden",
+    "num_head",
+    "num_layer",
+    "kernel_size",
+    "dropout",
+    "use_posi",
+    "output_activate_function",
+    "max_speakers_per_chunk",
+    "max_speakers_per_frame",
+    "chunk_size",
+    "num_channels",
+    "selected_channel",
+    "sample_rate",
 }
 
 
@@ -207,8 +231,9 @@ def eend_config_from_diarizen(args: dict, wavlm: WavLMConfig, source):
     if unknown:
         raise CheckpointError(f"{source}: unknown [model.args] keys {unknown}")
     if args.get("use_posi", False):
-        raise CheckpointError(f"{source}: use_posi = true (relative positions in the Conformer) "
-                              "is not supported")
+        raise CheckpointError(
+            f"{source}: use_posi = true (relative positions in the Conformer) is not supported"
+        )
     if args.get("output_activate_function", False):
         raise CheckpointError(
             f"{source}: output_activate_function = {args['output_activate_function']!r} is not "
@@ -249,8 +274,13 @@ def eend_config_from_diarizen(args: dict, wavlm: WavLMConfig, source):
 
 _INFERENCE_ARGS = {"seg_duration", "segmentation_step", "batch_size", "apply_median_filtering"}
 _CLUSTERING_ARGS = {
-    "vbx": {"ahc_threshold": "ahc_threshold", "Fa": "fa", "Fb": "fb", "lda_dim": "lda_dim",
-            "max_iters": "max_iters"},
+    "vbx": {
+        "ahc_threshold": "ahc_threshold",
+        "Fa": "fa",
+        "Fb": "fb",
+        "lda_dim": "lda_dim",
+        "max_iters": "max_iters",
+    },
     "agglomerative": {"ahc_threshold": "threshold", "min_cluster_size": "min_cluster_size"},
 }
 
@@ -295,8 +325,9 @@ def pipeline_settings(data: dict, source, chunk_size_s: float | None = None) -> 
         frames = MEDIAN_FILTER_FRAMES if inference["apply_median_filtering"] else 1
         pipeline["segmentation"] = {"median_filter_frames": frames}
     clustering = dict((data.get("clustering") or {}).get("args") or {})
-    speakers = {k: int(clustering.pop(k)) for k in ("min_speakers", "max_speakers")
-                if k in clustering}
+    speakers = {
+        k: int(clustering.pop(k)) for k in ("min_speakers", "max_speakers") if k in clustering
+    }
     if speakers:
         pipeline["speakers"] = speakers
     if clustering:
@@ -364,12 +395,16 @@ def load_diarizen_dir(src: str | Path):
     wavlm, wavlm_source = _wavlm_of(args, directory)
     config = eend_config_from_diarizen(args, wavlm, source)
     if int(args.get("selected_channel", 0)) != 0:
-        logger.info("%s: selected_channel %s is not used; the pipeline picks the channel",
-                    source, args["selected_channel"])
+        logger.info(
+            "%s: selected_channel %s is not used; the pipeline picks the channel",
+            source,
+            args["selected_channel"],
+        )
     raw = _read_weights(directory)
     weights = directory / WEIGHTS_NAME
-    state, file_keys = map_diarizen_wavlm(raw, wavlm, weights, prefix=WAVLM_PREFIX,
-                                          target_prefix="backbone.")
+    state, file_keys = map_diarizen_wavlm(
+        raw, wavlm, weights, prefix=WAVLM_PREFIX, target_prefix="backbone."
+    )
     head, head_keys = _map_head(raw, weights)
     state.update(head)
     file_keys.update(head_keys)
@@ -382,8 +417,9 @@ def load_diarizen_dir(src: str | Path):
     if "plda_dir" in clustering:
         plda = (directory / clustering["plda_dir"]).resolve()
         if not plda.is_dir():
-            logger.warning("%s: no %s/ directory; VBx clustering will need one", directory,
-                           PLDA_NAME)
+            logger.warning(
+                "%s: no %s/ directory; VBx clustering will need one", directory, PLDA_NAME
+            )
         clustering["plda_dir"] = str(plda)
     metadata = {
         "source": {"format": "diarizen", "wavlm_src": wavlm_source},
@@ -391,8 +427,12 @@ def load_diarizen_dir(src: str | Path):
     }
     if chunk is not None:
         metadata["source"]["chunk_size_s"] = float(chunk)
-    logger.info("loaded DiariZen model %s (WavLM %s, %.1fM parameters)", directory,
-                wavlm_source, sum(p.numel() for p in model.parameters()) / 1e6)
+    logger.info(
+        "loaded DiariZen model %s (WavLM %s, %.1fM parameters)",
+        directory,
+        wavlm_source,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+    )
     return model, metadata
 
 
@@ -438,4 +478,3 @@ def convert_diarizen_dir(src: str | Path, out: str | Path) -> Path:
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("converted %s to %s", src, out)
     return out
-

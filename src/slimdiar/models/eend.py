@@ -327,11 +327,10 @@ class EEND(nn.Module):
         weights = self.layer_sum_weights()
         if len(hidden_states) != weights.numel():
             raise RuntimeError(
-                f"backbone returned {len(hidden_states)} hidden states, expected "
-                f"{weights.numel()}"
+                f"backbone returned {len(hidden_states)} hidden states, expected {weights.numel()}"
             )
         if self.config.layer_sum == "linear":
-            stacked = torch.stack(hidden_states, dim=-1)         # (batch, num_frames, E, L+1)
+            stacked = torch.stack(hidden_states, dim=-1)  # (batch, num_frames, E, L+1)
             return F.linear(stacked, self.weight_sum.weight).squeeze(-1)
         return sum(w * h for w, h in zip(weights, hidden_states, strict=True))
 
@@ -387,9 +386,7 @@ class EEND(nn.Module):
         return model
 
     @classmethod
-    def from_backbone_checkpoint(
-        cls, path: str | Path, config: EENDConfig | None = None
-    ) -> EEND:
+    def from_backbone_checkpoint(cls, path: str | Path, config: EENDConfig | None = None) -> EEND:
         """A freshly initialised head on a WavLM backbone loaded from ``path``.
 
         Used to fine-tune a pruned (or pre-trained) WavLM for diarization.

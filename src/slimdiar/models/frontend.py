@@ -153,14 +153,15 @@ class Fbank(nn.Module):
     """
 
     filters: torch.Tensor  # (fft_size // 2 + 1, num_mel_bins), see mel_filterbank
-    window: torch.Tensor   # (window_samples,) Hamming window
+    window: torch.Tensor  # (window_samples,) Hamming window
 
     def __init__(self, config: FbankConfig | None = None):
         super().__init__()
         self.config = config or FbankConfig()
         self.register_buffer("filters", mel_filterbank(self.config), persistent=False)
         self.register_buffer(
-            "window", torch.hamming_window(self.config.window_samples, periodic=False),
+            "window",
+            torch.hamming_window(self.config.window_samples, periodic=False),
             persistent=False,
         )
         self.input_norm = nn.BatchNorm1d(self.config.num_mel_bins)
@@ -254,4 +255,3 @@ __all__ = [
     "build_backbone",
     "mel_filterbank",
 ]
-

@@ -70,9 +70,7 @@ def cpu_bf16_support(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[bool, str]:
     capability = torch.backends.cpu.get_cpu_capability()
     found = sorted(set(CPU_BF16_FLAGS) & cpu_flags(cpuinfo))
     native = bool(found) or any(name in capability.upper() for name in ("BF16", "AMX"))
-    description = (
-        f"torch CPU capability {capability}, bfloat16 flags: {', '.join(found) or 'none'}"
-    )
+    description = f"torch CPU capability {capability}, bfloat16 flags: {', '.join(found) or 'none'}"
     return native, description
 
 
@@ -111,7 +109,8 @@ def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -
         if not native:
             logger.warning(
                 "this CPU has no native bfloat16 arithmetic (no AVX-512-BF16 or AMX; %s): "
-                "bfloat16 is emulated and slower than float32 here", description,
+                "bfloat16 is emulated and slower than float32 here",
+                description,
             )
     if dtype == torch.bfloat16 and device_type == "cuda" and torch.cuda.is_available():
         if not torch.cuda.is_bf16_supported():

@@ -38,8 +38,10 @@ from slimdiar.pipeline.vbx import PLDA, vbx
 logger = logging.getLogger(__name__)
 
 # The options that agglomerative clustering and VBx share, and their allowed values.
-SHARED_RANGES: dict[str, Range] = {"min_active_ratio": Range(low=0, high=1),
-                                   "max_embeddings": at_least(2)}
+SHARED_RANGES: dict[str, Range] = {
+    "min_active_ratio": Range(low=0, high=1),
+    "max_embeddings": at_least(2),
+}
 
 
 def _check_count(name: str, value: object) -> None:
@@ -294,7 +296,9 @@ class AgglomerativeClustering:
     needs_reference: ClassVar[bool] = False
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "threshold": above(0), "min_cluster_size": at_least(1), **SHARED_RANGES,
+        "threshold": above(0),
+        "min_cluster_size": at_least(1),
+        **SHARED_RANGES,
     }
 
     def __post_init__(self) -> None:
@@ -321,7 +325,10 @@ class AgglomerativeClustering:
         if min_clusters > num_points:
             logger.warning(
                 "asked for at least %d speakers but only %d speaker embeddings are usable; "
-                "using %d", min_clusters, num_points, num_points
+                "using %d",
+                min_clusters,
+                num_points,
+                num_points,
             )
         if num_points <= 1:
             return np.zeros(num_points, dtype=np.int64)
@@ -511,8 +518,12 @@ class VBxClustering:
     needs_reference: ClassVar[bool] = False
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "ahc_threshold": above(0), "fa": above(0), "fb": above(0), "lda_dim": at_least(1),
-        "max_iters": at_least(1), "loop_probability": Range(low=0, high=1, high_open=True),
+        "ahc_threshold": above(0),
+        "fa": above(0),
+        "fb": above(0),
+        "lda_dim": at_least(1),
+        "max_iters": at_least(1),
+        "loop_probability": Range(low=0, high=1, high_open=True),
         **SHARED_RANGES,
     }
 
@@ -559,9 +570,16 @@ class VBxClustering:
                 fcluster(merges, self.ahc_threshold, criterion="distance"), return_inverse=True
             )[1].astype(np.int64)
             features, phi = plda.features(train, self.lda_dim)
-            result = vbx(features, phi, ahc_labels, fa=self.fa, fb=self.fb,
-                         loop_probability=self.loop_probability, max_iters=self.max_iters,
-                         init_smoothing=self.init_smoothing)
+            result = vbx(
+                features,
+                phi,
+                ahc_labels,
+                fa=self.fa,
+                fb=self.fb,
+                loop_probability=self.loop_probability,
+                max_iters=self.max_iters,
+                init_smoothing=self.init_smoothing,
+            )
             gamma, pi = result.gamma, result.pi
             kept = pi > self.min_prior
             weights = gamma[:, kept]  # (num_train, num_speakers)
@@ -572,7 +590,10 @@ class VBxClustering:
         if bounds.min_clusters > num_train:
             logger.warning(
                 "asked for at least %d speakers but only %d speaker embeddings are usable; "
-                "using %d", bounds.min_clusters, num_train, num_train
+                "using %d",
+                bounds.min_clusters,
+                num_train,
+                num_train,
             )
         found = weights.shape[1]
         fallback = not low <= found <= high
@@ -580,7 +601,11 @@ class VBxClustering:
             wanted = int(np.clip(found, low, high))
             logger.warning(
                 "VBx found %d speakers, outside the allowed range [%d, %d]; using k-means "
-                "with %d clusters on the same features instead", found, low, high, wanted
+                "with %d clusters on the same features instead",
+                found,
+                low,
+                high,
+                wanted,
             )
             # One embedding always fits the bounds, so VBx ran and gave the features.
             assert features is not None
@@ -589,8 +614,20 @@ class VBxClustering:
         centroids = weights.T @ train  # (num_clusters, dimension)
         soft = cosine_scores(embeddings, centroids)
         hard = compact_labels(constrained_assignment(soft, active))
-        return VBxDetails(chunk_idx, speaker_idx, ahc_labels, features, phi, gamma, pi, labels,
-                          centroids, soft, hard, fallback)
+        return VBxDetails(
+            chunk_idx,
+            speaker_idx,
+            ahc_labels,
+            features,
+            phi,
+            gamma,
+            pi,
+            labels,
+            centroids,
+            soft,
+            hard,
+            fallback,
+        )
 
     def __call__(
         self,

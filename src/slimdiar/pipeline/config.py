@@ -125,8 +125,7 @@ class ClusteringSection:
                 f"{', '.join(sorted(CLUSTERING_METHODS))}"
             )
         # check names and types of the options, then keep them all, resolved
-        built = from_dict(CLUSTERING_METHODS[self.method], dict(self.options),
-                          prefix="clustering.")
+        built = from_dict(CLUSTERING_METHODS[self.method], dict(self.options), prefix="clustering.")
         self.options = {f.name: getattr(built, f.name) for f in dataclasses.fields(built)}
 
     def build(self):
@@ -298,8 +297,7 @@ def resolve_settings(
         if not plda_dir.is_absolute():
             clustering["plda_dir"] = str(Path(model_dir) / plda_dir)
     config = PipelineConfig.from_dict(merged)
-    if (model_dir is not None and config.clustering.method == "vbx"
-            and "plda_dir" not in clustering):
+    if model_dir is not None and config.clustering.method == "vbx" and "plda_dir" not in clustering:
         config.clustering.options["plda_dir"] = str(
             Path(model_dir) / config.clustering.options["plda_dir"]
         )

@@ -107,8 +107,9 @@ class TorchSegmentation:
     def __call__(self, waveforms: np.ndarray) -> np.ndarray:
         """Log-probabilities ``(batch, num_frames, num_classes)`` of ``(batch, num_samples)``."""
         with torch.inference_mode():
-            log_probs = self.model(torch.from_numpy(np.ascontiguousarray(waveforms)).to(
-                self.device))
+            log_probs = self.model(
+                torch.from_numpy(np.ascontiguousarray(waveforms)).to(self.device)
+            )
         return log_probs.float().cpu().numpy()
 
 
@@ -156,12 +157,17 @@ def read_sidecar(onnx_path: str | Path, kind: str) -> dict:
     try:
         info = json.loads(sidecar.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{sidecar}: missing; an exported model needs its JSON "
-                              "sidecar (written by 'slimdiar export')") from None
+        raise CheckpointError(
+            f"{sidecar}: missing; an exported model needs its JSON "
+            "sidecar (written by 'slimdiar export')"
+        ) from None
     except (OSError, ValueError) as error:
         raise CheckpointError(f"{sidecar}: not readable JSON ({error})") from None
-    if not isinstance(info, dict) or info.get("format") != SIDECAR_FORMAT \
-            or info.get("kind") != kind:
+    if (
+        not isinstance(info, dict)
+        or info.get("format") != SIDECAR_FORMAT
+        or info.get("kind") != kind
+    ):
         raise CheckpointError(
             f"{sidecar}: not the sidecar of an exported {kind} model "
             f"(expected format {SIDECAR_FORMAT!r} and kind {kind!r})"
@@ -202,14 +208,21 @@ class OnnxSegmentation:
 
     engine = "onnx"
 
-    def __init__(self, onnx_path: str | Path, threads: int | None = None,
-                 expected_config: dict | None = None, expected_fingerprint: str | None = None):
+    def __init__(
+        self,
+        onnx_path: str | Path,
+        threads: int | None = None,
+        expected_config: dict | None = None,
+        expected_fingerprint: str | None = None,
+    ):
         self.path = Path(onnx_path)
         self.info = read_sidecar(self.path, "segmentation")
         if expected_config is not None:
             expected_config = json.loads(json.dumps(expected_config))
-        for what, expected in (("config", expected_config),
-                               ("weights_sha256", expected_fingerprint)):
+        for what, expected in (
+            ("config", expected_config),
+            ("weights_sha256", expected_fingerprint),
+        ):
             if expected is not None and self.info.get(what) != expected:
                 raise CheckpointError(
                     f"{self.path}: exported from another model than the checkpoint given "
@@ -308,8 +321,10 @@ class OnnxResNetEmbedding:
                 "(batch, num_samples) and (batch, num_speakers, num_weight_frames)"
             )
         if waveforms.shape[-1] < self.min_num_samples:
-            raise AudioError(f"{waveforms.shape[-1]} samples is too short for the ResNet "
-                             f"embedding: it needs at least {self.min_num_samples}")
+            raise AudioError(
+                f"{waveforms.shape[-1]} samples is too short for the ResNet "
+                f"embedding: it needs at least {self.min_num_samples}"
+            )
         with torch.inference_mode():
             fbank = cepstral_mean_normalize(kaldi_fbank(waveforms, self.config.fbank))
             # (batch, num_fbank_frames, num_mel_bins)
@@ -357,10 +372,12 @@ def load_onnx_models(
     require_onnxruntime()
     directory = Path(directory)
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: no such export directory (make it with "
-                              "'slimdiar export')")
-    segmentation = OnnxSegmentation(directory / SEGMENTATION_FILE, threads, expected_config,
-                                    expected_fingerprint)
+        raise CheckpointError(
+            f"{directory}: no such export directory (make it with 'slimdiar export')"
+        )
+    segmentation = OnnxSegmentation(
+        directory / SEGMENTATION_FILE, threads, expected_config, expected_fingerprint
+    )
     embedding = None
     if (directory / EMBEDDING_FILE).is_file():
         embedding = OnnxResNetEmbedding(directory / EMBEDDING_FILE, threads)

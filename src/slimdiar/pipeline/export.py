@@ -164,14 +164,25 @@ def export_graph(
 
     path = Path(path)
     module = module.eval().float()
-    info = {"format": SIDECAR_FORMAT, **info, "opset": OPSET,
-            "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
-            "inputs": input_names, "outputs": output_names}
+    info = {
+        "format": SIDECAR_FORMAT,
+        **info,
+        "opset": OPSET,
+        "exporter": f"torch.onnx.export(dynamo=True), torch {torch.__version__}",
+        "inputs": input_names,
+        "outputs": output_names,
+    }
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), _quiet_exporter():
         program = torch.onnx.export(
-            module, example, input_names=input_names, output_names=output_names,
-            dynamic_shapes=dynamic_shapes, opset_version=OPSET, dynamo=True,
-            external_data=False, verbose=False,
+            module,
+            example,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=dynamic_shapes,
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
         )
     if program is None:
         raise ConfigError(f"the ONNX exporter returned no program for {path}")
@@ -222,8 +233,7 @@ def _quiet_exporter():
 
 def _waveform_shapes(receptive_field_samples: int) -> tuple[torch.Tensor, dict]:
     batch = torch.export.Dim("batch", min=1, max=4096)
-    samples = torch.export.Dim("num_samples", min=receptive_field_samples,
-                               max=MAX_NUM_SAMPLES)
+    samples = torch.export.Dim("num_samples", min=receptive_field_samples, max=MAX_NUM_SAMPLES)
     example = torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)) * 0.1
     return example, {"waveforms": {0: batch, 1: samples}}
 
@@ -256,8 +266,9 @@ def export_segmentation(model: EEND, path: str | Path, source: str | None = None
         "mapping": model.powerset.mapping.detach().cpu().numpy().astype(int).tolist(),
         "sample_rate": SAMPLE_RATE,
     }
-    return export_graph(SegmentationGraph(model), (example,), path, ["waveforms"],
-                        ["log_probs"], shapes, info)
+    return export_graph(
+        SegmentationGraph(model), (example,), path, ["waveforms"], ["log_probs"], shapes, info
+    )
 
 
 def export_backbone(backbone: WavLM, path: str | Path, source: str | None = None) -> Path:
@@ -266,8 +277,9 @@ def export_backbone(backbone: WavLM, path: str | Path, source: str | None = None
     example, shapes = _waveform_shapes(int(config.receptive_field_samples))
     outputs = [f"hidden_state_{i}" for i in range(config.num_layers + 1)]
     info = {"kind": "backbone", "source": source, "config": config.to_dict()}
-    return export_graph(BackboneGraph(backbone), (example,), path, ["waveforms"], outputs,
-                        shapes, info)
+    return export_graph(
+        BackboneGraph(backbone), (example,), path, ["waveforms"], outputs, shapes, info
+    )
 
 
 def export_embedding(model: nn.Module, path: str | Path, source: str | None = None) -> Path:
@@ -306,8 +318,15 @@ def export_embedding(model: nn.Module, path: str | Path, source: str | None = No
         "config": dataclasses.asdict(config),
         "weights_sha256": weights_fingerprint(inner),
     }
-    return export_graph(EmbeddingGraph(inner.resnet), (fbank, weights), path,
-                        ["fbank", "weights"], ["embeddings"], shapes, info)
+    return export_graph(
+        EmbeddingGraph(inner.resnet),
+        (fbank, weights),
+        path,
+        ["fbank", "weights"],
+        ["embeddings"],
+        shapes,
+        info,
+    )
 
 
 def export_pipeline_models(
@@ -329,4 +348,3 @@ def export_pipeline_models(
     if embedding is not None:
         written.append(export_embedding(embedding, out_dir / EMBEDDING_FILE, embedding_source))
     return written
-

@@ -70,9 +70,11 @@ def launcher_rank(environ: Mapping[str, str] | None = None) -> Rank:
     def number(name: str, default: str | None = None) -> int:
         text = environ.get(name, default)
         if text is None:
-            raise ConfigError(f"{name} is not set, but "
-                              f"{'RANK' if name == 'WORLD_SIZE' else 'WORLD_SIZE'} is: a launcher "
-                              "sets both (e.g. torchrun)")
+            raise ConfigError(
+                f"{name} is not set, but "
+                f"{'RANK' if name == 'WORLD_SIZE' else 'WORLD_SIZE'} is: a launcher "
+                "sets both (e.g. torchrun)"
+            )
         try:
             return int(text)
         except ValueError:
@@ -198,8 +200,9 @@ def gather_failures(rank: Rank, num_recordings: int, num_failed: int) -> tuple[i
     with an error. Returns ``None``, without waiting, when there is no rendezvous to join
     (``MASTER_ADDR``/``MASTER_PORT`` unset, e.g. the workers of ``--jobs``) or a single rank.
     """
-    if not rank.distributed or not (os.environ.get("MASTER_ADDR")
-                                    and os.environ.get("MASTER_PORT")):
+    if not rank.distributed or not (
+        os.environ.get("MASTER_ADDR") and os.environ.get("MASTER_PORT")
+    ):
         return None
     from datetime import timedelta
 
@@ -209,8 +212,9 @@ def gather_failures(rank: Rank, num_recordings: int, num_failed: int) -> tuple[i
     started = not dist.is_initialized()
     if started:
         # the ranks meet here when they are done: the slowest may come much later
-        dist.init_process_group("gloo", rank=rank.rank, world_size=rank.world_size,
-                                timeout=timedelta(days=7))
+        dist.init_process_group(
+            "gloo", rank=rank.rank, world_size=rank.world_size, timeout=timedelta(days=7)
+        )
     try:
         counts = torch.tensor([num_recordings, num_failed], dtype=torch.int64)
         dist.all_reduce(counts)

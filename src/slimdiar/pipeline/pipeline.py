@@ -250,8 +250,9 @@ class DiarizationPipeline:
                 segmentation_model = EEND.from_pretrained(path)
                 metadata = read_metadata(path)
             model_settings = metadata.get("pipeline") or {}
-        config = resolve_settings([model_settings, *layers],
-                                  model_dir=path if segmentation_model is not None else None)
+        config = resolve_settings(
+            [model_settings, *layers], model_dir=path if segmentation_model is not None else None
+        )
         embedding_model = None
         if embedding is not None and config.make_clustering().needs_embeddings:
             embedding_model = load_embedding_model(embedding, device=device)
@@ -358,8 +359,17 @@ class DiarizationPipeline:
             message = f"{reader.name}: no speech found; the result is empty"
             logger.warning(message)
             warnings.append(message)
-            return self._result(uri, reader, np.zeros((num_frames, 0)), np.zeros((num_frames, 0)),
-                                [], bounds, timings_s, warnings, windows)
+            return self._result(
+                uri,
+                reader,
+                np.zeros((num_frames, 0)),
+                np.zeros((num_frames, 0)),
+                [],
+                bounds,
+                timings_s,
+                warnings,
+                windows,
+            )
 
         # 4. embeddings
         tic = time.perf_counter()

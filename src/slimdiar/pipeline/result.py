@@ -42,6 +42,7 @@ class DiarizationResult:
 
         Turns are cut at the region bounds; speakers left without a turn are dropped.
         """
+
         def crop(turns: list[Turn]) -> list[Turn]:
             kept = []
             for turn in turns:
@@ -55,8 +56,13 @@ class DiarizationResult:
         turns = crop(self.turns)
         speaking = {turn.speaker for turn in turns}
         info = {**self.info, "regions_s": [list(region) for region in regions]}
-        return replace(self, turns=turns, exclusive_turns=crop(self.exclusive_turns),
-                       speakers=[s for s in self.speakers if s in speaking], info=info)
+        return replace(
+            self,
+            turns=turns,
+            exclusive_turns=crop(self.exclusive_turns),
+            speakers=[s for s in self.speakers if s in speaking],
+            info=info,
+        )
 
     @property
     def num_speakers(self) -> int:

@@ -41,8 +41,9 @@ def _length_normalize(vectors: np.ndarray) -> np.ndarray:
 
 def _read_arrays(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file (a PLDA directory holds {TRANSFORM_NAME} "
-                              f"and {PLDA_NAME})")
+        raise CheckpointError(
+            f"{path}: no such file (a PLDA directory holds {TRANSFORM_NAME} and {PLDA_NAME})"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             missing = [n for n in names if n not in data.files]
@@ -111,11 +112,17 @@ class PLDA:
         p = _read_arrays(directory / PLDA_NAME, ("mu", "tr", "psi"))
         lda = x["lda"]
         if lda.ndim != 2:
-            raise CheckpointError(f"{directory / TRANSFORM_NAME}: lda must be 2-D, got "
-                                  f"shape {lda.shape}")
+            raise CheckpointError(
+                f"{directory / TRANSFORM_NAME}: lda must be 2-D, got shape {lda.shape}"
+            )
         dim_in, dim = lda.shape
-        expected = {"mean1": (dim_in,), "mean2": (dim,), "mu": (dim,), "tr": (dim, dim),
-                    "psi": (dim,)}
+        expected = {
+            "mean1": (dim_in,),
+            "mean2": (dim,),
+            "mu": (dim,),
+            "tr": (dim, dim),
+            "psi": (dim,),
+        }
         for name, shape in expected.items():
             array = x[name] if name in x else p[name]
             if array.shape != shape:
@@ -274,7 +281,9 @@ def vbx(
             transitions = np.eye(num_speakers) * loop_probability + (1 - loop_probability) * pi
             gamma, log_total, log_alpha, log_beta = _forward_backward(log_p, transitions, pi)
             stay = np.exp(
-                logsumexp(log_alpha[:-1], axis=1, keepdims=True) + log_p[1:] + log_beta[1:]
+                logsumexp(log_alpha[:-1], axis=1, keepdims=True)
+                + log_p[1:]
+                + log_beta[1:]
                 - log_total
             )
             pi = gamma[0] + (1 - loop_probability) * pi * stay.sum(axis=0)

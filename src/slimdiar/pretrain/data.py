@@ -65,8 +65,9 @@ def list_audio(source: str | Path) -> list[Path]:
     raise ConfigError(f"{source}: no such directory or wav.scp")
 
 
-def crop_files(files: list[Path], crop_duration_s: float, shift_s: float,
-               min_duration_s: float) -> list[Crop]:
+def crop_files(
+    files: list[Path], crop_duration_s: float, shift_s: float, min_duration_s: float
+) -> list[Crop]:
     """Crops of ``crop_duration_s`` every ``shift_s`` over each file, in file order.
 
     Files shorter than ``min_duration_s`` are skipped; a file shorter than one crop gives one
@@ -91,9 +92,7 @@ def crop_files(files: list[Path], crop_duration_s: float, shift_s: float,
     if skipped:
         logger.info("skipped %d file(s) shorter than %.2f s", skipped, min_duration_s)
     if not crops:
-        raise ConfigError(
-            f"no audio of at least {min_duration_s} s among {len(files)} file(s)"
-        )
+        raise ConfigError(f"no audio of at least {min_duration_s} s among {len(files)} file(s)")
     return crops
 
 
@@ -114,15 +113,26 @@ class CropDataset(Dataset):
     Items are ``{"waveform": (crop_samples,) float32, "num_samples": int}``.
     """
 
-    def __init__(self, source: str | Path, crop_duration_s: float, shift_s: float,
-                 min_duration_s: float = 1.0, channel: int | None = None):
+    def __init__(
+        self,
+        source: str | Path,
+        crop_duration_s: float,
+        shift_s: float,
+        min_duration_s: float = 1.0,
+        channel: int | None = None,
+    ):
         self.source = Path(source)
         self.files = list_audio(source)
         self.crops = crop_files(self.files, crop_duration_s, shift_s, min_duration_s)
         self.crop_samples = int(round(crop_duration_s * SAMPLE_RATE))
         self.channel = channel
-        logger.info("%s: %d file(s), %d crop(s) of %.2f s", source, len(self.files),
-                    len(self.crops), crop_duration_s)
+        logger.info(
+            "%s: %d file(s), %d crop(s) of %.2f s",
+            source,
+            len(self.files),
+            len(self.crops),
+            crop_duration_s,
+        )
 
     def __len__(self) -> int:
         return len(self.crops)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 import torch
 
 
-def span_mask(valid: torch.Tensor, prob: float, span: int,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def span_mask(
+    valid: torch.Tensor, prob: float, span: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Span masks as in wav2vec 2.0 / HuBERT / WavLM.
 
     Every valid frame ``t`` with ``t + span <= num_valid`` starts a masked span with probability
@@ -33,13 +34,14 @@ def span_mask(valid: torch.Tensor, prob: float, span: int,
         ``(batch, num_frames)`` bool, true where the frame is masked.
     """
     batch, num_frames = valid.shape
-    lengths = valid.sum(-1, keepdim=True)                                  # (B, 1)
+    lengths = valid.sum(-1, keepdim=True)  # (B, 1)
     frames = torch.arange(num_frames, device=valid.device)[None, :]
     draws = torch.rand(batch, num_frames, generator=generator, device=valid.device)
-    starts = (draws < prob) & (frames + span <= lengths)                   # (B, T)
+    starts = (draws < prob) & (frames + span <= lengths)  # (B, T)
     # frame t is masked when a start lies in (t - span, t]: a running count over a window
     counts = torch.nn.functional.conv1d(
-        starts.float()[:, None, :], torch.ones(1, 1, span, device=valid.device),
+        starts.float()[:, None, :],
+        torch.ones(1, 1, span, device=valid.device),
         padding=span - 1,
     )[:, 0, :num_frames]
     return counts > 0
@@ -87,10 +89,16 @@ class MixInfo:
     source_start: torch.Tensor
 
 
-def mix_utterances(waveforms: torch.Tensor, num_samples: torch.Tensor, prob: float,
-                   noise_fraction: float, min_ratio_db: float, max_ratio_db: float,
-                   max_fraction: float, generator: torch.Generator | None = None,
-                   ) -> tuple[torch.Tensor, MixInfo]:
+def mix_utterances(
+    waveforms: torch.Tensor,
+    num_samples: torch.Tensor,
+    prob: float,
+    noise_fraction: float,
+    min_ratio_db: float,
+    max_ratio_db: float,
+    max_fraction: float,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, MixInfo]:
     """WavLM's denoising input: add a segment of another utterance (or noise) to some items.
 
     Each item is chosen with probability ``prob``. Its interference is, with probability
@@ -147,7 +155,7 @@ def mix_utterances(waveforms: torch.Tensor, num_samples: torch.Tensor, prob: flo
             seg_len[i] = n
             j_first = int(source_start_draw[i] * (available - n + 1))
             source_start[i] = j_first
-            segment = waveforms[j, j_first: j_first + n]
+            segment = waveforms[j, j_first : j_first + n]
         else:
             segment = noise[i, :n]
         primary_power = waveforms[i, : int(lengths[i])].double().square().mean()
@@ -156,6 +164,6 @@ def mix_utterances(waveforms: torch.Tensor, num_samples: torch.Tensor, prob: flo
             mixed[i] = False
             continue
         scale = torch.sqrt(primary_power / (segment_power * 10 ** (ratio_db[i].double() / 10)))
-        out[i, first: first + n] += (segment.double() * scale).to(out.dtype)
+        out[i, first : first + n] += (segment.double() * scale).to(out.dtype)
     info = MixInfo(mixed, torch.where(mixed, source, -1), start, seg_len, ratio_db, source_start)
     return out, info

@@ -81,8 +81,12 @@ class DenoiseSection:
     max_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        ok = (0.0 <= self.prob <= 1.0 and 0.0 <= self.noise_fraction <= 1.0
-              and self.min_ratio_db <= self.max_ratio_db and 0.0 < self.max_fraction <= 1.0)
+        ok = (
+            0.0 <= self.prob <= 1.0
+            and 0.0 <= self.noise_fraction <= 1.0
+            and self.min_ratio_db <= self.max_ratio_db
+            and 0.0 < self.max_fraction <= 1.0
+        )
         if not ok:
             raise ConfigError(
                 "denoise needs prob and noise_fraction in [0, 1], min_ratio_db <= max_ratio_db "
@@ -149,14 +153,18 @@ class PretrainHeads(nn.Module):
         return projected @ clusters.T / self.temperature
 
 
-def masked_hidden_states(wavlm: WavLM, waveforms: torch.Tensor, mask: torch.Tensor | None,
-                         mask_embedding: torch.Tensor | None) -> list[torch.Tensor]:
+def masked_hidden_states(
+    wavlm: WavLM,
+    waveforms: torch.Tensor,
+    mask: torch.Tensor | None,
+    mask_embedding: torch.Tensor | None,
+) -> list[torch.Tensor]:
     """WavLM's forward pass with masked frames replaced after the feature projection.
 
     Between :meth:`WavLM.project` and the transformer, the frames where ``mask``
     (``(batch, frames)`` bool) is true become ``mask_embedding`` (``(E,)``), as in HuBERT.
     """
-    x = wavlm.project(waveforms)                                           # (B, T, E)
+    x = wavlm.project(waveforms)  # (B, T, E)
     if mask is not None:
         if mask_embedding is None:
             raise ConfigError("masked frames need a mask_embedding to replace them")
@@ -182,9 +190,16 @@ class MaskedPredictionObjective(Objective):
     stage = "pretrain"
     checkpoint_kind = PRETRAIN_KIND
 
-    def __init__(self, wavlm: WavLM, targets: ClusterTargets, masking: MaskingSection,
-                 denoise: DenoiseSection, head: HeadSection, optim: PretrainOptimSection,
-                 seed: int = 0):
+    def __init__(
+        self,
+        wavlm: WavLM,
+        targets: ClusterTargets,
+        masking: MaskingSection,
+        denoise: DenoiseSection,
+        head: HeadSection,
+        optim: PretrainOptimSection,
+        seed: int = 0,
+    ):
         self.wavlm = wavlm
         self.targets = targets
         self.masking = masking
@@ -208,10 +223,20 @@ class MaskedPredictionObjective(Objective):
         """The model's trainable parameters and the heads, at the same learning rate."""
         betas = (0.9, self.optim.beta2)
         return [
-            ParamGroup("wavlm", [p for p in self.wavlm.parameters() if p.requires_grad],
-                       self.optim.lr, self.optim.weight_decay, betas=betas),
-            ParamGroup("heads", list(self.heads.parameters()), self.optim.lr,
-                       self.optim.weight_decay, betas=betas),
+            ParamGroup(
+                "wavlm",
+                [p for p in self.wavlm.parameters() if p.requires_grad],
+                self.optim.lr,
+                self.optim.weight_decay,
+                betas=betas,
+            ),
+            ParamGroup(
+                "heads",
+                list(self.heads.parameters()),
+                self.optim.lr,
+                self.optim.weight_decay,
+                betas=betas,
+            ),
         ]
 
     def on_step(self, epoch: int, step: int, epoch_progress: float) -> None:
@@ -227,22 +252,33 @@ class MaskedPredictionObjective(Objective):
         generator.manual_seed(self.seed * 1_000_003 + salt)
         return generator
 
-    def _forward(self, batch, generator: torch.Generator, mix: bool,
-                 ) -> tuple[torch.Tensor, dict[str, float], tuple[float, float, float]]:
+    def _forward(
+        self,
+        batch,
+        generator: torch.Generator,
+        mix: bool,
+    ) -> tuple[torch.Tensor, dict[str, float], tuple[float, float, float]]:
         waveforms, num_samples = batch["waveform"], batch["num_samples"]
-        targets = self.targets(waveforms)                                  # (B, T)
+        targets = self.targets(waveforms)  # (B, T)
         valid = frame_valid(self.wavlm.config, num_samples, targets.shape[1])
         if mix and self.denoise.prob > 0:
             d = self.denoise
-            waveforms, _ = mix_utterances(waveforms, num_samples, d.prob, d.noise_fraction,
-                                          d.min_ratio_db, d.max_ratio_db, d.max_fraction,
-                                          generator)
+            waveforms, _ = mix_utterances(
+                waveforms,
+                num_samples,
+                d.prob,
+                d.noise_fraction,
+                d.min_ratio_db,
+                d.max_ratio_db,
+                d.max_fraction,
+                generator,
+            )
         mask = span_mask(valid, self.masking.prob, self.masking.span, generator) & valid
         hidden = masked_hidden_states(self.wavlm, waveforms, mask, self.heads.mask_embedding)
         last = hidden[-1]
         if self.wavlm.config.layer_norm_first:
             last = self.wavlm.encoder.layer_norm(last)
-        logits = self.heads.logits(last)                                   # (B, T, K)
+        logits = self.heads.logits(last)  # (B, T, K)
         if logits.shape[1] != targets.shape[1]:
             raise ConfigError(
                 f"{targets.shape[1]} target frames for {logits.shape[1]} model frames"
@@ -263,8 +299,11 @@ class MaskedPredictionObjective(Objective):
             "masked_accuracy": float((correct * mask).sum() / n_masked),
             "mask_fraction": float(mask.sum() / valid.sum().clamp(min=1)),
         }
-        counts = (float(mask.sum()), float((correct * mask).sum()),
-                  float((losses.detach() * mask).sum()))
+        counts = (
+            float(mask.sum()),
+            float((correct * mask).sum()),
+            float((losses.detach() * mask).sum()),
+        )
         return loss, scalars, counts
 
     def loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -293,16 +332,23 @@ class MaskedPredictionObjective(Objective):
     def load_state_dict(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load what :meth:`state_dict` returned; a missing or unexpected key is an error."""
         load_state_dict_strict(
-            self.wavlm, {k[6:]: v for k, v in state_dict.items() if k.startswith("wavlm.")},
-            "pretraining state (wavlm)")
+            self.wavlm,
+            {k[6:]: v for k, v in state_dict.items() if k.startswith("wavlm.")},
+            "pretraining state (wavlm)",
+        )
         load_state_dict_strict(
-            self.heads, {k[6:]: v for k, v in state_dict.items() if k.startswith("heads.")},
-            "pretraining state (heads)")
+            self.heads,
+            {k[6:]: v for k, v in state_dict.items() if k.startswith("heads.")},
+            "pretraining state (heads)",
+        )
         extra = [k for k in state_dict if not k.startswith(("wavlm.", "heads."))]
         if extra:
             raise CheckpointError(f"unexpected keys in a pretraining state: {extra[:10]}")
 
     def checkpoint_config(self) -> dict:
         """The model's architecture, the number of target clusters and the projection size."""
-        return {"wavlm": self.wavlm.config.to_dict(), "num_clusters": self.targets.num_clusters,
-                "proj_dim": self.heads.projection.out_features}
+        return {
+            "wavlm": self.wavlm.config.to_dict(),
+            "num_clusters": self.targets.num_clusters,
+            "proj_dim": self.heads.projection.out_features,
+        }

@@ -78,10 +78,10 @@ class MFCC(nn.Module):
         The model whose frames the features follow (its conv layer list fixes window and hop).
     """
 
-    filters: torch.Tensor      # (fft_size // 2 + 1, 23) mel filterbank
-    window: torch.Tensor       # (window_samples,) Hamming window
-    dct: torch.Tensor          # (23, 13) orthonormal DCT-II
-    lifter: torch.Tensor       # (13,) cepstral lifter
+    filters: torch.Tensor  # (fft_size // 2 + 1, 23) mel filterbank
+    window: torch.Tensor  # (window_samples,) Hamming window
+    dct: torch.Tensor  # (23, 13) orthonormal DCT-II
+    lifter: torch.Tensor  # (13,) cepstral lifter
 
     def __init__(self, grid: WavLMConfig):
         super().__init__()
@@ -89,15 +89,21 @@ class MFCC(nn.Module):
         self.window_samples = grid.receptive_field_samples
         self.hop_samples = grid.frame_step_samples
         fft_size = 1 << max(0, (self.window_samples - 1).bit_length())
-        bank = FbankConfig(num_mel_bins=NUM_MEL_BINS, window_samples=self.window_samples,
-                           hop_samples=self.hop_samples, fft_size=fft_size)
+        bank = FbankConfig(
+            num_mel_bins=NUM_MEL_BINS,
+            window_samples=self.window_samples,
+            hop_samples=self.hop_samples,
+            fft_size=fft_size,
+        )
         self.fft_size = fft_size
         self.register_buffer("filters", mel_filterbank(bank), persistent=False)
-        self.register_buffer("window", torch.hamming_window(self.window_samples, periodic=False),
-                             persistent=False)
+        self.register_buffer(
+            "window", torch.hamming_window(self.window_samples, periodic=False), persistent=False
+        )
         self.register_buffer("dct", _dct_matrix(NUM_MEL_BINS, NUM_CEPSTRA), persistent=False)
         lifter = 1.0 + CEPSTRAL_LIFTER / 2 * torch.sin(
-            math.pi * torch.arange(NUM_CEPSTRA) / CEPSTRAL_LIFTER)
+            math.pi * torch.arange(NUM_CEPSTRA) / CEPSTRAL_LIFTER
+        )
         self.register_buffer("lifter", lifter, persistent=False)
 
     @property
@@ -124,9 +130,9 @@ class MFCC(nn.Module):
         spectrum = torch.fft.rfft(emphasised * self.window, n=self.fft_size)
         power = spectrum.real.square() + spectrum.imag.square()
         log_mel = torch.log(torch.clamp(power @ self.filters, min=1e-10))
-        cepstra = (log_mel @ self.dct) * self.lifter                 # (batch, frames, 13)
+        cepstra = (log_mel @ self.dct) * self.lifter  # (batch, frames, 13)
         first = deltas(cepstra)
-        return torch.cat([cepstra, first, deltas(first)], dim=-1)    # (batch, frames, 39)
+        return torch.cat([cepstra, first, deltas(first)], dim=-1)  # (batch, frames, 39)
 
 
 class LayerFeatures(nn.Module):
@@ -187,7 +193,9 @@ def build_features(source: str, layer: int, grid: WavLMConfig) -> nn.Module:
     if model.pruning_enabled:
         raise CheckpointError(f"{source}: the target model must be a plain WavLM")
     if (model.config.frame_step_samples, model.config.receptive_field_samples) != (
-            grid.frame_step_samples, grid.receptive_field_samples):
+        grid.frame_step_samples,
+        grid.receptive_field_samples,
+    ):
         raise ConfigError(
             f"{source}: its frame grid differs from the model's; targets need the same frames"
         )
@@ -196,13 +204,19 @@ def build_features(source: str, layer: int, grid: WavLMConfig) -> nn.Module:
 
 def frame_valid(grid: WavLMConfig, num_samples: torch.Tensor, num_frames: int) -> torch.Tensor:
     """``(batch, num_frames)`` bool: frames that lie within each item's ``num_samples``."""
-    counts = torch.tensor([grid.num_frames(int(n)) for n in num_samples.tolist()],
-                          device=num_samples.device)
+    counts = torch.tensor(
+        [grid.num_frames(int(n)) for n in num_samples.tolist()], device=num_samples.device
+    )
     return torch.arange(num_frames, device=num_samples.device)[None, :] < counts[:, None]
 
 
-def fit_kmeans(features: Iterable[np.ndarray], num_clusters: int, seed: int,
-               batch_frames: int = 10000, max_frames: int = 0):
+def fit_kmeans(
+    features: Iterable[np.ndarray],
+    num_clusters: int,
+    seed: int,
+    batch_frames: int = 10000,
+    max_frames: int = 0,
+):
     """Fit MiniBatchKMeans by ``partial_fit`` on a stream of ``(frames, dim)`` arrays.
 
     Frames are buffered until ``batch_frames`` (at least ``num_clusters``) are there, so the
@@ -231,8 +245,13 @@ def fit_kmeans(features: Iterable[np.ndarray], num_clusters: int, seed: int,
     if num_clusters < 2:
         raise ConfigError(f"num_clusters must be >= 2, got {num_clusters}")
     batch_frames = max(int(batch_frames), num_clusters)
-    kmeans = MiniBatchKMeans(n_clusters=num_clusters, random_state=seed, batch_size=batch_frames,
-                             n_init=3, compute_labels=False)
+    kmeans = MiniBatchKMeans(
+        n_clusters=num_clusters,
+        random_state=seed,
+        batch_size=batch_frames,
+        n_init=3,
+        compute_labels=False,
+    )
     buffer: list[np.ndarray] = []
     buffered = seen = calls = 0
 
@@ -262,8 +281,9 @@ def fit_kmeans(features: Iterable[np.ndarray], num_clusters: int, seed: int,
             f"only {seen} frames of features for {num_clusters} clusters; give more audio or "
             "fewer clusters"
         )
-    logger.info("k-means: %d clusters fitted on %d frames (%d partial fits)", num_clusters,
-                seen, calls)
+    logger.info(
+        "k-means: %d clusters fitted on %d frames (%d partial fits)", num_clusters, seen, calls
+    )
     return kmeans
 
 
@@ -278,7 +298,7 @@ class ClusterTargets(nn.Module):
         ``(num_clusters, dim)`` cluster centres.
     """
 
-    centroids: torch.Tensor    # (num_clusters, dim)
+    centroids: torch.Tensor  # (num_clusters, dim)
 
     def __init__(self, features: nn.Module, centroids: torch.Tensor):
         super().__init__()
@@ -299,19 +319,24 @@ class ClusterTargets(nn.Module):
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
         """Map ``(batch, num_samples)`` audio to ``(batch, num_frames)`` cluster indices."""
         with torch.autocast(waveforms.device.type, enabled=False):
-            x = self.features(waveforms.float()).float()          # (B, T, D)
+            x = self.features(waveforms.float()).float()  # (B, T, D)
             distances = (
                 x.square().sum(-1, keepdim=True)
                 - 2 * x @ self.centroids.T
                 + self.centroids.square().sum(-1)
-            )                                                     # (B, T, K)
+            )  # (B, T, K)
         return distances.argmin(-1)
 
 
 def save_centroids(directory: str | Path, centroids: np.ndarray, info: dict) -> Path:
     """Write k-means centroids (and what they were fitted on) as a checkpoint directory."""
-    return save_checkpoint(directory, {"centroids": torch.from_numpy(np.asarray(centroids))},
-                           KMEANS_KIND, info, {"stage": "pretrain-targets"})
+    return save_checkpoint(
+        directory,
+        {"centroids": torch.from_numpy(np.asarray(centroids))},
+        KMEANS_KIND,
+        info,
+        {"stage": "pretrain-targets"},
+    )
 
 
 def load_centroids(directory: str | Path) -> tuple[torch.Tensor, dict]:

@@ -146,8 +146,14 @@ class FileScore:
     def to_dict(self) -> dict:
         """The error components, JER, status, scored duration and reason as a JSON-ready dict."""
         data = self.components.to_dict()
-        data.update({"jer": self.jer, "status": self.status, "scored_duration": self.scored_s,
-                     "reason": self.reason})
+        data.update(
+            {
+                "jer": self.jer,
+                "status": self.status,
+                "scored_duration": self.scored_s,
+                "reason": self.reason,
+            }
+        )
         return data
 
 
@@ -187,9 +193,7 @@ class ScoreReport:
     scoring_region: str
     unscored: dict[str, str] = field(default_factory=dict)
     convention: str = MD_EVAL
-    merged_turns: dict[str, int] = field(
-        default_factory=lambda: {"reference": 0, "hypothesis": 0}
-    )
+    merged_turns: dict[str, int] = field(default_factory=lambda: {"reference": 0, "hypothesis": 0})
 
     def to_dict(self) -> dict:
         """JSON form: ``{"total": {...}, "files": {uri: {...}}, ...}`` (seconds, fractions)."""
@@ -362,10 +366,16 @@ def _file_errors(
     if collar_s > 0:
         for spans in ref_spans:
             for start_s, end_s in spans:
-                collar_spans += [(start_s - collar_s, start_s + collar_s),
-                                 (end_s - collar_s, end_s + collar_s)]
-    boundaries = [t for spans in ref_spans + hyp_spans + [uem_spans, collar_spans]
-                  for span in spans for t in span]
+                collar_spans += [
+                    (start_s - collar_s, start_s + collar_s),
+                    (end_s - collar_s, end_s + collar_s),
+                ]
+    boundaries = [
+        t
+        for spans in ref_spans + hyp_spans + [uem_spans, collar_spans]
+        for span in spans
+        for t in span
+    ]
     grid = _Segmentation(boundaries)
     num_intervals = len(grid.durations_s)
     ref = np.array([grid.mask(spans) for spans in ref_spans]).reshape(-1, num_intervals)
@@ -434,8 +444,14 @@ def score_file(
     """
     collar_s = check_collar(collar_s)
     check_convention(convention)
-    errors = _file_errors(merge_speaker_turns(reference)[0], merge_speaker_turns(hypothesis)[0],
-                          uem, collar_s, skip_overlap, convention)
+    errors = _file_errors(
+        merge_speaker_turns(reference)[0],
+        merge_speaker_turns(hypothesis)[0],
+        uem,
+        collar_s,
+        skip_overlap,
+        convention,
+    )
     return errors.components, errors.scored_s
 
 
@@ -482,7 +498,8 @@ def score_diarization(
         logger.warning(
             "merged %d reference and %d hypothesis turns into an overlapping turn of the same "
             "speaker (a speaker cannot speak twice at once; md-eval and dscore do the same)",
-            num_ref_merged, num_hyp_merged,
+            num_ref_merged,
+            num_hyp_merged,
         )
     jer_metric = JaccardErrorRate(collar=pyannote_collar(collar_s), skip_overlap=skip_overlap)
     files: dict[str, FileScore] = {}
@@ -492,8 +509,10 @@ def score_diarization(
     for uri in sorted(set(reference) | set(hypothesis)):
         ref = reference.get(uri, Annotation(uri=uri))
         hyp = hypothesis.get(uri, Annotation(uri=uri))
-        status = SCORED if uri in reference and uri in hypothesis else (
-            REF_ONLY if uri in reference else HYP_ONLY
+        status = (
+            SCORED
+            if uri in reference and uri in hypothesis
+            else (REF_ONLY if uri in reference else HYP_ONLY)
         )
         if uem is not None:
             if uri not in uem:
@@ -512,8 +531,7 @@ def score_diarization(
                 warnings.simplefilter("ignore")
                 jer = float(jer_metric(ref, hyp, uem=region))
             num_jer += 1
-        files[uri] = FileScore(uri, errors.components, jer, status, errors.scored_s,
-                               errors.reason)
+        files[uri] = FileScore(uri, errors.components, jer, status, errors.scored_s, errors.reason)
         total = total + errors.components
     for uri, reason in unscored.items():
         logger.info("%s: not scored (%s)", uri, reason)
@@ -540,22 +558,32 @@ def _merge_all(annotations: Mapping[str, Annotation]) -> tuple[dict[str, Annotat
     return merged, num_merged
 
 
-def _nothing_scored(files: Mapping[str, FileScore], unscored: Mapping[str, str],
-                    collar_s: float) -> str:
+def _nothing_scored(
+    files: Mapping[str, FileScore], unscored: Mapping[str, str], collar_s: float
+) -> str:
     """The message of :class:`NoScoredTimeError`: why no reference speech was scored."""
     if not files:
         if unscored:
-            return (f"nothing to score: none of the {len(unscored)} files has both a reference "
-                    "and a scored region (" + "; ".join(
-                        f"{uri}: {reason}" for uri, reason in list(unscored.items())[:3])
-                    + ("; ..." if len(unscored) > 3 else "") + ")")
+            return (
+                f"nothing to score: none of the {len(unscored)} files has both a reference "
+                "and a scored region ("
+                + "; ".join(f"{uri}: {reason}" for uri, reason in list(unscored.items())[:3])
+                + ("; ..." if len(unscored) > 3 else "")
+                + ")"
+            )
         return "nothing to score: the reference and the hypothesis hold no turns"
     reasons = {score.reason for score in files.values()}
     if reasons == {COLLAR_COVERS_ALL}:
-        return (f"nothing to score: a collar of {collar_s:g} s on each side of every reference "
-                "boundary covers all the reference speech; use a smaller collar")
+        return (
+            f"nothing to score: a collar of {collar_s:g} s on each side of every reference "
+            "boundary covers all the reference speech; use a smaller collar"
+        )
     if reasons <= {COLLAR_COVERS_ALL, OVERLAP_COVERS_ALL}:
-        return ("nothing to score: with overlap skipped (and the collar removed) no reference "
-                "speech is left")
-    return (f"nothing to score: no reference speech in the scored region of any of the "
-            f"{len(files)} files (is the reference empty, or the UEM wrong?)")
+        return (
+            "nothing to score: with overlap skipped (and the collar removed) no reference "
+            "speech is left"
+        )
+    return (
+        f"nothing to score: no reference speech in the scored region of any of the "
+        f"{len(files)} files (is the reference empty, or the UEM wrong?)"
+    )

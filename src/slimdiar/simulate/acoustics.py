@@ -58,7 +58,7 @@ def babble_noise(
             total += piece.shape[0]
         stream = np.concatenate(pieces)
         offset = int(rng.integers(total - num_samples))
-        babble += stream[offset:offset + num_samples]
+        babble += stream[offset : offset + num_samples]
     return babble / (np.std(babble) + 1e-12)
 
 

@@ -133,8 +133,12 @@ class GapDistribution:
                 "median_s": round(float(np.median(values)), 4),
                 "max_s": round(float(values.max()), 4),
             }
-        return {"kind": "exponential", "mean_s": self.mean_s, "min_s": self.min_s,
-                "max_s": self.max_s}
+        return {
+            "kind": "exponential",
+            "mean_s": self.mean_s,
+            "min_s": self.min_s,
+            "max_s": self.max_s,
+        }
 
 
 @dataclass(frozen=True)
@@ -282,8 +286,9 @@ class SimulationConfig:
         if self.noise_snr_db is not None:
             _check_range("noise_snr_db", self.noise_snr_db)
             if not self.noise_types:
-                raise ConfigError("noise_types is empty: give at least one of "
-                                  + ", ".join(NOISE_TYPES))
+                raise ConfigError(
+                    "noise_types is empty: give at least one of " + ", ".join(NOISE_TYPES)
+                )
             for kind in self.noise_types:
                 if kind not in NOISE_TYPES:
                     raise ConfigError(

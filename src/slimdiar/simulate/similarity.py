@@ -35,7 +35,7 @@ def _mel_filterbank(num_fft: int, sample_rate: int, num_bands: int, max_hz: floa
     bins_hz = np.arange(num_fft // 2 + 1) * sample_rate / num_fft
     filters = np.zeros((num_bands, bins_hz.size))
     for band in range(num_bands):
-        low, centre, high = edges_hz[band:band + 3]
+        low, centre, high = edges_hz[band : band + 3]
         rising = (bins_hz - low) / (centre - low)
         falling = (high - bins_hz) / (high - centre)
         filters[band] = np.clip(np.minimum(rising, falling), 0.0, None)
@@ -50,9 +50,7 @@ def _frames(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     pieces = [audio[start:end] for start, end in segments if end - start >= length]
     if not pieces:
         pieces = [np.pad(audio, (0, max(0, length - audio.shape[0])))]
-    frames = [
-        np.lib.stride_tricks.sliding_window_view(piece, length)[::hop] for piece in pieces
-    ]
+    frames = [np.lib.stride_tricks.sliding_window_view(piece, length)[::hop] for piece in pieces]
     return np.concatenate(frames).astype(np.float64)
 
 
@@ -76,8 +74,7 @@ def utterance_features(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     window = np.hanning(frames.shape[1])
     num_fft = 1 << int(np.ceil(np.log2(frames.shape[1])))
     power = np.abs(np.fft.rfft(frames * window, n=num_fft)) ** 2
-    filters = _mel_filterbank(num_fft, sample_rate, NUM_MEL_BANDS,
-                              min(7600.0, 0.475 * sample_rate))
+    filters = _mel_filterbank(num_fft, sample_rate, NUM_MEL_BANDS, min(7600.0, 0.475 * sample_rate))
     log_mel = 10 * np.log10(power @ filters.T + 1e-10)
     loudness = log_mel.mean(axis=1)
     loud = loudness > loudness.max() - 30.0  # leave out near-silent frames
@@ -134,10 +131,12 @@ def voice_distances(features: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]
     means = np.stack([f.mean(axis=0) for f in features]) / scale
     differences = means[:, None, :] - means[None, :, :]
     distances = np.sqrt(np.mean(differences**2, axis=-1))
-    split_half = np.array([
-        np.sqrt(np.mean(((f[0::2].mean(axis=0) - f[1::2].mean(axis=0)) / scale) ** 2))
-        for f in features
-    ])
+    split_half = np.array(
+        [
+            np.sqrt(np.mean(((f[0::2].mean(axis=0) - f[1::2].mean(axis=0)) / scale) ** 2))
+            for f in features
+        ]
+    )
     return distances, split_half
 
 

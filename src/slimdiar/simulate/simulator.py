@@ -186,8 +186,9 @@ def assign_speakers(
     for name in active:
         counts[name] += int(math.floor(shares[name]))
     leftover = len(speakers) - sum(counts.values())
-    by_remainder = sorted(active, key=lambda n: (-(shares[n] - math.floor(shares[n])),
-                                                 active.index(n)))
+    by_remainder = sorted(
+        active, key=lambda n: (-(shares[n] - math.floor(shares[n])), active.index(n))
+    )
     for name in by_remainder[:leftover]:
         counts[name] += 1
     order = np.random.default_rng([seed, 1]).permutation(len(speakers))
@@ -195,7 +196,7 @@ def assign_speakers(
     result, position = {}, 0
     for name in splits:
         count = counts.get(name, 0)
-        result[name] = sorted(shuffled[position:position + count])
+        result[name] = sorted(shuffled[position : position + count])
         position += count
     return result
 
@@ -223,8 +224,9 @@ class ConversationPlan:
 
     def segments(self) -> list[tuple[int, int, int]]:
         """Speech segments as ``(participant index, start_sample, end_sample)``."""
-        return placed_segments(self.placements, [[u.segments for u in playlist]
-                                                 for playlist in self.playlists])
+        return placed_segments(
+            self.placements, [[u.segments for u in playlist] for playlist in self.playlists]
+        )
 
 
 class ConversationSimulator:
@@ -253,9 +255,7 @@ class ConversationSimulator:
         self._utterance_ids = {s: source.utterance_ids(s) for s in source.speakers()}
         self._load = lru_cache(maxsize=LOADED_UTTERANCES)(source.load)
         sample = self._calibration_sample()
-        self.mean_utterance_s = float(
-            np.mean([u.num_samples for u in sample]) / config.sample_rate
-        )
+        self.mean_utterance_s = float(np.mean([u.num_samples for u in sample]) / config.sample_rate)
         turns = config.turns
         if turns.overlap_probability is not None:
             self.overlap_probability = turns.overlap_probability
@@ -319,8 +319,7 @@ class ConversationSimulator:
         rate = config.sample_rate
         num_speakers = int(rng.integers(config.min_speakers, config.max_speakers + 1))
         num_speakers = min(num_speakers, len(speakers))
-        chosen = sorted(speakers[i] for i in rng.choice(len(speakers), num_speakers,
-                                                         replace=False))
+        chosen = sorted(speakers[i] for i in rng.choice(len(speakers), num_speakers, replace=False))
         needed = math.ceil(2 * config.duration_s / (num_speakers * self.mean_utterance_s)) + 2
         playlists = [self._playlist(speaker, needed, rng) for speaker in chosen]
         segments = [[u.segments for u in playlist] for playlist in playlists]
@@ -334,8 +333,10 @@ class ConversationSimulator:
             start_sample=edge,
             target_end_sample=edge + round(config.duration_s * rate),
         )
-        end = max(p.onset_sample + playlists[p.speaker_index][p.utterance_index].num_samples
-                  for p in placements)
+        end = max(
+            p.onset_sample + playlists[p.speaker_index][p.utterance_index].num_samples
+            for p in placements
+        )
         return ConversationPlan(chosen, playlists, placements, end + edge)
 
     def simulate(
@@ -381,7 +382,7 @@ class ConversationSimulator:
             level = acoustics.rms(utterance.audio, mask)
             if level > 0:
                 onset = placement.onset_sample
-                tracks[placement.speaker_index, onset:onset + utterance.num_samples] += (
+                tracks[placement.speaker_index, onset : onset + utterance.num_samples] += (
                     utterance.audio / level
                 )
         gains_db = rng.uniform(*config.speaker_gain_db, size=num_speakers)
@@ -400,8 +401,7 @@ class ConversationSimulator:
         for _, start, stop in merged:
             speech_mask[start:stop] = True
         turns = [
-            Turn(uri=uri, onset_s=start / rate, duration_s=(stop - start) / rate,
-                 speaker=chosen[k])
+            Turn(uri=uri, onset_s=start / rate, duration_s=(stop - start) / rate, speaker=chosen[k])
             for k, start, stop in merged
         ]
 
@@ -427,19 +427,30 @@ class ConversationSimulator:
                         "babble noise needs speakers outside the conversation; add white or "
                         "pink to the noise types or use more speakers per split"
                     )
-                picks = rng.choice(len(babble_speakers),
-                                   min(len(babble_speakers), BABBLE_UTTERANCES), replace=False)
-                voices = [u.audio for i in sorted(picks)
-                          for u in self._playlist(babble_speakers[i], 1, rng)]
-                signal = acoustics.babble_noise(voices, num_samples,
-                                                int(rng.integers(3, 7)), rng)
+                picks = rng.choice(
+                    len(babble_speakers),
+                    min(len(babble_speakers), BABBLE_UTTERANCES),
+                    replace=False,
+                )
+                voices = [
+                    u.audio
+                    for i in sorted(picks)
+                    for u in self._playlist(babble_speakers[i], 1, rng)
+                ]
+                signal = acoustics.babble_noise(voices, num_samples, int(rng.integers(3, 7)), rng)
             mixture += acoustics.scale_noise_to_snr(mixture, signal, snr_db, speech_mask)
             noise = (kind, snr_db)
         peak = float(np.max(np.abs(mixture))) if num_samples else 0.0
         if peak > 0.99:
             mixture *= 0.99 / peak
-        return SimulatedRecording(uri=uri, audio=mixture.astype(np.float32), turns=turns,
-                                  speakers=chosen, noise=noise, rt60_s=rt60_s)
+        return SimulatedRecording(
+            uri=uri,
+            audio=mixture.astype(np.float32),
+            turns=turns,
+            speakers=chosen,
+            noise=noise,
+            rt60_s=rt60_s,
+        )
 
 
 @dataclass
@@ -503,14 +514,26 @@ class SimulationReport:
         return [
             ("overlap ratio", turns.overlap_ratio, measured["overlap_ratio"]),
             ("overlap probability", self.overlap_probability, measured["overlap_probability"]),
-            ("same-speaker probability", turns.same_speaker_probability,
-             measured["same_speaker_probability"]),
-            ("same-speaker pause mean (s)", turns.pause_same_speaker.expected_s(),
-             measured["pause_same_speaker_mean_s"]),
-            ("other-speaker pause mean (s)", turns.pause_other_speaker.expected_s(),
-             measured["pause_other_speaker_mean_s"]),
-            ("overlap mean (s, before cutting)", turns.overlap.expected_s(),
-             measured["overlap_mean_s"]),
+            (
+                "same-speaker probability",
+                turns.same_speaker_probability,
+                measured["same_speaker_probability"],
+            ),
+            (
+                "same-speaker pause mean (s)",
+                turns.pause_same_speaker.expected_s(),
+                measured["pause_same_speaker_mean_s"],
+            ),
+            (
+                "other-speaker pause mean (s)",
+                turns.pause_other_speaker.expected_s(),
+                measured["pause_other_speaker_mean_s"],
+            ),
+            (
+                "overlap mean (s, before cutting)",
+                turns.overlap.expected_s(),
+                measured["overlap_mean_s"],
+            ),
         ]
 
     def to_dict(self) -> dict:
@@ -542,12 +565,16 @@ def _recording_task(
 ) -> tuple[list[Turn], int, dict]:
     rng = np.random.default_rng([simulator.seed, 3, split_index, recording_index])
     recording = simulator.simulate(uri, speakers, rng, babble_speakers=babble_speakers)
-    sf.write(str(wav_path), recording.audio, simulator.config.sample_rate, subtype="PCM_16",
-             format="WAV")
-    info = {"speakers": recording.speakers,
-            "noise": None if recording.noise is None
-            else {"type": recording.noise[0], "snr_db": round(recording.noise[1], 2)},
-            "rt60_s": [round(t, 3) for t in recording.rt60_s]}
+    sf.write(
+        str(wav_path), recording.audio, simulator.config.sample_rate, subtype="PCM_16", format="WAV"
+    )
+    info = {
+        "speakers": recording.speakers,
+        "noise": None
+        if recording.noise is None
+        else {"type": recording.noise[0], "snr_db": round(recording.noise[1], 2)},
+        "rt60_s": [round(t, 3) for t in recording.rt60_s],
+    }
     return recording.turns, recording.num_samples, info
 
 
@@ -604,8 +631,9 @@ def simulate_data_dirs(
                 "--out or pass --overwrite"
             )
     simulator = ConversationSimulator(source, config, seed=seed)
-    assignment = assign_speakers(source.speakers(), splits, config.min_speakers,
-                                 config.max_speakers, seed)
+    assignment = assign_speakers(
+        source.speakers(), splits, config.min_speakers, config.max_speakers, seed
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".simulate-", dir=out_dir))
     try:
@@ -616,8 +644,18 @@ def simulate_data_dirs(
                 if count == 0:
                     logger.info("split %s has no recordings: not written", name)
                     continue
-                results.append(_simulate_split(simulator, staging / name, name, split_index,
-                                               count, assignment, pool, progress))
+                results.append(
+                    _simulate_split(
+                        simulator,
+                        staging / name,
+                        name,
+                        split_index,
+                        count,
+                        assignment,
+                        pool,
+                        progress,
+                    )
+                )
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
@@ -674,8 +712,7 @@ def _simulate_split(
         total_samples += num_samples
         if progress is not None:
             progress(uri)
-    write_text_atomic(directory / WAV_SCP_NAME,
-                      "".join(f"{uri} wav/{uri}.wav\n" for uri in uris))
+    write_text_atomic(directory / WAV_SCP_NAME, "".join(f"{uri} wav/{uri}.wav\n" for uri in uris))
     write_rttm(directory / RTTM_NAME, all_turns)
     write_uem(directory / UEM_NAME, regions)
     summary = {
@@ -687,5 +724,11 @@ def _simulate_split(
         "recordings": recordings,
     }
     write_text_atomic(directory / SUMMARY_NAME, json.dumps(summary, indent=1) + "\n")
-    return SplitResult(name=name, path=directory, speakers=speakers, num_recordings=count,
-                       duration_s=total_samples / rate, stats=stats)
+    return SplitResult(
+        name=name,
+        path=directory,
+        speakers=speakers,
+        num_recordings=count,
+        duration_s=total_samples / rate,
+        stats=stats,
+    )

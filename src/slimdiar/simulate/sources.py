@@ -143,8 +143,9 @@ def trim_to_speech(
     start, end = int(segments[0, 0]), int(min(segments[-1, 1], audio.shape[0]))
     segments = segments - start
     segments[-1, 1] = end - start
-    return Utterance(speaker, utterance_id, np.ascontiguousarray(audio[start:end],
-                                                                 dtype=np.float32), segments)
+    return Utterance(
+        speaker, utterance_id, np.ascontiguousarray(audio[start:end], dtype=np.float32), segments
+    )
 
 
 def read_mono(path: Path, sample_rate: int) -> np.ndarray:
@@ -211,8 +212,9 @@ class CorpusSource(SpeakerSource):
         Speakers with fewer utterances are left out.
     """
 
-    def __init__(self, path: str | Path, sample_rate: int = SAMPLE_RATE, *,
-                 min_utterances: int = 1):
+    def __init__(
+        self, path: str | Path, sample_rate: int = SAMPLE_RATE, *, min_utterances: int = 1
+    ):
         super().__init__(sample_rate)
         self.path = Path(path)
         if self.path.is_dir():
@@ -231,8 +233,12 @@ class CorpusSource(SpeakerSource):
                 f"{self.path}: found no speakers with at least {min_utterances} audio files "
                 f"({', '.join(AUDIO_SUFFIXES)})"
             )
-        logger.info("%s: %d speakers, %d utterances", self.path, len(self._files),
-                    sum(len(p) for p in self._files.values()))
+        logger.info(
+            "%s: %d speakers, %d utterances",
+            self.path,
+            len(self._files),
+            sum(len(p) for p in self._files.values()),
+        )
 
     @staticmethod
     def _scan_directory(root: Path) -> dict[str, dict[str, Path]]:
@@ -254,8 +260,9 @@ class CorpusSource(SpeakerSource):
                 continue
             fields = content.split(maxsplit=1)
             if len(fields) != 2:
-                raise DataFormatError(list_path, number, line,
-                                      "expected '<speaker> <path>' but found 1 field")
+                raise DataFormatError(
+                    list_path, number, line, "expected '<speaker> <path>' but found 1 field"
+                )
             speaker, audio = fields
             audio_path = Path(audio)
             if not audio_path.is_absolute():
@@ -354,8 +361,9 @@ class ToneSource(SpeakerSource):
         duration_s = rng.uniform(*self.duration_s)
         num_samples = max(1, round(duration_s * self.sample_rate))
         time_s = np.arange(num_samples) / self.sample_rate
-        contour = 1.0 + 0.06 * np.sin(2 * np.pi * rng.uniform(0.5, 2.0) * time_s
-                                      + rng.uniform(0, 2 * np.pi))
+        contour = 1.0 + 0.06 * np.sin(
+            2 * np.pi * rng.uniform(0.5, 2.0) * time_s + rng.uniform(0, 2 * np.pi)
+        )
         phase = 2 * np.pi * np.cumsum(self._f0_hz[speaker_index] * contour) / self.sample_rate
         # Sawtooth buzz (all harmonics) through a one-pole low-pass whose pole sets the
         # speaker's spectral tilt.
@@ -366,15 +374,17 @@ class ToneSource(SpeakerSource):
         if fade > 0:
             ramp = np.linspace(0.0, 1.0, fade, endpoint=False) + 0.5 / fade
             audio[:fade] *= ramp
-            audio[num_samples - fade:] *= ramp[::-1]
+            audio[num_samples - fade :] *= ramp[::-1]
         audio *= 0.1 / (np.sqrt(np.mean(audio**2)) + 1e-12)
         segments = np.array([[0, num_samples]], dtype=np.int64)
         return Utterance(speaker, utterance_id, audio.astype(np.float32), segments)
 
     def describe(self) -> str:
         """One line with the number of speakers and of utterances per speaker."""
-        return (f"synthetic tone source ({self.num_speakers} speakers, "
-                f"{self.utterances_per_speaker} utterances each)")
+        return (
+            f"synthetic tone source ({self.num_speakers} speakers, "
+            f"{self.utterances_per_speaker} utterances each)"
+        )
 
 
 def stable_hash(*parts: object) -> str:

@@ -89,8 +89,7 @@ class VoiceSpec:
 
 def engine_available(engine: str) -> bool:
     """Whether ``engine`` and sox are installed."""
-    return (shutil.which(ENGINE_COMMANDS[engine]) is not None
-            and shutil.which("sox") is not None)
+    return shutil.which(ENGINE_COMMANDS[engine]) is not None and shutil.which("sox") is not None
 
 
 def available_engines() -> list[str]:
@@ -103,8 +102,9 @@ def engine_version(engine: str) -> str:
     """The line of the engine's version output that holds its version (part of the cache key)."""
     flag = {"espeak-ng": "--version", "flite": "--version", "festival": "--version"}[engine]
     try:
-        result = subprocess.run([ENGINE_COMMANDS[engine], flag], capture_output=True, text=True,
-                                timeout=30, check=False)
+        result = subprocess.run(
+            [ENGINE_COMMANDS[engine], flag], capture_output=True, text=True, timeout=30, check=False
+        )
     except OSError:
         return "unknown"
     lines = [line.strip() for line in (result.stdout or result.stderr).splitlines()]
@@ -116,8 +116,14 @@ def engine_version(engine: str) -> str:
 
 def _run(command: list[str], what: str, stdin: str | None = None) -> None:
     try:
-        result = subprocess.run(command, input=stdin, capture_output=True, text=True,
-                                timeout=SYNTHESIS_TIMEOUT_S, check=False)
+        result = subprocess.run(
+            command,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=SYNTHESIS_TIMEOUT_S,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as error:
         raise AudioError(f"{what}: {command[0]} failed ({error})") from None
     if result.returncode != 0:
@@ -161,8 +167,11 @@ def synthesize(spec: VoiceSpec, texts: Sequence[str], paths: Sequence[Path]) -> 
         raw = [Path(work) / f"raw{i}.wav" for i in range(len(texts))]
         if spec.engine == "espeak-ng":
             for text, path in zip(texts, raw):
-                _run(["espeak-ng", "-v", spec.voice, "-w", str(path), "--stdin"], spec.label,
-                     stdin=text)
+                _run(
+                    ["espeak-ng", "-v", spec.voice, "-w", str(path), "--stdin"],
+                    spec.label,
+                    stdin=text,
+                )
         elif spec.engine == "flite":
             for text, path in zip(texts, raw):
                 _run(["flite", "-voice", spec.voice, "-t", text, "-o", str(path)], spec.label)
@@ -180,8 +189,9 @@ def synthesize(spec: VoiceSpec, texts: Sequence[str], paths: Sequence[Path]) -> 
             if not source.is_file() or source.stat().st_size <= 44:
                 raise AudioError(f"{spec.label}: the engine wrote no audio for {destination.name}")
             destination.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=".wav",
-                                                 dir=destination.parent)
+            handle, temporary = tempfile.mkstemp(
+                prefix=f".{destination.stem}.", suffix=".wav", dir=destination.parent
+            )
             os.close(handle)
             effects = []
             if spec.pitch_cents:
@@ -190,8 +200,25 @@ def synthesize(spec: VoiceSpec, texts: Sequence[str], paths: Sequence[Path]) -> 
                 effects += ["tempo", f"{spec.tempo:g}"]
             try:
                 # -R: repeatable, -D: no dither, so the same input gives the same bytes.
-                _run(["sox", "-R", "-D", str(source), "-r", str(CACHE_SAMPLE_RATE), "-c", "1",
-                      "-b", "16", "-e", "signed-integer", temporary, *effects], spec.label)
+                _run(
+                    [
+                        "sox",
+                        "-R",
+                        "-D",
+                        str(source),
+                        "-r",
+                        str(CACHE_SAMPLE_RATE),
+                        "-c",
+                        "1",
+                        "-b",
+                        "16",
+                        "-e",
+                        "signed-integer",
+                        temporary,
+                        *effects,
+                    ],
+                    spec.label,
+                )
                 os.replace(temporary, destination)
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
@@ -201,7 +228,7 @@ def synthesize(spec: VoiceSpec, texts: Sequence[str], paths: Sequence[Path]) -> 
 def sentence_indices(spec: VoiceSpec, count: int) -> list[int]:
     """Which sentences of :data:`SENTENCES` the speaker says: its own seeded choice of ``count``."""
     rng = np.random.default_rng(int(stable_hash("sentences", spec.label), 16))
-    return sorted(int(i) for i in rng.permutation(len(SENTENCES))[:min(count, len(SENTENCES))])
+    return sorted(int(i) for i in rng.permutation(len(SENTENCES))[: min(count, len(SENTENCES))])
 
 
 def default_cache_dir() -> Path:
@@ -212,10 +239,19 @@ def default_cache_dir() -> Path:
 
 def pool_json(voices: Sequence[VoiceSpec]) -> str:
     """The text of :data:`POOL_FILE` for ``voices``, in pool order (one voice per line)."""
-    lines = [json.dumps({"engine": v.engine, "voice": v.voice, "pitch_cents": v.pitch_cents,
-                         "tempo": v.tempo}) for v in voices]
-    return ('{\n "about": ' + json.dumps(POOL_ABOUT) + ',\n "voices": [\n  '
-            + ",\n  ".join(lines) + "\n ]\n}\n")
+    lines = [
+        json.dumps(
+            {"engine": v.engine, "voice": v.voice, "pitch_cents": v.pitch_cents, "tempo": v.tempo}
+        )
+        for v in voices
+    ]
+    return (
+        '{\n "about": '
+        + json.dumps(POOL_ABOUT)
+        + ',\n "voices": [\n  '
+        + ",\n  ".join(lines)
+        + "\n ]\n}\n"
+    )
 
 
 @cache
@@ -269,8 +305,12 @@ class TTSVoicePool(SpeakerSource):
             )
         if len(usable) < len(voices):
             missing = sorted({spec.engine for spec in voices} - installed)
-            logger.warning("%d pool voices need %s, which is not installed; using %d",
-                           len(voices) - len(usable), ", ".join(missing), len(usable))
+            logger.warning(
+                "%d pool voices need %s, which is not installed; using %d",
+                len(voices) - len(usable),
+                ", ".join(missing),
+                len(usable),
+            )
         if num_speakers is not None:
             if num_speakers > len(usable):
                 raise ConfigError(
@@ -316,9 +356,7 @@ class TTSVoicePool(SpeakerSource):
             if not self.cache_path(speaker, utterance).is_file()
         ]
 
-    def prepare(
-        self, num_workers: int = 2, progress: Callable[[str], None] | None = None
-    ) -> int:
+    def prepare(self, num_workers: int = 2, progress: Callable[[str], None] | None = None) -> int:
         """Synthesise every utterance that is not cached yet.
 
         Parameters
@@ -342,8 +380,12 @@ class TTSVoicePool(SpeakerSource):
             return speaker
 
         if todo:
-            logger.info("synthesising %d utterances of %d speakers into %s",
-                        sum(len(v) for v in todo.values()), len(todo), self.cache_dir)
+            logger.info(
+                "synthesising %d utterances of %d speakers into %s",
+                sum(len(v) for v in todo.values()),
+                len(todo),
+                self.cache_dir,
+            )
         with ThreadPoolExecutor(max(1, num_workers)) as pool:
             for speaker in pool.map(run, sorted(todo)):
                 if progress is not None:
@@ -368,5 +410,7 @@ class TTSVoicePool(SpeakerSource):
 
     def describe(self) -> str:
         """One line with the number of voices and of utterances per voice."""
-        return (f"built-in voice pool ({len(self._specs)} speakers, "
-                f"{self.utterances_per_speaker} utterances each)")
+        return (
+            f"built-in voice pool ({len(self._specs)} speakers, "
+            f"{self.utterances_per_speaker} utterances each)"
+        )

@@ -125,8 +125,9 @@ def layout_conversation(
                 if overlap_uniform < overlap_probability:
                     # Never start before the current turn, never overlap a third speaker, never
                     # touch one's own previous turn.
-                    onset = max(max_end - overlap, current_onset, previous_end,
-                                last_end[speaker] + self_gap)
+                    onset = max(
+                        max_end - overlap, current_onset, previous_end, last_end[speaker] + self_gap
+                    )
                 else:
                     onset = max_end + pause_other
         utterance = used[speaker] % len(lengths[speaker])
@@ -170,11 +171,16 @@ class _TransitionDraws:
                 values = distribution.sample_s(rng, size) * self.sample_rate
                 return np.round(values).astype(np.int64)
 
-            self.rows = list(zip(
-                same.tolist(), other.tolist(), overlap_uniform.tolist(),
-                samples(turns.overlap).tolist(), samples(turns.pause_other_speaker).tolist(),
-                samples(turns.pause_same_speaker).tolist(),
-            ))
+            self.rows = list(
+                zip(
+                    same.tolist(),
+                    other.tolist(),
+                    overlap_uniform.tolist(),
+                    samples(turns.overlap).tolist(),
+                    samples(turns.pause_other_speaker).tolist(),
+                    samples(turns.pause_same_speaker).tolist(),
+                )
+            )
             self.position = 0
         row = self.rows[self.position]
         self.position += 1
@@ -190,8 +196,11 @@ def placed_segments(
         segments = speaker_segments[placement.speaker_index][placement.utterance_index]
         for start, end in segments:
             result.append(
-                (placement.speaker_index, placement.onset_sample + int(start),
-                 placement.onset_sample + int(end))
+                (
+                    placement.speaker_index,
+                    placement.onset_sample + int(start),
+                    placement.onset_sample + int(end),
+                )
             )
     return result
 
@@ -251,8 +260,7 @@ class TurnTakingStats:
     def __add__(self, other: TurnTakingStats) -> TurnTakingStats:
         return TurnTakingStats(
             num_turns=self.num_turns + other.num_turns,
-            same_speaker_transitions=self.same_speaker_transitions
-            + other.same_speaker_transitions,
+            same_speaker_transitions=self.same_speaker_transitions + other.same_speaker_transitions,
             pause_same_speaker_s=self.pause_same_speaker_s + other.pause_same_speaker_s,
             pause_other_speaker_s=self.pause_other_speaker_s + other.pause_other_speaker_s,
             overlap_s=self.overlap_s + other.overlap_s,
@@ -301,10 +309,10 @@ class TurnTakingStats:
 
         return TurnTakingConfig(
             same_speaker_probability=min(self.same_speaker_probability, 0.95),
-            pause_same_speaker=distribution(self.pause_same_speaker_s,
-                                            defaults.pause_same_speaker),
-            pause_other_speaker=distribution(self.pause_other_speaker_s,
-                                             defaults.pause_other_speaker),
+            pause_same_speaker=distribution(self.pause_same_speaker_s, defaults.pause_same_speaker),
+            pause_other_speaker=distribution(
+                self.pause_other_speaker_s, defaults.pause_other_speaker
+            ),
             overlap=distribution(self.overlap_s, defaults.overlap),
             overlap_ratio=self.overlap_ratio,
             overlap_probability=None,
@@ -357,8 +365,9 @@ def merge_speaker_segments(
     return merged
 
 
-def _speech_and_overlap(speakers: np.ndarray, starts: np.ndarray, ends: np.ndarray
-                        ) -> tuple[float, float]:
+def _speech_and_overlap(
+    speakers: np.ndarray, starts: np.ndarray, ends: np.ndarray
+) -> tuple[float, float]:
     """Time with at least one and at least two speakers (vectorised; integer speaker ids)."""
     keep = ends > starts
     speakers, starts, ends = speakers[keep], starts[keep], ends[keep]
@@ -505,7 +514,11 @@ def calibrate_overlap_probability(
         speech_s = overlapped_s = 0.0
         for pools, layout_seed in conversations:
             placements = layout_conversation(
-                pools, turns, probability, sample_rate, np.random.default_rng(layout_seed),
+                pools,
+                turns,
+                probability,
+                sample_rate,
+                np.random.default_rng(layout_seed),
                 max_turns=per_conversation,
             )
             speech, overlapped = _placed_speech_and_overlap(placements, pools)
@@ -530,6 +543,7 @@ def calibrate_overlap_probability(
         else:
             high = middle
     probability = 0.5 * (low + high)
-    logger.info("overlap probability %.4f gives an overlap ratio of %.3f", probability,
-                target_ratio)
+    logger.info(
+        "overlap probability %.4f gives an overlap ratio of %.3f", probability, target_ratio
+    )
     return probability

@@ -47,8 +47,12 @@ class WavLMTrainingSection:
             raise ConfigError(
                 f"wavlm.feature_grad_mult must be in (0, 1], got {self.feature_grad_mult}"
             )
-        for key in ("feat_proj_dropout", "attention_dropout", "hidden_dropout",
-                    "activation_dropout"):
+        for key in (
+            "feat_proj_dropout",
+            "attention_dropout",
+            "hidden_dropout",
+            "activation_dropout",
+        ):
             value = getattr(self, key)
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"wavlm.{key} must be in [0, 1), got {value}")
@@ -56,8 +60,10 @@ class WavLMTrainingSection:
     def apply(self, model: WavLM) -> WavLM:
         """Set these options on ``model`` (a WavLM) and return it."""
         return model.set_training_options(
-            self.feature_grad_mult, feat_proj_dropout=self.feat_proj_dropout,
-            attention_dropout=self.attention_dropout, dropout=self.hidden_dropout,
+            self.feature_grad_mult,
+            feat_proj_dropout=self.feat_proj_dropout,
+            attention_dropout=self.attention_dropout,
+            dropout=self.hidden_dropout,
             activation_dropout=self.activation_dropout,
         )
 
@@ -83,26 +89,45 @@ class DataSection:
     channel: int | None = None
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "chunk_duration_s": above(0), "shift_s": above(0), "val_chunk_duration_s": above(0),
-        "val_shift_s": above(0), "channel": at_least(0),
+        "chunk_duration_s": above(0),
+        "shift_s": above(0),
+        "val_chunk_duration_s": above(0),
+        "val_shift_s": above(0),
+        "channel": at_least(0),
     }
 
     def __post_init__(self) -> None:
         check_ranges(self)
 
 
-def chunk_datasets(data: DataSection, grid: FrameGrid | object, train_dir: str | Path,
-                   dev_dir: str | Path,
-                   max_speakers: int = 4) -> tuple[ChunkDataset, ChunkDataset]:
+def chunk_datasets(
+    data: DataSection,
+    grid: FrameGrid | object,
+    train_dir: str | Path,
+    dev_dir: str | Path,
+    max_speakers: int = 4,
+) -> tuple[ChunkDataset, ChunkDataset]:
     """The training and validation chunks of a run, on the frame grid of ``grid``.
 
     ``grid`` is a :class:`~slimdiar.frames.FrameGrid` or what it is built from (a WavLM config,
     a diarization model).
     """
-    train = ChunkDataset(DataDir.load(train_dir, data.channel), grid, data.chunk_duration_s,
-                         data.shift_s, max_speakers, data.channel)
-    dev = ChunkDataset(DataDir.load(dev_dir, data.channel), grid, data.val_chunk_duration_s,
-                       data.val_shift_s, max_speakers, data.channel)
+    train = ChunkDataset(
+        DataDir.load(train_dir, data.channel),
+        grid,
+        data.chunk_duration_s,
+        data.shift_s,
+        max_speakers,
+        data.channel,
+    )
+    dev = ChunkDataset(
+        DataDir.load(dev_dir, data.channel),
+        grid,
+        data.val_chunk_duration_s,
+        data.val_shift_s,
+        max_speakers,
+        data.channel,
+    )
     return train, dev
 
 
@@ -121,7 +146,9 @@ class DistillOptimSection:
     weight_decay: float = 0.0
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "lr_weights": above(0), "lr_gates": above(0), "lr_lambda": above(0),
+        "lr_weights": above(0),
+        "lr_gates": above(0),
+        "lr_lambda": above(0),
         "weight_decay": at_least(0),
     }
 

@@ -100,8 +100,8 @@ def distillation_loss(
     cos_terms: list[torch.Tensor] = []
     for i in layers:
         s, t = student[i], teacher[i].detach()
-        l1 = (s - t).abs().mean(-1)                                   # (B, T)
-        cos = F.cosine_similarity(s, t, dim=-1)                       # (B, T)
+        l1 = (s - t).abs().mean(-1)  # (B, T)
+        cos = F.cosine_similarity(s, t, dim=-1)  # (B, T)
         if frame_mask is None:
             l1_terms.append(l1.mean())
             cos_terms.append(cos.mean())
@@ -177,8 +177,9 @@ class DistillObjective(Objective):
     #: The key prefixes of :meth:`state_dict`.
     _state_prefixes: tuple[str, ...] = ("student.",)
 
-    def __init__(self, student: WavLM, teacher: WavLM, layers: list[int],
-                 optim: DistillOptimSection):
+    def __init__(
+        self, student: WavLM, teacher: WavLM, layers: list[int], optim: DistillOptimSection
+    ):
         self.student = student
         self.teacher = teacher
         self.layers = validate_layers(layers, student.config.num_layers)
@@ -196,8 +197,14 @@ class DistillObjective(Objective):
 
     def parameter_groups(self) -> list[ParamGroup]:
         """The student's weights, one group."""
-        return [ParamGroup("weights", self.student.weight_parameters(), self.optim.lr_weights,
-                           self.optim.weight_decay)]
+        return [
+            ParamGroup(
+                "weights",
+                self.student.weight_parameters(),
+                self.optim.lr_weights,
+                self.optim.weight_decay,
+            )
+        ]
 
     def _distill(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         waveforms, mask = batch["waveform"], batch["mask"]
@@ -254,9 +261,16 @@ class DistillObjective(Objective):
         load_state_dict_strict(self.student, state, directory)
 
 
-def run(config: DistillConfig, student_path: str | Path, teacher_path: str | Path,
-        train_dir: str | Path, dev_dir: str | Path, exp_dir: str | Path,
-        ctx: DistContext | None = None, resume: bool = False) -> TrainResult:
+def run(
+    config: DistillConfig,
+    student_path: str | Path,
+    teacher_path: str | Path,
+    train_dir: str | Path,
+    dev_dir: str | Path,
+    exp_dir: str | Path,
+    ctx: DistContext | None = None,
+    resume: bool = False,
+) -> TrainResult:
     """Run stage 2: distil a plain (pruned) student from the teacher; ``exp_dir/best`` is it."""
     ctx = ctx or DistContext()
     seed_everything(config.trainer.seed)
@@ -275,9 +289,14 @@ def run(config: DistillConfig, student_path: str | Path, teacher_path: str | Pat
     objective = DistillObjective(student, teacher, layers, config.optim)
     run_config = to_dict(config)
     run_config["distill_layers"] = layers
-    run_config["paths"] = {"student": str(student_path), "teacher": str(teacher_path),
-                           "train": str(train_dir), "dev": str(dev_dir)}
+    run_config["paths"] = {
+        "student": str(student_path),
+        "teacher": str(teacher_path),
+        "train": str(train_dir),
+        "dev": str(dev_dir),
+    }
     run_config["world_size"] = ctx.world_size
-    trainer = Trainer(objective, train_set, dev_set, config.trainer, exp_dir, ctx=ctx,
-                      run_config=run_config)
+    trainer = Trainer(
+        objective, train_set, dev_set, config.trainer, exp_dir, ctx=ctx, run_config=run_config
+    )
     return trainer.fit(resume=resume)

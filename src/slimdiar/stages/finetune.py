@@ -70,10 +70,14 @@ class ModelSection:
     layer_sum: str | None = None
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "d_model": at_least(1), "num_heads": at_least(1), "ffn_dim": at_least(1),
-        "conv_kernel": at_least(1), "num_blocks": at_least(1),
+        "d_model": at_least(1),
+        "num_heads": at_least(1),
+        "ffn_dim": at_least(1),
+        "conv_kernel": at_least(1),
+        "num_blocks": at_least(1),
         "dropout": Range(low=0, high=1, high_open=True),
-        "max_speakers_per_chunk": at_least(1), "max_speakers_per_frame": at_least(1),
+        "max_speakers_per_chunk": at_least(1),
+        "max_speakers_per_frame": at_least(1),
     }
 
     def __post_init__(self) -> None:
@@ -94,7 +98,9 @@ class OptimSection:
     weight_decay: float = 0.01
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "lr_backbone": above(0), "lr_head": above(0), "weight_decay": at_least(0),
+        "lr_backbone": above(0),
+        "lr_head": above(0),
+        "weight_decay": at_least(0),
     }
 
     def __post_init__(self) -> None:
@@ -139,13 +145,20 @@ class FinetuneObjective(Objective):
         groups = []
         backbone = self.model.backbone_parameters()
         if backbone:
-            groups.append(ParamGroup(
-                "wavlm", backbone, self.optim.lr_backbone, self.optim.weight_decay, "wavlm"
-            ))
-        groups.append(ParamGroup(
-            "head", self.model.head_parameters(), self.optim.lr_head, self.optim.weight_decay,
-            "head",
-        ))
+            groups.append(
+                ParamGroup(
+                    "wavlm", backbone, self.optim.lr_backbone, self.optim.weight_decay, "wavlm"
+                )
+            )
+        groups.append(
+            ParamGroup(
+                "head",
+                self.model.head_parameters(),
+                self.optim.lr_head,
+                self.optim.weight_decay,
+                "head",
+            )
+        )
         return groups
 
     def _forward(self, batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -276,7 +289,12 @@ def run(
     run_config["world_size"] = ctx.world_size
     run_config["model_config"] = model.config.to_dict()
     trainer = Trainer(
-        FinetuneObjective(model, config.optim), train_set, dev_set, config.trainer, exp_dir,
-        ctx=ctx, run_config=run_config,
+        FinetuneObjective(model, config.optim),
+        train_set,
+        dev_set,
+        config.trainer,
+        exp_dir,
+        ctx=ctx,
+        run_config=run_config,
     )
     return trainer.fit(resume=resume)

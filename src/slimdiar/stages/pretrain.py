@@ -165,22 +165,24 @@ def build_backbone(source: str) -> WavLM:
     return model
 
 
-def stream_features(features: torch.nn.Module, dataset: CropDataset, grid, device: torch.device,
-                    batch_size: int = 8):
+def stream_features(
+    features: torch.nn.Module, dataset: CropDataset, grid, device: torch.device, batch_size: int = 8
+):
     """Yield the valid frames' features of every crop, ``(frames, dim)`` float32, in order."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     features = features.to(device).eval()
     with torch.no_grad():
         for batch in loader:
             waveforms = batch["waveform"].to(device)
-            x = features(waveforms)                                         # (B, T, D)
+            x = features(waveforms)  # (B, T, D)
             valid = frame_valid(grid, batch["num_samples"].to(device), x.shape[1])
             for item, keep in zip(x, valid):
                 yield item[keep].float().cpu().numpy()
 
 
-def fit_targets(section: TargetsSection, dataset: CropDataset, grid, seed: int,
-                device: torch.device) -> tuple[np.ndarray, dict]:
+def fit_targets(
+    section: TargetsSection, dataset: CropDataset, grid, seed: int, device: torch.device
+) -> tuple[np.ndarray, dict]:
     """Fit the k-means of ``section`` on the (clean) training crops; ``(centroids, info)``."""
     features = build_features(section.source, section.layer, grid)
 
@@ -209,8 +211,9 @@ def fit_targets(section: TargetsSection, dataset: CropDataset, grid, seed: int,
     return kmeans.cluster_centers_.astype(np.float32), info
 
 
-def prepare_targets(section: TargetsSection, dataset: CropDataset, grid, seed: int,
-                    exp_dir: Path, ctx: DistContext) -> ClusterTargets:
+def prepare_targets(
+    section: TargetsSection, dataset: CropDataset, grid, seed: int, exp_dir: Path, ctx: DistContext
+) -> ClusterTargets:
     """Fit the targets once (rank 0) into ``exp_dir/targets``, or reuse those already there."""
     directory = exp_dir / "targets"
     if ctx.is_main and not is_checkpoint_dir(directory):
@@ -228,9 +231,14 @@ def prepare_targets(section: TargetsSection, dataset: CropDataset, grid, seed: i
     return ClusterTargets(build_features(section.source, section.layer, grid), centroids)
 
 
-def run(config: PretrainConfig, train_source: str | Path, dev_source: str | Path,
-        exp_dir: str | Path, ctx: DistContext | None = None,
-        resume: bool = False) -> TrainResult:
+def run(
+    config: PretrainConfig,
+    train_source: str | Path,
+    dev_source: str | Path,
+    exp_dir: str | Path,
+    ctx: DistContext | None = None,
+    resume: bool = False,
+) -> TrainResult:
     """Pretrain a WavLM by masked prediction; ``exp_dir/best`` is the plain WavLM.
 
     Parameters
@@ -258,31 +266,41 @@ def run(config: PretrainConfig, train_source: str | Path, dev_source: str | Path
     wavlm = config.wavlm.apply(build_backbone(config.model.backbone))
     grid = wavlm.config
     data = config.data
-    train_set = CropDataset(train_source, data.crop_duration_s, data.shift_s,
-                            data.min_duration_s, data.channel)
-    dev_set = CropDataset(dev_source, data.val_crop_duration_s, data.val_shift_s,
-                          data.min_duration_s, data.channel)
+    train_set = CropDataset(
+        train_source, data.crop_duration_s, data.shift_s, data.min_duration_s, data.channel
+    )
+    dev_set = CropDataset(
+        dev_source, data.val_crop_duration_s, data.val_shift_s, data.min_duration_s, data.channel
+    )
     targets = prepare_targets(config.targets, train_set, grid, seed, exp_dir, ctx)
     seed_everything(seed)
-    objective = MaskedPredictionObjective(wavlm, targets, config.masking, config.denoise,
-                                          config.head, config.optim, seed)
+    objective = MaskedPredictionObjective(
+        wavlm, targets, config.masking, config.denoise, config.head, config.optim, seed
+    )
     run_config = to_dict(config)
     run_config["paths"] = {"train": str(train_source), "dev": str(dev_source)}
     run_config["world_size"] = ctx.world_size
     run_config["wavlm_config"] = grid.to_dict()
-    trainer = Trainer(objective, train_set, dev_set, config.trainer, exp_dir, ctx=ctx,
-                      run_config=run_config)
+    trainer = Trainer(
+        objective, train_set, dev_set, config.trainer, exp_dir, ctx=ctx, run_config=run_config
+    )
     result = trainer.fit(resume=resume)
     if ctx.is_main:
         # best/ held the averaged WavLM + heads; the result is the WavLM alone
-        wavlm.save_pretrained(result.best_dir, {
-            "stage": "pretrain",
-            "targets": {"source": config.targets.source, "layer": config.targets.layer,
-                        "num_clusters": config.targets.num_clusters},
-            "epochs": result.best_epochs,
-            "val_masked_loss": result.best_metrics.get("loss"),
-            "val_masked_accuracy": result.best_metrics.get("masked_accuracy"),
-        })
+        wavlm.save_pretrained(
+            result.best_dir,
+            {
+                "stage": "pretrain",
+                "targets": {
+                    "source": config.targets.source,
+                    "layer": config.targets.layer,
+                    "num_clusters": config.targets.num_clusters,
+                },
+                "epochs": result.best_epochs,
+                "val_masked_loss": result.best_metrics.get("loss"),
+                "val_masked_accuracy": result.best_metrics.get("masked_accuracy"),
+            },
+        )
         logger.info("pretrained WavLM written to %s", result.best_dir)
     barrier(ctx)
     return result

@@ -119,9 +119,12 @@ class PruneSection:
     tolerance: float = 0.01
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "warmup_epochs": at_least(0), "tolerance": at_least(0),
-        **{f"{kind}_drop_rate": Range(low=0, high=1, low_open=True, high_open=True)
-           for kind in ("channel", "head", "ffn", "block")},
+        "warmup_epochs": at_least(0),
+        "tolerance": at_least(0),
+        **{
+            f"{kind}_drop_rate": Range(low=0, high=1, low_open=True, high_open=True)
+            for kind in ("channel", "head", "ffn", "block")
+        },
     }
 
     def __post_init__(self) -> None:
@@ -134,7 +137,8 @@ class PruneSection:
             raise ConfigError(f"gate_bound must be in [0, 0.5), got {self.gate_bound}")
         if self.final_model not in FINAL_MODELS:
             raise ConfigError(
-                f"final_model must be one of {FINAL_MODELS}, got {self.final_model!r}")
+                f"final_model must be one of {FINAL_MODELS}, got {self.final_model!r}"
+            )
         unknown = sorted(set(self.units) - set(UNITS))
         if unknown or not self.units:
             raise ConfigError(f"units must be a non-empty list from {UNITS}, got {self.units}")
@@ -190,8 +194,9 @@ def reverse_gradient(x: torch.Tensor) -> torch.Tensor:
     return _ReverseGradient.apply(x)
 
 
-def expected_sparsity(student: WavLM, reference_size: float, objective: str = "params",
-                      seconds: float = 1.0) -> torch.Tensor:
+def expected_sparsity(
+    student: WavLM, reference_size: float, objective: str = "params", seconds: float = 1.0
+) -> torch.Tensor:
     """``1 - expected size of the gated student / size of the reference`` (differentiable).
 
     Parameters
@@ -255,8 +260,10 @@ class SparsityController(nn.Module):
 def enable_units(model: WavLM, section: PruneSection) -> WavLM:
     """Attach the gates that ``section.units`` asks for."""
     rates: dict[PruneUnit | str, float] = {
-        PruneUnit.CONV: section.channel_drop_rate, PruneUnit.HEADS: section.head_drop_rate,
-        PruneUnit.FFN: section.ffn_drop_rate, PruneUnit.ATTENTION_BLOCKS: section.block_drop_rate,
+        PruneUnit.CONV: section.channel_drop_rate,
+        PruneUnit.HEADS: section.head_drop_rate,
+        PruneUnit.FFN: section.ffn_drop_rate,
+        PruneUnit.ATTENTION_BLOCKS: section.block_drop_rate,
         PruneUnit.FFN_BLOCKS: section.block_drop_rate,
     }
     return model.enable_pruning([PruneUnit(name) for name in section.units], rates)
@@ -292,10 +299,19 @@ class PruneObjective(DistillObjective):
     checkpoint_kind = GATED_KIND
     _state_prefixes = ("student.", "controller.")
 
-    def __init__(self, student: WavLM, teacher: WavLM, layers: list[int],
-                 optim: DistillOptimSection, controller: SparsityController,
-                 objective: str = "params", tolerance: float = 0.01,
-                 gate_bound: float = 0.0, seed: int = 0, final_model: str = "average"):
+    def __init__(
+        self,
+        student: WavLM,
+        teacher: WavLM,
+        layers: list[int],
+        optim: DistillOptimSection,
+        controller: SparsityController,
+        objective: str = "params",
+        tolerance: float = 0.01,
+        gate_bound: float = 0.0,
+        seed: int = 0,
+        final_model: str = "average",
+    ):
         super().__init__(student, teacher, layers, optim)
         if final_model not in FINAL_MODELS:
             raise ConfigError(f"final_model must be one of {FINAL_MODELS}, got {final_model!r}")
@@ -377,8 +393,9 @@ class PruneObjective(DistillObjective):
         self._on_target = self.target >= final and abs(reached - final) <= self.tolerance
         # The Lagrangian term as training sees it at the end of the epoch: expected sparsity,
         # the target after the epochs done, the current multipliers.
-        penalty = float(self.controller.penalty(
-            self.sparsity(), self.controller.target(self._epochs_done)))
+        penalty = float(
+            self.controller.penalty(self.sparsity(), self.controller.target(self._epochs_done))
+        )
         return {
             "distill": (total, count),
             "sparsity": (reached * count, count),
@@ -439,9 +456,15 @@ def load_gated_student(directory: str | Path, section: PruneSection) -> WavLM:
     return student.eval()
 
 
-def run(config: PruneConfig, teacher_path: str | Path, train_dir: str | Path,
-        dev_dir: str | Path, exp_dir: str | Path, ctx: DistContext | None = None,
-        resume: bool = False) -> PruneResult:
+def run(
+    config: PruneConfig,
+    teacher_path: str | Path,
+    train_dir: str | Path,
+    dev_dir: str | Path,
+    exp_dir: str | Path,
+    ctx: DistContext | None = None,
+    resume: bool = False,
+) -> PruneResult:
     """Run stage 1; write ``exp_dir/pruned`` and the report (``exp_dir/report.json``, ...).
 
     Returns
@@ -461,16 +484,29 @@ def run(config: PruneConfig, teacher_path: str | Path, train_dir: str | Path,
         # The conv output scale is fixed (it only stores the last gate's values once pruned).
         p.requires_grad_(name != "feature_extractor.output_scale")
     controller = SparsityController(section.sparsity, section.warmup_epochs)
-    objective = PruneObjective(student, teacher, layers, config.optim, controller,
-                               section.objective, section.tolerance, section.gate_bound,
-                               config.trainer.seed, section.final_model)
+    objective = PruneObjective(
+        student,
+        teacher,
+        layers,
+        config.optim,
+        controller,
+        section.objective,
+        section.tolerance,
+        section.gate_bound,
+        config.trainer.seed,
+        section.final_model,
+    )
     run_config = to_dict(config)
     run_config["prune"]["distill_layers"] = layers
-    run_config["paths"] = {"teacher": str(teacher_path), "train": str(train_dir),
-                           "dev": str(dev_dir)}
+    run_config["paths"] = {
+        "teacher": str(teacher_path),
+        "train": str(train_dir),
+        "dev": str(dev_dir),
+    }
     run_config["world_size"] = ctx.world_size
-    trainer = Trainer(objective, train_set, dev_set, config.trainer, exp_dir, ctx=ctx,
-                      run_config=run_config)
+    trainer = Trainer(
+        objective, train_set, dev_set, config.trainer, exp_dir, ctx=ctx, run_config=run_config
+    )
     result = trainer.fit(resume=resume)
     # fit leaves the objective holding the final (averaged) gated model of best/
     pruned = objective.student.eval().prune()
@@ -479,28 +515,55 @@ def run(config: PruneConfig, teacher_path: str | Path, train_dir: str | Path,
     return PruneResult(result, teacher, pruned)
 
 
-def _write_pruned(exp_dir: str | Path, section: PruneSection, teacher_path: str | Path,
-                  teacher: WavLM, pruned: WavLM, epochs: list[int]) -> None:
+def _write_pruned(
+    exp_dir: str | Path,
+    section: PruneSection,
+    teacher_path: str | Path,
+    teacher: WavLM,
+    pruned: WavLM,
+    epochs: list[int],
+) -> None:
     """``exp_dir/pruned`` and the report of the run."""
     reached = 1.0 - pruned.num_params() / teacher.num_params()
     reached_macs = 1.0 - pruned.macs(1.0) / teacher.macs(1.0)
-    pruned.save_pretrained(Path(exp_dir) / "pruned", {
-        "stage": "prune",
-        "teacher": str(teacher_path),
-        "target_sparsity": section.sparsity,
-        "objective": section.objective,
-        "reached_sparsity": reached,
-        "reached_mac_sparsity": reached_macs,
-        "final_model": section.final_model,
-        "epochs": epochs,
-    })
-    logger.info("pruned WavLM (%s of epochs %s): %.2fM -> %.2fM parameters (sparsity %.3f, "
-                "MAC sparsity %.3f, target %.3f in %s)", section.final_model,
-                epochs, teacher.num_params() / 1e6, pruned.num_params() / 1e6,
-                reached, reached_macs, section.sparsity, section.objective)
+    pruned.save_pretrained(
+        Path(exp_dir) / "pruned",
+        {
+            "stage": "prune",
+            "teacher": str(teacher_path),
+            "target_sparsity": section.sparsity,
+            "objective": section.objective,
+            "reached_sparsity": reached,
+            "reached_mac_sparsity": reached_macs,
+            "final_model": section.final_model,
+            "epochs": epochs,
+        },
+    )
+    logger.info(
+        "pruned WavLM (%s of epochs %s): %.2fM -> %.2fM parameters (sparsity %.3f, "
+        "MAC sparsity %.3f, target %.3f in %s)",
+        section.final_model,
+        epochs,
+        teacher.num_params() / 1e6,
+        pruned.num_params() / 1e6,
+        reached,
+        reached_macs,
+        section.sparsity,
+        section.objective,
+    )
     measured = reached if section.objective == "params" else reached_macs
     if abs(measured - section.sparsity) > section.tolerance:
-        logger.warning("the pruned model's sparsity %.3f is %.3f off the target %.3f",
-                       measured, measured - section.sparsity, section.sparsity)
-    write_report(exp_dir, teacher, pruned, section.sparsity, section.objective,
-                 {"rule": section.final_model, "epochs": epochs})
+        logger.warning(
+            "the pruned model's sparsity %.3f is %.3f off the target %.3f",
+            measured,
+            measured - section.sparsity,
+            section.sparsity,
+        )
+    write_report(
+        exp_dir,
+        teacher,
+        pruned,
+        section.sparsity,
+        section.objective,
+        {"rule": section.final_model, "epochs": epochs},
+    )

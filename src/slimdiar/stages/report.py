@@ -18,8 +18,13 @@ from slimdiar.train.metrics import read_metrics
 logger = logging.getLogger(__name__)
 
 
-def pruning_report(teacher, student, target_sparsity: float, objective: str = "params",
-                   final_model: dict | None = None) -> dict:
+def pruning_report(
+    teacher,
+    student,
+    target_sparsity: float,
+    objective: str = "params",
+    final_model: dict | None = None,
+) -> dict:
     """The numbers of a pruned model against its teacher.
 
     Parameters
@@ -94,9 +99,11 @@ def _plot_kept_units(report: dict, out: Path) -> list[str]:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = [("conv_channels", "conv channels per conv layer", "conv layer"),
-              ("heads", "attention heads per layer", "transformer layer"),
-              ("ffn_units", "FFN units per layer", "transformer layer")]
+    panels = [
+        ("conv_channels", "conv channels per conv layer", "conv layer"),
+        ("heads", "attention heads per layer", "transformer layer"),
+        ("ffn_units", "FFN units per layer", "transformer layer"),
+    ]
     for ax, (key, title, xlabel) in zip(axes, panels):
         teacher, student = report[key]["teacher"], report[key]["student"]
         index = list(range(len(teacher)))
@@ -146,24 +153,41 @@ def render_markdown(report: dict, plots: list[str]) -> str:
         "|---|---|---|",
     ]
     ffn_teacher = report["ffn_units"]["teacher"]
-    for i, (heads, ffn) in enumerate(zip(report["heads"]["student_indices"],
-                                         report["ffn_units"]["student"])):
+    for i, (heads, ffn) in enumerate(
+        zip(report["heads"]["student_indices"], report["ffn_units"]["student"])
+    ):
         lines.append(f"| {i} | {len(heads)} {heads} | {ffn} of {ffn_teacher[i]} |")
     final = report.get("final_model")
     if final:
         how = "average of epochs" if final["rule"] == "average" else "checkpoint of epoch"
-        lines[4:4] = [f"Final model (`{final['rule']}` rule): {how} "
-                      f"{', '.join(str(e) for e in final['epochs'])}, then pruned.", ""]
-    lines += ["", "Conv channels kept per layer: "
-              + ", ".join(f"{s_}/{t_}" for s_, t_ in zip(report["conv_channels"]["student"],
-                                                         report["conv_channels"]["teacher"])),
-              ""]
+        lines[4:4] = [
+            f"Final model (`{final['rule']}` rule): {how} "
+            f"{', '.join(str(e) for e in final['epochs'])}, then pruned.",
+            "",
+        ]
+    lines += [
+        "",
+        "Conv channels kept per layer: "
+        + ", ".join(
+            f"{s_}/{t_}"
+            for s_, t_ in zip(
+                report["conv_channels"]["student"], report["conv_channels"]["teacher"]
+            )
+        ),
+        "",
+    ]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 
 
-def write_report(exp_dir: str | Path, teacher, student, target_sparsity: float,
-                 objective: str = "params", final_model: dict | None = None) -> dict:
+def write_report(
+    exp_dir: str | Path,
+    teacher,
+    student,
+    target_sparsity: float,
+    objective: str = "params",
+    final_model: dict | None = None,
+) -> dict:
     """Write ``report.json``, the plots and ``report.md`` into ``exp_dir``; return the report."""
     exp_dir = Path(exp_dir)
     report = pruning_report(teacher, student, target_sparsity, objective, final_model)

@@ -58,8 +58,9 @@ def post_peak_epochs(history: list[dict], count: int, metric: str) -> list[int]:
     if not finite:
         return []
     peak = max(finite, key=lambda i: (values[i], -i))
-    ranked = sorted(range(peak, len(history)),
-                    key=lambda i: (_nan_last(values[i]), history[i]["epoch"]))
+    ranked = sorted(
+        range(peak, len(history)), key=lambda i: (_nan_last(values[i]), history[i]["epoch"])
+    )
     return [history[i]["epoch"] for i in ranked[:count]]
 
 
@@ -94,9 +95,7 @@ def average_checkpoints(
         raise CheckpointError("no checkpoints to average")
     first_state, config, first_metadata = load_checkpoint(directories[0])
     kind = _kind(directories[0])
-    sums = {
-        k: v.to(torch.float64) if v.is_floating_point() else v for k, v in first_state.items()
-    }
+    sums = {k: v.to(torch.float64) if v.is_floating_point() else v for k, v in first_state.items()}
     for directory in directories[1:]:
         state, other_config, _ = load_checkpoint(directory, kind=kind)
         if other_config != config:

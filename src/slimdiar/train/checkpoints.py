@@ -56,8 +56,9 @@ def last_checkpoint(exp_dir: str | Path) -> Path | None:
     return max(found)[1] if found else None
 
 
-def write_checkpoint(final: Path, save_weights: Callable[[Path], object],
-                     training_state: dict) -> None:
+def write_checkpoint(
+    final: Path, save_weights: Callable[[Path], object], training_state: dict
+) -> None:
     """Write the checkpoint directory ``final`` atomically (replacing one of the same name).
 
     Parameters

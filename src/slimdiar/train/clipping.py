@@ -53,9 +53,11 @@ class PercentileClipper:
         grads = [p.grad for p in parameters if p.grad is not None]
         if not grads:
             return 0.0, self.threshold()
-        norm = float(torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
-        ))
+        norm = float(
+            torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g.detach().float()) for g in grads])
+            )
+        )
         if not math.isfinite(norm):
             return norm, self.threshold()
         self.history.append(norm)

@@ -199,9 +199,7 @@ class Objective(abc.ABC):
         The trainer broadcasts them from rank 0 after every step, as
         :class:`torch.nn.parallel.DistributedDataParallel` does by default.
         """
-        return [
-            b for m in self.modules().values() for b in m.buffers() if b.is_floating_point()
-        ]
+        return [b for m in self.modules().values() for b in m.buffers() if b.is_floating_point()]
 
 
 class _StateHolder(torch.nn.Module):

@@ -112,9 +112,14 @@ class TrainerConfig:
     progress: bool = True
 
     RANGES: ClassVar[dict[str, Range]] = {
-        "max_epochs": at_least(1), "patience": at_least(0), "batch_size": at_least(1),
-        "val_batch_size": at_least(0), "average_best": at_least(1), "num_workers": at_least(0),
-        "max_steps_per_epoch": at_least(0), "clip_history": at_least(1),
+        "max_epochs": at_least(1),
+        "patience": at_least(0),
+        "batch_size": at_least(1),
+        "val_batch_size": at_least(0),
+        "average_best": at_least(1),
+        "num_workers": at_least(0),
+        "max_steps_per_epoch": at_least(0),
+        "clip_history": at_least(1),
         "clip_percentile": Range(low=0, high=100, low_open=True),
     }
 
@@ -245,8 +250,9 @@ class Trainer:
                 if changed:
                     logger.warning("resuming with a changed configuration: %s", ", ".join(changed))
             write_json_atomic(config_path, self.run_config)
-            truncate_metrics(self.metrics_path,
-                             0 if checkpoint is None else checkpoint_epoch(checkpoint))
+            truncate_metrics(
+                self.metrics_path, 0 if checkpoint is None else checkpoint_epoch(checkpoint)
+            )
         barrier(self.ctx)
         return checkpoint
 
@@ -274,8 +280,11 @@ class Trainer:
                 "step": self.step,
                 "metrics": self.history[-1] if self.history else {},
             }
-            write_checkpoint(final, lambda directory: self.objective.save(directory, metadata),
-                             self._training_state(rng_states))
+            write_checkpoint(
+                final,
+                lambda directory: self.objective.save(directory, metadata),
+                self._training_state(rng_states),
+            )
             logger.info("saved %s", final)
         barrier(self.ctx)
         return final
@@ -334,7 +343,12 @@ class Trainer:
         best_epochs = self._average_best()
         best_metrics = self._validate_best()
         return TrainResult(
-            self.best_dir, best_epochs, self.epoch, self.step, self.stopped_early, self.history,
+            self.best_dir,
+            best_epochs,
+            self.epoch,
+            self.step,
+            self.stopped_early,
+            self.history,
             best_metrics,
         )
 
@@ -451,8 +465,14 @@ class Trainer:
         val_loss = metrics["loss"]
         previous = self._best_entry()
         selectable = bool(self.objective.selectable(self.epoch))
-        self.history.append({"epoch": self.epoch, "val_loss": val_loss, "selectable": selectable,
-                             "metrics": dict(metrics)})
+        self.history.append(
+            {
+                "epoch": self.epoch,
+                "val_loss": val_loss,
+                "selectable": selectable,
+                "metrics": dict(metrics),
+            }
+        )
         best = self._best_entry()
         # patience counts from the first epoch that may be selected
         since_best = 0 if best is None else self.epoch - best["epoch"]
@@ -485,8 +505,10 @@ class Trainer:
         by_epoch = {h["epoch"]: h for h in self.history}
         unknown = [e for e in epochs if e not in by_epoch]
         if unknown:
-            raise ConfigError(f"{type(self.objective).__name__}.final_epochs chose epochs "
-                              f"{unknown} that the run does not have")
+            raise ConfigError(
+                f"{type(self.objective).__name__}.final_epochs chose epochs "
+                f"{unknown} that the run does not have"
+            )
         chosen = [by_epoch[e] for e in epochs]
         if self.ctx.is_main and epochs:
             directories = [self.exp_dir / "checkpoints" / checkpoint_name(e) for e in epochs]
@@ -511,9 +533,7 @@ class Trainer:
         record = {"type": "best", "epoch": self.epoch, "step": self.step}
         record.update({f"val/{k}": v for k, v in metrics.items()})
         self._log(record)
-        logger.info(
-            "averaged model: %s", ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items())
-        )
+        logger.info("averaged model: %s", ", ".join(f"val {k} {v:.4f}" for k, v in metrics.items()))
         return metrics
 
 

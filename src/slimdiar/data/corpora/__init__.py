@@ -89,8 +89,10 @@ def prepare_corpus(
     subsets = list(module.SUBSETS) if subsets is None else list(subsets)
     unknown = [s for s in subsets if s not in module.SUBSETS]
     if unknown or not subsets:
-        raise ConfigError(f"unknown {corpus} subset(s) {', '.join(unknown) or '(none given)'} "
-                          f"(choose from {', '.join(module.SUBSETS)})")
+        raise ConfigError(
+            f"unknown {corpus} subset(s) {', '.join(unknown) or '(none given)'} "
+            f"(choose from {', '.join(module.SUBSETS)})"
+        )
     if not Path(corpus_dir).is_dir():
         raise ConfigError(f"corpus directory {corpus_dir} does not exist")
     out_dir = Path(out_dir)
@@ -98,6 +100,7 @@ def prepare_corpus(
     prepared = []
     for subset in subsets:
         records = module.recordings(corpus_dir, subset, **options)
-        prepared.append(write_datadir(records, out_dir / subset, channel=channel,
-                                      extract_to=extract_to))
+        prepared.append(
+            write_datadir(records, out_dir / subset, channel=channel, extract_to=extract_to)
+        )
     return prepared

@@ -49,29 +49,37 @@ def sessions(corpus_dir: str | Path, parts: tuple[str, ...]) -> list[tuple[str, 
     for part in parts:
         # The archives unpack to PART/ (or, extracted into a directory of the same name,
         # PART/PART/).
-        part_dir = next((d for d in (corpus_dir / part, corpus_dir / part / part)
-                         if (d / "wav").is_dir()), None)
+        part_dir = next(
+            (d for d in (corpus_dir / part, corpus_dir / part / part) if (d / "wav").is_dir()), None
+        )
         if part_dir is None:
-            raise DataFormatError(corpus_dir / part / "wav", None, None,
-                                  f"missing: AISHELL-4 part {part!r} holds wav/*.flac and "
-                                  "TextGrid/*.TextGrid")
+            raise DataFormatError(
+                corpus_dir / part / "wav",
+                None,
+                None,
+                f"missing: AISHELL-4 part {part!r} holds wav/*.flac and TextGrid/*.TextGrid",
+            )
         for audio in sorted((part_dir / "wav").glob("*.flac")):
             textgrid = part_dir / "TextGrid" / f"{audio.stem}.TextGrid"
             if not textgrid.is_file():
-                raise DataFormatError(textgrid, None, None,
-                                      f"missing: the annotation of {audio}")
+                raise DataFormatError(textgrid, None, None, f"missing: the annotation of {audio}")
             found.append((audio.stem, audio, textgrid))
     if not found:
-        raise DataFormatError(corpus_dir, None, None,
-                              f"no AISHELL-4 audio (*.flac) in {', '.join(parts)}")
+        raise DataFormatError(
+            corpus_dir, None, None, f"no AISHELL-4 audio (*.flac) in {', '.join(parts)}"
+        )
     return sorted(found)
 
 
 def dev_indices(num_sessions: int, num_dev: int) -> list[int]:
     """Indices of ``num_dev`` sessions spread evenly over ``num_sessions`` (sorted, distinct)."""
     if not 0 <= num_dev < num_sessions:
-        raise DataFormatError("AISHELL-4", None, None, f"cannot hold out {num_dev} of "
-                              f"{num_sessions} training sessions for dev")
+        raise DataFormatError(
+            "AISHELL-4",
+            None,
+            None,
+            f"cannot hold out {num_dev} of {num_sessions} training sessions for dev",
+        )
     return sorted({int((i + 0.5) * num_sessions / num_dev) for i in range(num_dev)})
 
 
@@ -101,8 +109,12 @@ def recordings(
         On a missing file or (unless ``skip_invalid``) a malformed TextGrid.
     """
     if subset not in SUBSETS:
-        raise DataFormatError(corpus_dir, None, None, f"unknown AISHELL-4 subset {subset!r} "
-                              f"(choose from {', '.join(SUBSETS)})")
+        raise DataFormatError(
+            corpus_dir,
+            None,
+            None,
+            f"unknown AISHELL-4 subset {subset!r} (choose from {', '.join(SUBSETS)})",
+        )
     if subset == "test":
         chosen = sessions(corpus_dir, TEST_PARTS)
     else:

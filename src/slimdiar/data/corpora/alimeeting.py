@@ -43,8 +43,13 @@ def part_dir(corpus_dir: str | Path, subset: str) -> Path:
     for candidate in candidates:
         if (candidate / "audio_dir").is_dir():
             return candidate
-    raise DataFormatError(corpus_dir, None, None, f"no AliMeeting {name} directory with "
-                          f"audio_dir/ (looked for {', '.join(str(c) for c in candidates)})")
+    raise DataFormatError(
+        corpus_dir,
+        None,
+        None,
+        f"no AliMeeting {name} directory with "
+        f"audio_dir/ (looked for {', '.join(str(c) for c in candidates)})",
+    )
 
 
 def recordings(
@@ -59,8 +64,12 @@ def recordings(
         or (unless ``skip_invalid``) a malformed TextGrid.
     """
     if subset not in PARTS:
-        raise DataFormatError(corpus_dir, None, None, f"unknown AliMeeting subset {subset!r} "
-                              f"(choose from {', '.join(SUBSETS)})")
+        raise DataFormatError(
+            corpus_dir,
+            None,
+            None,
+            f"unknown AliMeeting subset {subset!r} (choose from {', '.join(SUBSETS)})",
+        )
     root = part_dir(corpus_dir, subset)
     textgrid_dir = root / "textgrid_dir"
     textgrids = sorted(textgrid_dir.glob("*.TextGrid"))
@@ -72,7 +81,12 @@ def recordings(
         audio = sorted((root / "audio_dir").glob(f"{session}_*.wav"))
         if len(audio) != 1:
             found = ", ".join(a.name for a in audio) or "none"
-            raise DataFormatError(textgrid, None, None, f"expected one audio file "
-                                  f"audio_dir/{session}_*.wav for this session, found {found}")
+            raise DataFormatError(
+                textgrid,
+                None,
+                None,
+                f"expected one audio file "
+                f"audio_dir/{session}_*.wav for this session, found {found}",
+            )
         chosen.append((audio[0].stem, audio[0], textgrid))
     return textgrid_recordings(chosen, skip_invalid=skip_invalid)

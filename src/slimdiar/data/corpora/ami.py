@@ -104,8 +104,9 @@ def read_meeting_speakers(path: str | Path) -> dict[str, dict[str, str]]:
                 continue
             agent = speaker.get("nxt_agent")
             if not agent:
-                raise DataFormatError(path, None, None, f"a <speaker> of meeting {observation!r} "
-                                      "lacks 'nxt_agent'")
+                raise DataFormatError(
+                    path, None, None, f"a <speaker> of meeting {observation!r} lacks 'nxt_agent'"
+                )
             agents[agent] = speaker.get("global_name") or f"{observation}_{agent}"
     return speakers
 
@@ -151,7 +152,9 @@ def read_words(path: str | Path, uri: str, speaker: str) -> list[Turn]:
                 times.append(float(text))
             except ValueError:
                 raise DataFormatError(
-                    path, None, None,
+                    path,
+                    None,
+                    None,
                     f"element <w nite:id={element.get(NITE_ID)!r}>: {name} "
                     f"{text!r} is not a number",
                 ) from None
@@ -160,8 +163,9 @@ def read_words(path: str | Path, uri: str, speaker: str) -> list[Turn]:
             continue
         turns.append(Turn(uri, times[0], times[1] - times[0], speaker))
     if untimed or empty:
-        logger.info("%s: skipped %d word(s) without times and %d with end <= start", path,
-                    untimed, empty)
+        logger.info(
+            "%s: skipped %d word(s) without times and %d with end <= start", path, untimed, empty
+        )
     return turns
 
 
@@ -215,17 +219,26 @@ def recordings(
         On a missing file (unless ``skip_missing``) or a malformed annotation.
     """
     if subset not in PARTITION:
-        raise DataFormatError(corpus_dir, None, None,
-                              f"unknown AMI subset {subset!r} (choose from {', '.join(SUBSETS)})")
+        raise DataFormatError(
+            corpus_dir,
+            None,
+            None,
+            f"unknown AMI subset {subset!r} (choose from {', '.join(SUBSETS)})",
+        )
     # The references: RTTM files of the diarization setup, else the NXT annotations.
     if rttm_dir is not None:
         use_rttm, reference_dir = True, Path(rttm_dir)
     elif annotations_dir is not None:
         use_rttm, reference_dir = False, Path(annotations_dir)
     else:
-        raise DataFormatError(corpus_dir, None, None, "AMI references need --rttm-dir (RTTM "
-                              "files of the AMI diarization setup) or --annotations-dir (the "
-                              "NXT manual annotations)")
+        raise DataFormatError(
+            corpus_dir,
+            None,
+            None,
+            "AMI references need --rttm-dir (RTTM "
+            "files of the AMI diarization setup) or --annotations-dir (the "
+            "NXT manual annotations)",
+        )
     corpus_dir = Path(corpus_dir)
     speakers = {}
     if not use_rttm:
@@ -246,8 +259,7 @@ def recordings(
                 missing.append(f"{meeting} (RTTM {meeting}.rttm)")
                 continue
         else:
-            turns = _nxt_turns(reference_dir, meeting, speakers.get(meeting, {}),
-                               merge_gap_s)
+            turns = _nxt_turns(reference_dir, meeting, speakers.get(meeting, {}), merge_gap_s)
             if turns is None:
                 missing.append(f"{meeting} (words/{meeting}.*.words.xml)")
                 continue
@@ -261,11 +273,14 @@ def recordings(
     if missing:
         listed = ", ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
         if not skip_missing:
-            raise DataFormatError(corpus_dir, None, None,
-                                  f"AMI {subset}: {len(missing)} meeting(s) incomplete: {listed} "
-                                  "(use --skip-missing to prepare the rest)")
-        logger.warning("AMI %s: skipped %d incomplete meeting(s): %s", subset, len(missing),
-                       listed)
+            raise DataFormatError(
+                corpus_dir,
+                None,
+                None,
+                f"AMI {subset}: {len(missing)} meeting(s) incomplete: {listed} "
+                "(use --skip-missing to prepare the rest)",
+            )
+        logger.warning("AMI %s: skipped %d incomplete meeting(s): %s", subset, len(missing), listed)
     return out
 
 
@@ -276,8 +291,12 @@ def _setup_turns(rttm_dir: Path, subset: str, meeting: str) -> list[Turn] | None
     turns = read_rttm(path)
     for turn in turns:
         if turn.uri != meeting:
-            raise DataFormatError(path, turn.line_number, None,
-                                  f"recording {turn.uri!r} in the RTTM file of {meeting!r}")
+            raise DataFormatError(
+                path,
+                turn.line_number,
+                None,
+                f"recording {turn.uri!r} in the RTTM file of {meeting!r}",
+            )
     return turns
 
 
@@ -287,19 +306,21 @@ def _setup_span(uem_dir: Path, subset: str, meeting: str) -> tuple[float, float]
         return None
     regions = [r for r in read_uem(path) if r.uri == meeting]
     if len(regions) != 1:
-        raise DataFormatError(path, None, None,
-                              f"expected one region of {meeting!r}, found {len(regions)}")
+        raise DataFormatError(
+            path, None, None, f"expected one region of {meeting!r}, found {len(regions)}"
+        )
     return regions[0].start_s, regions[0].end_s
 
 
-def _nxt_turns(annotations_dir: Path, meeting: str, agents: dict[str, str],
-               merge_gap_s: float) -> list[Turn] | None:
+def _nxt_turns(
+    annotations_dir: Path, meeting: str, agents: dict[str, str], merge_gap_s: float
+) -> list[Turn] | None:
     files = sorted((annotations_dir / "words").glob(f"{meeting}.*.words.xml"))
     if not files:
         return None
     turns: list[Turn] = []
     for path in files:
-        agent = path.name[len(meeting) + 1:-len(".words.xml")]
+        agent = path.name[len(meeting) + 1 : -len(".words.xml")]
         name = speaker_label(agents.get(agent, f"{meeting}_{agent}"))
         turns.extend(read_words(path, meeting, name))
     return merge_turns(turns, merge_gap_s)

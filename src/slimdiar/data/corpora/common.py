@@ -100,8 +100,13 @@ def merge_turns(turns: Iterable[Turn], max_gap_s: float = 0.0) -> list[Turn]:
         for turn in speaker_turns[1:]:
             if turn.onset_s <= current.offset_s + max_gap_s + 1e-9:
                 end_s = max(current.offset_s, turn.offset_s)
-                current = Turn(current.uri, current.onset_s, end_s - current.onset_s,
-                               current.speaker, current.channel)
+                current = Turn(
+                    current.uri,
+                    current.onset_s,
+                    end_s - current.onset_s,
+                    current.speaker,
+                    current.channel,
+                )
             else:
                 merged.append(current)
                 current = turn
@@ -158,8 +163,10 @@ def extract_channel(source: Path, destination: Path, channel: int) -> Path:
     """
     info = audio_info(source)
     if not 0 <= channel < info.num_channels:
-        raise AudioError(f"{source}: channel {channel} requested but the audio has "
-                         f"{info.num_channels} channel(s)")
+        raise AudioError(
+            f"{source}: channel {channel} requested but the audio has "
+            f"{info.num_channels} channel(s)"
+        )
     if destination.is_file():
         try:
             existing = audio_info(destination)
@@ -171,12 +178,19 @@ def extract_channel(source: Path, destination: Path, channel: int) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     with soundfile.SoundFile(str(source)) as sound:
         subtype = sound.subtype if soundfile.check_format("WAV", sound.subtype) else "FLOAT"
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".wav",
-                                            dir=destination.parent)
+        handle, tmp_name = tempfile.mkstemp(
+            prefix=f".{destination.name}.", suffix=".wav", dir=destination.parent
+        )
         os.close(handle)
         try:
-            with soundfile.SoundFile(tmp_name, "w", samplerate=sound.samplerate, channels=1,
-                                     subtype=subtype, format="WAV") as out:
+            with soundfile.SoundFile(
+                tmp_name,
+                "w",
+                samplerate=sound.samplerate,
+                channels=1,
+                subtype=subtype,
+                format="WAV",
+            ) as out:
                 while True:
                     block = sound.read(BLOCK_NUM_FRAMES, dtype="float64", always_2d=True)
                     if len(block) == 0:
@@ -231,37 +245,53 @@ def write_datadir(
     duration_total_s, clipped_total = 0.0, 0
     for recording in recordings:
         if recording.uri in seen:
-            raise DataFormatError(recording.audio_path, None, None,
-                                  f"recording id {recording.uri!r} appears twice")
+            raise DataFormatError(
+                recording.audio_path, None, None, f"recording id {recording.uri!r} appears twice"
+            )
         seen.add(recording.uri)
         info = audio_info(recording.audio_path)
         if not 0 <= channel < info.num_channels:
-            raise DataFormatError(recording.audio_path, None, None,
-                                  f"channel {channel} requested but the audio has "
-                                  f"{info.num_channels} channel(s)")
+            raise DataFormatError(
+                recording.audio_path,
+                None,
+                None,
+                f"channel {channel} requested but the audio has {info.num_channels} channel(s)",
+            )
         start_s, end_s = 0.0, info.duration_s
         if recording.span_s is not None and recording.span_s[1] > info.duration_s + 1.0:
             logger.warning(
                 "%s: the annotation spans %.3f s but the audio lasts %.3f s: annotation and "
-                "audio may not match; turns past the audio are dropped", recording.uri,
-                recording.span_s[1], info.duration_s,
+                "audio may not match; turns past the audio are dropped",
+                recording.uri,
+                recording.span_s[1],
+                info.duration_s,
             )
         if recording.span_s is not None:
             start_s = max(start_s, recording.span_s[0])
             end_s = min(end_s, recording.span_s[1])
         start_s, end_s = round(start_s, 3), round(end_s, 3)
         if end_s <= start_s:
-            raise DataFormatError(recording.audio_path, None, None,
-                                  f"annotated span {recording.span_s} does not overlap the "
-                                  f"audio (0 to {info.duration_s:.3f} s)")
+            raise DataFormatError(
+                recording.audio_path,
+                None,
+                None,
+                f"annotated span {recording.span_s} does not overlap the "
+                f"audio (0 to {info.duration_s:.3f} s)",
+            )
         turns, clipped = clip_turns(merge_turns(recording.turns), start_s, end_s)
         if clipped:
-            logger.warning("%s: %d turn(s) clipped to the audio / annotated span [%.3f, %.3f]",
-                           recording.uri, clipped, start_s, end_s)
+            logger.warning(
+                "%s: %d turn(s) clipped to the audio / annotated span [%.3f, %.3f]",
+                recording.uri,
+                clipped,
+                start_s,
+                end_s,
+            )
         audio_path = recording.audio_path
         if extract_to is not None:
-            audio_path = extract_channel(recording.audio_path,
-                                         Path(extract_to) / f"{recording.uri}.wav", channel)
+            audio_path = extract_channel(
+                recording.audio_path, Path(extract_to) / f"{recording.uri}.wav", channel
+            )
         listed.append(Recording(uri=recording.uri, path=Path(audio_path).resolve()))
         turns_out.extend(turns)
         regions.append(UEMRegion(recording.uri, start_s, end_s))
@@ -272,6 +302,11 @@ def write_datadir(
     write_rttm(out_dir / "rttm", turns_out)
     write_uem(out_dir / "uem", regions)
     DataDir.load(out_dir, channel=0 if extract_to is not None else channel)
-    logger.info("%s: %d recordings, %d turns, %.1f h", out_dir, len(listed), len(turns_out),
-                duration_total_s / 3600)
+    logger.info(
+        "%s: %d recordings, %d turns, %.1f h",
+        out_dir,
+        len(listed),
+        len(turns_out),
+        duration_total_s / 3600,
+    )
     return PreparedSubset(out_dir, len(listed), len(turns_out), duration_total_s, clipped_total)

@@ -79,8 +79,11 @@ def _decode(path: Path, data: bytes) -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as error:
         raise DataFormatError(
-            path, None, None, f"not {encoding.upper()} text ({error}); TextGrids must be UTF-8 "
-            "or UTF-16 with a byte-order mark"
+            path,
+            None,
+            None,
+            f"not {encoding.upper()} text ({error}); TextGrids must be UTF-8 "
+            "or UTF-16 with a byte-order mark",
         ) from None
 
 
@@ -102,8 +105,9 @@ def _tokens(path: Path, text: str) -> list[_Token]:
             while True:
                 end = text.find('"', position)
                 if end < 0:
-                    raise DataFormatError(path, start_line, _line(text, start_line),
-                                          "unterminated string")
+                    raise DataFormatError(
+                        path, start_line, _line(text, start_line), "unterminated string"
+                    )
                 parts.append(text[position:end])
                 line_number += text.count("\n", position, end)
                 if end + 1 < size and text[end + 1] == '"':
@@ -123,8 +127,9 @@ def _tokens(path: Path, text: str) -> list[_Token]:
             elif _NUMBER.fullmatch(word):
                 tokens.append(_Token("number", word, line_number))
             elif word[0].isdigit() or word[0] in "+-.":
-                raise DataFormatError(path, line_number, _line(text, line_number),
-                                      f"{word!r} is not a number")
+                raise DataFormatError(
+                    path, line_number, _line(text, line_number), f"{word!r} is not a number"
+                )
             position = end
     return tokens
 
@@ -143,8 +148,9 @@ class _Reader:
     def error(self, token: _Token | None, reason: str) -> DataFormatError:
         if token is None:
             return DataFormatError(self.path, None, None, f"unexpected end of file: {reason}")
-        return DataFormatError(self.path, token.line_number, _line(self.text, token.line_number),
-                               reason)
+        return DataFormatError(
+            self.path, token.line_number, _line(self.text, token.line_number), reason
+        )
 
     def next(self, kind: str, what: str) -> _Token:
         if self.index >= len(self.tokens):
@@ -199,8 +205,11 @@ def read_textgrid(path: str | Path) -> TextGrid:
     reader = _Reader(path, text)
     file_type = reader.next("string", 'the file type "ooTextFile"')
     if file_type.value != "ooTextFile":
-        raise reader.error(file_type, f'file type {file_type.value!r} is not "ooTextFile" '
-                           "(binary TextGrids are not supported: save as text in Praat)")
+        raise reader.error(
+            file_type,
+            f'file type {file_type.value!r} is not "ooTextFile" '
+            "(binary TextGrids are not supported: save as text in Praat)",
+        )
     object_class = reader.next("string", 'the object class "TextGrid"')
     if object_class.value != "TextGrid":
         raise reader.error(object_class, f'object class {object_class.value!r} is not "TextGrid"')
@@ -216,8 +225,9 @@ def read_textgrid(path: str | Path) -> TextGrid:
         if tier is not None:
             tiers.append(tier)
     if reader.index != len(reader.tokens):
-        raise reader.error(reader.tokens[reader.index],
-                           f"unexpected value after the last of {num_tiers} tiers")
+        raise reader.error(
+            reader.tokens[reader.index], f"unexpected value after the last of {num_tiers} tiers"
+        )
     return TextGrid(path=path, start_s=start_s, end_s=end_s, tiers=tuple(tiers))
 
 
@@ -232,24 +242,35 @@ def _read_tier(reader: _Reader) -> IntervalTier | None:
             reader.next("string", f"a point mark of tier {name!r}")
         return None
     if tier_class.value != "IntervalTier":
-        raise reader.error(tier_class, f"unknown tier class {tier_class.value!r} "
-                           '(expected "IntervalTier" or "TextTier")')
+        raise reader.error(
+            tier_class,
+            f'unknown tier class {tier_class.value!r} (expected "IntervalTier" or "TextTier")',
+        )
     intervals: list[Interval] = []
     for _ in range(reader.count(f"number of intervals of tier {name!r}")):
         start_s, start_token = reader.number(f"xmin of an interval of tier {name!r}")
         end_s, end_token = reader.number(f"xmax of an interval of tier {name!r}")
         text = reader.next("string", f"the text of an interval of tier {name!r}").value
         if end_s < start_s:
-            raise reader.error(end_token, f"interval of tier {name!r} ends ({end_s}) before it "
-                               f"starts ({start_s})")
+            raise reader.error(
+                end_token, f"interval of tier {name!r} ends ({end_s}) before it starts ({start_s})"
+            )
         if intervals and start_s < intervals[-1].end_s - TIME_EPSILON_S:
             previous = intervals[-1]
-            raise reader.error(start_token, f"interval [{start_s}, {end_s}] of tier {name!r} "
-                               f"starts before the previous one ends ([{previous.start_s}, "
-                               f"{previous.end_s}] on line {previous.line_number})")
+            raise reader.error(
+                start_token,
+                f"interval [{start_s}, {end_s}] of tier {name!r} "
+                f"starts before the previous one ends ([{previous.start_s}, "
+                f"{previous.end_s}] on line {previous.line_number})",
+            )
         intervals.append(Interval(start_s, end_s, text, start_token.line_number))
-    return IntervalTier(name=name, start_s=tier_start_s, end_s=tier_end_s,
-                        intervals=tuple(intervals), line_number=tier_class.line_number)
+    return IntervalTier(
+        name=name,
+        start_s=tier_start_s,
+        end_s=tier_end_s,
+        intervals=tuple(intervals),
+        line_number=tier_class.line_number,
+    )
 
 
 def speech_turns(
@@ -276,8 +297,9 @@ def speech_turns(
     labels = [speaker_label(tier.name) for tier in textgrid.tiers]
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
-        logger.warning("%s: tiers %s appear more than once and are merged", textgrid.path,
-                       ", ".join(repeated))
+        logger.warning(
+            "%s: tiers %s appear more than once and are merged", textgrid.path, ", ".join(repeated)
+        )
     for tier, label in zip(textgrid.tiers, labels):
         for interval in tier.intervals:
             text = interval.text.strip()

@@ -139,7 +139,10 @@ def slaney_mel_to_hz(mel: npt.ArrayLike) -> np.ndarray:
 
 
 def slaney_mel_filterbank(
-    sample_rate: int, num_fft: int, num_mel_bins: int, low_hz: float = 0.0,
+    sample_rate: int,
+    num_fft: int,
+    num_mel_bins: int,
+    low_hz: float = 0.0,
     high_hz: float | None = None,
 ) -> np.ndarray:
     """Triangular filters equally spaced on the Slaney mel scale, with unit area in Hz.
@@ -340,9 +343,7 @@ class GE2EEmbedding(nn.Module):
         ).index_add_(0, owner_index, partial_embeddings)
         return sums / sums.norm(dim=-1, keepdim=True).clamp(min=NORM_EPSILON)
 
-    def forward(
-        self, waveforms: torch.Tensor, weights: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, waveforms: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Embeddings of a batch of waveforms, optionally restricted to masked samples.
 
         Parameters
@@ -384,7 +385,9 @@ class GE2EEmbedding(nn.Module):
         if len(usable) < len(selections):
             logger.debug(
                 "%d of %d selections are shorter than %d samples: NaN embeddings",
-                len(selections) - len(usable), len(selections), self.min_num_samples,
+                len(selections) - len(usable),
+                len(selections),
+                self.min_num_samples,
             )
         if usable:
             embeddings[usable] = self._embed_many([selections[i] for i in usable])

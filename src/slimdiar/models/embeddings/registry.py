@@ -86,8 +86,10 @@ class InertGlobal:
 
 def _inert_placeholders(names: list[str]) -> list[tuple[type, str]]:
     """One :class:`InertGlobal` subclass per global name, as ``torch.serialization`` takes them."""
-    return [(type(name.rsplit(".", 1)[-1], (InertGlobal,), {"name": name}), name)
-            for name in sorted(names)]
+    return [
+        (type(name.rsplit(".", 1)[-1], (InertGlobal,), {"name": name}), name)
+        for name in sorted(names)
+    ]
 
 
 def torch_load_inert(path: Path):
@@ -99,8 +101,12 @@ def torch_load_inert(path: Path):
     allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
     unknown = [name for name in unknown if name not in allowed]
     if unknown:
-        logger.info("%s: %d Python objects of its metadata are read as inert placeholders "
-                    "(%s)", path, len(unknown), ", ".join(sorted(unknown)[:5]))
+        logger.info(
+            "%s: %d Python objects of its metadata are read as inert placeholders (%s)",
+            path,
+            len(unknown),
+            ", ".join(sorted(unknown)[:5]),
+        )
     with torch.serialization.safe_globals([*SAFE_GLOBALS, *_inert_placeholders(unknown)]):
         return torch.load(path, map_location="cpu", weights_only=True)
 
@@ -252,9 +258,7 @@ class SpeakerEmbedding:
             Unit L2 norm; NaN rows for all-zero weights (and where :meth:`__call__` gives NaN).
         """
         waveforms = self._waveforms(waveforms)
-        weights = torch.as_tensor(
-            np.asarray(weights) if not torch.is_tensor(weights) else weights
-        )
+        weights = torch.as_tensor(np.asarray(weights) if not torch.is_tensor(weights) else weights)
         if weights.ndim != 3 or weights.shape[0] != waveforms.shape[0]:
             raise AudioError(
                 f"weights of shape {tuple(weights.shape)} do not match waveforms of shape "
@@ -276,8 +280,9 @@ class SpeakerEmbedding:
 
     def _waveforms(self, waveforms) -> torch.Tensor:
         """Validated (batch, num_samples) float32 waveforms on :attr:`device`."""
-        waveforms = torch.as_tensor(np.asarray(waveforms) if not torch.is_tensor(waveforms)
-                                    else waveforms)
+        waveforms = torch.as_tensor(
+            np.asarray(waveforms) if not torch.is_tensor(waveforms) else waveforms
+        )
         if waveforms.ndim == 1:
             waveforms = waveforms[None]
         if waveforms.ndim != 2:

@@ -157,9 +157,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-def statistics_pooling(
-    features: torch.Tensor, weights: torch.Tensor | None = None
-) -> torch.Tensor:
+def statistics_pooling(features: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean and standard deviation over time, optionally weighted per frame.
 
     With weights, the mean is ``sum(w x) / sum(w)`` and the variance is the unbiased weighted
@@ -180,8 +178,10 @@ def statistics_pooling(
     """
     if weights is None:
         mean = features.mean(dim=-1)
-        var = features.var(dim=-1, correction=1) if features.shape[-1] > 1 else (
-            torch.zeros_like(mean)
+        var = (
+            features.var(dim=-1, correction=1)
+            if features.shape[-1] > 1
+            else (torch.zeros_like(mean))
         )
     else:
         w = weights[:, None, :].to(features.dtype)
@@ -315,9 +315,7 @@ class ResNetEmbedding(nn.Module):
         """Fewest samples the model takes."""
         return self.config.min_num_samples
 
-    def forward(
-        self, waveforms: torch.Tensor, weights: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, waveforms: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
         """Raw (not normalised) embeddings of a batch of waveforms.
 
         Parameters
@@ -452,8 +450,7 @@ def to_wespeaker_layout(
         if f"{prefix}conv1.weight" in state_dict:
             layout = "pyannote" if prefix == "resnet." else prefix.rstrip(".")
             state_dict = {
-                (k[len(prefix):] if k.startswith(prefix) else k): v
-                for k, v in state_dict.items()
+                (k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in state_dict.items()
             }
             break
     dropped = [k for k in state_dict if k.startswith(TRAINING_ONLY_PREFIXES)]

@@ -15,5 +15,13 @@ from slimdiar.models.wavlm.hardconcrete import HardConcrete
 from slimdiar.models.wavlm.model import WavLM, scale_gradient
 from slimdiar.models.wavlm.units import Count, PruneResult, PruneUnit
 
-__all__ = ["Count", "HardConcrete", "PruneResult", "PruneUnit", "WavLM", "WavLMConfig",
-           "preset", "scale_gradient"]
+__all__ = [
+    "Count",
+    "HardConcrete",
+    "PruneResult",
+    "PruneUnit",
+    "WavLM",
+    "WavLMConfig",
+    "preset",
+    "scale_gradient",
+]

@@ -121,8 +121,9 @@ class ConvLayer(Gated):
 
     GATES = {PruneUnit.CONV: "gate"}
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int,
-                 norm: str | None):
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, norm: str | None
+    ):
         super().__init__()
         self.kernel_size = kernel_size
         self.stride = stride
@@ -231,7 +232,8 @@ class FeatureExtractor(Counted):
         # that layer's gate once pruned (it cannot be folded: a LayerNorm follows).
         self.output_scale = (
             nn.Parameter(torch.ones(in_channels), requires_grad=False)
-            if config.conv_output_scale else None
+            if config.conv_output_scale
+            else None
         )
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
@@ -300,8 +302,7 @@ class FeatureExtractor(Counted):
 
     def shape(self) -> list[tuple[int, int, int]]:
         """``(channels, kernel, stride)`` of every conv layer (``WavLMConfig.conv_layers``)."""
-        return [(layer.out_channels, layer.kernel_size, layer.stride)
-                for layer in self.conv_layers]
+        return [(layer.out_channels, layer.kernel_size, layer.stride) for layer in self.conv_layers]
 
 
 class FeatureProjection(Counted):
@@ -353,10 +354,14 @@ def relative_offset_buckets(num_frames: int, num_buckets: int, max_distance: int
     buckets = (offsets > 0).long() * half
     distance = offsets.abs()
     max_exact = half // 2
-    large = max_exact + (
-        torch.log(distance.float() / max_exact) / math.log(max_distance / max_exact)
-        * (half - max_exact)
-    ).long()
+    large = (
+        max_exact
+        + (
+            torch.log(distance.float() / max_exact)
+            / math.log(max_distance / max_exact)
+            * (half - max_exact)
+        ).long()
+    )
     large = large.clamp(max=half - 1)
     return buckets + torch.where(distance < max_exact, distance, large)
 
@@ -383,8 +388,9 @@ class SelfAttention(Gated):
     #: ``(num_kept_heads,)`` long buffer: the original index of every kept head.
     heads: torch.Tensor
 
-    def __init__(self, embed_dim: int, heads: list[int], num_heads: int, head_dim: int,
-                 dropout: float = 0.0):
+    def __init__(
+        self, embed_dim: int, heads: list[int], num_heads: int, head_dim: int, dropout: float = 0.0
+    ):
         super().__init__()
         self.embed_dim = embed_dim
         self.num_heads = num_heads
@@ -403,8 +409,9 @@ class SelfAttention(Gated):
         self.block_gate: HardConcrete | None = None
 
     def _set_heads(self, heads: list[int], device: torch.device | None = None) -> None:
-        self.register_buffer("heads", torch.tensor(heads, dtype=torch.long, device=device),
-                             persistent=False)
+        self.register_buffer(
+            "heads", torch.tensor(heads, dtype=torch.long, device=device), persistent=False
+        )
         self.all_heads = heads == list(range(self.num_heads))
 
     @property
@@ -439,23 +446,24 @@ class SelfAttention(Gated):
             gate_in = gate_in.index_select(2, self.heads)
             position_bias = position_bias.index_select(0, self.heads)
         gate = self.gru_rel_pos_linear(gate_in).view(batch, frames, n, 2, 4).sum(-1)
-        gate_a, gate_b = torch.sigmoid(gate).unbind(-1)                       # (B, T, n)
+        gate_a, gate_b = torch.sigmoid(gate).unbind(-1)  # (B, T, n)
         gate = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0
-        bias = gate.transpose(1, 2)[..., None] * position_bias                # (B, n, T, T)
-        q = self.q_proj(x).view(batch, frames, n, d).transpose(1, 2)          # (B, n, T, d)
+        bias = gate.transpose(1, 2)[..., None] * position_bias  # (B, n, T, T)
+        q = self.q_proj(x).view(batch, frames, n, d).transpose(1, 2)  # (B, n, T, d)
         k = self.k_proj(x).view(batch, frames, n, d).transpose(1, 2)
         v = self.v_proj(x).view(batch, frames, n, d).transpose(1, 2)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=bias.to(q.dtype), dropout_p=self.dropout if self.training else 0.0
-        )                                                                     # (B, n, T, d)
+        )  # (B, n, T, d)
         out_bias = self.out_proj.bias
         if self.head_gate is not None:
             mask = self.head_gate()
             out = out * mask[None, :, None, None]
             # A block whose heads are all closed outputs nothing, so removing it is exact.
             out_bias = out_bias * (mask.detach() > 0).any().to(out_bias.dtype)
-        out = F.linear(out.transpose(1, 2).reshape(batch, frames, n * d), self.out_proj.weight,
-                       out_bias)
+        out = F.linear(
+            out.transpose(1, 2).reshape(batch, frames, n * d), self.out_proj.weight, out_bias
+        )
         if self.block_gate is not None:
             out = out * self.block_gate()
         return out
@@ -508,8 +516,9 @@ class FeedForward(Gated):
 
     GATES = {PruneUnit.FFN: "unit_gate", PruneUnit.FFN_BLOCKS: "block_gate"}
 
-    def __init__(self, embed_dim: int, ffn_dim: int, dropout: float = 0.0,
-                 activation_dropout: float = 0.0):
+    def __init__(
+        self, embed_dim: int, ffn_dim: int, dropout: float = 0.0, activation_dropout: float = 0.0
+    ):
         super().__init__()
         self.intermediate_dense = nn.Linear(embed_dim, ffn_dim)
         self.output_dense = nn.Linear(ffn_dim, embed_dim)
@@ -589,13 +598,20 @@ class EncoderLayer(Counted):
         self.layer_norm_first = config.layer_norm_first
         self.dropout = nn.Dropout(config.dropout)
         self.attention = (
-            SelfAttention(E, config.remaining_heads[index], config.num_heads, config.head_dim,
-                          config.attention_dropout)
-            if config.use_attention[index] else None
+            SelfAttention(
+                E,
+                config.remaining_heads[index],
+                config.num_heads,
+                config.head_dim,
+                config.attention_dropout,
+            )
+            if config.use_attention[index]
+            else None
         )
         self.feed_forward = (
             FeedForward(E, config.ffn_dim[index], config.dropout, config.activation_dropout)
-            if config.use_ffn[index] else None
+            if config.use_ffn[index]
+            else None
         )
         # Post-norm layers always normalise after each residual; pre-norm layers only have the
         # LayerNorm that feeds a block that is present.
@@ -656,8 +672,7 @@ class EncoderLayer(Counted):
     def kept(self) -> tuple[Kept, Kept]:
         """What the masks keep of the attention heads and of the FFN units."""
         attention = self.attention.kept() if self.attention is not None else Kept.nothing()
-        feed_forward = (self.feed_forward.kept() if self.feed_forward is not None
-                        else Kept.nothing())
+        feed_forward = self.feed_forward.kept() if self.feed_forward is not None else Kept.nothing()
         return attention, feed_forward
 
     def prune_(self, kept: tuple[Kept, Kept]) -> None:
@@ -686,8 +701,13 @@ def _plain_inference(module: nn.Module) -> bool:
     Not traced, exported or compiled either: only there may kept tensors and the FFT path stand
     in for the plain computation.
     """
-    return not (module.training or torch.is_grad_enabled() or torch.jit.is_tracing()
-                or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling())
+    return not (
+        module.training
+        or torch.is_grad_enabled()
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch.compiler.is_compiling()
+    )
 
 
 def _stamp(*params: torch.Tensor) -> tuple | None:
@@ -752,14 +772,22 @@ class PositionalConv(Counted):
         inference tensors, whose changes cannot be seen) it is computed directly.
         """
         spectrum = None
-        if (self.use_fft and x.device.type == "cpu" and _plain_inference(self)
-                and x.dtype in (torch.float32, torch.float64)):
-            spectrum = self._weight_spectrum(_fft_size(x.shape[1] + self.kernel_size - 1),
-                                             x.dtype)
+        if (
+            self.use_fft
+            and x.device.type == "cpu"
+            and _plain_inference(self)
+            and x.dtype in (torch.float32, torch.float64)
+        ):
+            spectrum = self._weight_spectrum(_fft_size(x.shape[1] + self.kernel_size - 1), x.dtype)
         if spectrum is None:
             weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=(0, 1), keepdim=True)
-            y = F.conv1d(x.transpose(1, 2), weight, self.bias, padding=self.kernel_size // 2,
-                         groups=self.groups)
+            y = F.conv1d(
+                x.transpose(1, 2),
+                weight,
+                self.bias,
+                padding=self.kernel_size // 2,
+                groups=self.groups,
+            )
             if self.kernel_size % 2 == 0:
                 y = y[:, :, :-1]
         else:
@@ -777,10 +805,10 @@ class PositionalConv(Counted):
         groups, k = self.groups, self.kernel_size
         size = _fft_size(frames + k - 1)
         xs = x.transpose(1, 2).reshape(batch, groups, E // groups, frames)
-        xf = torch.fft.rfft(xs, n=size).permute(1, 3, 2, 0)                  # (g, F, Ci, B)
-        yf = torch.matmul(spectrum, xf).permute(3, 0, 2, 1)                  # (B, g, Co, F)
+        xf = torch.fft.rfft(xs, n=size).permute(1, 3, 2, 0)  # (g, F, Ci, B)
+        yf = torch.matmul(spectrum, xf).permute(3, 0, 2, 1)  # (B, g, Co, F)
         start = k - 1 - k // 2
-        y = torch.fft.irfft(yf, n=size)[..., start:start + frames]
+        y = torch.fft.irfft(yf, n=size)[..., start : start + frames]
         return y.reshape(batch, E, frames) + self.bias.to(x.dtype)[None, :, None]
 
     def _weight_spectrum(self, size: int, dtype: torch.dtype) -> torch.Tensor | None:
@@ -874,9 +902,9 @@ class Encoder(Counted):
         cfg = self.config
         buckets = relative_offset_buckets(num_frames, cfg.num_buckets, cfg.max_distance)
         weight = self.rel_attn_embed.weight
-        per_offset = self.rel_attn_embed(buckets.to(weight.device)).t()   # (heads, 2T - 1)
+        per_offset = self.rel_attn_embed(buckets.to(weight.device)).t()  # (heads, 2T - 1)
         positions = torch.arange(num_frames, device=weight.device)
-        index = positions[None, :] - positions[:, None] + num_frames - 1    # (T, T): key - query
+        index = positions[None, :] - positions[:, None] + num_frames - 1  # (T, T): key - query
         # Gathered head-major, so the bias is contiguous: the per-layer head selection and the
         # gate product read it several times faster than a permuted view.
         return per_offset[:, index]
@@ -924,9 +952,17 @@ class Encoder(Counted):
 
     def shape(self) -> dict:
         """The per-layer fields of a ``WavLMConfig`` that describe the current blocks."""
-        heads = [layer.attention.heads.tolist() if layer.attention is not None else []
-                 for layer in self.layers]
-        ffn = [layer.feed_forward.num_units if layer.feed_forward is not None else 0
-               for layer in self.layers]
-        return {"remaining_heads": heads, "use_attention": [bool(h) for h in heads],
-                "ffn_dim": ffn, "use_ffn": [f > 0 for f in ffn]}
+        heads = [
+            layer.attention.heads.tolist() if layer.attention is not None else []
+            for layer in self.layers
+        ]
+        ffn = [
+            layer.feed_forward.num_units if layer.feed_forward is not None else 0
+            for layer in self.layers
+        ]
+        return {
+            "remaining_heads": heads,
+            "use_attention": [bool(h) for h in heads],
+            "ffn_dim": ffn,
+            "use_ffn": [f > 0 for f in ffn],
+        }

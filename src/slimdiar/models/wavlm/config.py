@@ -291,10 +291,20 @@ def wavlm_large_s80() -> WavLMConfig:
     return _preset_from_file("wavlm-large-s80")
 
 
-def uniform_wavlm(name: str, conv_channels: int, embed_dim: int, num_layers: int,
-                  num_heads: int, head_dim: int, ffn_dim: int, pos_conv_kernel: int,
-                  pos_conv_groups: int, num_buckets: int = 320, max_distance: int = 800,
-                  layer_norm_first: bool = False) -> WavLMConfig:
+def uniform_wavlm(
+    name: str,
+    conv_channels: int,
+    embed_dim: int,
+    num_layers: int,
+    num_heads: int,
+    head_dim: int,
+    ffn_dim: int,
+    pos_conv_kernel: int,
+    pos_conv_groups: int,
+    num_buckets: int = 320,
+    max_distance: int = 800,
+    layer_norm_first: bool = False,
+) -> WavLMConfig:
     """A WavLM with WavLM's conv strides and kernels and the same width in every layer."""
     kernels_strides = [(10, 5)] + [(3, 2)] * 4 + [(2, 2)] * 2
     return WavLMConfig(
@@ -326,10 +336,20 @@ def wavlm_tiny(layer_norm_first: bool = False) -> WavLMConfig:
     layer_norm_first
         Pre-norm (Large-like) instead of post-norm (Base+-like).
     """
-    return uniform_wavlm("wavlm-tiny-prenorm" if layer_norm_first else "wavlm-tiny",
-                         conv_channels=32, embed_dim=64, num_layers=2, num_heads=4, head_dim=16,
-                         ffn_dim=128, pos_conv_kernel=8, pos_conv_groups=8, num_buckets=32,
-                         max_distance=100, layer_norm_first=layer_norm_first)
+    return uniform_wavlm(
+        "wavlm-tiny-prenorm" if layer_norm_first else "wavlm-tiny",
+        conv_channels=32,
+        embed_dim=64,
+        num_layers=2,
+        num_heads=4,
+        head_dim=16,
+        ffn_dim=128,
+        pos_conv_kernel=8,
+        pos_conv_groups=8,
+        num_buckets=32,
+        max_distance=100,
+        layer_norm_first=layer_norm_first,
+    )
 
 
 def wavlm_mini() -> WavLMConfig:
@@ -340,23 +360,49 @@ def wavlm_mini() -> WavLMConfig:
     fine enough for sparsity targets up to 0.9 (the parts no gate reaches cap it at 0.987). In
     ``wavlm-tiny`` a head is 4.6 % and that cap is 0.944.
     """
-    return uniform_wavlm("wavlm-mini", conv_channels=16, embed_dim=64, num_layers=4,
-                         num_heads=8, head_dim=8, ffn_dim=256, pos_conv_kernel=4,
-                         pos_conv_groups=16, num_buckets=32, max_distance=100)
+    return uniform_wavlm(
+        "wavlm-mini",
+        conv_channels=16,
+        embed_dim=64,
+        num_layers=4,
+        num_heads=8,
+        head_dim=8,
+        ffn_dim=256,
+        pos_conv_kernel=4,
+        pos_conv_groups=16,
+        num_buckets=32,
+        max_distance=100,
+    )
 
 
 def wavlm_small() -> WavLMConfig:
     """A small post-norm WavLM (conv 128 channels, E=256, 4 layers, 4 heads of 64)."""
-    return uniform_wavlm("wavlm-small", conv_channels=128, embed_dim=256, num_layers=4,
-                         num_heads=4, head_dim=64, ffn_dim=1024, pos_conv_kernel=32,
-                         pos_conv_groups=16)
+    return uniform_wavlm(
+        "wavlm-small",
+        conv_channels=128,
+        embed_dim=256,
+        num_layers=4,
+        num_heads=4,
+        head_dim=64,
+        ffn_dim=1024,
+        pos_conv_kernel=32,
+        pos_conv_groups=16,
+    )
 
 
 def wavlm_demo() -> WavLMConfig:
     """The demo's WavLM (conv 32 channels, E=128, 4 layers, 4 heads of 32, FFN 512)."""
-    return uniform_wavlm("wavlm-demo", conv_channels=32, embed_dim=128, num_layers=4,
-                         num_heads=4, head_dim=32, ffn_dim=512, pos_conv_kernel=16,
-                         pos_conv_groups=8)
+    return uniform_wavlm(
+        "wavlm-demo",
+        conv_channels=32,
+        embed_dim=128,
+        num_layers=4,
+        num_heads=4,
+        head_dim=32,
+        ffn_dim=512,
+        pos_conv_kernel=16,
+        pos_conv_groups=8,
+    )
 
 
 PRESETS = {

@@ -54,6 +54,11 @@ class WavLMWeights:
     file_keys: dict | None = None
 
 
+#: Where Hugging Face keeps the positional conv and the relative position bias.
+_POS_CONV = "encoder.pos_conv_embed.conv"
+_BIAS = "encoder.layers.0.self_attn.relative_attention_bias"
+
+
 def torch_load_safely(path: Path) -> dict:
     """``torch.load(weights_only=True)``, turning a refusal into a :class:`CheckpointError`."""
     try:
@@ -129,7 +134,7 @@ def _from_slimdiar(path: Path) -> tuple[WavLMConfig, dict]:
     if wavlm_config is None:
         raise CheckpointError(f"{path}: a {kind!r} checkpoint without a WavLM backbone")
     prefix = "backbone."
-    backbone = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    backbone = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     if not backbone:
         raise CheckpointError(f"{path}: no '{prefix}*' weights in this {kind!r} checkpoint")
     return WavLMConfig.from_dict(wavlm_config), backbone
@@ -141,8 +146,15 @@ def _hf_config(path: Path) -> WavLMConfig:
         hf = json.loads((path / "config.json").read_text())
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{path / 'config.json'}: not valid JSON ({error})") from None
-    needed = ["hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-              "conv_dim", "conv_kernel", "conv_stride"]
+    needed = [
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "conv_dim",
+        "conv_kernel",
+        "conv_stride",
+    ]
     missing = [k for k in needed if k not in hf]
     if missing:
         raise CheckpointError(f"{path / 'config.json'}: not a WavLM config, missing {missing}")
@@ -157,7 +169,8 @@ def _hf_config(path: Path) -> WavLMConfig:
     layers, heads = hf["num_hidden_layers"], hf["num_attention_heads"]
     return WavLMConfig(
         conv_layers=list(zip(hf["conv_dim"], hf["conv_kernel"], hf["conv_stride"])),
-        extractor_mode="layer_norm" if hf.get("feat_extract_norm", "group") == "layer"
+        extractor_mode="layer_norm"
+        if hf.get("feat_extract_norm", "group") == "layer"
         else "group_norm",
         embed_dim=hf["hidden_size"],
         num_layers=layers,
@@ -196,13 +209,14 @@ def _from_huggingface(path: Path) -> tuple[WavLMConfig, dict]:
         heads = sorted(k for k in raw if not k.startswith("wavlm."))
         if heads:
             logger.info("ignoring %d task-head keys of %s (e.g. %s)", len(heads), path, heads[0])
-        raw = {k[len("wavlm."):]: v for k, v in raw.items() if k.startswith("wavlm.")}
+        raw = {k[len("wavlm.") :]: v for k, v in raw.items() if k.startswith("wavlm.")}
     return config, _rename_keys(raw, _hf_key, HF_IGNORED, path)
 
 
 def _hf_key(key: str) -> str | None:
-    match = re.match(r"^feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$",
-                     key)
+    match = re.match(
+        r"^feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$", key
+    )
     if match:
         i, part, kind = match.groups()
         return f"feature_extractor.conv_layers.{i}.{'conv' if part == 'conv' else 'norm'}.{kind}"
@@ -212,10 +226,9 @@ def _hf_key(key: str) -> str | None:
         "encoder.pos_conv_embed.conv.bias": "encoder.pos_conv.bias",
         "encoder.pos_conv_embed.conv.weight_g": "encoder.pos_conv.weight_g",
         "encoder.pos_conv_embed.conv.weight_v": "encoder.pos_conv.weight_v",
-        "encoder.pos_conv_embed.conv.parametrizations.weight.original0":
-            "encoder.pos_conv.weight_g",
-        "encoder.pos_conv_embed.conv.parametrizations.weight.original1":
-            "encoder.pos_conv.weight_v",
+        # torch.nn.utils.parametrizations.weight_norm's names of g and v
+        f"{_POS_CONV}.parametrizations.weight.original0": "encoder.pos_conv.weight_g",
+        f"{_POS_CONV}.parametrizations.weight.original1": "encoder.pos_conv.weight_v",
     }
     if key in pos:
         return pos[key]
@@ -260,8 +273,13 @@ def parse_conv_layers(spec: str) -> list[tuple[int, int, int]]:
 
 
 def _original_config(cfg: dict, path: Path) -> WavLMConfig:
-    needed = ["encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim",
-              "encoder_attention_heads", "conv_feature_layers"]
+    needed = [
+        "encoder_layers",
+        "encoder_embed_dim",
+        "encoder_ffn_embed_dim",
+        "encoder_attention_heads",
+        "conv_feature_layers",
+    ]
     missing = [k for k in needed if k not in cfg]
     if missing:
         raise CheckpointError(f"{path}: 'cfg' lacks {missing}; is this a WavLM release file?")
@@ -269,12 +287,14 @@ def _original_config(cfg: dict, path: Path) -> WavLMConfig:
         raise CheckpointError(f"{path}: conv layers with bias are not supported by this WavLM")
     if not cfg.get("relative_position_embedding", True) or not cfg.get("gru_rel_pos", True):
         raise CheckpointError(f"{path}: only WavLM with gated relative position bias is supported")
-    layers, heads, E = cfg["encoder_layers"], cfg["encoder_attention_heads"], cfg[
-        "encoder_embed_dim"]
+    layers, heads, E = (
+        cfg["encoder_layers"],
+        cfg["encoder_attention_heads"],
+        cfg["encoder_embed_dim"],
+    )
     return WavLMConfig(
         conv_layers=parse_conv_layers(cfg["conv_feature_layers"]),
-        extractor_mode="layer_norm" if cfg.get("extractor_mode") == "layer_norm"
-        else "group_norm",
+        extractor_mode="layer_norm" if cfg.get("extractor_mode") == "layer_norm" else "group_norm",
         embed_dim=E,
         num_layers=layers,
         num_heads=heads,
@@ -327,8 +347,7 @@ def _original_key(key: str, extractor_mode: str) -> str | None:
         "encoder.pos_conv.0.bias": "encoder.pos_conv.bias",
         "encoder.layer_norm.weight": "encoder.layer_norm.weight",
         "encoder.layer_norm.bias": "encoder.layer_norm.bias",
-        "encoder.layers.0.self_attn.relative_attention_bias.weight":
-            "encoder.rel_attn_embed.weight",
+        f"{_BIAS}.weight": "encoder.rel_attn_embed.weight",
     }
     if key in simple:
         return simple[key]

@@ -27,25 +27,46 @@ logger = logging.getLogger(__name__)
 
 def is_diarizen_wavlm_file(content) -> bool:
     """Whether a loaded file's content looks like a DiariZen WavLM file."""
-    return (isinstance(content, dict) and set(content) == {"config", "state_dict"}
-            and isinstance(content["config"], dict)
-            and "encoder_remaining_heads" in content["config"])
+    return (
+        isinstance(content, dict)
+        and set(content) == {"config", "state_dict"}
+        and isinstance(content["config"], dict)
+        and "encoder_remaining_heads" in content["config"]
+    )
 
 
 # Builder keywords of a DiariZen WavLM file and what they must be for a plain (unpruning) model.
 _REQUIRED_KWARGS = (
-    "extractor_mode", "extractor_conv_layer_config", "encoder_embed_dim",
-    "encoder_num_layers", "encoder_use_attention", "encoder_use_feed_forward",
-    "encoder_total_num_heads", "encoder_remaining_heads", "encoder_ff_interm_features",
-    "encoder_layer_norm_first", "normalize_waveform",
+    "extractor_mode",
+    "extractor_conv_layer_config",
+    "encoder_embed_dim",
+    "encoder_num_layers",
+    "encoder_use_attention",
+    "encoder_use_feed_forward",
+    "encoder_total_num_heads",
+    "encoder_remaining_heads",
+    "encoder_ff_interm_features",
+    "encoder_layer_norm_first",
+    "normalize_waveform",
 )
 _TRAINING_ONLY_KWARGS = (
-    "encoder_projection_dropout", "encoder_attention_dropout", "encoder_ff_interm_dropout",
-    "encoder_dropout", "encoder_layer_drop", "limit_l", "limit_r", "temperature",
+    "encoder_projection_dropout",
+    "encoder_attention_dropout",
+    "encoder_ff_interm_dropout",
+    "encoder_dropout",
+    "encoder_layer_drop",
+    "limit_l",
+    "limit_r",
+    "temperature",
 )
 _OPTIONAL_KWARGS = (
-    "extractor_conv_bias", "encoder_pos_conv_kernel", "encoder_pos_conv_groups",
-    "encoder_num_buckets", "encoder_max_distance", "aux_num_out", "use_layerwise_prune",
+    "extractor_conv_bias",
+    "encoder_pos_conv_kernel",
+    "encoder_pos_conv_groups",
+    "encoder_num_buckets",
+    "encoder_max_distance",
+    "aux_num_out",
+    "use_layerwise_prune",
 )
 
 
@@ -100,11 +121,14 @@ def wavlm_config_from_diarizen(kwargs: dict, source) -> WavLMConfig:
             f"{source}: layer 0 has no attention block, so this WavLM has no relative position "
             "embedding; such a model is not supported"
         )
-    remaining = [list(heads) if use else []
-                 for heads, use in zip(kwargs["encoder_remaining_heads"], use_attention)]
+    remaining = [
+        list(heads) if use else []
+        for heads, use in zip(kwargs["encoder_remaining_heads"], use_attention)
+    ]
     use_ffn = [bool(v) for v in kwargs["encoder_use_feed_forward"]]
-    ffn_dim = [int(f) if use else 0
-               for f, use in zip(kwargs["encoder_ff_interm_features"], use_ffn)]
+    ffn_dim = [
+        int(f) if use else 0 for f, use in zip(kwargs["encoder_ff_interm_features"], use_ffn)
+    ]
     try:
         return WavLMConfig(
             conv_layers=[tuple(layer) for layer in kwargs["extractor_conv_layer_config"]],
@@ -131,19 +155,18 @@ def wavlm_config_from_diarizen(kwargs: dict, source) -> WavLMConfig:
 
 
 # ---------------------------------------------------------------------------- tensor names
+_POS_CONV = "encoder.transformer.pos_conv_embed.conv"
 _FIXED = {
     "feature_extractor.dummy_weight": "feature_extractor.output_scale",
     "encoder.transformer.pos_conv_embed.conv.bias": "encoder.pos_conv.bias",
-    "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original0":
-        "encoder.pos_conv.weight_g",
-    "encoder.transformer.pos_conv_embed.conv.parametrizations.weight.original1":
-        "encoder.pos_conv.weight_v",
+    # torch.nn.utils.parametrizations.weight_norm's names of g and v
+    f"{_POS_CONV}.parametrizations.weight.original0": "encoder.pos_conv.weight_g",
+    f"{_POS_CONV}.parametrizations.weight.original1": "encoder.pos_conv.weight_v",
     "encoder.transformer.pos_conv_embed.conv.weight_g": "encoder.pos_conv.weight_g",
     "encoder.transformer.pos_conv_embed.conv.weight_v": "encoder.pos_conv.weight_v",
     "encoder.transformer.layer_norm.weight": "encoder.layer_norm.weight",
     "encoder.transformer.layer_norm.bias": "encoder.layer_norm.bias",
-    "encoder.transformer.layers.0.attention.rel_attn_embed.weight":
-        "encoder.rel_attn_embed.weight",
+    "encoder.transformer.layers.0.attention.rel_attn_embed.weight": "encoder.rel_attn_embed.weight",
 }
 _CONV_KEY = re.compile(r"^feature_extractor\.conv_layers\.(\d+)\.(conv|layer_norm)\.(weight|bias)$")
 _LAYER_KEY = re.compile(
@@ -166,7 +189,7 @@ def diarizen_wavlm_key(key: str) -> str | None:
         i, part, kind = match.groups()
         return f"feature_extractor.conv_layers.{i}.{'conv' if part == 'conv' else 'norm'}.{kind}"
     if key.startswith("encoder.feature_projection."):
-        return key[len("encoder."):]
+        return key[len("encoder.") :]
     match = _LAYER_KEY.match(key)
     if match:
         return f"encoder.layers.{match.group(1)}.{match.group(2)}"
@@ -185,8 +208,9 @@ def _never_used(ours: str, config: WavLMConfig) -> bool:
     return not present[layer]
 
 
-def map_diarizen_wavlm(raw: dict, config: WavLMConfig, source, prefix: str = "",
-                       target_prefix: str = "") -> tuple[dict, dict]:
+def map_diarizen_wavlm(
+    raw: dict, config: WavLMConfig, source, prefix: str = "", target_prefix: str = ""
+) -> tuple[dict, dict]:
     """Our WavLM tensors from DiariZen's.
 
     Parameters
@@ -216,7 +240,7 @@ def map_diarizen_wavlm(raw: dict, config: WavLMConfig, source, prefix: str = "",
     for key, value in raw.items():
         if not key.startswith(prefix):
             continue
-        ours = diarizen_wavlm_key(key[len(prefix):])
+        ours = diarizen_wavlm_key(key[len(prefix) :])
         if ours is None:
             raise CheckpointError(f"{source}: key {key} has no place in the WavLM")
         if _never_used(ours, config):

@@ -34,8 +34,9 @@ class HardConcrete(nn.Module):
         Concrete temperature ``beta`` (2/3).
     """
 
-    def __init__(self, num_units: int, init_drop_rate: float = 0.01,
-                 temperature: float = TEMPERATURE):
+    def __init__(
+        self, num_units: int, init_drop_rate: float = 0.01, temperature: float = TEMPERATURE
+    ):
         super().__init__()
         if num_units < 1:
             raise ValueError(f"a gate needs at least one unit, got {num_units}")
@@ -79,8 +80,12 @@ class HardConcrete(nn.Module):
 
     def sample_mask(self) -> torch.Tensor:
         """A training-mode mask, shape ``(n,)``, sampled with the reparameterisation trick."""
-        u = torch.rand(self.log_alpha.shape, generator=self.generator, dtype=self.log_alpha.dtype,
-                       device=self.log_alpha.device).clamp(EPSILON, 1.0 - EPSILON)
+        u = torch.rand(
+            self.log_alpha.shape,
+            generator=self.generator,
+            dtype=self.log_alpha.dtype,
+            device=self.log_alpha.device,
+        ).clamp(EPSILON, 1.0 - EPSILON)
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / self.temperature)
         return (s * (STRETCH_HIGH - STRETCH_LOW) + STRETCH_LOW).clamp(0.0, 1.0)
 

@@ -120,8 +120,12 @@ class WavLM(nn.Module):
         model = cls(weights.config)
         load_state_dict_strict(model, weights.state_dict, Path(path), weights.file_keys)
         model.eval()
-        logger.info("loaded %s (%.1fM parameters) from %s", weights.config.name,
-                    model.num_params() / 1e6, path)
+        logger.info(
+            "loaded %s (%.1fM parameters) from %s",
+            weights.config.name,
+            model.num_params() / 1e6,
+            path,
+        )
         return model
 
     def save_pretrained(self, directory: str | Path, metadata: dict | None = None) -> Path:
@@ -131,8 +135,9 @@ class WavLM(nn.Module):
                 "this WavLM has pruning gates; call prune() and save the pruned model, or use "
                 "state_dict() to checkpoint the gated model"
             )
-        return save_checkpoint(directory, self.state_dict(), "wavlm", self.config.to_dict(),
-                               metadata)
+        return save_checkpoint(
+            directory, self.state_dict(), "wavlm", self.config.to_dict(), metadata
+        )
 
     # ------------------------------------------------------------------ training options
     def set_training_options(self, feature_grad_mult: float = 1.0, **dropouts: float) -> WavLM:
@@ -224,21 +229,21 @@ class WavLM(nn.Module):
         self.check_input(waveforms)
         if self.config.normalize_waveform:
             waveforms = self.normalize_waveform(waveforms)
-        features = self.feature_extractor(waveforms)                          # (B, C, T)
+        features = self.feature_extractor(waveforms)  # (B, C, T)
         # The transformer's gradient reaches the conv layers scaled (fairseq's
         # feature_grad_mult); a loss on the gates themselves (the Lagrangian) is not.
         features = scale_gradient(features, self.feature_grad_mult).transpose(1, 2)
-        last_gate = (self.feature_extractor.conv_layers[-1].gate
-                     if self.feature_extractor.output_scale is None else None)
-        return self.feature_projection(features, last_gate)                   # (B, T, E)
-
+        last_gate = (
+            self.feature_extractor.conv_layers[-1].gate
+            if self.feature_extractor.output_scale is None
+            else None
+        )
+        return self.feature_projection(features, last_gate)  # (B, T, E)
 
     # ------------------------------------------------------------------ counting
     def num_params(self) -> int:
         """Counted parameters of the network (hard-concrete gates excluded)."""
-        return sum(
-            p.numel() for name, p in self.named_parameters() if "log_alpha" not in name
-        )
+        return sum(p.numel() for name, p in self.named_parameters() if "log_alpha" not in name)
 
     def count_params(self, count: Count):
         """Parameters from the architecture, the sizes counted as ``count`` says.
@@ -247,17 +252,25 @@ class WavLM(nn.Module):
         :attr:`Count.EXPECTED` meets a gate.
         """
         conv = self.feature_extractor.dims(count)
-        return add_up(chain(self.feature_extractor.param_terms(conv),
-                            self.feature_projection.param_terms(conv[-1]),
-                            self.encoder.param_terms(self.encoder.dims(count))))
+        return add_up(
+            chain(
+                self.feature_extractor.param_terms(conv),
+                self.feature_projection.param_terms(conv[-1]),
+                self.encoder.param_terms(self.encoder.dims(count)),
+            )
+        )
 
     def count_macs(self, num_samples: int, count: Count):
         """Multiply-accumulates for ``num_samples`` of audio, sizes counted as ``count`` says."""
         frames = self.config.conv_lengths(num_samples)[-1]
         conv = self.feature_extractor.dims(count)
-        return add_up(chain(self.feature_extractor.mac_terms(num_samples, conv),
-                            self.feature_projection.mac_terms(frames, conv[-1]),
-                            self.encoder.mac_terms(frames, self.encoder.dims(count))))
+        return add_up(
+            chain(
+                self.feature_extractor.mac_terms(num_samples, conv),
+                self.feature_projection.mac_terms(frames, conv[-1]),
+                self.encoder.mac_terms(frames, self.encoder.dims(count)),
+            )
+        )
 
     def analytic_num_params(self) -> int:
         """Parameters computed from the architecture (equals :meth:`num_params`)."""
@@ -300,17 +313,28 @@ class WavLM(nn.Module):
 
     def weight_parameters(self) -> list[nn.Parameter]:
         """Every trainable parameter that is not a gate (the fixed conv output scale is not)."""
-        return [p for n, p in self.named_parameters()
-                if "log_alpha" not in n and n != "feature_extractor.output_scale"]
+        return [
+            p
+            for n, p in self.named_parameters()
+            if "log_alpha" not in n and n != "feature_extractor.output_scale"
+        ]
 
-    def enable_pruning(self, units: Iterable[PruneUnit | str] | None = None,
-                       rates: Mapping[PruneUnit | str, float] | None = None, *,
-                       conv_output_scale: bool = True, conv: bool | None = None,
-                       heads: bool | None = None, ffn: bool | None = None,
-                       attention_blocks: bool | None = None, ffn_blocks: bool | None = None,
-                       channel_drop_rate: float | None = None,
-                       head_drop_rate: float | None = None, ffn_drop_rate: float | None = None,
-                       block_drop_rate: float | None = None) -> WavLM:
+    def enable_pruning(
+        self,
+        units: Iterable[PruneUnit | str] | None = None,
+        rates: Mapping[PruneUnit | str, float] | None = None,
+        *,
+        conv_output_scale: bool = True,
+        conv: bool | None = None,
+        heads: bool | None = None,
+        ffn: bool | None = None,
+        attention_blocks: bool | None = None,
+        ffn_blocks: bool | None = None,
+        channel_drop_rate: float | None = None,
+        head_drop_rate: float | None = None,
+        ffn_drop_rate: float | None = None,
+        block_drop_rate: float | None = None,
+    ) -> WavLM:
         """Attach hard-concrete gates to the chosen units (SPEC §1.4) and return ``self``.
 
         Parameters
@@ -333,12 +357,25 @@ class WavLM(nn.Module):
         channel_drop_rate, head_drop_rate, ffn_drop_rate, block_drop_rate
             The keyword form of ``rates`` (``block_drop_rate`` sets both block kinds).
         """
-        chosen = _chosen_units(units, conv=conv, heads=heads, ffn=ffn,
-                               attention_blocks=attention_blocks, ffn_blocks=ffn_blocks)
-        resolved = resolve_rates({**(rates or {}), **_keyword_rates(
-            channel_drop_rate, head_drop_rate, ffn_drop_rate, block_drop_rate)})
-        if (PruneUnit.CONV in chosen and conv_output_scale
-                and self.feature_extractor.output_scale is None):
+        chosen = _chosen_units(
+            units,
+            conv=conv,
+            heads=heads,
+            ffn=ffn,
+            attention_blocks=attention_blocks,
+            ffn_blocks=ffn_blocks,
+        )
+        resolved = resolve_rates(
+            {
+                **(rates or {}),
+                **_keyword_rates(channel_drop_rate, head_drop_rate, ffn_drop_rate, block_drop_rate),
+            }
+        )
+        if (
+            PruneUnit.CONV in chosen
+            and conv_output_scale
+            and self.feature_extractor.output_scale is None
+        ):
             self.config = self.config.replace(conv_output_scale=True)
             self.feature_extractor.add_output_scale()
         for block in [m for m in self.modules() if isinstance(m, Gated)]:
@@ -367,7 +404,8 @@ class WavLM(nn.Module):
         small.feature_projection.prune_(conv_kept[-1], fold)
         small.encoder.prune_(layers_kept)
         small.config = self.config.replace(
-            conv_layers=small.feature_extractor.shape(), name=f"{self.config.name}-pruned",
+            conv_layers=small.feature_extractor.shape(),
+            name=f"{self.config.name}-pruned",
             **small.encoder.shape(),
         )
         small.encoder.config = small.config
@@ -379,7 +417,8 @@ class WavLM(nn.Module):
             ffn_units=[ffn.index.tolist() for _, ffn in layers_kept],
         )
         logger.info(
-            "pruned WavLM: %.2fM -> %.2fM parameters", self.num_params() / 1e6,
+            "pruned WavLM: %.2fM -> %.2fM parameters",
+            self.num_params() / 1e6,
             small.num_params() / 1e6,
         )
         return small
@@ -401,10 +440,16 @@ def _chosen_units(units, **switches: bool | None) -> set[PruneUnit]:
     return chosen
 
 
-def _keyword_rates(channel: float | None, head: float | None, ffn: float | None,
-                   block: float | None) -> dict[PruneUnit | str, float]:
-    pairs = [(PruneUnit.CONV, channel), (PruneUnit.HEADS, head), (PruneUnit.FFN, ffn),
-             (PruneUnit.ATTENTION_BLOCKS, block), (PruneUnit.FFN_BLOCKS, block)]
+def _keyword_rates(
+    channel: float | None, head: float | None, ffn: float | None, block: float | None
+) -> dict[PruneUnit | str, float]:
+    pairs = [
+        (PruneUnit.CONV, channel),
+        (PruneUnit.HEADS, head),
+        (PruneUnit.FFN, ffn),
+        (PruneUnit.ATTENTION_BLOCKS, block),
+        (PruneUnit.FFN_BLOCKS, block),
+    ]
     return {unit: rate for unit, rate in pairs if rate is not None}
 
 
@@ -413,8 +458,10 @@ def _check_shapes(model: WavLM) -> None:
     with torch.device("meta"):
         reference = WavLM(model.config).state_dict()
     actual = model.state_dict()
-    wrong = sorted(k for k in reference.keys() | actual.keys()
-                   if k not in reference or k not in actual
-                   or reference[k].shape != actual[k].shape)
+    wrong = sorted(
+        k
+        for k in reference.keys() | actual.keys()
+        if k not in reference or k not in actual or reference[k].shape != actual[k].shape
+    )
     if wrong:
         raise RuntimeError(f"pruned WavLM does not match its config at: {', '.join(wrong)}")

@@ -19,11 +19,11 @@ from slimdiar.models.wavlm.hardconcrete import HardConcrete
 class PruneUnit(str, enum.Enum):
     """A kind of structure that a hard-concrete gate can remove."""
 
-    CONV = "conv"                          #: output channels of every conv layer
-    HEADS = "heads"                        #: attention heads
-    FFN = "ffn"                            #: FFN intermediate units
+    CONV = "conv"  #: output channels of every conv layer
+    HEADS = "heads"  #: attention heads
+    FFN = "ffn"  #: FFN intermediate units
     ATTENTION_BLOCKS = "attention_blocks"  #: whole attention blocks
-    FFN_BLOCKS = "ffn_blocks"              #: whole FFN blocks
+    FFN_BLOCKS = "ffn_blocks"  #: whole FFN blocks
 
     @classmethod
     def _missing_(cls, value: object) -> PruneUnit | None:
@@ -79,8 +79,8 @@ def resolve_rates(rates: Mapping[PruneUnit | str, float] | None) -> dict[PruneUn
 class Count(enum.Enum):
     """How a gated model's sizes are counted."""
 
-    EXACT = "exact"                  #: the sizes of the current weights (gates ignored)
-    EXPECTED = "expected"            #: differentiable expectations under the gates
+    EXACT = "exact"  #: the sizes of the current weights (gates ignored)
+    EXPECTED = "expected"  #: differentiable expectations under the gates
     DETERMINISTIC = "deterministic"  #: what pruning keeps: the non-zero eval-mode mask units
 
 
@@ -125,14 +125,17 @@ class Kept:
     block: float = 1.0
 
     @classmethod
-    def of(cls, unit_gate: HardConcrete | None, block_gate: HardConcrete | None,
-           num_units: int) -> Kept:
+    def of(
+        cls, unit_gate: HardConcrete | None, block_gate: HardConcrete | None, num_units: int
+    ) -> Kept:
         """Read the deterministic masks of a block's unit gate and whole-block gate."""
-        mask = (unit_gate.deterministic_mask().float().cpu() if unit_gate is not None
-                else torch.ones(num_units))
+        mask = (
+            unit_gate.deterministic_mask().float().cpu()
+            if unit_gate is not None
+            else torch.ones(num_units)
+        )
         block = float(block_gate.deterministic_mask()[0]) if block_gate is not None else 1.0
-        index = (torch.nonzero(mask > 0).flatten() if block > 0
-                 else torch.zeros(0, dtype=torch.long))
+        index = torch.nonzero(mask > 0).flatten() if block > 0 else torch.zeros(0, dtype=torch.long)
         return cls(index, mask[index], block)
 
     @classmethod

@@ -217,6 +217,8 @@ def test_backbone_mode_keeps_its_json(tmp_path):
         "cpu_capability",
         "cpu_native_bf16",
         "command",
+        "engines",
     }
+    assert data["engines"] == ["torch"]
     assert data["seconds"] == 0.5
     assert [m["name"] for m in data["models"]] == ["wavlm-tiny"]

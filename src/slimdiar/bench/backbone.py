@@ -247,7 +247,7 @@ def _benchmark_onnx(specs, seconds, batch_size, warmup, repeats, progress):
 
     require_onnxruntime()
     require_exporter()
-    num_samples = int(round(seconds * 16000))
+    num_samples = int(round(seconds * SAMPLE_RATE))
     results = []
     for spec in specs:
         model = load_backbone_for_bench(spec).eval()

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 #: The ONNX opset of every export (ONNX Runtime >= 1.14 runs it).
 OPSET = 18
 #: Largest input the exported graphs accept: one hour at 16 kHz per item.
-MAX_NUM_SAMPLES = 16000 * 3600
+MAX_NUM_SAMPLES = SAMPLE_RATE * 3600
 
 
 def require_exporter() -> None:
@@ -234,7 +234,7 @@ def _quiet_exporter():
 def _waveform_shapes(receptive_field_samples: int) -> tuple[torch.Tensor, dict]:
     batch = torch.export.Dim("batch", min=1, max=4096)
     samples = torch.export.Dim("num_samples", min=receptive_field_samples, max=MAX_NUM_SAMPLES)
-    example = torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)) * 0.1
+    example = torch.randn(2, SAMPLE_RATE, generator=torch.Generator().manual_seed(0)) * 0.1
     return example, {"waveforms": {0: batch, 1: samples}}
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slimdiar.errors import AudioError
+from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.checkpoint import load_state_dict_strict, save_checkpoint
 from slimdiar.models.wavlm.components import (
     Encoder,
@@ -202,7 +203,7 @@ class WavLM(nn.Module):
         if waveforms.shape[1] < minimum:
             raise AudioError(
                 f"audio of {waveforms.shape[1]} samples is shorter than the model's receptive "
-                f"field ({minimum} samples = {minimum / 16000 * 1000:.0f} ms at 16 kHz)"
+                f"field ({minimum} samples = {minimum / SAMPLE_RATE * 1000:.0f} ms at 16 kHz)"
             )
 
     def forward(self, waveforms: torch.Tensor) -> list[torch.Tensor]:
@@ -288,12 +289,12 @@ class WavLM(nn.Module):
 
     def macs(self, seconds: float = 1.0) -> int:
         """Analytic multiply-accumulates for ``seconds`` of audio (norms, softmax excluded)."""
-        num_samples = int(round(seconds * 16000))
+        num_samples = int(round(seconds * SAMPLE_RATE))
         return int(round(_as_number(self.count_macs(num_samples, Count.EXACT))))
 
     def expected_macs(self, seconds: float = 1.0) -> torch.Tensor:
         """Expected MACs for ``seconds`` of audio under the gates (the exact count if ungated)."""
-        num_samples = int(round(seconds * 16000))
+        num_samples = int(round(seconds * SAMPLE_RATE))
         value = self.count_macs(num_samples, Count.EXPECTED)
         return value if isinstance(value, torch.Tensor) else torch.tensor(float(value))
 

@@ -173,6 +173,8 @@ def test_a_real_sigint_at_any_moment_leaves_no_traceback_and_no_file(tmp_path, d
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        # as from a terminal: a background job's shell hands its children SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     time.sleep(delay_s)
     process.send_signal(signal.SIGINT)

@@ -44,7 +44,7 @@ from slimdiar.models.eend import EEND, EENDConfig
 from slimdiar.models.embeddings.fbank import FbankConfig, wespeaker_fbank
 from slimdiar.models.embeddings.ge2e import GE2EConfig, GE2EEmbedding
 from slimdiar.models.embeddings.resnet import ResNetConfig, ResNetEmbedding
-from slimdiar.models.wavlm.config import wavlm_tiny
+from slimdiar.models.wavlm.config import WavLMConfig, wavlm_tiny
 
 __all__ = [
     "DATADIR_PITCHES_HZ",
@@ -251,6 +251,27 @@ def tiny_eend(seed: int = 0) -> EEND:
     torch.manual_seed(seed)
     config = EENDConfig(wavlm=wavlm_tiny(), d_model=32, num_heads=2, ffn_dim=64, num_blocks=1)
     return EEND(config).eval()
+
+
+def pruned_tiny_wavlm_config() -> WavLMConfig:
+    """A ``wavlm-tiny`` shape as pruning leaves it.
+
+    Per-layer head lists, one FFN narrowed and one removed, and narrower conv layers.
+    """
+    return wavlm_tiny().replace(
+        remaining_heads=[[0, 2], [1, 2, 3]],
+        ffn_dim=[40, 0],
+        use_ffn=[True, False],
+        conv_layers=[
+            (24, 10, 5),
+            (32, 3, 2),
+            (16, 3, 2),
+            (32, 3, 2),
+            (32, 3, 2),
+            (8, 2, 2),
+            (32, 2, 2),
+        ],
+    )
 
 
 def tiny_ge2e(seed: int = 0) -> GE2EEmbedding:

@@ -30,6 +30,7 @@ from slimdiar.pipeline.engines import (
     read_sidecar,
     require_onnxruntime,
 )
+from slimdiar.testing import pruned_tiny_wavlm_config
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -45,24 +46,6 @@ def speech_like(batch, num_samples, seed=0):
     t = torch.arange(num_samples) / 16000
     tone = torch.sin(2 * torch.pi * 180 * t) * (torch.sin(2 * torch.pi * 3 * t) > 0)
     return 0.3 * tone + 0.05 * torch.randn(batch, num_samples, generator=generator)
-
-
-def pruned_tiny_wavlm_config():
-    """Per-layer head lists, one FFN narrowed and one removed, narrower conv layers."""
-    return wavlm_tiny().replace(
-        remaining_heads=[[0, 2], [1, 2, 3]],
-        ffn_dim=[40, 0],
-        use_ffn=[True, False],
-        conv_layers=[
-            (24, 10, 5),
-            (32, 3, 2),
-            (16, 3, 2),
-            (32, 3, 2),
-            (32, 3, 2),
-            (8, 2, 2),
-            (32, 2, 2),
-        ],
-    )
 
 
 def random_model(seed=0) -> ResNetEmbedding:

@@ -11,6 +11,7 @@ from slimdiar.models.frontend import Fbank, FbankConfig, build_backbone, mel_fil
 from slimdiar.models.powerset import permutation_invariant_powerset_loss
 from slimdiar.models.wavlm import WavLM
 from slimdiar.models.wavlm.config import wavlm_base_plus, wavlm_tiny
+from slimdiar.testing import pruned_tiny_wavlm_config
 
 TINY_HEAD = dict(d_model=32, num_heads=2, ffn_dim=64, num_blocks=2, conv_kernel=7)
 ONE_SECOND = 16000
@@ -21,23 +22,6 @@ def tiny_eend(**changes) -> EEND:
     config = dict(wavlm=wavlm_tiny(), **TINY_HEAD)
     config.update(changes)
     return EEND(EENDConfig(**config))
-
-
-def pruned_tiny_wavlm_config():
-    return wavlm_tiny().replace(
-        remaining_heads=[[0, 2], [1, 2, 3]],
-        ffn_dim=[40, 0],
-        use_ffn=[True, False],
-        conv_layers=[
-            (24, 10, 5),
-            (32, 3, 2),
-            (16, 3, 2),
-            (32, 3, 2),
-            (32, 3, 2),
-            (8, 2, 2),
-            (32, 2, 2),
-        ],
-    )
 
 
 def train_step_loss(model: EEND, num_samples: int = ONE_SECOND // 2) -> torch.Tensor:

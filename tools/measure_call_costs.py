@@ -155,11 +155,10 @@ def measure_positional_conv(
     frames = model.config.conv_lengths(int(seconds * SAMPLE_RATE))[-1]
     rows = []
     with torch.inference_mode():
-        folded = conv.weight_g * conv.weight_v / conv.weight_v.norm(dim=(0, 1), keepdim=True)
+        folded = conv.weight()
 
         def normalised_every_call(x):
-            weight = conv.weight_g * conv.weight_v / conv.weight_v.norm(dim=(0, 1), keepdim=True)
-            return _direct(conv, weight, x)
+            return _direct(conv, conv.weight(), x)
 
         for batch in batch_sizes:
             x = torch.randn(batch, frames, model.config.embed_dim)

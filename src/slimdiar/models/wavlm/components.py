@@ -780,10 +780,9 @@ class PositionalConv(Counted):
         ):
             spectrum = self._weight_spectrum(_fft_size(x.shape[1] + self.kernel_size - 1), x.dtype)
         if spectrum is None:
-            weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=(0, 1), keepdim=True)
             y = F.conv1d(
                 x.transpose(1, 2),
-                weight,
+                self.weight(),
                 self.bias,
                 padding=self.kernel_size // 2,
                 groups=self.groups,
@@ -793,6 +792,10 @@ class PositionalConv(Counted):
         else:
             y = self.conv_fft(x, spectrum)
         return F.gelu(y).transpose(1, 2)
+
+    def weight(self) -> torch.Tensor:
+        """The kernel: ``weight_v`` normalised over dims 0 and 1, times ``weight_g``."""
+        return self.weight_g * self.weight_v / self.weight_v.norm(dim=(0, 1), keepdim=True)
 
     def conv_fft(self, x: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
         """The grouped convolution (bias added, before the GELU) through the FFT.
@@ -825,7 +828,7 @@ class PositionalConv(Counted):
         if hit is not None and _unchanged(hit[0], stamp):
             cache.move_to_end(key)
             return hit[1]
-        weight = self.weight_g * self.weight_v / self.weight_v.norm(dim=(0, 1), keepdim=True)
+        weight = self.weight()
         E, channels, k = weight.shape
         kernel = weight.to(dtype).flip(-1).reshape(self.groups, E // self.groups, channels, k)
         spectrum = torch.fft.rfft(kernel, n=size).permute(0, 3, 1, 2).contiguous()

@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from slimdiar.errors import AudioError, CheckpointError, ConfigError
-from slimdiar.models.embeddings.fbank import FbankConfig, cepstral_mean_normalize, kaldi_fbank
+from slimdiar.models.embeddings.fbank import FbankConfig
 from slimdiar.models.embeddings.registry import DEFAULT_THRESHOLDS
-from slimdiar.models.embeddings.resnet import ResNetConfig, resample_weights
+from slimdiar.models.embeddings.resnet import ResNetConfig, input_features, resample_weights
 
 logger = logging.getLogger(__name__)
 
@@ -320,13 +320,8 @@ class OnnxResNetEmbedding:
                 f"waveforms {tuple(waveforms.shape)} and weights {tuple(weights.shape)} must be "
                 "(batch, num_samples) and (batch, num_speakers, num_weight_frames)"
             )
-        if waveforms.shape[-1] < self.min_num_samples:
-            raise AudioError(
-                f"{waveforms.shape[-1]} samples is too short for the ResNet "
-                f"embedding: it needs at least {self.min_num_samples}"
-            )
         with torch.inference_mode():
-            fbank = cepstral_mean_normalize(kaldi_fbank(waveforms, self.config.fbank))
+            fbank = input_features(waveforms, self.config)
             # (batch, num_fbank_frames, num_mel_bins)
             num_frames = self.config.num_output_frames(fbank.shape[1])
             batch, speakers, _ = weights.shape

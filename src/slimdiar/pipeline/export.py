@@ -36,7 +36,7 @@ from slimdiar.errors import ConfigError
 from slimdiar.fileio import current_umask, write_json_atomic
 from slimdiar.frames import SAMPLE_RATE
 from slimdiar.models.eend import EEND
-from slimdiar.models.embeddings.resnet import STD_EPSILON, ResNet, ResNetEmbedding
+from slimdiar.models.embeddings.resnet import ResNet, ResNetEmbedding, statistics_pooling
 from slimdiar.models.wavlm import WavLM, WavLMConfig
 from slimdiar.pipeline.engines import (
     EMBEDDING_FILE,
@@ -109,14 +109,7 @@ class EmbeddingGraph(nn.Module):
         """
         frames = self.resnet.forward_frames(fbank)[:, None]
         # (batch, 1, dimension, num_output_frames)
-        w = weights[:, :, None, :]
-        # (batch, num_speakers, 1, num_output_frames)
-        v1 = w.sum(dim=-1)
-        v2 = w.pow(2).sum(dim=-1)
-        mean = (w * frames).sum(dim=-1) / v1
-        denominator = (v1 - v2 / v1).clamp(min=torch.finfo(frames.dtype).eps)
-        var = (w * (frames - mean[..., None]).pow(2)).sum(dim=-1) / denominator
-        stats = torch.cat([mean, torch.sqrt(var + STD_EPSILON)], dim=-1)
+        stats = statistics_pooling(frames, weights)
         # (batch, num_speakers, 2 * dimension)
         return self.resnet.seg_1(stats)
 

@@ -165,6 +165,9 @@ def statistics_pooling(features: torch.Tensor, weights: torch.Tensor | None = No
     for 0/1 weights this is exactly the unweighted statistics of the selected frames. A small
     constant is added to the variance before the square root, as in WeSpeaker.
 
+    Leading dimensions broadcast: features ``(batch, 1, dimension, num_frames)`` and weights
+    ``(batch, num_speakers, num_frames)`` pool every speaker of a window at once.
+
     Parameters
     ----------
     features : (batch, dimension, num_frames) torch.Tensor
@@ -184,13 +187,29 @@ def statistics_pooling(features: torch.Tensor, weights: torch.Tensor | None = No
             else (torch.zeros_like(mean))
         )
     else:
-        w = weights[:, None, :].to(features.dtype)
+        w = weights.unsqueeze(-2).to(features.dtype)
         v1 = w.sum(dim=-1)
         v2 = w.pow(2).sum(dim=-1)
         mean = (w * features).sum(dim=-1) / v1
         denominator = (v1 - v2 / v1).clamp(min=torch.finfo(features.dtype).eps)
         var = (w * (features - mean[..., None]).pow(2)).sum(dim=-1) / denominator
     return torch.cat([mean, torch.sqrt(var + STD_EPSILON)], dim=-1)
+
+
+def input_features(waveforms: torch.Tensor, config: ResNetConfig) -> torch.Tensor:
+    """The network's input: the mean-normalised Kaldi filterbank of ``(batch, num_samples)`` audio.
+
+    Raises
+    ------
+    AudioError
+        If the waveforms are shorter than ``config.min_num_samples``.
+    """
+    if waveforms.shape[-1] < config.min_num_samples:
+        raise AudioError(
+            f"{waveforms.shape[-1]} samples is too short for the ResNet embedding: it "
+            f"needs at least {config.min_num_samples}"
+        )
+    return cepstral_mean_normalize(kaldi_fbank(waveforms, config.fbank))
 
 
 class ResNet(nn.Module):
@@ -362,14 +381,7 @@ class ResNetEmbedding(nn.Module):
         -------
         frames : (batch, channels * freq, num_output_frames) torch.Tensor
         """
-        if waveforms.shape[-1] < self.min_num_samples:
-            raise AudioError(
-                f"{waveforms.shape[-1]} samples is too short for the ResNet embedding: it "
-                f"needs at least {self.min_num_samples}"
-            )
-        fbank = cepstral_mean_normalize(kaldi_fbank(waveforms, self.config.fbank))
-        # (batch, num_fbank_frames, num_mel_bins)
-        return self.resnet.forward_frames(fbank)
+        return self.resnet.forward_frames(input_features(waveforms, self.config))
 
     def embed_windows(self, waveforms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Embeddings of several masked speakers per waveform, the trunk run once per waveform.

@@ -107,6 +107,35 @@ def _audio_header(recording: Recording) -> tuple[int, int, float]:
     return recording.sample_rate, recording.num_channels, duration_s
 
 
+def _check_span(
+    path: Path,
+    line_number: int | None,
+    uri: str,
+    end_s: float,
+    what: str,
+    durations_s: dict[str, float],
+    scp_path: Path,
+) -> None:
+    """A turn or UEM region names a recording of ``scp_path`` and ends within its audio.
+
+    ``durations_s`` holds the duration of every recording of ``scp_path``.
+    """
+    if uri not in durations_s:
+        raise DataFormatError(
+            path,
+            line_number,
+            _line_text(path, line_number),
+            f"recording {uri!r} is not in {scp_path}",
+        )
+    if end_s > durations_s[uri] + TIME_TOLERANCE_S:
+        raise DataFormatError(
+            path,
+            line_number,
+            _line_text(path, line_number),
+            f"{what} ends at {end_s:.3f} s, after the end of the audio ({durations_s[uri]:.3f} s)",
+        )
+
+
 @dataclass
 class DataSummary:
     """What a data directory holds (see :meth:`DataDir.summary`).
@@ -229,44 +258,24 @@ class DataDir:
 
         turns: dict[str, list[Turn]] = {uri: [] for uri in recordings}
         for turn in read_rttm(rttm_path):
-            if turn.uri not in recordings:
-                raise DataFormatError(
-                    rttm_path,
-                    turn.line_number,
-                    _line_text(rttm_path, turn.line_number),
-                    f"recording {turn.uri!r} is not in {scp_path}",
-                )
-            duration_s = durations_s[turn.uri]
-            if turn.offset_s > duration_s + TIME_TOLERANCE_S:
-                raise DataFormatError(
-                    rttm_path,
-                    turn.line_number,
-                    _line_text(rttm_path, turn.line_number),
-                    f"turn ends at {turn.offset_s:.3f} s, after the end of the audio "
-                    f"({duration_s:.3f} s)",
-                )
+            _check_span(
+                rttm_path, turn.line_number, turn.uri, turn.offset_s, "turn", durations_s, scp_path
+            )
             turns[turn.uri].append(turn)
 
         has_uem = uem_path.is_file()
         uem: dict[str, list[UEMRegion]] = {}
         if has_uem:
             for region in read_uem(uem_path):
-                if region.uri not in recordings:
-                    raise DataFormatError(
-                        uem_path,
-                        region.line_number,
-                        _line_text(uem_path, region.line_number),
-                        f"recording {region.uri!r} is not in {scp_path}",
-                    )
-                duration_s = durations_s[region.uri]
-                if region.end_s > duration_s + TIME_TOLERANCE_S:
-                    raise DataFormatError(
-                        uem_path,
-                        region.line_number,
-                        _line_text(uem_path, region.line_number),
-                        f"region ends at {region.end_s:.3f} s, after the end of the audio "
-                        f"({duration_s:.3f} s)",
-                    )
+                _check_span(
+                    uem_path,
+                    region.line_number,
+                    region.uri,
+                    region.end_s,
+                    "region",
+                    durations_s,
+                    scp_path,
+                )
                 uem.setdefault(region.uri, []).append(region)
             missing = [uri for uri in recordings if uri not in uem]
             if missing:

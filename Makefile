@@ -1,5 +1,6 @@
 # make demo  - run the embedded end-to-end demo (creates .venv and installs what it needs)
 # make test  - run the test suite (creates .venv and installs what it needs)
+# make pretrained-demo-backbone - remake the demo's bundled pretrained WavLM (about 10 min)
 # make lint  - ruff (rules on src and tests, formatting of src, tests and tools), then mypy (MYPY_PATHS)
 VENV := .venv
 STAMP_TEST := $(VENV)/.stamp-test
@@ -10,7 +11,7 @@ PYTEST_ARGS ?=
 MYPY_PATHS := src/slimdiar/frames.py src/slimdiar/pipeline src/slimdiar/scoring src/slimdiar/data \
 	src/slimdiar/train src/slimdiar/stages src/slimdiar/pretrain src/slimdiar/models
 
-.PHONY: demo demo-quick test lint clean
+.PHONY: demo demo-quick test lint clean pretrained-demo-backbone
 
 $(STAMP_TEST): pyproject.toml tools/setup-env.sh
 	tools/setup-env.sh test
@@ -25,6 +26,9 @@ demo: $(STAMP_DEMO)
 
 demo-quick: $(STAMP_DEMO)
 	$(VENV)/bin/slimdiar demo --quick --out $(DEMO_OUT)-quick
+
+pretrained-demo-backbone: $(STAMP_DEMO)
+	$(VENV)/bin/python tools/make_pretrained_backbone.py
 
 test: $(STAMP_TEST)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)

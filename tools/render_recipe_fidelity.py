@@ -7,9 +7,10 @@ Usage: .venv/bin/python tools/render_recipe_fidelity.py [--docs docs]
 
 Reads (all generated, none typed by hand):
 
-- ``docs/demo-report-before.json`` / ``docs/demo-report.json``: the demo's report with the
-  settings of before / with the reference's (``slimdiar demo --out exp/demo`` writes
-  ``exp/demo/report.json``; ``tools/update_readme_demo.py`` copies it to docs/);
+- ``docs/demo-report-before.json`` / ``docs/demo-report-random-init.json``: the demo's report
+  with the settings of before / with the reference's, both from the two-row demo that started
+  from random initialisation (``tools/update_readme_demo.py`` copied each to docs/; the demo
+  now starts from a pretrained WavLM and ``docs/demo-report.json`` holds its four rows);
 - ``docs/pruning-targets-before.json`` / ``docs/pruning-targets-reference.json``:
   ``tools/measure_pruning.py`` with the settings of before / ``--setting reference`` (the
   reference recipe's defaults); ``docs/pruning-targets.json`` (optional): the tests' setting now;
@@ -124,7 +125,7 @@ def _tests_now(data: dict | None) -> dict | None:
 
 def collect(docs: Path) -> dict:
     stage1 = _load(docs / "demo-stage1-before.json")
-    after = _load(docs / "demo-report.json")
+    after = _load(docs / "demo-report-random-init.json")
     data = {
         "demo": _demo_rows(_load(docs / "demo-report-before.json"), after),
         "targets": _target_rows(

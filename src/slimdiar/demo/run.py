@@ -4,12 +4,19 @@ With no network, no pretrained weights and no corpus, it runs every stage of the
 simulated conversations and reports, in the shape of the paper's table, what it measured::
 
     1 simulate   a small corpus of simulated conversations (TTS voices, disjoint speakers)
-    2 finetune   a small WavLM-architecture EEND model, from random initialisation
-    3 prune      80 % of its WavLM removed, with distillation from the fine-tuned model
-    4 distill    further distillation of the pruned WavLM
-    5 finetune   diarization training of the pruned WavLM with a fresh head
-    6 diarize    the held-out test set with both models, and score it (DER)
-    7 bench      size, MACs and CPU speed of both backbones
+    2 pretrain   a small self-supervised WavLM (the bundled one, or pretrained in the run)
+    3 finetune   EEND models from random initialisation and from the pretrained WavLM
+    4 FBP        prune 80 % of the fine-tuned WavLM (distilling the fine-tuned model),
+                 distil further, fine-tune the pruned WavLM with a fresh head
+    5 PBF        prune 80 % of the pretrained WavLM (distilling the pretrained WavLM),
+                 distil further, fine-tune it for diarization
+    6 diarize    the held-out test set with all four models, and score it (DER)
+    7 bench      size, MACs and CPU speed of the four backbones
+
+The four rows are the paper's comparison: unpruned from random initialisation, unpruned from
+the self-supervised model, fine-tune before pruning (FBP) and prune before fine-tuning (PBF).
+``--compare`` repeats the training stages with more seeds (same corpus, same pretrained WavLM)
+and reports each row's mean and standard deviation.
 
 Every stage writes under ``out`` and is skipped when its result is already there, so an
 interrupted demo continues where it stopped.
@@ -29,7 +36,14 @@ from pathlib import Path
 import torch
 
 from slimdiar.config import bundled_config, load_config
-from slimdiar.demo.report import NO_PRETRAINING, build_report, render_report
+from slimdiar.demo.pretrained import (
+    PretrainSettings,
+    bundled_dir,
+    check_bundled,
+    pretrain,
+    unusable_because,
+)
+from slimdiar.demo.report import build_comparison, build_report, render_report
 from slimdiar.errors import ConfigError
 from slimdiar.fileio import write_json_atomic, write_text_atomic
 from slimdiar.models.checkpoint import is_checkpoint_dir
@@ -58,6 +72,16 @@ class DemoSettings:
     finetune_pruned_epochs: int
     batch_size: int
     max_steps_per_epoch: int
+    pbf_finetune_epochs: int
+    pretrain_epochs: int
+    pretrain_steps_per_epoch: int
+    pretrain_batch_size: int
+    pretrain_crop_s: float
+    pretrain_clusters: int
+    pretrain_lr: float
+    pretrain_utterances_per_speaker: int
+    pretrained_sha256: str = ""
+    compare_seeds: int = 3
     sparsity: float = 0.8
     backbone: str = "wavlm-demo"
     lr_backbone: float = 1e-3
@@ -80,6 +104,36 @@ class DemoSettings:
         }
     )
 
+    def pretraining(self) -> PretrainSettings:
+        """The settings of the demo's self-supervised pretraining run."""
+        return PretrainSettings(
+            epochs=self.pretrain_epochs,
+            steps_per_epoch=self.pretrain_steps_per_epoch,
+            batch_size=self.pretrain_batch_size,
+            crop_s=self.pretrain_crop_s,
+            clusters=self.pretrain_clusters,
+            lr=self.pretrain_lr,
+            utterances_per_speaker=self.pretrain_utterances_per_speaker,
+        )
+
+
+@dataclass(frozen=True)
+class System:
+    """One row of the demo's comparison: a directory under ``out`` and how it was made."""
+
+    name: str
+    label: str
+    init: str
+    order: str
+
+
+SYSTEMS = (
+    System("finetune-random", "unpruned, random init", "random", "fine-tuned"),
+    System("finetune", "unpruned, SSL init", "self-supervised", "fine-tuned"),
+    System("finetune-pruned", "FBP", "self-supervised", "fine-tune, prune, fine-tune"),
+    System("pbf-finetune", "PBF", "self-supervised", "prune, fine-tune"),
+)
+
 
 def demo_settings(quick: bool = False) -> DemoSettings:
     """The sizes of the full demo or, with ``quick``, of ``slimdiar demo --quick``.
@@ -97,13 +151,18 @@ class Demo:
     out
         Output directory of every artifact.
     quick
-        Smoke-test sizes (a few minutes) instead of the full demo (about twenty).
+        Smoke-test sizes (a few minutes) instead of the full demo.
     seed
         Seed of the simulation and of every training stage.
     jobs
         Worker processes for speech synthesis and simulation.
     say
         Called with one line of progress text per event.
+    pretrain
+        Pretrain the WavLM inside the run even where the bundled one fits.
+    shared
+        A demo whose corpus and pretrained WavLM this run reuses (``--compare``'s extra seeds):
+        it then trains, diarizes and scores only.
     """
 
     def __init__(
@@ -113,6 +172,8 @@ class Demo:
         seed: int = 0,
         jobs: int = 2,
         say: Callable[[str], None] = print,
+        pretrain: bool = False,
+        shared: Demo | None = None,
     ):
         self.out = Path(out)
         self.quick = quick
@@ -120,13 +181,31 @@ class Demo:
         self.seed = seed
         self.jobs = jobs
         self.say = say
+        self.force_pretrain = pretrain
+        self.shared = shared
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ paths
     @property
     def data(self) -> Path:
         """The simulated corpus's data directories."""
-        return self.out / "data"
+        return self.shared.data if self.shared else self.out / "data"
+
+    @property
+    def voices(self) -> Path:
+        """The offline voice pool the corpus was simulated from."""
+        return self.shared.voices if self.shared else self.out / "voices"
+
+    @property
+    def pretrained_record(self) -> Path:
+        """Which pretrained WavLM this run uses (written by the pretrain stage)."""
+        return (self.shared or self).out / "pretrained.json"
+
+    @property
+    def ssl_backbone(self) -> Path:
+        """The self-supervised WavLM: the bundled checkpoint or the one pretrained in the run."""
+        record = json.loads(self.pretrained_record.read_text())
+        return Path(record["path"])
 
     def _stage(self, name: str, done: bool, run: Callable[[], None]) -> None:
         if done:
@@ -146,7 +225,7 @@ class Demo:
 
         s = self.settings
         pool = TTSVoicePool(
-            self.out / "voices",
+            self.voices,
             num_speakers=s.tts_speakers or None,
             utterances_per_speaker=s.utterances_per_speaker,
         )
@@ -163,6 +242,37 @@ class Demo:
                 f"  {split.path.name}: {split.num_recordings} recordings, "
                 f"{split.duration_s / 60:.1f} min, {len(split.speakers)} speakers"
             )
+
+    def pretrain(self) -> None:
+        """Stage: choose the self-supervised WavLM; record the choice in ``pretrained.json``.
+
+        It is the bundled checkpoint unless that does not fit this corpus or ``pretrain`` was
+        asked for; then it is pretrained here, into ``out/pretrain``.
+        """
+        settings = self.settings.pretraining()
+        reason = "slimdiar demo --pretrain" if self.force_pretrain else None
+        if reason is None and not self.settings.pretrained_sha256:
+            reason = "the demo configuration records no bundled checkpoint for its sizes"
+        record: dict = {}
+        if reason is None:
+            bundle = bundled_dir()
+            record = check_bundled(bundle, self.settings.pretrained_sha256)
+            reason = unusable_because(record, settings, self.data)
+        if reason is None:
+            choice = {"source": "bundled", "path": str(bundle), **record}
+            self.say(
+                f"  the bundled pretrained WavLM ({record['steps']} steps on "
+                f"{record['audio']['train']['minutes']:.1f} min of the training speakers' "
+                f"speech; SHA-256 {record['sha256'][:12]}... checked)"
+            )
+        else:
+            self.say(f"  pretraining the WavLM in this run: {reason}")
+            exp = self.out / "pretrain"
+            record = pretrain(settings, self.voices, self.data, exp, self.jobs)
+            write_json_atomic(exp / "record.json", record)
+            choice = {"source": "pretrained in this run", "why": reason, "path": str(exp / "best")}
+            choice |= record
+        write_json_atomic(self.pretrained_record, choice)
 
     def _finetune_config(self, epochs: int):
         from slimdiar.stages.common import DataSection
@@ -194,8 +304,8 @@ class Demo:
             **overrides,
         )
 
-    def finetune(self, name: str, epochs: int, backbone: str | None) -> None:
-        """Stage 0 or 3: fine-tune a diarization model into ``out/name``."""
+    def finetune(self, name: str, epochs: int, backbone: str | Path | None) -> None:
+        """Fine-tune a diarization model into ``out/name`` (a preset or a WavLM checkpoint)."""
         from slimdiar.stages.finetune import run as finetune
 
         exp = self.out / name
@@ -205,7 +315,7 @@ class Demo:
             self.data / "train",
             self.data / "dev",
             exp,
-            backbone=backbone,
+            backbone=None if backbone is None else str(backbone),
         )
 
     def _distill_data(self):
@@ -220,14 +330,18 @@ class Demo:
             val_shift_s=s.chunk_duration_s,
         )
 
-    def prune(self) -> None:
-        """Stage 1: prune the fine-tuned WavLM to the demo's sparsity into ``out/prune``."""
+    def prune(self, teacher: Path, name: str = "prune") -> None:
+        """Stage 1: prune the teacher's WavLM to the demo's sparsity into ``out/name``.
+
+        The teacher is the fine-tuned model (FBP) or the pretrained WavLM (PBF); the audio it is
+        distilled on is the training conversations' (their labels are not used).
+        """
         from slimdiar.stages.common import DistillOptimSection
         from slimdiar.stages.prune import PruneConfig, PruneSection, PruneTrainerConfig
         from slimdiar.stages.prune import run as prune
 
         s = self.settings
-        exp = self.out / "prune"
+        exp = self.out / name
         shutil.rmtree(exp, ignore_errors=True)
         config = PruneConfig(
             prune=PruneSection(sparsity=s.sparsity, warmup_epochs=s.prune_warmup_epochs),
@@ -235,7 +349,7 @@ class Demo:
             optim=DistillOptimSection(lr_gates=s.lr_gates, lr_lambda=s.lr_lambda),
             trainer=self._trainer(PruneTrainerConfig, s.prune_epochs),
         )
-        prune(config, self.out / "finetune" / "best", self.data / "train", self.data / "dev", exp)
+        prune(config, teacher, self.data / "train", self.data / "dev", exp)
         report = json.loads((exp / "report.json").read_text())
         self.say(
             f"  {report['teacher']['params'] / 1e6:.3f}M -> "
@@ -243,26 +357,19 @@ class Demo:
             f"(sparsity {report['reached_sparsity']:.3f}, target {s.sparsity})"
         )
 
-    def distill(self) -> None:
-        """Stage 2: distil the fine-tuned model into the pruned student, into ``out/distill``."""
+    def distill(self, student: Path, teacher: Path, name: str = "distill") -> None:
+        """Stage 2: distil the teacher into the pruned student, into ``out/name``."""
         from slimdiar.stages.distill import DistillConfig, DistillTrainerConfig
         from slimdiar.stages.distill import run as distill
 
         s = self.settings
-        exp = self.out / "distill"
+        exp = self.out / name
         shutil.rmtree(exp, ignore_errors=True)
         config = DistillConfig(
             data=self._distill_data(),
             trainer=self._trainer(DistillTrainerConfig, s.distill_epochs, average_best=1),
         )
-        distill(
-            config,
-            self.out / "prune" / "pruned",
-            self.out / "finetune" / "best",
-            self.data / "train",
-            self.data / "dev",
-            exp,
-        )
+        distill(config, student, teacher, self.data / "train", self.data / "dev", exp)
 
     def pipeline_settings(self, threshold: float | None = None) -> dict:
         """The demo's pipeline settings (windows, and the clustering threshold if given)."""
@@ -349,10 +456,10 @@ class Demo:
         return scores
 
     def bench(self) -> None:
-        """Measure the unpruned and pruned backbones side by side into ``out/bench.json``."""
+        """Measure the four backbones side by side into ``out/bench.json``."""
         from slimdiar.bench.backbone import benchmark_backbones, environment
 
-        models = [str(self.out / "finetune" / "best"), str(self.out / "finetune-pruned" / "best")]
+        models = [str(self.out / system.name / "best") for system in SYSTEMS]
         results = benchmark_backbones(
             models,
             seconds=self.settings.bench_seconds,
@@ -369,29 +476,27 @@ class Demo:
         )
 
     def next_steps(self) -> str:
-        """The two checkpoints to diarize with, and the commands that redo the demo's scores.
+        """The checkpoints to diarize with, and the commands that redo the demo's scores.
 
         The diarize command uses the checkpoint's own settings (its window and the clustering
         threshold the demo tuned on dev, recorded in the checkpoint) and the demo's step; its
         score over the test set is the demo's DER of that system.
         """
-        systems = [
-            ("fine-tuned", self.out / "finetune" / "best"),
-            ("pruned + fine-tuned", self.out / "finetune-pruned" / "best"),
-        ]
+        systems = [(system.label, self.out / system.name / "best") for system in SYSTEMS]
+        fbp = self.out / "finetune-pruned" / "best"
         test = self.data / "test"
         again = self.out / "finetune-pruned" / "rttm-again"
         lines = ["checkpoints to diarize with:"]
         lines += [f"  {label:21} {path}" for label, path in systems]
         lines += [
-            "the demo's test score of the pruned system again:",
+            "the demo's test score of the FBP system again:",
             "  "
             + shlex.join(
                 [
                     "slimdiar",
                     "diarize",
                     "--model",
-                    str(systems[1][1]),
+                    str(fbp),
                     "--step",
                     f"{self.settings.pipeline_step_s:g}",
                     str(test),
@@ -404,35 +509,117 @@ class Demo:
         return "\n".join(lines)
 
     # ------------------------------------------------------------------ the run
-    def run(self) -> dict:
-        """Run every stage that is not done yet; return the report."""
+    def train_and_score(self) -> None:
+        """The four systems: every training stage not done yet, then their test scores."""
         s = self.settings
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.say(NO_PRETRAINING)
-        self._stage("simulate", (self.data / "test" / "wav.scp").exists(), self.simulate)
+        done = is_checkpoint_dir
+        self._stage(
+            "finetune-random",
+            done(self.out / "finetune-random" / "best"),
+            lambda: self.finetune("finetune-random", s.finetune_epochs, s.backbone),
+        )
         self._stage(
             "finetune",
-            is_checkpoint_dir(self.out / "finetune" / "best"),
-            lambda: self.finetune("finetune", s.finetune_epochs, s.backbone),
+            done(self.out / "finetune" / "best"),
+            lambda: self.finetune("finetune", s.finetune_epochs, self.ssl_backbone),
         )
-        self._stage("prune", is_checkpoint_dir(self.out / "prune" / "pruned"), self.prune)
-        self._stage("distill", is_checkpoint_dir(self.out / "distill" / "best"), self.distill)
+        # FBP: prune the fine-tuned model, distilling it
+        teacher = self.out / "finetune" / "best"
+        self._stage(
+            "prune", done(self.out / "prune" / "pruned"), lambda: self.prune(teacher, "prune")
+        )
+        self._stage(
+            "distill",
+            done(self.out / "distill" / "best"),
+            lambda: self.distill(self.out / "prune" / "pruned", teacher, "distill"),
+        )
         self._stage(
             "finetune-pruned",
-            is_checkpoint_dir(self.out / "finetune-pruned" / "best"),
+            done(self.out / "finetune-pruned" / "best"),
             lambda: self.finetune(
-                "finetune-pruned", s.finetune_pruned_epochs, str(self.out / "distill" / "best")
+                "finetune-pruned", s.finetune_pruned_epochs, self.out / "distill" / "best"
             ),
         )
-        for name in ("finetune", "finetune-pruned"):
+        # PBF: prune the pretrained WavLM, distilling it, then fine-tune
+        self._stage(
+            "pbf-prune",
+            done(self.out / "pbf-prune" / "pruned"),
+            lambda: self.prune(self.ssl_backbone, "pbf-prune"),
+        )
+        self._stage(
+            "pbf-distill",
+            done(self.out / "pbf-distill" / "best"),
+            lambda: self.distill(
+                self.out / "pbf-prune" / "pruned", self.ssl_backbone, "pbf-distill"
+            ),
+        )
+        self._stage(
+            "pbf-finetune",
+            done(self.out / "pbf-finetune" / "best"),
+            lambda: self.finetune(
+                "pbf-finetune", s.pbf_finetune_epochs, self.out / "pbf-distill" / "best"
+            ),
+        )
+        for system in SYSTEMS:
             self._stage(
-                f"diarize {name}",
-                (self.out / name / "der.json").exists(),
-                lambda name=name: self.diarize_and_score(name),
+                f"diarize {system.name}",
+                (self.out / system.name / "der.json").exists(),
+                lambda name=system.name: self.diarize_and_score(name),
             )
+
+    def run(self) -> dict:
+        """Run every stage that is not done yet; return the report."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._stage("simulate", (self.data / "test" / "wav.scp").exists(), self.simulate)
+        if self.force_pretrain and self.pretrained_record.exists():
+            used = json.loads(self.pretrained_record.read_text())
+            if used["source"] == "bundled":
+                raise ConfigError(
+                    f"{self.out} was made with the bundled pretrained WavLM; run "
+                    "'slimdiar demo --pretrain' with another --out (its later stages depend on "
+                    "the WavLM)"
+                )
+        self._stage("pretrain", self.pretrained_record.exists(), self.pretrain)
+        self.train_and_score()
         self._stage("bench", (self.out / "bench.json").exists(), self.bench)
         report = build_report(self.out, quick=self.quick)
         report["timings_s"] = self.timings
+        write_json_atomic(self.out / "report.json", report)
+        write_text_atomic(self.out / "report.md", render_report(report))
+        return report
+
+    def compare(self) -> dict:
+        """The demo, then its training stages again with more seeds; the report.
+
+        The report gains each system's mean and standard deviation (``report["compare"]``,
+        also ``out/compare.json``).
+
+        The extra seeds (``seed + 1``, ...) share this run's corpus and pretrained WavLM; they
+        change every training stage's seed (initialisation, chunk order, dropout, gates).
+        """
+        self.run()
+        runs = [self]
+        for k in range(1, self.settings.compare_seeds):
+            seed = self.seed + k
+            self.say(f"[compare] seed {seed}")
+            other = Demo(
+                self.out / "compare" / f"seed-{seed}",
+                quick=self.quick,
+                seed=seed,
+                say=self.say,
+                shared=self,
+            )
+            other.out.mkdir(parents=True, exist_ok=True)
+            other.train_and_score()
+            self.timings |= {f"seed {seed} {name}": v for name, v in other.timings.items()}
+            runs.append(other)
+        comparison = build_comparison(
+            {run.seed: run.out for run in runs}, [(s.name, s.label) for s in SYSTEMS]
+        )
+        write_json_atomic(self.out / "compare.json", comparison)
+        report = build_report(self.out, quick=self.quick)
+        report["timings_s"] = self.timings
+        report["compare"] = comparison
         write_json_atomic(self.out / "report.json", report)
         write_text_atomic(self.out / "report.md", render_report(report))
         return report

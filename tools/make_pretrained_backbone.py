@@ -68,6 +68,7 @@ def make(work: Path, threads: int) -> dict:
         "generated_by": GENERATED_BY,
         "sha256": digest,
         "bytes": (BUNDLE / WEIGHTS_NAME).stat().st_size,
+        "selected_epochs": selected_epochs(),
         **{k: v for k, v in record.items() if k != "train_speakers"},
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -77,6 +78,11 @@ def make(work: Path, threads: int) -> dict:
             "load_average_1min_at_end": os.getloadavg()[0],
         },
     }
+
+
+def selected_epochs() -> list[int]:
+    """The epochs of the bundled WavLM (the lowest validation loss), from its metadata."""
+    return json.loads((BUNDLE / "metadata.json").read_text())["epochs"]
 
 
 def render(data: dict) -> str:
@@ -104,7 +110,8 @@ def render(data: dict) -> str:
                 f"- model and objective: `wavlm-demo`, iteration 1 (k-means of MFCC, "
                 f"{settings['clusters']} clusters), {settings['crop_s']:g} s crops, batch "
                 f"{settings['batch_size']}, learning rate {settings['lr']:g}, "
-                f"{settings['epochs']} epochs = {data['steps']} steps, utterance mixing for 20 % of "
+                f"{settings['epochs']} epochs = {data['steps']} steps, utterance mixing for "
+                "20 % of "
                 "the crops.",
                 f"- time: {data['seconds'] / 60:.1f} min on {data['machine']['cores']} cores "
                 f"({data['machine']['cpu']}, {data['machine']['torch_threads']} torch threads, "
@@ -118,7 +125,9 @@ def render(data: dict) -> str:
                 "- validation masked loss by epoch: "
                 + ", ".join(f"{v:.3f}" for v in data["val_masked_loss"])
                 + "; validation masked accuracy at the last epoch "
-                f"{100 * data['val_masked_accuracy'][-1]:.1f} %.",
+                f"{100 * data['val_masked_accuracy'][-1]:.1f} %. The bundled weights are those "
+                f"of epoch {', '.join(map(str, data['selected_epochs']))} (the lowest validation "
+                "loss).",
                 END,
             ]
         )
@@ -149,6 +158,9 @@ def main() -> int:
 
     if args.render_only:
         data = json.loads(JSON.read_text())
+        if "selected_epochs" not in data:
+            data["selected_epochs"] = selected_epochs()
+            write_json_atomic(JSON, data)
     else:
         data = make(args.work, args.threads)
         write_json_atomic(JSON, data)

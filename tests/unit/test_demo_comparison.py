@@ -17,7 +17,8 @@ from slimdiar.demo.pretrained import (
     unusable_because,
 )
 from slimdiar.demo.report import build_comparison, render_comparison, render_report
-from slimdiar.demo.run import SYSTEMS, Demo, demo_settings
+from slimdiar.demo.run import Demo
+from slimdiar.demo.settings import SYSTEMS, demo_settings
 from slimdiar.errors import ConfigError
 from slimdiar.models.checkpoint import WEIGHTS_NAME
 from slimdiar.models.wavlm import WavLM

@@ -11,7 +11,7 @@ import pytest
 
 import slimdiar
 from slimdiar.config import bundled_config, bundled_configs, config_source, load_config
-from slimdiar.demo.run import DemoSettings, demo_settings
+from slimdiar.demo.settings import DemoSettings, demo_settings
 from slimdiar.errors import ConfigError
 from slimdiar.stages.finetune import FinetuneConfig
 

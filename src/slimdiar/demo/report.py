@@ -6,6 +6,8 @@ import json
 import statistics
 from pathlib import Path
 
+from slimdiar.demo.settings import SYSTEMS, demo_settings
+
 PRUNE_DIRS = {"finetune-pruned": "prune", "pbf-finetune": "pbf-prune"}
 """The pruning run of each pruned system (its sparsity and what it kept)."""
 
@@ -36,8 +38,6 @@ def pretraining_note(choice: dict) -> str:
 
 def build_report(out: Path, quick: bool) -> dict:
     """Collect the measured numbers of a finished demo into one dict."""
-    from slimdiar.demo.run import SYSTEMS, demo_settings
-
     bench = json.loads((out / "bench.json").read_text())
     choice = json.loads((out / "pretrained.json").read_text())
     prunings = {

@@ -90,6 +90,8 @@ def test_the_comparison_is_the_mean_and_sample_std_over_seeds(tmp_path):
             (runs[seed] / name).mkdir(parents=True)
             total = {"der": der, "missed": 1.0, "false_alarm": 2.0, "confusion": 3.0, "total": 10.0}
             (runs[seed] / name / "der.json").write_text(json.dumps({"total": total}))
+            tuned = {"threshold": 0.5, "dev_der": {"0.5": der + 0.01, "0.6": 0.9}}
+            (runs[seed] / name / "threshold.json").write_text(json.dumps(tuned))
     comparison = build_comparison(runs, [("x", "X"), ("y", "Y")])
     x, y = comparison["rows"]
     assert comparison["seeds"] == [0, 1, 2]
@@ -99,7 +101,9 @@ def test_the_comparison_is_the_mean_and_sample_std_over_seeds(tmp_path):
     assert math.isclose(x["missed"]["mean"], 0.1) and x["missed"]["std"] == 0.0
     assert x["per_seed"] == {"0": 0.20, "1": 0.30, "2": 0.40}
     table = "\n".join(render_comparison(comparison))
-    assert "| X | 30.0 ± 10.0 | 10.0 ± 0.0 | 20.0 ± 0.0 | 30.0 ± 0.0 | 20.0, 30.0, 40.0 |" in table
+    assert math.isclose(x["dev_der"]["mean"], 0.31)  # the dev DER at the tuned threshold
+    row = "| X | 31.0 ± 10.0 | 30.0 ± 10.0 | 10.0 ± 0.0 | 20.0 ± 0.0 | 30.0 ± 0.0 |"
+    assert row + " 20.0, 30.0, 40.0 |" in table
 
 
 def test_the_report_has_the_four_systems_of_the_paper_comparison():

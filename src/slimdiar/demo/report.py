@@ -127,6 +127,14 @@ def build_comparison(runs: dict[int, Path], systems: list[tuple[str, str]]) -> d
                 "mean": statistics.fmean(values),
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             }
+        dev = []
+        for out in runs.values():
+            tuned = json.loads((out / name / "threshold.json").read_text())
+            dev.append(tuned["dev_der"][str(tuned["threshold"])])
+        row["dev_der"] = {
+            "mean": statistics.fmean(dev),
+            "std": statistics.stdev(dev) if len(dev) > 1 else 0.0,
+        }
         row["per_seed"] = {str(seed): score["der"] for seed, score in scores.items()}
         rows.append(row)
     return {"seeds": sorted(runs), "rows": rows}
@@ -137,15 +145,16 @@ def render_comparison(comparison: dict) -> list[str]:
     seeds = comparison["seeds"]
     lines = [
         f"Over {len(seeds)} training seeds ({', '.join(map(str, seeds))}; same corpus, same "
-        "pretrained WavLM), test DER, mean ± standard deviation:",
+        "pretrained WavLM), mean ± standard deviation of the dev DER (at the tuned threshold) "
+        "and of the test DER:",
         "",
-        "| system | DER % | missed % | false alarm % | confusion % | DER per seed % |",
-        "|---|---|---|---|---|---|",
+        "| system | dev DER % | DER % | missed % | false alarm % | confusion % | DER per seed % |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in comparison["rows"]:
         cells = [
             f"{row[key]['mean'] * 100:.1f} ± {row[key]['std'] * 100:.1f}"
-            for key in ("der", "missed", "false_alarm", "confusion")
+            for key in ("dev_der", "der", "missed", "false_alarm", "confusion")
         ]
         per_seed = ", ".join(f"{row['per_seed'][str(s)] * 100:.1f}" for s in seeds)
         lines.append(f"| {row['system']} | " + " | ".join(cells) + f" | {per_seed} |")

@@ -23,7 +23,11 @@ Three kinds of result files are read:
 - per-call cost measurements, the JSON written by ``tools/measure_call_costs.py``
   (``"mode": "call-costs"``): speed-ups of the eval-mode savings of the encoder, the
   positional-conv variants, zero-padded FFN widths, and segmentation throughput and peak memory
-  per batch size.
+  per batch size;
+- the demo's DER per engine and precision, the JSON written by
+  ``tools/measure_demo_engines.py`` (``"mode": "demo-engines"``): per model and variant the
+  DER, its components and its change against torch float32, the model time and its ratio, and
+  whether the RTTMs are those of torch float32.
 
 Any other JSON file is skipped with a message. The hand-written commentary of
 ``--notes`` is appended verbatim, except that a line ``<!-- backbone-profile: FILE -->`` becomes
@@ -81,14 +85,15 @@ def load_results(
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
-        if isinstance(data, dict) and isinstance(data.get("models"), list):
-            backbones.append((path, data))
-        elif isinstance(data, dict) and data.get("mode") in (
+        if isinstance(data, dict) and data.get("mode") in (
             "pipeline",
             "embeddings",
             "call-costs",
+            "demo-engines",
         ):
             pipelines.append((path, data))
+        elif isinstance(data, dict) and isinstance(data.get("models"), list):
+            backbones.append((path, data))
         else:
             skipped.append(f"{path}: neither a backbone nor a pipeline benchmark; skipped")
     return backbones, pipelines, skipped
@@ -408,6 +413,76 @@ def render_call_costs(path: Path, data: dict) -> list[str]:
     return lines
 
 
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.2f} %"
+
+
+def render_demo_engines(path: Path, data: dict) -> list[str]:
+    """Markdown lines for one ``tools/measure_demo_engines.py`` file."""
+    header = [
+        "model",
+        "variant",
+        "DER",
+        "missed",
+        "false alarm",
+        "confusion",
+        "DER change",
+        "model time",
+        "time vs torch float32",
+        "RTTMs = torch float32",
+    ]
+    rows, own = [], []
+    for model in _field(path, data, "models"):
+        name = _field(path, model, "name")
+        pruned = model.get("pruned")
+        label = name if pruned is None else f"{name} ({'pruned' if pruned else 'unpruned'})"
+        for v in _field(path, model, "variants"):
+            rows.append(
+                [
+                    label,
+                    str(_field(path, v, "variant")),
+                    _percent(_field(path, v, "der")),
+                    _percent(_field(path, v, "missed")),
+                    _percent(_field(path, v, "false_alarm")),
+                    _percent(_field(path, v, "confusion")),
+                    f"{_field(path, v, 'der_change_points'):+.2f} pt",
+                    f"{_field(path, v, 'model_s'):.1f} s",
+                    f"{_field(path, v, 'model_s_ratio'):.2f}x",
+                    "yes" if _field(path, v, "rttm_identical") else "no",
+                ]
+            )
+        if model.get("demo_der") is not None:
+            own.append(f"{name} {_percent(model['demo_der'])}")
+    stages = " + ".join(data.get("model_stages", ["segmentation", "embeddings"]))
+    scored = "over the UEM" if data.get("uem") else "over each reference's extent"
+    environment = _environment(data)
+    if "cpu_capability" in data:
+        native = "yes" if data.get("cpu_native_bf16") else "no"
+        environment += f", CPU capability {data['cpu_capability']}, native bfloat16: {native}"
+    if data.get("onnxruntime"):
+        environment += f", ONNX Runtime {data['onnxruntime']}"
+    sentences = [
+        f"The demo's test set (`{_field(path, data, 'test_set')}`: "
+        f"{_field(path, data, 'num_recordings')} recordings, "
+        f"{_field(path, data, 'audio_s'):.0f} s) diarized by each model with its saved "
+        f"pipeline settings and the demo's window step of {_field(path, data, 'step_s'):g} s, "
+        f"{data.get('embedding', '?')} embeddings.",
+        f"In the ONNX variant ONNX Runtime runs {data.get('onnx_models', 'the models')}.",
+        f"DER at collar {data.get('collar_s', 0.0):g} s {scored}, as `slimdiar score` "
+        "computes it; missed, false alarm and confusion are shares of the reference speech, "
+        "the DER change is in percentage points; a time ratio below 1 is faster.",
+        f"Model time: the pipeline's seconds in {stages}, summed over the recordings, median "
+        f"of {data.get('repeats', '?')} interleaved rounds after a warm-up; {environment}.",
+    ]
+    lines = [f"### {path.name}", "", " ".join(sentences), ""]
+    lines += _table(header, rows, left=(0, 1)) + [""]
+    if own:
+        lines += [f"The demo's own test DER (`der.json`): {', '.join(own)}.", ""]
+    if data.get("command"):
+        lines += [f"Command: `{data['command']}`", ""]
+    return lines
+
+
 def render_profile(path: Path) -> list[str]:
     """Markdown lines for one ``tools/profile_backbones.py`` file: milliseconds per model part."""
     try:
@@ -459,6 +534,7 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
         lines += ["No backbone results yet (`slimdiar bench MODEL... --json FILE`).", ""]
     embeddings = [(path, data) for path, data in pipelines if data.get("mode") == "embeddings"]
     call_costs = [(path, data) for path, data in pipelines if data.get("mode") == "call-costs"]
+    demo_engines = [(p, d) for p, d in pipelines if d.get("mode") == "demo-engines"]
     pipelines = [(path, data) for path, data in pipelines if data.get("mode") == "pipeline"]
     lines += ["## Diarization pipeline", ""]
     if pipelines:
@@ -471,6 +547,10 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
             "",
         ]
         lines += render_embeddings(embeddings)
+    if demo_engines:
+        lines += ["## The demo's DER per engine and precision", ""]
+        for path, data in demo_engines:
+            lines += render_demo_engines(path, data)
     if call_costs:
         lines += ["## Per-call costs that MACs do not count", ""]
         for path, data in call_costs:

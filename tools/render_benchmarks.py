@@ -5,7 +5,7 @@ Usage: .venv/bin/python tools/render_benchmarks.py [--results docs/results]
                                                    [--notes docs/benchmarks-notes.md]
                                                    [--out docs/benchmarks.md]
 
-Three kinds of result files are read:
+These kinds of result files are read:
 
 - backbone benchmarks, the JSON written by ``slimdiar bench MODEL... --json FILE`` (a
   ``"models"`` list): one table per file with parameters, MACs per second of audio, latency,
@@ -29,6 +29,12 @@ Three kinds of result files are read:
   DER, its components and its change against torch float32, the model time and its ratio, and
   whether the RTTMs are those of torch float32.
 
+Backbone benchmarks measured in both engines (``slimdiar bench MODEL... --engine torch onnx``,
+an ``"engines"`` list of both), at the top of RESULTS or in ``RESULTS/onnx/``, get a section of
+their own: one table per file with each model's latency per engine and the speed-up of ONNX
+Runtime over torch, and the command that produced the file, or a sentence saying that the file
+does not record it.
+
 Any other JSON file is skipped with a message. The hand-written commentary of
 ``--notes`` is appended verbatim, except that a line ``<!-- backbone-profile: FILE -->`` becomes
 the table of the time per part of each model in ``RESULTS/FILE``, the JSON written by
@@ -40,12 +46,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from slimdiar.fileio import write_text_atomic
 
 GENERATED_BY = "python tools/render_benchmarks.py"
+#: The sub-folder of RESULTS read besides its top level (backbones timed in both engines).
+ENGINE_FOLDER = "onnx"
 #: Stage columns of the pipeline table, in the order the pipeline runs them.
 STAGE_ORDER = ("segmentation", "speaker_counting", "embeddings", "clustering", "reconstruction")
 #: A line of the notes replaced by a profile table, and the labels of that table.
@@ -80,7 +89,8 @@ def load_results(
     :func:`render`).
     """
     backbones, pipelines, skipped = [], [], []
-    for path in sorted(results_dir.glob("*.json")):
+    paths = sorted(results_dir.glob("*.json")) + sorted(results_dir.glob(f"{ENGINE_FOLDER}/*.json"))
+    for path in paths:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
@@ -167,6 +177,97 @@ def render_backbones(path: Path, data: dict) -> list[str]:
         "",
     ]
     return lines + _table(header, rows) + [""]
+
+
+def _several_engines(data: dict) -> bool:
+    engines = data.get("engines")
+    return isinstance(engines, list) and len(set(engines)) > 1
+
+
+def _json_target(command: str) -> str | None:
+    """The file a recorded command wrote with ``--json FILE``, if it names one."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if "--json" in words[:-1]:
+        return words[words.index("--json") + 1]
+    return None
+
+
+def render_engines(path: Path, data: dict, results_dir: Path) -> list[str]:
+    """Markdown lines for ``slimdiar bench MODEL... --engine torch onnx``: engines side by side."""
+    models = _field(path, data, "models")
+    batch_size = _field(path, data, "batch_size")
+    seconds = _field(path, data, "seconds")
+    name = path.relative_to(results_dir).as_posix()
+    again = batch_size == 1  # the batch timing is then a second timing at batch 1
+    batch = "b=1, again" if again else f"b={batch_size}"
+    for model in models:
+        for key in ("name", "engine", "latency_s", "latency_batch_s"):
+            if key not in model:
+                raise ResultError(f"{path}: a model entry has no {key!r}")
+    first = {}
+    for model in models:
+        first.setdefault(model["engine"], model["name"])
+    header = [
+        "model",
+        "engine",
+        "latency b=1",
+        f"latency {batch}",
+        "speed-up vs torch b=1",
+        f"speed-up vs torch {batch}",
+        "speed-up vs first model b=1",
+        f"speed-up vs first model {batch}",
+    ]
+
+    def ratio(model: dict, key: str) -> str:
+        value = model.get(key)
+        return "" if value is None else f"{value:.2f}x"
+
+    rows = [
+        [
+            f"`{m['name']}`",
+            m["engine"],
+            f"{m['latency_s'] * 1000:.1f} ms",
+            f"{m['latency_batch_s'] * 1000:.1f} ms",
+            ratio(m, "speedup_vs_torch"),
+            ratio(m, "speedup_batch_vs_torch"),
+            ratio(m, "speedup_vs_first"),
+            ratio(m, "speedup_batch_vs_first"),
+        ]
+        for m in models
+    ]
+    environment = _environment(data)
+    if "cpu_capability" in data:
+        environment += f", CPU capability {data['cpu_capability']}"
+    sentences = [
+        f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs after "
+        f"{data.get('warmup', '?')} warm-up runs; {environment}.",
+        "The torch runs come first, then the ONNX Runtime runs (each model exported to a "
+        "temporary file first); the speed-up vs torch is the torch float32 latency of the same "
+        "model over this one, the speed-up vs first model the latency of the engine's first "
+        f"model ({', '.join(f'{e}: `{n}`' for e, n in first.items())}) over this one.",
+    ]
+    if again:
+        sentences.append(
+            "At batch size 1 the benchmark times batch 1 twice, on two random inputs, each "
+            "with its own warm-up and median: both are shown."
+        )
+    lines = [f"### {name}", "", " ".join(sentences), ""]
+    lines += _table(header, rows, left=(0, 1)) + [""]
+    command = data.get("command")
+    if command:
+        target = _json_target(command)
+        renamed = (
+            f" (it wrote `{target}`; the result is stored as `{path.as_posix()}`)"
+            if target is not None and Path(target).name != path.name
+            else ""
+        )
+        lines += [f"Command: `{command}`{renamed}", ""]
+    else:
+        lines += ["The file does not record the command that produced it.", ""]
+    return lines
 
 
 def render_precisions(path: Path, data: dict) -> list[str]:
@@ -526,12 +627,18 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
         "## Backbones",
         "",
     ]
+    engines = [(path, data) for path, data in backbones if _several_engines(data)]
+    backbones = [(path, data) for path, data in backbones if not _several_engines(data)]
     if backbones:
         for path, data in backbones:
             several = isinstance(data.get("dtypes"), list) and len(data["dtypes"]) > 1
             lines += (render_precisions if several else render_backbones)(path, data)
     else:
         lines += ["No backbone results yet (`slimdiar bench MODEL... --json FILE`).", ""]
+    if engines:
+        lines += ["## Backbones in two engines: torch and ONNX Runtime", ""]
+        for path, data in engines:
+            lines += render_engines(path, data, results_dir)
     embeddings = [(path, data) for path, data in pipelines if data.get("mode") == "embeddings"]
     call_costs = [(path, data) for path, data in pipelines if data.get("mode") == "call-costs"]
     demo_engines = [(p, d) for p, d in pipelines if d.get("mode") == "demo-engines"]

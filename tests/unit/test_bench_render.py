@@ -541,3 +541,76 @@ def test_demo_engine_table(renderer, tmp_path):
     (folder / "demo-engines.json").write_text(json.dumps(broken))
     with pytest.raises(renderer.ResultError, match="demo-engines.json: no 'model_s_ratio' field"):
         renderer.render(folder, None)
+
+
+def engine_result(batch_size, command=None):
+    """A ``slimdiar bench A B --engine torch onnx`` file (hand-computed speed-ups)."""
+
+    def model(name, engine, latency_s, latency_batch_s, first, vs_torch):
+        return {
+            "name": name,
+            "params": 1_000_000,
+            "macs_per_second": 1_000_000_000,
+            "latency_s": latency_s,
+            "latency_batch_s": latency_batch_s,
+            "rtf": latency_s / 8,
+            "rtf_batch": latency_batch_s / (8 * batch_size),
+            "speedup_vs_first": first[0],
+            "speedup_batch_vs_first": first[1],
+            "dtype": "float32",
+            "engine": engine,
+            "speedup_vs_torch": None if vs_torch is None else vs_torch[0],
+            "speedup_batch_vs_torch": None if vs_torch is None else vs_torch[1],
+        }
+
+    data = {
+        "models": [
+            model("big", "torch", 4.0, 8.0, (1.0, 1.0), None),
+            model("small", "torch", 1.0, 4.0, (4.0, 2.0), None),
+            model("big", "onnx", 2.0, 2.0, (1.0, 1.0), (2.0, 4.0)),
+            model("small", "onnx", 0.25, 0.5, (8.0, 4.0), (4.0, 8.0)),
+        ],
+        "seconds": 8.0,
+        "batch_size": batch_size,
+        "warmup": 1,
+        "repeats": 5,
+        "device": "cpu",
+        "threads": 2,
+        "torch": "2.13.0",
+        "dtype": "float32",
+        "cpu_capability": "AVX2",
+        "engines": ["torch", "onnx"],
+    }
+    if command:
+        data["command"] = command
+    return data
+
+
+def test_engine_tables_from_the_onnx_folder(renderer, tmp_path):
+    folder = tmp_path / "results"
+    (folder / "onnx").mkdir(parents=True)
+    (folder / "backbones.json").write_text(json.dumps(BACKBONES))
+    command = "slimdiar bench big small --engine torch onnx --batch-size 1 --json onnx/b1.json"
+    (folder / "onnx" / "b1-run1.json").write_text(json.dumps(engine_result(1, command)))
+    (folder / "onnx" / "b4.json").write_text(json.dumps(engine_result(4)))
+    text, skipped = renderer.render(folder, None)
+    assert not skipped
+    section = "## Backbones in two engines: torch and ONNX Runtime"
+    assert text.index("### backbones.json") < text.index(section)
+    assert text.index(section) < text.index("## Diarization pipeline")
+    assert text.index("### onnx/b1-run1.json") < text.index("### onnx/b4.json")
+    assert (
+        "| model | engine | latency b=1 | latency b=1, again | speed-up vs torch b=1 | "
+        "speed-up vs torch b=1, again | speed-up vs first model b=1 | "
+        "speed-up vs first model b=1, again |"
+    ) in text
+    assert "times batch 1 twice" in text.split("### onnx/b4.json")[0]
+    assert "| `small` | torch | 1000.0 ms | 4000.0 ms |  |  | 4.00x | 2.00x |" in text
+    assert "| `small` | onnx | 250.0 ms | 500.0 ms | 4.00x | 8.00x | 8.00x | 4.00x |" in text
+    assert "| latency b=4 | speed-up vs torch b=1 | speed-up vs torch b=4 |" in text
+    assert f"Command: `{command}` (it wrote `onnx/b1.json`; the result is stored as " in text
+    b4 = text.split("### onnx/b4.json")[1]
+    assert "The file does not record the command that produced it." in b4
+    assert "times batch 1 twice" not in b4
+    assert "medians of 5 runs after 1 warm-up runs; device cpu, 2 threads, float32" in b4
+    assert "(torch: `big`, onnx: `big`)" in b4

@@ -5,7 +5,7 @@ Usage: .venv/bin/python tools/render_benchmarks.py [--results docs/results]
                                                    [--notes docs/benchmarks-notes.md]
                                                    [--out docs/benchmarks.md]
 
-Three kinds of result files are read:
+These kinds of result files are read:
 
 - backbone benchmarks, the JSON written by ``slimdiar bench MODEL... --json FILE`` (a
   ``"models"`` list): one table per file with parameters, MACs per second of audio, latency,
@@ -23,7 +23,17 @@ Three kinds of result files are read:
 - per-call cost measurements, the JSON written by ``tools/measure_call_costs.py``
   (``"mode": "call-costs"``): speed-ups of the eval-mode savings of the encoder, the
   positional-conv variants, zero-padded FFN widths, and segmentation throughput and peak memory
-  per batch size.
+  per batch size;
+- the demo's DER per engine and precision, the JSON written by
+  ``tools/measure_demo_engines.py`` (``"mode": "demo-engines"``): per model and variant the
+  DER, its components and its change against torch float32, the model time and its ratio, and
+  whether the RTTMs are those of torch float32.
+
+Backbone benchmarks measured in both engines (``slimdiar bench MODEL... --engine torch onnx``,
+an ``"engines"`` list of both), at the top of RESULTS or in ``RESULTS/onnx/``, get a section of
+their own: one table per file with each model's latency per engine and the speed-up of ONNX
+Runtime over torch, and the command that produced the file, or a sentence saying that the file
+does not record it.
 
 Any other JSON file is skipped with a message. The hand-written commentary of
 ``--notes`` is appended verbatim, except that a line ``<!-- backbone-profile: FILE -->`` becomes
@@ -36,12 +46,15 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from slimdiar.fileio import write_text_atomic
 
 GENERATED_BY = "python tools/render_benchmarks.py"
+#: The sub-folder of RESULTS read besides its top level (backbones timed in both engines).
+ENGINE_FOLDER = "onnx"
 #: Stage columns of the pipeline table, in the order the pipeline runs them.
 STAGE_ORDER = ("segmentation", "speaker_counting", "embeddings", "clustering", "reconstruction")
 #: A line of the notes replaced by a profile table, and the labels of that table.
@@ -76,19 +89,21 @@ def load_results(
     :func:`render`).
     """
     backbones, pipelines, skipped = [], [], []
-    for path in sorted(results_dir.glob("*.json")):
+    paths = sorted(results_dir.glob("*.json")) + sorted(results_dir.glob(f"{ENGINE_FOLDER}/*.json"))
+    for path in paths:
         try:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as error:
             raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
-        if isinstance(data, dict) and isinstance(data.get("models"), list):
-            backbones.append((path, data))
-        elif isinstance(data, dict) and data.get("mode") in (
+        if isinstance(data, dict) and data.get("mode") in (
             "pipeline",
             "embeddings",
             "call-costs",
+            "demo-engines",
         ):
             pipelines.append((path, data))
+        elif isinstance(data, dict) and isinstance(data.get("models"), list):
+            backbones.append((path, data))
         else:
             skipped.append(f"{path}: neither a backbone nor a pipeline benchmark; skipped")
     return backbones, pipelines, skipped
@@ -162,6 +177,97 @@ def render_backbones(path: Path, data: dict) -> list[str]:
         "",
     ]
     return lines + _table(header, rows) + [""]
+
+
+def _several_engines(data: dict) -> bool:
+    engines = data.get("engines")
+    return isinstance(engines, list) and len(set(engines)) > 1
+
+
+def _json_target(command: str) -> str | None:
+    """The file a recorded command wrote with ``--json FILE``, if it names one."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        return None
+    if "--json" in words[:-1]:
+        return words[words.index("--json") + 1]
+    return None
+
+
+def render_engines(path: Path, data: dict, results_dir: Path) -> list[str]:
+    """Markdown lines for ``slimdiar bench MODEL... --engine torch onnx``: engines side by side."""
+    models = _field(path, data, "models")
+    batch_size = _field(path, data, "batch_size")
+    seconds = _field(path, data, "seconds")
+    name = path.relative_to(results_dir).as_posix()
+    again = batch_size == 1  # the batch timing is then a second timing at batch 1
+    batch = "b=1, again" if again else f"b={batch_size}"
+    for model in models:
+        for key in ("name", "engine", "latency_s", "latency_batch_s"):
+            if key not in model:
+                raise ResultError(f"{path}: a model entry has no {key!r}")
+    first = {}
+    for model in models:
+        first.setdefault(model["engine"], model["name"])
+    header = [
+        "model",
+        "engine",
+        "latency b=1",
+        f"latency {batch}",
+        "speed-up vs torch b=1",
+        f"speed-up vs torch {batch}",
+        "speed-up vs first model b=1",
+        f"speed-up vs first model {batch}",
+    ]
+
+    def ratio(model: dict, key: str) -> str:
+        value = model.get(key)
+        return "" if value is None else f"{value:.2f}x"
+
+    rows = [
+        [
+            f"`{m['name']}`",
+            m["engine"],
+            f"{m['latency_s'] * 1000:.1f} ms",
+            f"{m['latency_batch_s'] * 1000:.1f} ms",
+            ratio(m, "speedup_vs_torch"),
+            ratio(m, "speedup_batch_vs_torch"),
+            ratio(m, "speedup_vs_first"),
+            ratio(m, "speedup_batch_vs_first"),
+        ]
+        for m in models
+    ]
+    environment = _environment(data)
+    if "cpu_capability" in data:
+        environment += f", CPU capability {data['cpu_capability']}"
+    sentences = [
+        f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs after "
+        f"{data.get('warmup', '?')} warm-up runs; {environment}.",
+        "The torch runs come first, then the ONNX Runtime runs (each model exported to a "
+        "temporary file first); the speed-up vs torch is the torch float32 latency of the same "
+        "model over this one, the speed-up vs first model the latency of the engine's first "
+        f"model ({', '.join(f'{e}: `{n}`' for e, n in first.items())}) over this one.",
+    ]
+    if again:
+        sentences.append(
+            "At batch size 1 the benchmark times batch 1 twice, on two random inputs, each "
+            "with its own warm-up and median: both are shown."
+        )
+    lines = [f"### {name}", "", " ".join(sentences), ""]
+    lines += _table(header, rows, left=(0, 1)) + [""]
+    command = data.get("command")
+    if command:
+        target = _json_target(command)
+        renamed = (
+            f" (it wrote `{target}`; the result is stored as `{path.as_posix()}`)"
+            if target is not None and Path(target).name != path.name
+            else ""
+        )
+        lines += [f"Command: `{command}`{renamed}", ""]
+    else:
+        lines += ["The file does not record the command that produced it.", ""]
+    return lines
 
 
 def render_precisions(path: Path, data: dict) -> list[str]:
@@ -408,6 +514,76 @@ def render_call_costs(path: Path, data: dict) -> list[str]:
     return lines
 
 
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.2f} %"
+
+
+def render_demo_engines(path: Path, data: dict) -> list[str]:
+    """Markdown lines for one ``tools/measure_demo_engines.py`` file."""
+    header = [
+        "model",
+        "variant",
+        "DER",
+        "missed",
+        "false alarm",
+        "confusion",
+        "DER change",
+        "model time",
+        "time vs torch float32",
+        "RTTMs = torch float32",
+    ]
+    rows, own = [], []
+    for model in _field(path, data, "models"):
+        name = _field(path, model, "name")
+        pruned = model.get("pruned")
+        label = name if pruned is None else f"{name} ({'pruned' if pruned else 'unpruned'})"
+        for v in _field(path, model, "variants"):
+            rows.append(
+                [
+                    label,
+                    str(_field(path, v, "variant")),
+                    _percent(_field(path, v, "der")),
+                    _percent(_field(path, v, "missed")),
+                    _percent(_field(path, v, "false_alarm")),
+                    _percent(_field(path, v, "confusion")),
+                    f"{_field(path, v, 'der_change_points'):+.2f} pt",
+                    f"{_field(path, v, 'model_s'):.1f} s",
+                    f"{_field(path, v, 'model_s_ratio'):.2f}x",
+                    "yes" if _field(path, v, "rttm_identical") else "no",
+                ]
+            )
+        if model.get("demo_der") is not None:
+            own.append(f"{name} {_percent(model['demo_der'])}")
+    stages = " + ".join(data.get("model_stages", ["segmentation", "embeddings"]))
+    scored = "over the UEM" if data.get("uem") else "over each reference's extent"
+    environment = _environment(data)
+    if "cpu_capability" in data:
+        native = "yes" if data.get("cpu_native_bf16") else "no"
+        environment += f", CPU capability {data['cpu_capability']}, native bfloat16: {native}"
+    if data.get("onnxruntime"):
+        environment += f", ONNX Runtime {data['onnxruntime']}"
+    sentences = [
+        f"The demo's test set (`{_field(path, data, 'test_set')}`: "
+        f"{_field(path, data, 'num_recordings')} recordings, "
+        f"{_field(path, data, 'audio_s'):.0f} s) diarized by each model with its saved "
+        f"pipeline settings and the demo's window step of {_field(path, data, 'step_s'):g} s, "
+        f"{data.get('embedding', '?')} embeddings.",
+        f"In the ONNX variant ONNX Runtime runs {data.get('onnx_models', 'the models')}.",
+        f"DER at collar {data.get('collar_s', 0.0):g} s {scored}, as `slimdiar score` "
+        "computes it; missed, false alarm and confusion are shares of the reference speech, "
+        "the DER change is in percentage points; a time ratio below 1 is faster.",
+        f"Model time: the pipeline's seconds in {stages}, summed over the recordings, median "
+        f"of {data.get('repeats', '?')} interleaved rounds after a warm-up; {environment}.",
+    ]
+    lines = [f"### {path.name}", "", " ".join(sentences), ""]
+    lines += _table(header, rows, left=(0, 1)) + [""]
+    if own:
+        lines += [f"The demo's own test DER (`der.json`): {', '.join(own)}.", ""]
+    if data.get("command"):
+        lines += [f"Command: `{data['command']}`", ""]
+    return lines
+
+
 def render_profile(path: Path) -> list[str]:
     """Markdown lines for one ``tools/profile_backbones.py`` file: milliseconds per model part."""
     try:
@@ -451,14 +627,21 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
         "## Backbones",
         "",
     ]
+    engines = [(path, data) for path, data in backbones if _several_engines(data)]
+    backbones = [(path, data) for path, data in backbones if not _several_engines(data)]
     if backbones:
         for path, data in backbones:
             several = isinstance(data.get("dtypes"), list) and len(data["dtypes"]) > 1
             lines += (render_precisions if several else render_backbones)(path, data)
     else:
         lines += ["No backbone results yet (`slimdiar bench MODEL... --json FILE`).", ""]
+    if engines:
+        lines += ["## Backbones in two engines: torch and ONNX Runtime", ""]
+        for path, data in engines:
+            lines += render_engines(path, data, results_dir)
     embeddings = [(path, data) for path, data in pipelines if data.get("mode") == "embeddings"]
     call_costs = [(path, data) for path, data in pipelines if data.get("mode") == "call-costs"]
+    demo_engines = [(p, d) for p, d in pipelines if d.get("mode") == "demo-engines"]
     pipelines = [(path, data) for path, data in pipelines if data.get("mode") == "pipeline"]
     lines += ["## Diarization pipeline", ""]
     if pipelines:
@@ -471,6 +654,10 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
             "",
         ]
         lines += render_embeddings(embeddings)
+    if demo_engines:
+        lines += ["## The demo's DER per engine and precision", ""]
+        for path, data in demo_engines:
+            lines += render_demo_engines(path, data)
     if call_costs:
         lines += ["## Per-call costs that MACs do not count", ""]
         for path, data in call_costs:

@@ -10,7 +10,7 @@ from slimdiar.cli._args import number
 from slimdiar.cli.prune import epilog
 from slimdiar.config import bundled_configs, load_config
 from slimdiar.pipeline.clustering import AgglomerativeClustering
-from slimdiar.pipeline.config import WindowsSection
+from slimdiar.pipeline.config import DEFAULT_BATCH_SIZES, WindowsSection
 from slimdiar.simulate.config import TurnTakingConfig
 from slimdiar.stages.distill import DistillConfig
 from slimdiar.stages.prune import PruneConfig
@@ -80,9 +80,14 @@ def test_distill_help_quotes_the_distill_config_defaults(capsys):
 def test_diarize_help_quotes_the_pipeline_defaults(capsys):
     text = help_text(capsys, "diarize")
     windows = WindowsSection()
-    assert f"({windows.duration_s:g} s windows every {windows.step_s:g} s," in text
     assert f"windows.step_s; built-in default {windows.step_s:g})" in text
-    assert f"windows.batch_size; built-in default {windows.batch_size})" in text
+    assert windows.batch_size is None  # chosen per device
+    cpu, gpu = DEFAULT_BATCH_SIZES["cpu"], DEFAULT_BATCH_SIZES["cuda"]
+    assert f"windows.batch_size; built-in default: {cpu} on a CPU, {gpu} on a GPU," in text
+    assert (
+        f"({windows.duration_s:g} s windows every {windows.step_s:g} s in batches of {cpu} on a "
+        f"CPU and {gpu} on a GPU,"
+    ) in text
     assert (
         f"clustering.min_cluster_size; built-in default {AgglomerativeClustering.min_cluster_size})"
     ) in text

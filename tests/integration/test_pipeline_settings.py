@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from slimdiar import testing
 from slimdiar.cli import main
 from slimdiar.data import read_rttm
 from slimdiar.demo.run import Demo
@@ -311,3 +312,91 @@ def test_diarize_with_vbx_from_the_command_line(tmp_path, capsys):
     )
     assert status == 2
     assert "no such PLDA directory" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- batch size per device
+def test_batch_size_default_depends_on_the_device():
+    config = PipelineConfig()
+    assert config.windows.batch_size is None  # unset: chosen where the device is known
+    assert config.for_device("cpu").windows.batch_size == 16
+    assert config.for_device("cuda").windows.batch_size == 32
+    assert config.for_device("cuda:1").windows.batch_size == 32
+    assert config.windows.batch_size is None  # for_device returns a copy
+    explicit = PipelineConfig.from_dict({"windows": {"batch_size": 32}})
+    assert explicit.for_device("cpu").windows.batch_size == 32
+    assert explicit.for_device("cuda").windows.batch_size == 32
+    with pytest.raises(ConfigError, match="unknown device 'gpu'"):
+        config.for_device("gpu")
+
+
+def test_pipeline_resolves_the_batch_size_for_its_device(tmp_path, monkeypatch):
+    import torch
+
+    oracle = PipelineConfig.from_dict(
+        {"segmentation": {"source": "oracle"}, "clustering": {"method": "oracle"}}
+    )
+    assert DiarizationPipeline(config=oracle).config.windows.batch_size == 16
+    # a CUDA device, declared: the oracle pipeline moves no model there
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert DiarizationPipeline(config=oracle, device="cuda").config.windows.batch_size == 32
+    monkeypatch.undo()
+
+    checkpoint = tiny_checkpoint(tmp_path / "eend")
+    loaded = DiarizationPipeline.from_pretrained(checkpoint, embedding=None, settings=oracle_only())
+    assert loaded.config.windows.batch_size == 16
+    explicit = DiarizationPipeline.from_pretrained(
+        checkpoint, embedding=None, settings=[oracle_only(), {"windows": {"batch_size": 32}}]
+    )
+    assert explicit.config.windows.batch_size == 32
+    save_settings(checkpoint, {"windows": {"batch_size": 32}})  # the model's own settings
+    saved = DiarizationPipeline.from_pretrained(checkpoint, embedding=None, settings=oracle_only())
+    assert saved.config.windows.batch_size == 32
+
+
+def oracle_only() -> dict:
+    return {"clustering": {"method": "oracle"}}
+
+
+def test_batch_16_and_32_write_the_same_rttm(tmp_path, tone_embedding):
+    data = testing.write_tone_datadir(tmp_path / "tones", num_recordings=1)
+    path = data / "rec0.wav"
+    rttms = {}
+    for batch_size in (16, 32):
+        config = PipelineConfig.from_dict(
+            {
+                "windows": {"duration_s": 2.0, "step_s": 0.25, "batch_size": batch_size},
+                "clustering": {"min_cluster_size": 2},
+            }
+        )
+        pipeline = DiarizationPipeline(tiny_eend(), tone_embedding, config)
+        result = pipeline(path)
+        assert result.info["num_chunks"] > 32  # more windows than either batch
+        assert result.info["config"]["windows"]["batch_size"] == batch_size
+        rttms[batch_size] = result.to_rttm()
+    assert rttms[16] and rttms[16] == rttms[32]
+
+
+def test_diarize_records_the_resolved_batch_size(tmp_path, capsys):
+    checkpoint = tiny_checkpoint(tmp_path / "eend")
+    data = testing.write_tone_datadir(tmp_path / "tones", num_recordings=1, duration_s=6.0)
+    common = [
+        "diarize",
+        "--model",
+        str(checkpoint),
+        str(data),
+        "--oracle-clustering",
+        str(data / "rttm"),
+        "--set",
+        "windows.duration_s=2.0",
+        "--step",
+        "0.5",
+        "--quiet",
+    ]
+    written = {}
+    for name, extra in {"auto": [], "b32": ["--batch-size", "32"]}.items():
+        out = tmp_path / name
+        assert main([*common, "--out", str(out), *extra]) == 0, capsys.readouterr().err
+        written[name] = (out / "rec0.rttm").read_text()
+        config = json.loads((out / "rec0.json").read_text())["config"]
+        assert config["windows"]["batch_size"] == {"auto": 16, "b32": 32}[name]
+    assert written["auto"] == written["b32"]

@@ -448,3 +448,169 @@ def test_call_cost_tables(renderer, tmp_path):
     assert "| 4 | 3.00 | 1.50x | 700 MiB |" in text
     assert "within 5 % of the best throughput: 4." in text
     assert "Command: `python tools/measure_call_costs.py`" in text
+
+
+def demo_engines_result():
+    """A ``tools/measure_demo_engines.py`` file: one model, its three variants."""
+
+    def variant(name, engine, dtype, der, change, seconds, ratio, identical):
+        return {
+            "variant": name,
+            "engine": engine,
+            "dtype": dtype,
+            "der": der,
+            "missed": 0.05,
+            "false_alarm": 0.02,
+            "confusion": der - 0.07,
+            "der_change_points": change,
+            "model_s": seconds,
+            "model_s_runs": [seconds],
+            "model_s_ratio": ratio,
+            "batch_size": 16,
+            "rttm_identical": identical,
+        }
+
+    return {
+        "mode": "demo-engines",
+        "demo": "exp/demo",
+        "test_set": "exp/demo/data/test",
+        "num_recordings": 5,
+        "audio_s": 300.2,
+        "step_s": 0.4,
+        "collar_s": 0.0,
+        "uem": True,
+        "embedding": "ge2e",
+        "onnx_models": "the segmentation model",
+        "model_stages": ["segmentation", "embeddings"],
+        "repeats": 3,
+        "device": "cpu",
+        "threads": 2,
+        "torch": "2.13.0",
+        "cpu_capability": "AVX2",
+        "cpu_native_bf16": False,
+        "onnxruntime": "1.32.0",
+        "command": "python tools/measure_demo_engines.py",
+        "models": [
+            {
+                "name": "finetune-pruned",
+                "pruned": True,
+                "checkpoint": "exp/demo/finetune-pruned/best",
+                "demo_der": 0.125,
+                "variants": [
+                    variant("torch float32", "torch", "float32", 0.125, 0.0, 40.0, 1.0, True),
+                    variant("torch bfloat16", "torch", "bfloat16", 0.1375, 1.25, 100.0, 2.5, False),
+                    variant("onnx float32", "onnx", "float32", 0.125, 0.0, 30.0, 0.75, True),
+                ],
+            }
+        ],
+    }
+
+
+def test_demo_engine_table(renderer, tmp_path):
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "demo-engines.json").write_text(json.dumps(demo_engines_result()))
+    text, skipped = renderer.render(folder, None)
+    assert not skipped
+    assert "## The demo's DER per engine and precision" in text
+    assert text.index("## Diarization pipeline") < text.index("## The demo's DER per engine")
+    assert (
+        "| model | variant | DER | missed | false alarm | confusion | DER change | model time | "
+        "time vs torch float32 | RTTMs = torch float32 |"
+    ) in text
+    assert "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" in text
+    assert (
+        "| finetune-pruned (pruned) | torch float32 | 12.50 % | 5.00 % | 2.00 % | 5.50 % | "
+        "+0.00 pt | 40.0 s | 1.00x | yes |"
+    ) in text
+    assert (
+        "| finetune-pruned (pruned) | torch bfloat16 | 13.75 % | 5.00 % | 2.00 % | 6.75 % | "
+        "+1.25 pt | 100.0 s | 2.50x | no |"
+    ) in text
+    assert "| onnx float32 | 12.50 % |" in text and "| 30.0 s | 0.75x | yes |" in text
+    assert "(`exp/demo/data/test`: 5 recordings, 300 s)" in text
+    assert "window step of 0.4 s, ge2e embeddings" in text
+    assert "ONNX Runtime runs the segmentation model." in text
+    assert "DER at collar 0 s over the UEM" in text
+    assert "median of 3 interleaved rounds after a warm-up" in text
+    assert "native bfloat16: no, ONNX Runtime 1.32.0." in text
+    assert "The demo's own test DER (`der.json`): finetune-pruned 12.50 %." in text
+    assert "Command: `python tools/measure_demo_engines.py`" in text
+    broken = demo_engines_result()
+    del broken["models"][0]["variants"][1]["model_s_ratio"]
+    (folder / "demo-engines.json").write_text(json.dumps(broken))
+    with pytest.raises(renderer.ResultError, match="demo-engines.json: no 'model_s_ratio' field"):
+        renderer.render(folder, None)
+
+
+def engine_result(batch_size, command=None):
+    """A ``slimdiar bench A B --engine torch onnx`` file (hand-computed speed-ups)."""
+
+    def model(name, engine, latency_s, latency_batch_s, first, vs_torch):
+        return {
+            "name": name,
+            "params": 1_000_000,
+            "macs_per_second": 1_000_000_000,
+            "latency_s": latency_s,
+            "latency_batch_s": latency_batch_s,
+            "rtf": latency_s / 8,
+            "rtf_batch": latency_batch_s / (8 * batch_size),
+            "speedup_vs_first": first[0],
+            "speedup_batch_vs_first": first[1],
+            "dtype": "float32",
+            "engine": engine,
+            "speedup_vs_torch": None if vs_torch is None else vs_torch[0],
+            "speedup_batch_vs_torch": None if vs_torch is None else vs_torch[1],
+        }
+
+    data = {
+        "models": [
+            model("big", "torch", 4.0, 8.0, (1.0, 1.0), None),
+            model("small", "torch", 1.0, 4.0, (4.0, 2.0), None),
+            model("big", "onnx", 2.0, 2.0, (1.0, 1.0), (2.0, 4.0)),
+            model("small", "onnx", 0.25, 0.5, (8.0, 4.0), (4.0, 8.0)),
+        ],
+        "seconds": 8.0,
+        "batch_size": batch_size,
+        "warmup": 1,
+        "repeats": 5,
+        "device": "cpu",
+        "threads": 2,
+        "torch": "2.13.0",
+        "dtype": "float32",
+        "cpu_capability": "AVX2",
+        "engines": ["torch", "onnx"],
+    }
+    if command:
+        data["command"] = command
+    return data
+
+
+def test_engine_tables_from_the_onnx_folder(renderer, tmp_path):
+    folder = tmp_path / "results"
+    (folder / "onnx").mkdir(parents=True)
+    (folder / "backbones.json").write_text(json.dumps(BACKBONES))
+    command = "slimdiar bench big small --engine torch onnx --batch-size 1 --json onnx/b1.json"
+    (folder / "onnx" / "b1-run1.json").write_text(json.dumps(engine_result(1, command)))
+    (folder / "onnx" / "b4.json").write_text(json.dumps(engine_result(4)))
+    text, skipped = renderer.render(folder, None)
+    assert not skipped
+    section = "## Backbones in two engines: torch and ONNX Runtime"
+    assert text.index("### backbones.json") < text.index(section)
+    assert text.index(section) < text.index("## Diarization pipeline")
+    assert text.index("### onnx/b1-run1.json") < text.index("### onnx/b4.json")
+    assert (
+        "| model | engine | latency b=1 | latency b=1, again | speed-up vs torch b=1 | "
+        "speed-up vs torch b=1, again | speed-up vs first model b=1 | "
+        "speed-up vs first model b=1, again |"
+    ) in text
+    assert "times batch 1 twice" in text.split("### onnx/b4.json")[0]
+    assert "| `small` | torch | 1000.0 ms | 4000.0 ms |  |  | 4.00x | 2.00x |" in text
+    assert "| `small` | onnx | 250.0 ms | 500.0 ms | 4.00x | 8.00x | 8.00x | 4.00x |" in text
+    assert "| latency b=4 | speed-up vs torch b=1 | speed-up vs torch b=4 |" in text
+    assert f"Command: `{command}` (it wrote `onnx/b1.json`; the result is stored as " in text
+    b4 = text.split("### onnx/b4.json")[1]
+    assert "The file does not record the command that produced it." in b4
+    assert "times batch 1 twice" not in b4
+    assert "medians of 5 runs after 1 warm-up runs; device cpu, 2 threads, float32" in b4
+    assert "(torch: `big`, onnx: `big`)" in b4

@@ -25,7 +25,7 @@ from slimdiar.cli._args import output_dir, positive_float, positive_int, with_fl
 from slimdiar.data import read_rttm, read_uem, read_wav_scp, write_text_atomic
 from slimdiar.errors import ConfigError, SlimdiarError
 from slimdiar.pipeline.clustering import AgglomerativeClustering
-from slimdiar.pipeline.config import WindowsSection
+from slimdiar.pipeline.config import DEFAULT_BATCH_SIZES, WindowsSection
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +41,10 @@ reconstruction on the 20 ms frame grid.
 
 Pipeline settings, from lowest to highest precedence: the built-in defaults \
 ({WINDOWS.duration_s:g} s windows
-every {WINDOWS.step_s:g} s, agglomerative clustering at the embedding's own threshold: 0.70 for a \
-WeSpeaker ResNet,
-the value measured in docs/clustering-threshold.md for GE2E), the settings saved with the model
+every {WINDOWS.step_s:g} s in batches of {DEFAULT_BATCH_SIZES["cpu"]} on a CPU and \
+{DEFAULT_BATCH_SIZES["cuda"]} on a GPU, agglomerative
+clustering at the embedding's own threshold: 0.70 for a WeSpeaker ResNet, the value measured in
+docs/clustering-threshold.md for GE2E), the settings saved with the model
 (its metadata, e.g. the threshold tuned on a dev set), --config FILE.toml, then --set
 section.key=value and the explicit options below (--step, --threshold, ...). See
 docs/pipeline.md for every key.
@@ -119,8 +120,9 @@ def add_parser(subparsers) -> None:
         "--batch-size",
         type=positive_int,
         metavar="N",
-        help="windows per segmentation batch (windows.batch_size; built-in default "
-        f"{WINDOWS.batch_size})",
+        help="windows per segmentation batch (windows.batch_size; built-in default: "
+        f"{DEFAULT_BATCH_SIZES['cpu']} on a CPU, {DEFAULT_BATCH_SIZES['cuda']} on a GPU, "
+        "unless the model's settings give one)",
     )
     settings.add_argument(
         "--clustering",

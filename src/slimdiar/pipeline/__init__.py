@@ -16,10 +16,12 @@ from slimdiar.pipeline.clustering import (
     make_clustering,
 )
 from slimdiar.pipeline.config import (
+    DEFAULT_BATCH_SIZES,
     ClusteringSection,
     SegmentationSection,
     SpeakersSection,
     WindowsSection,
+    default_batch_size,
     merge_settings,
     parse_settings,
     read_settings,
@@ -48,6 +50,7 @@ from slimdiar.pipeline.windows import Windows, sliding_windows
 
 __all__ = [
     "CLUSTERING_METHODS",
+    "DEFAULT_BATCH_SIZES",
     "AgglomerativeClustering",
     "ClusteringSection",
     "DiarizationPipeline",
@@ -66,6 +69,7 @@ __all__ = [
     "binarize_powerset",
     "chunk_reference",
     "constrained_assignment",
+    "default_batch_size",
     "embed_speakers",
     "embedding_masks",
     "exclusive_activity",

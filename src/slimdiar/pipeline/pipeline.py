@@ -38,7 +38,12 @@ from slimdiar.models.eend import EEND
 from slimdiar.models.embeddings import load_embedding_model
 from slimdiar.models.wavlm.config import wavlm_base_plus
 from slimdiar.pipeline.clustering import SpeakerBounds
-from slimdiar.pipeline.config import PipelineConfig, merge_settings, resolve_settings
+from slimdiar.pipeline.config import (
+    PipelineConfig,
+    default_batch_size,
+    merge_settings,
+    resolve_settings,
+)
 from slimdiar.pipeline.embeddings import embed_speakers, embedding_masks
 from slimdiar.pipeline.engines import SegmentationModel, as_segmentation_model
 from slimdiar.pipeline.reconstruction import (
@@ -152,7 +157,9 @@ class DiarizationPipeline:
         ``__call__(waveforms (batch, num_samples), weights (batch, num_frames)) -> (batch,
         dimension)``); ``None`` only with a clustering method that needs no embeddings.
     config
-        Pipeline options.
+        Pipeline options; an unset ``windows.batch_size`` becomes the default for ``device``
+        (:meth:`~slimdiar.pipeline.config.PipelineConfig.for_device`), and ``self.config``
+        and every result's ``config`` hold the resolved value.
     device
         Where the segmentation model runs.
     segmentation_name, embedding_name
@@ -168,7 +175,8 @@ class DiarizationPipeline:
         segmentation_name: str | None = None,
         embedding_name: str | None = None,
     ):
-        self.config = config or PipelineConfig()
+        check_device(device)
+        self.config = (config or PipelineConfig()).for_device(device)
         self.clustering = self.config.make_clustering()
         prepare = getattr(self.clustering, "prepare", None)
         if prepare is not None:
@@ -179,7 +187,6 @@ class DiarizationPipeline:
             raise ConfigError(
                 f"{self.config.clustering.method} clustering needs a speaker embedding model"
             )
-        check_device(device)
         self.device = device
         self.segmentation_model = segmentation_model
         self.embedding_model = embedding_model
@@ -267,6 +274,12 @@ class DiarizationPipeline:
             segmentation_name=None if path is None else str(path),
             embedding_name=None if embedding is None else str(embedding),
         )
+
+    @property
+    def batch_size(self) -> int:
+        """Windows per segmentation batch: ``windows.batch_size``, or the device's default."""
+        size = self.config.windows.batch_size
+        return default_batch_size(self.device) if size is None else int(size)
 
     # ------------------------------------------------------------------ the algorithm
     def __call__(
@@ -430,7 +443,7 @@ class DiarizationPipeline:
         model = as_segmentation_model(self.segmentation_model, self.device)
         shape = (windows.num_chunks, self.chunk_num_frames, self.num_local_speakers)
         activities = np.zeros(shape, dtype=np.uint8)
-        for part in batches(windows.num_chunks, self.config.windows.batch_size):
+        for part in batches(windows.num_chunks, self.batch_size):
             waveforms = reader.read_windows(windows.start_samples[part], windows.window_samples)
             # (batch, window_samples)
             log_probs = model(waveforms)
@@ -470,14 +483,14 @@ class DiarizationPipeline:
         shape = (windows.num_chunks, self.num_local_speakers, int(model.dimension))
         embeddings = np.full(shape, np.nan, dtype=np.float32)
         speaking = np.flatnonzero(activities.any(axis=(1, 2)))
-        for part in batches(len(speaking), self.config.windows.batch_size):
+        for part in batches(len(speaking), self.batch_size):
             chunks = speaking[part]
             waveforms = reader.read_windows(windows.start_samples[chunks], windows.window_samples)
             # (batch, window_samples)
             masks = embedding_masks(activities[chunks], min_clean_frames)
             # (batch, num_local_speakers, chunk_num_frames)
             embeddings[chunks] = embed_speakers(
-                waveforms, masks, model, self.config.windows.batch_size, int(model.dimension)
+                waveforms, masks, model, self.batch_size, int(model.dimension)
             )
             _notify(hook, "embeddings", None, part.stop, len(speaking))
         _notify(hook, "embeddings", embeddings, len(speaking), len(speaking))

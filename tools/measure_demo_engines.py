@@ -7,9 +7,9 @@ Usage: .venv/bin/python tools/measure_demo_engines.py [--demo exp/demo] [--quick
                                                       [--work DIR]
                                                       [--json docs/results/demo-engines.json]
 
-A finished ``slimdiar demo`` directory holds two systems, ``DEMO/finetune/best`` (unpruned)
-and ``DEMO/finetune-pruned/best`` (pruned, then fine-tuned), and its test set
-``DEMO/data/test``. Each system diarizes the test set as ``slimdiar diarize --model
+A finished ``slimdiar demo`` directory holds, among its four systems, ``DEMO/finetune/best``
+(unpruned, SSL-initialised) and ``DEMO/finetune-pruned/best`` (FBP: pruned, then fine-tuned),
+and its test set ``DEMO/data/test``. Each system diarizes the test set as ``slimdiar diarize --model
 DEMO/<name>/best --step STEP`` does (the model's saved pipeline settings, the demo's window step
 ``DemoSettings.pipeline_step_s``, ``--quick`` for a demo run with ``slimdiar demo --quick``, the
 default GE2E embedding), once per variant:

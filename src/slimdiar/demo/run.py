@@ -365,8 +365,10 @@ class Demo:
             models,
             seconds=self.settings.bench_seconds,
             batch_size=4,
-            warmup=1,
-            repeats=3 if self.quick else 5,
+            # a forward of these small models takes milliseconds: many repeats, after enough
+            # warm-up, or the first model measured carries the start-up cost
+            warmup=1 if self.quick else 5,
+            repeats=3 if self.quick else 30,
         )
         write_json_atomic(
             self.out / "bench.json",

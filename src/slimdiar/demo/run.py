@@ -117,6 +117,16 @@ class Demo:
         run()
         self.timings[name] = time.perf_counter() - start
         self.say(f"[{name}] done in {self.timings[name]:.0f} s")
+        # kept across runs, so the report of a resumed demo still has every stage's time
+        owner = self.shared or self
+        recorded = self.recorded_timings()
+        recorded[f"seed {self.seed} {name}" if self.shared else name] = self.timings[name]
+        write_json_atomic(owner.out / "timings.json", recorded)
+
+    def recorded_timings(self) -> dict[str, float]:
+        """Seconds of every stage this output directory has run (``out/timings.json``)."""
+        path = (self.shared or self).out / "timings.json"
+        return json.loads(path.read_text()) if path.exists() else {}
 
     # ------------------------------------------------------------------ stages
     def simulate(self) -> None:
@@ -486,7 +496,7 @@ class Demo:
         self.train_and_score()
         self._stage("bench", (self.out / "bench.json").exists(), self.bench)
         report = build_report(self.out, quick=self.quick)
-        report["timings_s"] = self.timings
+        report["timings_s"] = self.recorded_timings()
         write_json_atomic(self.out / "report.json", report)
         write_text_atomic(self.out / "report.md", render_report(report))
         return report
@@ -514,14 +524,13 @@ class Demo:
             )
             other.out.mkdir(parents=True, exist_ok=True)
             other.train_and_score()
-            self.timings |= {f"seed {seed} {name}": v for name, v in other.timings.items()}
             runs.append(other)
         comparison = build_comparison(
             {run.seed: run.out for run in runs}, [(s.name, s.label) for s in SYSTEMS]
         )
         write_json_atomic(self.out / "compare.json", comparison)
         report = build_report(self.out, quick=self.quick)
-        report["timings_s"] = self.timings
+        report["timings_s"] = self.recorded_timings()
         report["compare"] = comparison
         write_json_atomic(self.out / "report.json", report)
         write_text_atomic(self.out / "report.md", render_report(report))

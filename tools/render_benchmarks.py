@@ -613,6 +613,128 @@ def fill_profiles(text: str, results_dir: Path) -> str:
     )
 
 
+#: The files of the targets section (docs/results/...), by role.
+TARGET_FILES = {
+    "pipeline": ["pipeline-s80-resnet34-600s.json", "pipeline-s80-resnet34-600s-bf16.json"],
+    "hour": ["pipeline-s80-resnet34-3600s.json", "pipeline-s80-resnet34-3600s-bf16.json"],
+    "backbones": [
+        "backbone-targets-base-plus-precision.json",
+        "onnx/targets-base-plus-engines.json",
+    ],
+}
+FULL, PRUNED = "wavlm-base-plus", "wavlm-base-plus-s80"
+
+
+def _verdict(value: float, limit: float, at_most: bool) -> str:
+    return "met" if (value <= limit if at_most else value >= limit) else "missed"
+
+
+def render_targets(results_dir: Path) -> list[str]:
+    """The performance targets on this machine, checked from the target files that exist."""
+
+    def read(name: str) -> dict | None:
+        path = results_dir / name
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    rows: list[list[str]] = []
+    for name in TARGET_FILES["pipeline"]:
+        data = read(name)
+        if data is None:
+            continue
+        stages = data["stages"]
+        split = ", ".join(
+            f"{stage} {100 * stages[stage]['seconds'] / data['total_s']:.0f} %"
+            for stage in ("segmentation", "embeddings")
+        )
+        rows.append(
+            [
+                "whole pipeline, Base+ s80 + ResNet34, paper windows, 10 min: RTF ≤ 0.25",
+                f"{data['rtf']:.3f} ({data['dtype']}; time: {split})",
+                _verdict(data["rtf"], 0.25, at_most=True),
+                f"`{name}`",
+            ]
+        )
+    for name in TARGET_FILES["backbones"]:
+        data = read(name)
+        if data is None:
+            continue
+        models = data["models"]
+        groups = sorted({(m.get("engine") or "torch", m["dtype"]) for m in models})
+        for engine, dtype in groups:
+            same = {
+                m["name"]: m
+                for m in models
+                if (m.get("engine") or "torch", m["dtype"]) == (engine, dtype)
+            }
+            if FULL in same and PRUNED in same:
+                b1 = same[FULL]["latency_s"] / same[PRUNED]["latency_s"]
+                bn = same[FULL]["latency_batch_s"] / same[PRUNED]["latency_batch_s"]
+                rows.append(
+                    [
+                        f"backbone Base+ s80 vs Base+, same engine ({engine} {dtype}): ≥ 6×",
+                        f"{b1:.2f}× b=1, {bn:.2f}× b={data['batch_size']}",
+                        _verdict(min(b1, bn), 6.0, at_most=False),
+                        f"`{name}`",
+                    ]
+                )
+        eager = [
+            m
+            for m in models
+            if m["name"] == FULL
+            and (m.get("engine") or "torch") == "torch"
+            and m["dtype"] == "float32"
+        ]
+        pruned = [m for m in models if m["name"] == PRUNED]
+        if eager and pruned:
+            fastest = min(pruned, key=lambda m: m["latency_s"])
+            b1 = eager[0]["latency_s"] / fastest["latency_s"]
+            fastest_n = min(pruned, key=lambda m: m["latency_batch_s"])
+            bn = eager[0]["latency_batch_s"] / fastest_n["latency_batch_s"]
+            label = lambda m: f"{m.get('engine') or 'torch'} {m['dtype']}"  # noqa: E731
+            rows.append(
+                [
+                    "fastest Base+ s80 path vs Base+ float32 eager: ≥ 10×",
+                    f"{b1:.2f}× b=1 ({label(fastest)}), {bn:.2f}× b={data['batch_size']} "
+                    f"({label(fastest_n)})",
+                    _verdict(min(b1, bn), 10.0, at_most=False),
+                    f"`{name}`",
+                ]
+            )
+    hour = [(name, read(name)) for name in TARGET_FILES["hour"]]
+    hour = [(name, data) for name, data in hour if data is not None]
+    for name, data in hour:
+        rows.append(
+            [
+                "peak RSS of the pipeline on 1 h: ≤ 1.5 GB",
+                f"{data['peak_rss_mb']:.0f} MiB ({data['dtype']})",
+                _verdict(data["peak_rss_mb"] * 2**20, 1.5e9, at_most=True),
+                f"`{name}`",
+            ]
+        )
+    if not rows:
+        return []
+    if not hour:
+        ten = [read(name) for name in TARGET_FILES["pipeline"]]
+        peaks = ", ".join(f"{d['peak_rss_mb']:.0f} MiB ({d['dtype']})" for d in ten if d)
+        rows.append(
+            [
+                "peak RSS of the pipeline on 1 h: ≤ 1.5 GB",
+                f"not measured on 1 h; on 10 min: {peaks or 'not measured'}",
+                "not measured",
+                "",
+            ]
+        )
+    return [
+        "## Targets on this machine",
+        "",
+        "Each ratio is measured side by side in one run (one file), 2 threads; random weights; "
+        "the commands are in the sections below.",
+        "",
+        *_table(["target", "measured", "", "file"], rows, left=(0, 1, 2, 3)),
+        "",
+    ]
+
+
 def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
     """The text of docs/benchmarks.md and the messages about skipped files."""
     backbones, pipelines, skipped = load_results(results_dir)
@@ -624,6 +746,7 @@ def render(results_dir: Path, notes: Path | None) -> tuple[str, list[str]]:
         "",
         "Real-time factor (RTF) = processing time / audio duration; lower is faster.",
         "",
+        *render_targets(results_dir),
         "## Backbones",
         "",
     ]

@@ -614,3 +614,43 @@ def test_engine_tables_from_the_onnx_folder(renderer, tmp_path):
     assert "times batch 1 twice" not in b4
     assert "medians of 5 runs after 1 warm-up runs; device cpu, 2 threads, float32" in b4
     assert "(torch: `big`, onnx: `big`)" in b4
+
+
+def test_the_targets_are_checked_from_ratios_within_one_file(renderer, tmp_path):
+    def model(name, dtype, latency, batch, engine="torch"):
+        return {
+            "name": name,
+            "dtype": dtype,
+            "engine": engine,
+            "latency_s": latency,
+            "latency_batch_s": batch,
+        }
+
+    (tmp_path / "backbone-targets-base-plus-precision.json").write_text(
+        json.dumps(
+            {
+                "batch_size": 32,
+                "models": [
+                    model("wavlm-base-plus", "float32", 1.0, 40.0),
+                    model("wavlm-base-plus-s80", "float32", 0.125, 8.0),
+                    model("wavlm-base-plus", "bfloat16", 0.5, 20.0),
+                    model("wavlm-base-plus-s80", "bfloat16", 0.08, 2.0),
+                ],
+            }
+        )
+    )
+    stages = {"segmentation": {"seconds": 30.0}, "embeddings": {"seconds": 90.0}}
+    pipeline = {"rtf": 0.2, "total_s": 120.0, "dtype": "float32", "stages": stages}
+    (tmp_path / "pipeline-s80-resnet34-600s.json").write_text(
+        json.dumps({**pipeline, "peak_rss_mb": 1000.0})
+    )
+    lines = renderer.render_targets(tmp_path)
+    text = "\n".join(lines)
+    assert "| 0.200 (float32; time: segmentation 25 %, embeddings 75 %) | met |" in text
+    # 8x at b=1 and 5x at b=32 in float32: the smaller one decides
+    assert "(torch float32): ≥ 6× | 8.00× b=1, 5.00× b=32 | missed |" in text
+    assert "(torch bfloat16): ≥ 6× | 6.25× b=1, 10.00× b=32 | met |" in text
+    # fastest pruned path against the float32 eager full model: 1/0.08 and 40/2
+    assert "| 12.50× b=1 (torch bfloat16), 20.00× b=32 (torch bfloat16) | met |" in text
+    assert "not measured on 1 h; on 10 min: 1000 MiB (float32) | not measured |" in text
+    assert renderer.render_targets(tmp_path / "nothing") == []

@@ -135,18 +135,6 @@ def render(data: dict) -> str:
     )
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the generated section of ``path``."""
-    from slimdiar.fileio import write_text_atomic
-
-    text = path.read_text()
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1 :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text_atomic(path, text)
-
-
 def main() -> int:
     """Make the bundle (or only render, with --render-only)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -154,7 +142,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
-    from slimdiar.fileio import write_json_atomic
+    from slimdiar.fileio import write_json_atomic, write_section_atomic
 
     if args.render_only:
         data = json.loads(JSON.read_text())
@@ -164,7 +152,7 @@ def main() -> int:
     else:
         data = make(args.work, args.threads)
         write_json_atomic(JSON, data)
-    write_section(MARKDOWN, render(data))
+    write_section_atomic(MARKDOWN, render(data), BEGIN, END)
     print(render(data))
     return 0
 

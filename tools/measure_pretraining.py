@@ -35,14 +35,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- measurement:begin -->", "<!-- measurement:end -->"
 GENERATED_BY = "python tools/measure_pretraining.py"
-HEAD = {
-    "d_model": 128,
-    "num_heads": 4,
-    "ffn_dim": 256,
-    "conv_kernel": 15,
-    "num_blocks": 2,
-    "dropout": 0.1,
-}
 
 
 def simulate(work: Path, seed: int) -> Path:
@@ -130,6 +122,7 @@ def run_pretrain(args, work: Path, train_scp: Path, dev_scp: Path) -> dict:
 
 
 def run_finetune(args, work: Path, demo: Path, name: str, backbone: str) -> dict:
+    from slimdiar.demo.settings import demo_settings
     from slimdiar.stages.common import DataSection
     from slimdiar.stages.finetune import FinetuneConfig, ModelSection, OptimSection
     from slimdiar.stages.finetune import run as finetune
@@ -138,7 +131,7 @@ def run_finetune(args, work: Path, demo: Path, name: str, backbone: str) -> dict
     exp = work / name
     shutil.rmtree(exp, ignore_errors=True)
     config = FinetuneConfig(
-        model=ModelSection(backbone="wavlm-demo", frontend="wavlm", **HEAD),
+        model=ModelSection(backbone="wavlm-demo", frontend="wavlm", **demo_settings().head),
         data=DataSection(
             chunk_duration_s=4.0, shift_s=4.0, val_chunk_duration_s=4.0, val_shift_s=4.0
         ),
@@ -264,17 +257,6 @@ def render(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    from slimdiar.fileio import write_text_atomic
-
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) + 1 :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    write_text_atomic(path, text)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--demo-dir", type=Path, help="a demo output with data/ and voices/")
@@ -293,14 +275,14 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "pretraining.md")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
-    from slimdiar.fileio import write_text_atomic
+    from slimdiar.fileio import write_section_atomic, write_text_atomic
 
     if args.render_only:
         data = json.loads(args.json.read_text())
     else:
         data = measure(args)
         write_text_atomic(args.json, json.dumps(data, indent=1) + "\n")
-    write_section(args.out, render(data))
+    write_section_atomic(args.out, render(data), BEGIN, END)
     print(render(data))
     return 0
 

@@ -92,3 +92,18 @@ def output_path_problem(path: str | Path, *, directory: bool) -> str | None:
     except OSError as error:
         return f"{path}: cannot write in {existing} ({error.strerror or error})"
     return None
+
+
+def write_section_atomic(path: str | Path, section: str, begin: str, end: str) -> None:
+    """Replace the generated section of a text file, or append it, atomically.
+
+    The section runs from the line holding ``begin`` to the one holding ``end`` (both part of
+    ``section``, which ends with a newline); a file without both markers gains it at its end.
+    """
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section + text[text.index(end) + len(end) + 1 :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    write_text_atomic(path, text)

@@ -149,3 +149,15 @@ def test_the_report_has_the_four_systems_of_the_paper_comparison():
         line = next(line for line in text.splitlines() if line.startswith(f"| {system.label} |"))
         assert f"| {der} |" in line
     assert "FBP kept:" in text and "PBF kept:" in text and "the note" in text
+
+
+def test_a_generated_section_is_replaced_in_place_or_appended(tmp_path):
+    from slimdiar.fileio import write_section_atomic
+
+    page = tmp_path / "page.md"
+    page.write_text("# Title\n\nby hand\n")
+    write_section_atomic(page, "<!-- b -->\none\n<!-- e -->\n", "<!-- b -->", "<!-- e -->")
+    assert page.read_text() == "# Title\n\nby hand\n\n<!-- b -->\none\n<!-- e -->\n"
+    page.write_text(page.read_text() + "\nafter\n")
+    write_section_atomic(page, "<!-- b -->\ntwo\n<!-- e -->\n", "<!-- b -->", "<!-- e -->")
+    assert page.read_text() == "# Title\n\nby hand\n\n<!-- b -->\ntwo\n<!-- e -->\n\nafter\n"

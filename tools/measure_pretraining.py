@@ -37,12 +37,18 @@ BEGIN, END = "<!-- measurement:begin -->", "<!-- measurement:end -->"
 GENERATED_BY = "python tools/measure_pretraining.py"
 
 
+#: Sentences per speaker of the voice pool this tool simulates when given no --demo-dir.
+OWN_POOL_UTTERANCES = 8
+
+
 def simulate(work: Path, seed: int) -> Path:
     """A small demo-like corpus under ``work`` (voices + data); returns ``work``."""
     from slimdiar.simulate import SimulationConfig, simulate_data_dirs
     from slimdiar.simulate.tts import TTSVoicePool
 
-    pool = TTSVoicePool(work / "voices", num_speakers=24, utterances_per_speaker=8)
+    pool = TTSVoicePool(
+        work / "voices", num_speakers=24, utterances_per_speaker=OWN_POOL_UTTERANCES
+    )
     if pool.missing():
         pool.prepare(2)
     simulate_data_dirs(
@@ -57,48 +63,41 @@ def simulate(work: Path, seed: int) -> Path:
     return work
 
 
-def source_scp(demo: Path, split: str, out: Path) -> dict:
-    """A wav.scp of the voice-pool utterances of the speakers of ``split``; their sizes."""
-    from slimdiar.data.audio import audio_info
+def source_scp(demo: Path, split: str, utterances: int, out: Path) -> dict:
+    """A wav.scp of the pool utterances (``utterances`` each) of the speakers of ``split``."""
+    from slimdiar.demo.pretrained import source_scp as write_scp
+    from slimdiar.demo.pretrained import split_speakers
+    from slimdiar.simulate.tts import TTSVoicePool, builtin_voices
 
-    speakers = json.loads((demo / "data" / split / "simulation.json").read_text())["speakers"]
-    lines, seconds = [], 0.0
-    for speaker in sorted(speakers):
-        for path in sorted((demo / "voices" / speaker).glob("*.wav")):
-            lines.append(f"{speaker}-{path.stem} {path.resolve()}\n")
-            seconds += audio_info(path).duration_s
-    if not lines:
-        raise SystemExit(f"no voice-pool utterances for the {split} speakers under {demo}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "wav.scp").write_text("".join(lines))
-    return {"speakers": len(speakers), "utterances": len(lines), "minutes": seconds / 60}
+    speakers = split_speakers(demo / "data", split)
+    pool = TTSVoicePool(
+        demo / "voices",
+        utterances_per_speaker=utterances,
+        voices=[spec for spec in builtin_voices() if spec.label in speakers],
+    )
+    if pool.missing():
+        raise SystemExit(f"{demo / 'voices'} lacks voice-pool utterances of the {split} speakers")
+    return write_scp(pool, speakers, out)
 
 
-def run_pretrain(args, work: Path, train_scp: Path, dev_scp: Path) -> dict:
+def run_pretrain(args, work: Path, train_scp: Path, dev_scp: Path, utterances: int) -> dict:
     from slimdiar.config import load_config
+    from slimdiar.demo.pretrained import PretrainSettings
     from slimdiar.stages.pretrain import PretrainConfig
     from slimdiar.stages.pretrain import run as pretrain
 
     exp = work / "pretrain"
     shutil.rmtree(exp, ignore_errors=True)
-    sets = [
-        'model.backbone="wavlm-demo"',
-        f"targets.num_clusters={args.clusters}",
-        "targets.kmeans_passes=1",
-        "head.proj_dim=128",
-        f"data.crop_duration_s={args.crop_s}",
-        f"data.shift_s={args.crop_s}",
-        f"data.val_crop_duration_s={args.crop_s}",
-        f"data.val_shift_s={args.crop_s}",
-        f"optim.lr={args.pretrain_lr}",
-        f"trainer.max_epochs={args.pretrain_epochs}",
-        f"trainer.max_steps_per_epoch={args.pretrain_steps}",
-        f"trainer.batch_size={args.batch_size}",
-        "trainer.num_workers=0",
-        'trainer.device="cpu"',
-        f"trainer.seed={args.seed}",
-        "trainer.progress=false",
-    ]
+    sets = PretrainSettings(
+        epochs=args.pretrain_epochs,
+        steps_per_epoch=args.pretrain_steps,
+        batch_size=args.batch_size,
+        crop_s=args.crop_s,
+        clusters=args.clusters,
+        lr=args.pretrain_lr,
+        utterances_per_speaker=utterances,
+        seed=args.seed,
+    ).overrides()
     config = load_config(PretrainConfig, None, sets)
     start = time.perf_counter()
     result = pretrain(config, train_scp, dev_scp, exp)
@@ -171,11 +170,18 @@ def measure(args) -> dict:
     torch.set_num_threads(args.threads)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
-    demo = args.demo_dir or simulate(work / "demo", args.seed)
-    train = source_scp(demo, "train", work / "pt-train")
-    dev = source_scp(demo, "dev", work / "pt-dev")
+    if args.demo_dir:
+        from slimdiar.demo.settings import demo_settings
+
+        demo, utterances = args.demo_dir, demo_settings().utterances_per_speaker
+    else:
+        demo, utterances = simulate(work / "demo", args.seed), OWN_POOL_UTTERANCES
+    train = source_scp(demo, "train", utterances, work / "pt-train")
+    dev = source_scp(demo, "dev", utterances, work / "pt-dev")
     start = time.perf_counter()
-    pre = run_pretrain(args, work, work / "pt-train" / "wav.scp", work / "pt-dev" / "wav.scp")
+    pre = run_pretrain(
+        args, work, work / "pt-train" / "wav.scp", work / "pt-dev" / "wav.scp", utterances
+    )
     runs = [
         run_finetune(args, work, demo, "finetune-pretrained", pre["best"]),
         run_finetune(args, work, demo, "finetune-random", "wavlm-demo"),

@@ -18,6 +18,8 @@ Four measurements, random weights, 8 s windows, threads pinned (``--threads``, d
    zero units appended up to a multiple of 8, 16 and 32 (the same outputs);
 4. ``batch_size``: segmentation (WavLM Base+ s80 + Conformer) throughput and peak resident
    memory for batch sizes 1-32, each batch size in a fresh process (peak RSS is per process).
+5. ``layouts``: the Conformer self-attention, the EEND layer sum and the ResNet34 trunk in
+   their former form and the present one, in float32 and bfloat16 (see ``measure_layouts``).
 
 Each variant runs once to compare its output (which warms it up), then the variants of one
 measurement run round-robin inside each repeat, so that load from other work on
@@ -244,6 +246,101 @@ def measure_ffn_padding(seconds: float, batch_sizes: list[int], warmup: int, rep
     return {"widths": [f.num_units for f in ffns], "rows": rows}
 
 
+# ---------------------------------------------------------------------- 5. pipeline layouts
+def _resnet_trunk_contiguous(resnet, fbank: torch.Tensor) -> torch.Tensor:
+    """The ResNet trunk on a plain (not channels-last) input: the former layout."""
+    x = fbank.transpose(1, 2)[:, None].to(resnet.conv1.weight.dtype)
+    x = F.relu(resnet.bn1(resnet.conv1(x)))
+    return resnet.layer4(resnet.layer3(resnet.layer2(resnet.layer1(x)))).flatten(1, 2)
+
+
+def _autocast(dtype: torch.dtype):
+    return torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32)
+
+
+def measure_layouts(
+    seconds: float, batch_sizes: list[int], warmup: int, repeats: int
+) -> list[dict]:
+    """Measurement 5: three pipeline operations in their former and their present form.
+
+    - the Conformer self-attention (paper head: d 256, 4 heads) through
+      ``nn.MultiheadAttention`` against the batch-first path
+      (:meth:`slimdiar.models.conformer.SelfAttention._attend`);
+    - the EEND layer sum of Base+ s80's 13 hidden states as a ``Linear(L+1 -> 1)`` over the
+      stacked states against the state-by-state sum (:meth:`EEND.combine_layers`);
+    - the WeSpeaker ResNet34 trunk on a plain input against a channels-last one
+      (:meth:`slimdiar.models.embeddings.resnet.ResNet.forward_frames`);
+
+    each in float32 and in bfloat16 (autocast, as ``--dtype bfloat16``; the ResNet trunk with
+    bfloat16 weights, as the pipeline runs it).
+    """
+    from slimdiar.models.conformer import SelfAttention
+    from slimdiar.models.eend import EEND, EENDConfig
+    from slimdiar.models.embeddings.resnet import ResNetEmbedding, input_features
+    from slimdiar.models.wavlm.config import preset
+
+    torch.manual_seed(0)
+    samples = int(seconds * SAMPLE_RATE)
+    config = preset(SEGMENTATION_MODEL)
+    frames = config.conv_lengths(samples)[-1]
+    attention = SelfAttention(d_model=256, num_heads=4, dropout=0.1).eval()
+    eend = EEND(EENDConfig(wavlm=config)).eval()
+    weight = eend.weight_sum.weight
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        resnet = ResNetEmbedding().eval().set_compute_dtype(dtype).resnet
+        for batch in batch_sizes:
+            x = torch.randn(batch, frames, 256)
+            states = [
+                torch.randn(batch, frames, config.embed_dim).to(dtype)
+                for _ in range(config.num_layers + 1)
+            ]
+            fbank = input_features(torch.randn(batch, samples) * 0.1, resnet.config)
+            parts = {
+                "conformer self-attention": {
+                    "nn.MultiheadAttention": lambda x=x: attention.attention(
+                        x, x, x, need_weights=False
+                    )[0],
+                    "batch-first": lambda x=x: attention._attend(x, None),
+                },
+                "layer sum of 13 states": {
+                    "Linear over stacked states": lambda s=states: F.linear(
+                        torch.stack(s, dim=-1), weight
+                    ).squeeze(-1),
+                    "state by state": lambda s=states: eend.combine_layers(s),
+                },
+                "ResNet34 trunk": {
+                    "plain input": lambda f=fbank: _resnet_trunk_contiguous(resnet, f),
+                    "channels last": lambda f=fbank: resnet.forward_frames(f),
+                },
+            }
+            for part, variants in parts.items():
+                former, now = list(variants)
+                with torch.inference_mode(), _autocast(dtype):
+                    reference = variants[former]().float()
+                    diff = _max_diff(variants[now]().float(), reference)
+                    medians = round_robin(variants, warmup, repeats)
+                rows.append(
+                    {
+                        "part": part,
+                        "dtype": str(dtype).replace("torch.", ""),
+                        "batch_size": batch,
+                        "former": former,
+                        "now": now,
+                        "median_s": medians,
+                        "speedup": medians[former] / medians[now],
+                        "max_abs_diff": diff,
+                        "reference_max_abs": float(reference.abs().max()),
+                    }
+                )
+                print(
+                    f"{part} {dtype} b={batch}: {former} {medians[former] * 1000:.0f} ms, "
+                    f"{now} {medians[now] * 1000:.0f} ms",
+                    file=sys.stderr,
+                )
+    return rows
+
+
 # ---------------------------------------------------------------------- 4. batch size
 def _peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -356,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["encoder", "positional_conv", "ffn_padding", "batch_size"],
+        choices=["encoder", "positional_conv", "ffn_padding", "batch_size", "layouts"],
         help="run only these measurements (the others are kept from --out)",
     )
     parser.add_argument("--child-batch", type=int, help=argparse.SUPPRESS)
@@ -365,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(batch_child(args.child_batch, args.seconds, args.repeats, args.threads)))
         return 0
     torch.set_num_threads(args.threads)
-    chosen = set(args.only or ["encoder", "positional_conv", "ffn_padding", "batch_size"])
+    chosen = set(
+        args.only or ["encoder", "positional_conv", "ffn_padding", "batch_size", "layouts"]
+    )
     result = json.loads(args.out.read_text()) if args.only and args.out.is_file() else {}
     started = time.perf_counter()
     if "encoder" in chosen:
@@ -385,6 +484,10 @@ def main(argv: list[str] | None = None) -> int:
     if "batch_size" in chosen:
         result["batch_size"] = measure_batch_sizes(
             args.seconds, args.segmentation_batch_sizes, max(1, args.repeats - 1), args.threads
+        )
+    if "layouts" in chosen:
+        result["layouts"] = measure_layouts(
+            args.seconds, args.batch_sizes, args.warmup, args.repeats
         )
     command = "OMP_NUM_THREADS=2 python tools/measure_call_costs.py " + " ".join(
         argv if argv is not None else sys.argv[1:]

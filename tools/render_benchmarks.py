@@ -132,6 +132,16 @@ def _environment(data: dict) -> str:
     return ", ".join(parts)
 
 
+def _cpu(data: dict) -> str:
+    """``", CPU capability X, native bfloat16: yes (amx_bf16, ...)"`` where the result says."""
+    if "cpu_capability" not in data:
+        return ""
+    native = "yes" if data.get("cpu_native_bf16") else "no"
+    if data.get("cpu_bf16_flags"):
+        native += f" ({', '.join(data['cpu_bf16_flags'])})"
+    return f", CPU capability {data['cpu_capability']}, native bfloat16: {native}"
+
+
 def render_backbones(path: Path, data: dict) -> list[str]:
     """Markdown lines for one ``slimdiar bench MODEL...`` result file."""
     models = _field(path, data, "models")
@@ -173,7 +183,7 @@ def render_backbones(path: Path, data: dict) -> list[str]:
         f"### {path.name}",
         "",
         f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs "
-        f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}.",
+        f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}{_cpu(data)}.",
         "",
     ]
     return lines + _table(header, rows) + [""]
@@ -238,9 +248,7 @@ def render_engines(path: Path, data: dict, results_dir: Path) -> list[str]:
         ]
         for m in models
     ]
-    environment = _environment(data)
-    if "cpu_capability" in data:
-        environment += f", CPU capability {data['cpu_capability']}"
+    environment = _environment(data) + _cpu(data)
     sentences = [
         f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs after "
         f"{data.get('warmup', '?')} warm-up runs; {environment}.",
@@ -315,12 +323,7 @@ def render_precisions(path: Path, data: dict) -> list[str]:
         f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs "
         f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}"
         + (f"; lower precisions applied by {mode}" if mode else "")
-        + (
-            f"; CPU capability {data['cpu_capability']}, native bfloat16: "
-            f"{'yes' if data.get('cpu_native_bf16') else 'no'}"
-            if "cpu_capability" in data
-            else ""
-        )
+        + _cpu(data).replace(", CPU", "; CPU", 1)
         + ".",
         "",
     ]
@@ -359,7 +362,7 @@ def render_embeddings(results: list[tuple[Path, dict]]) -> list[str]:
                 " / ".join(f"{t:.1f} s" for t in per_window),
                 " / ".join(f"{x:.2f}x" for x in _field(path, data, "speedups")),
                 f"{_field(path, data, 'max_abs_diff'):.1e}",
-                _environment(data),
+                _environment(data) + _cpu(data),
             ]
         )
     lines = _table(header, rows, left=(0, 1, 2, len(header) - 1)) + [""]
@@ -384,6 +387,7 @@ def render_pipelines(results: list[tuple[Path, dict]]) -> list[str]:
         "peak RSS",
         "RSS increase",
         "windows",
+        "batch",
         "environment",
     ]
     rows = []
@@ -401,7 +405,8 @@ def render_pipelines(results: list[tuple[Path, dict]]) -> list[str]:
                 f"{_field(path, data, 'peak_rss_mb'):.0f} MiB",
                 f"{_field(path, data, 'rss_increase_mb'):.0f} MiB",
                 str(data.get("num_chunks", "")),
-                _environment(data),
+                str(data.get("batch_size") or "?"),
+                _environment(data) + _cpu(data),
             ]
         )
     lines = _table(header, rows, left=(0, 1, 2, 3, len(header) - 1)) + [""]
@@ -509,6 +514,26 @@ def render_call_costs(path: Path, data: dict) -> list[str]:
             f"{_field(path, batch, 'recommended_cpu_batch_size')}.",
             "",
         ]
+    if "layouts" in data:
+        header = ["operation", "precision", "batch", "former", "now", "speed-up", "max abs diff"]
+        table = [
+            [
+                _field(path, r, "part"),
+                r["dtype"],
+                str(r["batch_size"]),
+                f"{r['former']} {1000 * r['median_s'][r['former']]:.1f} ms",
+                f"{r['now']} {1000 * r['median_s'][r['now']]:.1f} ms",
+                f"{r['speedup']:.2f}x",
+                f"{r['max_abs_diff']:.1e} (of {r['reference_max_abs']:.2g})",
+            ]
+            for r in data["layouts"]
+        ]
+        lines += [
+            "Pipeline operations in their former and their present form, side by side "
+            "(bfloat16: autocast, the ResNet trunk with bfloat16 weights):",
+            "",
+        ]
+        lines += _table(header, table, left=(0, 1, 3, 4)) + [""]
     if data.get("command"):
         lines += [f"Command: `{data['command']}`", ""]
     return lines
@@ -556,10 +581,7 @@ def render_demo_engines(path: Path, data: dict) -> list[str]:
             own.append(f"{name} {_percent(model['demo_der'])}")
     stages = " + ".join(data.get("model_stages", ["segmentation", "embeddings"]))
     scored = "over the UEM" if data.get("uem") else "over each reference's extent"
-    environment = _environment(data)
-    if "cpu_capability" in data:
-        native = "yes" if data.get("cpu_native_bf16") else "no"
-        environment += f", CPU capability {data['cpu_capability']}, native bfloat16: {native}"
+    environment = _environment(data) + _cpu(data)
     if data.get("onnxruntime"):
         environment += f", ONNX Runtime {data['onnxruntime']}"
     sentences = [
@@ -636,6 +658,12 @@ def render_targets(results_dir: Path) -> list[str]:
         path = results_dir / name
         return json.loads(path.read_text()) if path.is_file() else None
 
+    def machine(data: dict) -> str:
+        if "cpu_capability" not in data:
+            return "?"
+        flags = ", ".join(data.get("cpu_bf16_flags") or [])
+        return f"{data['cpu_capability']}" + (f" ({flags})" if flags else "")
+
     rows: list[list[str]] = []
     for name in TARGET_FILES["pipeline"]:
         data = read(name)
@@ -651,6 +679,7 @@ def render_targets(results_dir: Path) -> list[str]:
                 "whole pipeline, Base+ s80 + ResNet34, paper windows, 10 min: RTF ≤ 0.25",
                 f"{data['rtf']:.3f} ({data['dtype']}; time: {split})",
                 _verdict(data["rtf"], 0.25, at_most=True),
+                machine(data),
                 f"`{name}`",
             ]
         )
@@ -674,6 +703,7 @@ def render_targets(results_dir: Path) -> list[str]:
                         f"backbone Base+ s80 vs Base+, same engine ({engine} {dtype}): ≥ 6×",
                         f"{b1:.2f}× b=1, {bn:.2f}× b={data['batch_size']}",
                         _verdict(min(b1, bn), 6.0, at_most=False),
+                        machine(data),
                         f"`{name}`",
                     ]
                 )
@@ -697,6 +727,7 @@ def render_targets(results_dir: Path) -> list[str]:
                     f"{b1:.2f}× b=1 ({label(fastest)}), {bn:.2f}× b={data['batch_size']} "
                     f"({label(fastest_n)})",
                     _verdict(min(b1, bn), 10.0, at_most=False),
+                    machine(data),
                     f"`{name}`",
                 ]
             )
@@ -706,8 +737,9 @@ def render_targets(results_dir: Path) -> list[str]:
         rows.append(
             [
                 "peak RSS of the pipeline on 1 h: ≤ 1.5 GB",
-                f"{data['peak_rss_mb']:.0f} MiB ({data['dtype']})",
+                f"{data['peak_rss_mb']:.0f} MiB ({data['dtype']}; RTF {data['rtf']:.3f})",
                 _verdict(data["peak_rss_mb"] * 2**20, 1.5e9, at_most=True),
+                machine(data),
                 f"`{name}`",
             ]
         )
@@ -722,15 +754,17 @@ def render_targets(results_dir: Path) -> list[str]:
                 f"not measured on 1 h; on 10 min: {peaks or 'not measured'}",
                 "not measured",
                 "",
+                "",
             ]
         )
     return [
         "## Targets on this machine",
         "",
         "Each ratio is measured side by side in one run (one file), 2 threads; random weights; "
-        "the commands are in the sections below.",
+        "the commands are in the sections below. CPU: torch's vector capability and the "
+        "processor's native bfloat16 flags (AMX or AVX-512-BF16) of the machine that measured it.",
         "",
-        *_table(["target", "measured", "", "file"], rows, left=(0, 1, 2, 3)),
+        *_table(["target", "measured", "", "CPU", "file"], rows, left=(0, 1, 2, 3, 4)),
         "",
     ]
 

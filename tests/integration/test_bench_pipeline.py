@@ -17,6 +17,7 @@ from slimdiar.bench.pipeline import (
 )
 from slimdiar.cli import main
 from slimdiar.errors import CheckpointError, ConfigError
+from slimdiar.models.precision import cpu_bf16_support
 from slimdiar.pipeline import sliding_windows
 from slimdiar.testing import tiny_eend
 
@@ -69,6 +70,10 @@ def test_pipeline_bench_json_has_documented_keys(cli_run, checkpoint):
     assert data["torch"] == torch.__version__
     assert data["device"] == "cpu"
     assert data["num_chunks"] == sliding_windows(9 * 16000, 8 * 16000, 12800).num_chunks
+    # which bfloat16 hardware the numbers came from (AMX or AVX-512-BF16 change them)
+    assert data["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert set(data["cpu_bf16_flags"]) <= {"avx512_bf16", "amx_bf16"}
+    assert data["cpu_native_bf16"] == cpu_bf16_support()[0]
 
 
 def test_pipeline_bench_values_are_positive_and_consistent(cli_run):
@@ -216,6 +221,7 @@ def test_backbone_mode_keeps_its_json(tmp_path):
         "precision_mode",
         "cpu_capability",
         "cpu_native_bf16",
+        "cpu_bf16_flags",
         "command",
         "engines",
     }

@@ -79,7 +79,7 @@ def test_every_model_and_variant_is_scored_and_timed(tool, tmp_path, one_thread)
         reference = variants["torch float32"]
         assert reference["der"] > 0 and reference["rttm_identical"] is True
         for variant in variants.values():
-            assert variant["batch_size"] == 16  # the CPU default
+            assert variant["batch_size"] == 4  # the CPU default
             parts = variant["missed"] + variant["false_alarm"] + variant["confusion"]
             assert parts == pytest.approx(variant["der"])
             assert variant["der_change_points"] == pytest.approx(

@@ -318,7 +318,7 @@ def test_diarize_with_vbx_from_the_command_line(tmp_path, capsys):
 def test_batch_size_default_depends_on_the_device():
     config = PipelineConfig()
     assert config.windows.batch_size is None  # unset: chosen where the device is known
-    assert config.for_device("cpu").windows.batch_size == 16
+    assert config.for_device("cpu").windows.batch_size == 4
     assert config.for_device("cuda").windows.batch_size == 32
     assert config.for_device("cuda:1").windows.batch_size == 32
     assert config.windows.batch_size is None  # for_device returns a copy
@@ -335,7 +335,7 @@ def test_pipeline_resolves_the_batch_size_for_its_device(tmp_path, monkeypatch):
     oracle = PipelineConfig.from_dict(
         {"segmentation": {"source": "oracle"}, "clustering": {"method": "oracle"}}
     )
-    assert DiarizationPipeline(config=oracle).config.windows.batch_size == 16
+    assert DiarizationPipeline(config=oracle).config.windows.batch_size == 4
     # a CUDA device, declared: the oracle pipeline moves no model there
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert DiarizationPipeline(config=oracle, device="cuda").config.windows.batch_size == 32
@@ -343,7 +343,7 @@ def test_pipeline_resolves_the_batch_size_for_its_device(tmp_path, monkeypatch):
 
     checkpoint = tiny_checkpoint(tmp_path / "eend")
     loaded = DiarizationPipeline.from_pretrained(checkpoint, embedding=None, settings=oracle_only())
-    assert loaded.config.windows.batch_size == 16
+    assert loaded.config.windows.batch_size == 4
     explicit = DiarizationPipeline.from_pretrained(
         checkpoint, embedding=None, settings=[oracle_only(), {"windows": {"batch_size": 32}}]
     )
@@ -357,11 +357,11 @@ def oracle_only() -> dict:
     return {"clustering": {"method": "oracle"}}
 
 
-def test_batch_16_and_32_write_the_same_rttm(tmp_path, tone_embedding):
+def test_batch_4_and_32_write_the_same_rttm(tmp_path, tone_embedding):
     data = testing.write_tone_datadir(tmp_path / "tones", num_recordings=1)
     path = data / "rec0.wav"
     rttms = {}
-    for batch_size in (16, 32):
+    for batch_size in (4, 32):
         config = PipelineConfig.from_dict(
             {
                 "windows": {"duration_s": 2.0, "step_s": 0.25, "batch_size": batch_size},
@@ -373,7 +373,7 @@ def test_batch_16_and_32_write_the_same_rttm(tmp_path, tone_embedding):
         assert result.info["num_chunks"] > 32  # more windows than either batch
         assert result.info["config"]["windows"]["batch_size"] == batch_size
         rttms[batch_size] = result.to_rttm()
-    assert rttms[16] and rttms[16] == rttms[32]
+    assert rttms[4] and rttms[4] == rttms[32]
 
 
 def test_diarize_records_the_resolved_batch_size(tmp_path, capsys):
@@ -398,5 +398,5 @@ def test_diarize_records_the_resolved_batch_size(tmp_path, capsys):
         assert main([*common, "--out", str(out), *extra]) == 0, capsys.readouterr().err
         written[name] = (out / "rec0.rttm").read_text()
         config = json.loads((out / "rec0.json").read_text())["config"]
-        assert config["windows"]["batch_size"] == {"auto": 16, "b32": 32}[name]
+        assert config["windows"]["batch_size"] == {"auto": 4, "b32": 32}[name]
     assert written["auto"] == written["b32"]

@@ -653,4 +653,25 @@ def test_the_targets_are_checked_from_ratios_within_one_file(renderer, tmp_path)
     # fastest pruned path against the float32 eager full model: 1/0.08 and 40/2
     assert "| 12.50× b=1 (torch bfloat16), 20.00× b=32 (torch bfloat16) | met |" in text
     assert "not measured on 1 h; on 10 min: 1000 MiB (float32) | not measured |" in text
+    assert "| met | ? |" in text  # files from before the CPU was recorded
     assert renderer.render_targets(tmp_path / "nothing") == []
+
+
+def test_the_targets_name_the_cpu_and_check_the_hour(renderer, tmp_path):
+    stages = {"segmentation": {"seconds": 30.0}, "embeddings": {"seconds": 90.0}}
+    cpu = {
+        "cpu_capability": "AVX512",
+        "cpu_native_bf16": True,
+        "cpu_bf16_flags": ["amx_bf16", "avx512_bf16"],
+    }
+    hour = {"rtf": 0.21, "total_s": 756.0, "dtype": "bfloat16", "stages": stages, **cpu}
+    (tmp_path / "pipeline-s80-resnet34-3600s-bf16.json").write_text(
+        json.dumps({**hour, "peak_rss_mb": 1600.0})
+    )
+    text = "\n".join(renderer.render_targets(tmp_path))
+    # 1600 MiB is 1.68e9 bytes: over 1.5 GB
+    assert (
+        "| peak RSS of the pipeline on 1 h: ≤ 1.5 GB | 1600 MiB (bfloat16; RTF 0.210) | missed "
+        "| AVX512 (amx_bf16, avx512_bf16) | `pipeline-s80-resnet34-3600s-bf16.json` |"
+    ) in text
+    assert "not measured on 1 h" not in text

@@ -100,6 +100,39 @@ def test_conformer_padding_does_not_leak_into_valid_frames():
     assert torch.isfinite(conformer(x, torch.zeros(2, 20, dtype=torch.bool))).all()
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_conformer_attention_is_torch_multihead_attention(training):
+    from slimdiar.models.conformer import SelfAttention
+
+    torch.manual_seed(0)
+    block = SelfAttention(d_model=32, num_heads=4, dropout=0.2).train(training)
+    x = torch.randn(3, 17, 32)
+    padding = torch.zeros(3, 17, dtype=torch.bool)
+    padding[1, 9:] = True
+    for key_padding_mask in (None, padding):
+        normed = block.norm(x)
+        torch.manual_seed(5)
+        expected, _ = block.attention(
+            normed, normed, normed, key_padding_mask=key_padding_mask, need_weights=False
+        )
+        torch.manual_seed(5)  # the same attention dropout in training
+        ours = block._attend(normed, key_padding_mask)
+        torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-5)
+
+
+def test_layer_sum_in_bfloat16_weights_accumulates_in_float32():
+    model = tiny_eend().eval()
+    with torch.no_grad():
+        model.weight_sum.weight.copy_(torch.tensor([[0.3, 0.3, 0.4]]))
+    states = [torch.full((1, 2, 64), 1.0 + i / 256) for i in range(3)]
+    exact = model.combine_layers(states)
+    model.to(torch.bfloat16)
+    low = model.combine_layers([s.bfloat16() for s in states])
+    assert low.dtype == torch.bfloat16
+    # one rounding of the float32 sum, not one per term
+    assert torch.equal(low, exact.bfloat16())
+
+
 # ---------------------------------------------------------------------- EEND
 
 

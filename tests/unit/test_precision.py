@@ -21,6 +21,7 @@ from slimdiar.models.embeddings.registry import SpeakerEmbedding
 from slimdiar.models.precision import (
     Autocast,
     cpu_bf16_support,
+    cpu_facts,
     resolve_dtype,
     with_precision,
 )
@@ -125,6 +126,21 @@ def test_cpu_bf16_detection_reads_the_flags(tmp_path, monkeypatch):
     )
 
 
+def test_cpu_facts_name_the_bfloat16_hardware(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    amx = tmp_path / "cpuinfo"
+    amx.write_text("flags\t\t: avx512f amx_tile amx_bf16 avx512_bf16 amx_int8\n")
+    assert cpu_facts(amx) == {
+        "cpu_capability": "AVX512",
+        "cpu_native_bf16": True,
+        "cpu_bf16_flags": ["amx_bf16", "avx512_bf16"],
+    }
+    plain = tmp_path / "cpuinfo-plain"
+    plain.write_text("flags\t\t: avx2 avx512f\n")
+    assert cpu_facts(plain)["cpu_bf16_flags"] == []
+    assert cpu_facts(plain)["cpu_native_bf16"] is False
+
+
 def test_bfloat16_on_a_cpu_without_it_warns_once(monkeypatch, caplog):
     monkeypatch.setattr(precision, "cpu_bf16_support", lambda: (False, "capability AVX2"))
     monkeypatch.setattr(precision, "_WARNED", set())
@@ -223,3 +239,29 @@ def test_diarize_in_bfloat16_writes_its_outputs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["talk.json", "talk.rttm"]
+
+
+@pytest.mark.parametrize("mode", ["autocast", "input"])
+def test_small_positional_conv_in_bfloat16_is_computed_in_float32(mode):
+    # oneDNN's AMX bfloat16 grouped convolution with 4 channels per group and an even kernel
+    # returns values ~100 % off; such a model takes float32 for this term on a CPU
+    from slimdiar.models.wavlm.components import PositionalConv
+
+    torch.manual_seed(0)
+    conv = PositionalConv(64, 16, 16).eval()
+    x = torch.randn(2, 49, 64)
+    with torch.no_grad():
+        exact = conv(x)
+        if mode == "autocast":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                low = conv(x)
+            assert low.dtype == torch.float32
+        else:
+            low = conv(x.bfloat16())
+            assert low.dtype == torch.bfloat16
+            exact = conv(x.bfloat16().float()).bfloat16()
+    torch.testing.assert_close(low, exact, rtol=0, atol=0)
+    # a published width (48 channels per group) keeps the bfloat16 convolution
+    wide = PositionalConv(768, 16, 16).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert wide(torch.randn(1, 20, 768).bfloat16()).dtype == torch.bfloat16

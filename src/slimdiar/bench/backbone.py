@@ -301,10 +301,9 @@ def environment(device: str, dtype: torch.dtype | list[torch.dtype]) -> dict:
     if len(dtypes) > 1:
         info["dtypes"] = [dtype_name(d) for d in dtypes]
     if not device.startswith("cuda"):
-        from slimdiar.models.precision import cpu_bf16_support
+        from slimdiar.models.precision import cpu_facts
 
-        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-        info["cpu_native_bf16"] = cpu_bf16_support()[0]
+        info.update(cpu_facts())
     if device.startswith("cuda") and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name()
     else:

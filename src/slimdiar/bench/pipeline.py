@@ -183,6 +183,10 @@ class PipelineBenchResult:
         Where it ran, torch CPU threads, torch version.
     dtype
         Precision of both models (see :func:`slimdiar.pipeline.precision.set_pipeline_precision`).
+    cpu
+        On a CPU, its bfloat16 support (:func:`slimdiar.models.precision.cpu_facts`).
+    batch_size
+        Windows per segmentation (and embedding) batch.
     """
 
     model: str
@@ -203,6 +207,8 @@ class PipelineBenchResult:
     torch: str
     stage_peak_rss_mb: dict[str, float] = field(default_factory=dict)
     dtype: str = "float32"
+    cpu: dict = field(default_factory=dict)
+    batch_size: int | None = None
 
     def to_dict(self) -> dict:
         """The documented JSON layout (``"mode": "pipeline"`` first)."""
@@ -226,6 +232,8 @@ class PipelineBenchResult:
             "threads": self.threads,
             "torch": self.torch,
             "dtype": self.dtype,
+            "batch_size": self.batch_size,
+            **self.cpu,
         }
 
 
@@ -353,7 +361,7 @@ def _stage_peaks(measured: dict, samples: list[tuple[float, float]]) -> dict[str
 
 
 def validate_pipeline_bench(
-    model: str | Path, seconds: float | None, audio: str | Path | None, batch_size: int
+    model: str | Path, seconds: float | None, audio: str | Path | None, batch_size: int | None
 ) -> None:
     """Check the options of :func:`benchmark_pipeline` before any work.
 
@@ -388,7 +396,7 @@ def validate_pipeline_bench(
         audio_info(audio)  # AudioError if unreadable, before a process is started
     elif seconds is None or not seconds > 0:
         raise ConfigError(f"the audio duration must be positive, got {seconds} s")
-    if int(batch_size) != batch_size or batch_size < 1:
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
         raise ConfigError(f"batch_size must be a positive integer, got {batch_size}")
 
 
@@ -399,7 +407,7 @@ def benchmark_pipeline(
     embedding: str | None = "ge2e",
     device: str = "cpu",
     threads: int | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     seed: int = 0,
     dtype: str = "float32",
 ) -> PipelineBenchResult:
@@ -424,7 +432,9 @@ def benchmark_pipeline(
     threads
         torch CPU threads of the measuring process (``None``: torch's choice).
     batch_size
-        Windows per segmentation batch (see :class:`~slimdiar.pipeline.PipelineConfig`).
+        Windows per segmentation batch (see :class:`~slimdiar.pipeline.PipelineConfig`);
+        ``None``: the pipeline's default for ``device``
+        (:func:`~slimdiar.pipeline.config.default_batch_size`).
     seed
         Seed of the synthetic recording.
     dtype
@@ -434,8 +444,12 @@ def benchmark_pipeline(
     -------
     PipelineBenchResult
     """
+    from slimdiar.models.precision import cpu_facts, resolve_dtype
+    from slimdiar.pipeline.config import default_batch_size
+
     validate_pipeline_bench(model, seconds, audio, batch_size)
-    from slimdiar.models.precision import resolve_dtype
+    if batch_size is None:
+        batch_size = default_batch_size(device)
 
     resolve_dtype(dtype, device)  # refuse float16 on a CPU before any work
     with tempfile.TemporaryDirectory(prefix="slimdiar-bench-") as tmp:
@@ -478,4 +492,6 @@ def benchmark_pipeline(
         torch=measured["torch"],
         stage_peak_rss_mb=_stage_peaks(measured, samples),
         dtype=dtype,
+        cpu={} if device.startswith("cuda") else cpu_facts(),
+        batch_size=batch_size,
     )

@@ -132,8 +132,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     pipeline.add_argument(
         "--pipeline-batch-size",
         type=positive_int,
-        default=32,
-        help="windows per segmentation batch (default: %(default)s)",
+        default=None,
+        help="windows per segmentation and embedding batch (default: the pipeline's default "
+        "for --device: 4 on a CPU, 32 on a GPU)",
     )
     parser.set_defaults(func=run)
     return parser
@@ -297,7 +298,7 @@ def run_pipeline(args) -> int:
     table = Table(
         title=f"diarization pipeline on {result.seconds:g} s of audio "
         f"({result.device}, {result.threads} threads, {result.dtype}, "
-        f"torch {result.torch})"
+        f"batch {result.batch_size}, torch {result.torch})"
     )
     for column in ["stage", "seconds", "RTF", "peak RSS in stage"]:
         table.add_column(column, justify="left" if column == "stage" else "right")

@@ -329,10 +329,16 @@ class EEND(nn.Module):
             raise RuntimeError(
                 f"backbone returned {len(hidden_states)} hidden states, expected {weights.numel()}"
             )
-        if self.config.layer_sum == "linear":
-            stacked = torch.stack(hidden_states, dim=-1)  # (batch, num_frames, E, L+1)
-            return F.linear(stacked, self.weight_sum.weight).squeeze(-1)
-        return sum(w * h for w, h in zip(weights, hidden_states, strict=True))
+        # state by state, in at least float32: the reference's Linear(L+1 -> 1) over the stacked
+        # states without the (batch, num_frames, E, L+1) copy (a slow strided concatenation,
+        # and L+1 states held twice)
+        first = hidden_states[0]
+        total = torch.zeros(
+            first.shape, dtype=torch.promote_types(first.dtype, torch.float32), device=first.device
+        )
+        for weight, state in zip(weights, hidden_states, strict=True):
+            total.addcmul_(state, weight)
+        return total.to(torch.promote_types(first.dtype, weights.dtype))
 
     def layer_sum_weights(self) -> torch.Tensor:
         """The effective weight of each hidden state, shape ``(L+1,)``."""

@@ -74,6 +74,24 @@ def cpu_bf16_support(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[bool, str]:
     return native, description
 
 
+def cpu_facts(cpuinfo: str | Path = "/proc/cpuinfo") -> dict:
+    """What a CPU benchmark records of the processor's bfloat16 support.
+
+    Returns
+    -------
+    dict
+        ``cpu_capability`` (torch's vector instruction set, e.g. ``"AVX512"``; torch names no
+        AMX here), ``cpu_native_bf16`` (as :func:`cpu_bf16_support`) and ``cpu_bf16_flags``
+        (the /proc/cpuinfo flags found of ``avx512_bf16`` and ``amx_bf16``).
+    """
+    native, _ = cpu_bf16_support(cpuinfo)
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_native_bf16": native,
+        "cpu_bf16_flags": sorted(set(CPU_BF16_FLAGS) & cpu_flags(cpuinfo)),
+    }
+
+
 def resolve_dtype(name: str | torch.dtype, device: str | torch.device = "cpu") -> torch.dtype:
     """The torch dtype of a precision name, checked against the device.
 

@@ -2,7 +2,7 @@
 
 A :class:`PipelineConfig` has four sections and one top-level key::
 
-    [windows]        duration_s = 8.0, step_s = 0.8, batch_size (unset: 16 on a CPU, 32 on a GPU)
+    [windows]        duration_s = 8.0, step_s = 0.8, batch_size (unset: 4 on a CPU, 32 on a GPU)
     [segmentation]   source = "model", median_filter_frames = 11, num_local_speakers = 4
     [clustering]     method = "agglomerative", then that method's options (threshold, ...)
     [speakers]       num_speakers / min_speakers / max_speakers (unset: found by clustering)
@@ -38,9 +38,10 @@ from slimdiar.pipeline.clustering import CLUSTERING_METHODS, SpeakerBounds, make
 SEGMENTATION_SOURCES = ("model", "oracle")
 
 #: ``windows.batch_size`` when no settings layer gives one, by the kind of device the models run
-#: on. On a 2-thread CPU batch 16 segments Base+ s80 as fast as 32 or faster, with a third less
-#: peak memory (``docs/results/call-costs.json``); a GPU keeps 32.
-DEFAULT_BATCH_SIZES = {"cpu": 16, "cuda": 32}
+#: on. On a 2-thread CPU, Base+ s80 + ResNet34 run as fast at batch 4 as at 16 or 32 (the
+#: ResNet trunk faster: its feature maps stay in cache) in about half the peak memory
+#: (``docs/results/batch/``); a GPU keeps 32.
+DEFAULT_BATCH_SIZES = {"cpu": 4, "cuda": 32}
 
 
 def default_batch_size(device: str) -> int:

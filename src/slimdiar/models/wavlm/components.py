@@ -749,6 +749,11 @@ class PositionalConv(Counted):
     #: Whether eval mode without autograd on a CPU may take the FFT path (``False``: always
     #: direct).
     use_fft = True
+    #: On a CPU, a reduced-precision grouped convolution with fewer input channels per group
+    #: than this is computed in float32: oneDNN's bfloat16 kernel for 2 to 12 channels per group
+    #: and an even kernel returns wrong values on CPUs with AMX (relative error about 1 with
+    #: torch 2.13 / oneDNN 3.12; 16 and more, as every published WavLM has, are right).
+    min_low_precision_group_channels = 16
 
     def __init__(self, embed_dim: int, kernel_size: int, groups: int):
         super().__init__()
@@ -769,8 +774,28 @@ class PositionalConv(Counted):
         float32/float64 inputs, the convolution is computed through the FFT with the transformed
         kernel kept per window length: the same function to about 1e-6, and several times faster
         than the direct grouped convolution from batch 8 on. Otherwise (and for weights that are
-        inference tensors, whose changes cannot be seen) it is computed directly.
+        inference tensors, whose changes cannot be seen) it is computed directly. A small
+        model in bfloat16 on a CPU computes this term in float32
+        (:attr:`min_low_precision_group_channels`).
         """
+        if (
+            x.device.type == "cpu"
+            and self._low_precision(x.dtype)
+            and (self.weight_v.shape[1] < self.min_low_precision_group_channels)
+        ):
+            with torch.autocast("cpu", enabled=False):
+                return self._positional(x.float()).to(x.dtype)
+        return self._positional(x)
+
+    @staticmethod
+    def _low_precision(dtype: torch.dtype) -> bool:
+        """Whether the convolution would run in bfloat16/float16 (by dtype or CPU autocast)."""
+        low = (torch.bfloat16, torch.float16)
+        return dtype in low or (
+            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in low
+        )
+
+    def _positional(self, x: torch.Tensor) -> torch.Tensor:
         spectrum = None
         if (
             self.use_fft
@@ -782,8 +807,8 @@ class PositionalConv(Counted):
         if spectrum is None:
             y = F.conv1d(
                 x.transpose(1, 2),
-                self.weight(),
-                self.bias,
+                self.weight().to(x.dtype),
+                self.bias.to(x.dtype),
                 padding=self.kernel_size // 2,
                 groups=self.groups,
             )

@@ -406,7 +406,9 @@ def render_pipelines(results: list[tuple[Path, dict]]) -> list[str]:
                 f"{_field(path, data, 'rss_increase_mb'):.0f} MiB",
                 str(data.get("num_chunks", "")),
                 str(data.get("batch_size") or "?"),
-                _environment(data) + _cpu(data),
+                _environment(data)
+                + (", ONNX Runtime" if data.get("engine") == "onnx" else "")
+                + _cpu(data),
             ]
         )
     lines = _table(header, rows, left=(0, 1, 2, 3, len(header) - 1)) + [""]
@@ -637,8 +639,16 @@ def fill_profiles(text: str, results_dir: Path) -> str:
 
 #: The files of the targets section (docs/results/...), by role.
 TARGET_FILES = {
-    "pipeline": ["pipeline-s80-resnet34-600s.json", "pipeline-s80-resnet34-600s-bf16.json"],
-    "hour": ["pipeline-s80-resnet34-3600s.json", "pipeline-s80-resnet34-3600s-bf16.json"],
+    "pipeline": [
+        "pipeline-s80-resnet34-600s.json",
+        "pipeline-s80-resnet34-600s-bf16.json",
+        "pipeline-s80-resnet34-600s-onnx.json",
+    ],
+    "hour": [
+        "pipeline-s80-resnet34-3600s.json",
+        "pipeline-s80-resnet34-3600s-bf16.json",
+        "pipeline-s80-resnet34-3600s-onnx.json",
+    ],
     "backbones": [
         "backbone-targets-base-plus-precision.json",
         "onnx/targets-base-plus-engines.json",
@@ -677,7 +687,7 @@ def render_targets(results_dir: Path) -> list[str]:
         rows.append(
             [
                 "whole pipeline, Base+ s80 + ResNet34, paper windows, 10 min: RTF ≤ 0.25",
-                f"{data['rtf']:.3f} ({data['dtype']}; time: {split})",
+                f"{data['rtf']:.3f} ({data.get('engine', 'torch')} {data['dtype']}; time: {split})",
                 _verdict(data["rtf"], 0.25, at_most=True),
                 machine(data),
                 f"`{name}`",
@@ -737,7 +747,8 @@ def render_targets(results_dir: Path) -> list[str]:
         rows.append(
             [
                 "peak RSS of the pipeline on 1 h: ≤ 1.5 GB",
-                f"{data['peak_rss_mb']:.0f} MiB ({data['dtype']}; RTF {data['rtf']:.3f})",
+                f"{data['peak_rss_mb']:.0f} MiB ({data.get('engine', 'torch')} {data['dtype']}; "
+                f"RTF {data['rtf']:.3f})",
                 _verdict(data["peak_rss_mb"] * 2**20, 1.5e9, at_most=True),
                 machine(data),
                 f"`{name}`",

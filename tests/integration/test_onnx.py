@@ -362,4 +362,28 @@ def test_bench_engine_errors(capsys):
     with pytest.raises(ConfigError, match="float32 only"):
         benchmark_backbones(["wavlm-tiny"], engines=["onnx"], dtype=[torch.bfloat16])
     assert main(["bench", "--pipeline", "x", "--engine", "onnx"]) == 2
-    assert "--engine onnx is measured for backbones" in capsys.readouterr().err
+    assert "--engine onnx needs --onnx EXPORT_DIR" in capsys.readouterr().err
+    assert main(["bench", "--pipeline", "x", "--engine", "torch", "onnx"]) == 2
+    assert "a single --engine" in capsys.readouterr().err
+    assert main(["bench", "--pipeline", "x", "--onnx", "y"]) == 2
+    assert "--onnx is an option of --engine onnx" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_pipeline_bench_runs_the_exported_models(exported, tmp_path):
+    from slimdiar.bench.pipeline import benchmark_pipeline
+
+    common = dict(
+        seconds=9.0, embedding=str(exported / "resnet.safetensors"), threads=1, batch_size=2
+    )
+    torch_run = benchmark_pipeline(exported / "eend", **common)
+    onnx_run = benchmark_pipeline(exported / "eend", onnx=exported / "export", **common)
+    assert (torch_run.engine, onnx_run.engine) == ("torch", "onnx")
+    assert onnx_run.to_dict()["engine"] == "onnx" and onnx_run.batch_size == 2
+    assert onnx_run.num_chunks == torch_run.num_chunks
+    assert onnx_run.model_params == torch_run.model_params  # the exported model's count
+    assert onnx_run.stages["segmentation"]["seconds"] > 0
+    with pytest.raises(ConfigError, match="float32 on the CPU only"):
+        benchmark_pipeline(exported / "eend", onnx=exported / "export", dtype="bfloat16")
+    with pytest.raises(CheckpointError, match="no such export directory"):
+        benchmark_pipeline(exported / "eend", onnx=tmp_path / "missing", **common)

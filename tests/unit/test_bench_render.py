@@ -124,12 +124,13 @@ def test_pipeline_table_sorted_by_length_with_commands(renderer, results):
     assert row_600 < row_3600
     assert lines[row_600] == (
         "| pipeline-600s.json | 600 s | `ckpt` | ge2e | 0.0500 | 0.0200 | 0.0010 | 0.0800 | "
-        "420 MiB | 120 MiB | 741 | device cpu, 1 threads, torch 2.13.0 |"
+        "420 MiB | 120 MiB | 741 | ? | device cpu, 1 threads, torch 2.13.0 |"
     )
     assert "- pipeline-600s.json: `slimdiar bench --pipeline ckpt`" in text
     # text columns left-aligned, numbers right-aligned
     assert (
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |" in text
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        in text
     )
     assert skipped == [
         f"{folder / 'other.json'}: neither a backbone nor a pipeline benchmark; skipped"
@@ -646,7 +647,7 @@ def test_the_targets_are_checked_from_ratios_within_one_file(renderer, tmp_path)
     )
     lines = renderer.render_targets(tmp_path)
     text = "\n".join(lines)
-    assert "| 0.200 (float32; time: segmentation 25 %, embeddings 75 %) | met |" in text
+    assert "| 0.200 (torch float32; time: segmentation 25 %, embeddings 75 %) | met |" in text
     # 8x at b=1 and 5x at b=32 in float32: the smaller one decides
     assert "(torch float32): ≥ 6× | 8.00× b=1, 5.00× b=32 | missed |" in text
     assert "(torch bfloat16): ≥ 6× | 6.25× b=1, 10.00× b=32 | met |" in text
@@ -671,7 +672,8 @@ def test_the_targets_name_the_cpu_and_check_the_hour(renderer, tmp_path):
     text = "\n".join(renderer.render_targets(tmp_path))
     # 1600 MiB is 1.68e9 bytes: over 1.5 GB
     assert (
-        "| peak RSS of the pipeline on 1 h: ≤ 1.5 GB | 1600 MiB (bfloat16; RTF 0.210) | missed "
+        "| peak RSS of the pipeline on 1 h: ≤ 1.5 GB | 1600 MiB (torch bfloat16; RTF 0.210) | "
+        "missed "
         "| AVX512 (amx_bf16, avx512_bf16) | `pipeline-s80-resnet34-3600s-bf16.json` |"
     ) in text
     assert "not measured on 1 h" not in text

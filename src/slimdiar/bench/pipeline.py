@@ -187,6 +187,9 @@ class PipelineBenchResult:
         On a CPU, its bfloat16 support (:func:`slimdiar.models.precision.cpu_facts`).
     batch_size
         Windows per segmentation (and embedding) batch.
+    engine
+        ``"torch"``, or ``"onnx"`` (the models of a ``slimdiar export`` directory in ONNX
+        Runtime; a GE2E embedding stays on torch).
     """
 
     model: str
@@ -209,6 +212,7 @@ class PipelineBenchResult:
     dtype: str = "float32"
     cpu: dict = field(default_factory=dict)
     batch_size: int | None = None
+    engine: str = "torch"
 
     def to_dict(self) -> dict:
         """The documented JSON layout (``"mode": "pipeline"`` first)."""
@@ -233,6 +237,7 @@ class PipelineBenchResult:
             "torch": self.torch,
             "dtype": self.dtype,
             "batch_size": self.batch_size,
+            "engine": self.engine,
             **self.cpu,
         }
 
@@ -245,6 +250,7 @@ def _measure_in_this_process(
     threads: int | None,
     batch_size: int,
     dtype: str = "float32",
+    onnx: str | None = None,
 ) -> dict:
     """Load the pipeline, run it once on ``audio``, return timings and memory (a plain dict)."""
     import gc
@@ -261,10 +267,16 @@ def _measure_in_this_process(
         device=device,
         settings={"windows": {"batch_size": batch_size}},
     )
+    # counted before an ONNX session replaces the torch model (the exported model's count)
+    num_params = sum(p.numel() for p in pipeline.segmentation_model.parameters())
     if dtype != "float32":
         from slimdiar.pipeline.precision import set_pipeline_precision
 
         set_pipeline_precision(pipeline, dtype, device)
+    if onnx is not None:
+        from slimdiar.pipeline.engines import use_onnx_models
+
+        use_onnx_models(pipeline, onnx, threads)
     gc.collect()
     rss_before = current_rss_mb()
     if rss_before is None:  # no /proc: the peak so far is the best available bound
@@ -288,7 +300,7 @@ def _measure_in_this_process(
         "rss_before_mb": rss_before,
         "num_chunks": int(result.info["num_chunks"]),
         "num_speakers": len(result.speakers),
-        "model_params": int(sum(p.numel() for p in pipeline.segmentation_model.parameters())),
+        "model_params": num_params,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "start_time": start_time,
@@ -410,6 +422,7 @@ def benchmark_pipeline(
     batch_size: int | None = None,
     seed: int = 0,
     dtype: str = "float32",
+    onnx: str | Path | None = None,
 ) -> PipelineBenchResult:
     """Time the diarization pipeline stage by stage and measure its peak memory.
 
@@ -439,6 +452,9 @@ def benchmark_pipeline(
         Seed of the synthetic recording.
     dtype
         Precision of both models: ``"float32"``, ``"bfloat16"`` or (GPU only) ``"float16"``.
+    onnx
+        A ``slimdiar export`` directory of ``model`` (and of a ResNet ``embedding``): its models
+        run in ONNX Runtime (float32, CPU) instead of torch.
 
     Returns
     -------
@@ -452,6 +468,13 @@ def benchmark_pipeline(
         batch_size = default_batch_size(device)
 
     resolve_dtype(dtype, device)  # refuse float16 on a CPU before any work
+    if onnx is not None:
+        from slimdiar.pipeline.engines import load_onnx_models, require_onnxruntime
+
+        require_onnxruntime()
+        if dtype != "float32" or device != "cpu":
+            raise ConfigError("the ONNX engine runs in float32 on the CPU only")
+        load_onnx_models(onnx)  # a missing or broken export fails here, before any work
     with tempfile.TemporaryDirectory(prefix="slimdiar-bench-") as tmp:
         if audio is None:
             path = write_synthetic_conversation(Path(tmp) / "synthetic.wav", seconds, seed=seed)
@@ -466,6 +489,7 @@ def benchmark_pipeline(
             threads=threads,
             batch_size=batch_size,
             dtype=dtype,
+            onnx=None if onnx is None else str(onnx),
         )
         measured, samples = _run_in_fresh_process(kwargs)
     duration_s = float(measured["duration_s"])
@@ -494,4 +518,5 @@ def benchmark_pipeline(
         dtype=dtype,
         cpu={} if device.startswith("cuda") else cpu_facts(),
         batch_size=batch_size,
+        engine="torch" if onnx is None else "onnx",
     )

@@ -130,6 +130,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         help="speaker embedding model name or checkpoint (default: ge2e)",
     )
     pipeline.add_argument(
+        "--onnx",
+        metavar="EXPORT_DIR",
+        help="with --engine onnx: the directory 'slimdiar export' wrote for the --pipeline "
+        "checkpoint (and a ResNet --embedding); the models then run in ONNX Runtime",
+    )
+    pipeline.add_argument(
         "--pipeline-batch-size",
         type=positive_int,
         default=None,
@@ -145,11 +151,15 @@ def run(args) -> int:
     if args.pipeline is not None:
         if args.models:
             raise ConfigError("give either backbone MODELs or --pipeline CKPT, not both")
-        if args.engine != ["torch"]:
+        if len(args.engine) != 1:
+            raise ConfigError("--pipeline runs one engine: give a single --engine")
+        if args.engine == ["onnx"] and args.onnx is None:
             raise ConfigError(
-                "--engine onnx is measured for backbones; --pipeline runs torch "
-                "(time 'slimdiar diarize --engine onnx' for the pipeline)"
+                "--pipeline with --engine onnx needs --onnx EXPORT_DIR (written by "
+                "'slimdiar export' for the --pipeline checkpoint and --embedding)"
             )
+        if args.onnx is not None and args.engine != ["onnx"]:
+            raise ConfigError("--onnx is an option of --engine onnx")
         return run_pipeline(args)
     if not args.models:
         raise ConfigError("give at least one MODEL to compare, or --pipeline CKPT")
@@ -294,10 +304,11 @@ def run_pipeline(args) -> int:
             threads=args.threads,
             batch_size=args.pipeline_batch_size,
             dtype=_single_dtype(args.dtype),
+            onnx=args.onnx,
         )
     table = Table(
         title=f"diarization pipeline on {result.seconds:g} s of audio "
-        f"({result.device}, {result.threads} threads, {result.dtype}, "
+        f"({result.device}, {result.threads} threads, {result.engine} {result.dtype}, "
         f"batch {result.batch_size}, torch {result.torch})"
     )
     for column in ["stage", "seconds", "RTF", "peak RSS in stage"]:

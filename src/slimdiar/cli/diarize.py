@@ -13,8 +13,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import sys
 from dataclasses import dataclass, field
@@ -348,37 +346,6 @@ def check_onnx_options(args: argparse.Namespace) -> None:
         raise ConfigError("--engine onnx runs on the CPU only: drop --device")
 
 
-def use_onnx_models(pipeline, export_dir, threads: int | None) -> None:
-    """Replace the pipeline's torch models by the ONNX Runtime sessions of ``export_dir``.
-
-    The exported segmentation model must come from the checkpoint the pipeline loaded; the
-    exported embedding model replaces the torch one when there is one (a ResNet export), else
-    the embedding stays on torch (GE2E).
-    """
-    from slimdiar.pipeline.engines import load_onnx_models, weights_fingerprint
-
-    model = pipeline.segmentation_model
-    segmentation, embedding = load_onnx_models(
-        export_dir, threads, model.config.to_dict(), weights_fingerprint(model)
-    )
-    pipeline.segmentation_model = segmentation
-    if embedding is not None and pipeline.embedding_model is not None:
-        torch_model = getattr(pipeline.embedding_model, "model", None)
-        config = getattr(torch_model, "config", None)
-        if (
-            not dataclasses.is_dataclass(config)
-            or embedding.info["config"] != json.loads(json.dumps(dataclasses.asdict(config)))
-            or embedding.info.get("weights_sha256") != weights_fingerprint(torch_model)
-        ):
-            raise ConfigError(
-                f"{export_dir}: its embedding model was not exported from --embedding "
-                f"{pipeline.embedding_name} (export it again with 'slimdiar export')"
-            )
-        pipeline.embedding_model = embedding
-    elif pipeline.embedding_model is not None:
-        logger.info("%s holds no embedding model: the embedding runs on torch", export_dir)
-
-
 def run(args: argparse.Namespace) -> int:
     """Diarize every input recording; 0 when all succeeded, 1 when any failed."""
     from slimdiar.pipeline import DiarizationPipeline, SpeakerBounds
@@ -431,6 +398,8 @@ def run(args: argparse.Namespace) -> int:
         settings=setting_layers(args),
     )
     if engine == "onnx":
+        from slimdiar.pipeline.engines import use_onnx_models
+
         use_onnx_models(pipeline, args.onnx, args.threads)
     if getattr(args, "dtype", "float32") != "float32":
         from slimdiar.pipeline.precision import set_pipeline_precision

@@ -21,6 +21,7 @@ computed by torch as in the torch path. ONNX Runtime is an optional dependency
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -377,3 +378,32 @@ def load_onnx_models(
     if (directory / EMBEDDING_FILE).is_file():
         embedding = OnnxResNetEmbedding(directory / EMBEDDING_FILE, threads)
     return segmentation, embedding
+
+
+def use_onnx_models(pipeline, export_dir, threads: int | None) -> None:
+    """Replace the pipeline's torch models by the ONNX Runtime sessions of ``export_dir``.
+
+    The exported segmentation model must come from the checkpoint the pipeline loaded; the
+    exported embedding model replaces the torch one when there is one (a ResNet export), else
+    the embedding stays on torch (GE2E).
+    """
+    model = pipeline.segmentation_model
+    segmentation, embedding = load_onnx_models(
+        export_dir, threads, model.config.to_dict(), weights_fingerprint(model)
+    )
+    pipeline.segmentation_model = segmentation
+    if embedding is not None and pipeline.embedding_model is not None:
+        torch_model = getattr(pipeline.embedding_model, "model", None)
+        config = getattr(torch_model, "config", None)
+        if (
+            not dataclasses.is_dataclass(config)
+            or embedding.info["config"] != json.loads(json.dumps(dataclasses.asdict(config)))
+            or embedding.info.get("weights_sha256") != weights_fingerprint(torch_model)
+        ):
+            raise ConfigError(
+                f"{export_dir}: its embedding model was not exported from --embedding "
+                f"{pipeline.embedding_name} (export it again with 'slimdiar export')"
+            )
+        pipeline.embedding_model = embedding
+    elif pipeline.embedding_model is not None:
+        logger.info("%s holds no embedding model: the embedding runs on torch", export_dir)

@@ -290,7 +290,9 @@ def measure_layouts(
     for dtype in (torch.float32, torch.bfloat16):
         resnet = ResNetEmbedding().eval().set_compute_dtype(dtype).resnet
         for batch in batch_sizes:
-            x = torch.randn(batch, frames, 256)
+            # the Conformer's residual stream is bfloat16 under autocast (its Linear outputs),
+            # and so is what its LayerNorm hands the attention
+            x = torch.randn(batch, frames, 256).to(dtype)
             states = [
                 torch.randn(batch, frames, config.embed_dim).to(dtype)
                 for _ in range(config.num_layers + 1)

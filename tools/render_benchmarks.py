@@ -643,6 +643,8 @@ TARGET_FILES = {
         "pipeline-s80-resnet34-600s.json",
         "pipeline-s80-resnet34-600s-bf16.json",
         "pipeline-s80-resnet34-600s-onnx.json",
+        "pipeline-s80-resnet34-600s-epyc.json",
+        "pipeline-s80-resnet34-600s-bf16-epyc.json",
     ],
     "hour": [
         "pipeline-s80-resnet34-3600s.json",
@@ -652,6 +654,8 @@ TARGET_FILES = {
     "backbones": [
         "backbone-targets-base-plus-precision.json",
         "onnx/targets-base-plus-engines.json",
+        "backbone-targets-base-plus-precision-epyc.json",
+        "onnx/targets-base-plus-engines-epyc.json",
     ],
 }
 FULL, PRUNED = "wavlm-base-plus", "wavlm-base-plus-s80"
@@ -769,11 +773,14 @@ def render_targets(results_dir: Path) -> list[str]:
             ]
         )
     return [
-        "## Targets on this machine",
+        "## Targets, per machine",
         "",
         "Each ratio is measured side by side in one run (one file), 2 threads; random weights; "
         "the commands are in the sections below. CPU: torch's vector capability and the "
-        "processor's native bfloat16 flags (AMX or AVX-512-BF16) of the machine that measured it.",
+        "processor's native bfloat16 flags (AMX or AVX-512-BF16) of the machine that measured it; "
+        "files ending in `-epyc` come from an earlier machine (AMD EPYC, AVX-512-BF16 without "
+        "AMX, which recorded no flags) and an earlier version of the pipeline (batch 16, before "
+        "the layout changes of the notes).",
         "",
         *_table(["target", "measured", "", "CPU", "file"], rows, left=(0, 1, 2, 3, 4)),
         "",

@@ -397,6 +397,7 @@ def use_onnx_models(pipeline, export_dir, threads: int | None) -> None:
         config = getattr(torch_model, "config", None)
         if (
             not dataclasses.is_dataclass(config)
+            or isinstance(config, type)
             or embedding.info["config"] != json.loads(json.dumps(dataclasses.asdict(config)))
             or embedding.info.get("weights_sha256") != weights_fingerprint(torch_model)
         ):

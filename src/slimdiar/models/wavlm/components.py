@@ -791,9 +791,11 @@ class PositionalConv(Counted):
     def _low_precision(dtype: torch.dtype) -> bool:
         """Whether the convolution would run in bfloat16/float16 (by dtype or CPU autocast)."""
         low = (torch.bfloat16, torch.float16)
-        return dtype in low or (
-            torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in low
-        )
+        if dtype in low:
+            return True
+        if hasattr(torch, "get_autocast_dtype"):  # torch >= 2.4
+            return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in low
+        return torch.is_autocast_cpu_enabled() and torch.get_autocast_cpu_dtype() in low
 
     def _positional(self, x: torch.Tensor) -> torch.Tensor:
         spectrum = None

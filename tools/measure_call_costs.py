@@ -4,7 +4,7 @@ Usage::
 
     OMP_NUM_THREADS=2 python tools/measure_call_costs.py --out docs/results/call-costs.json
 
-Four measurements, random weights, 8 s windows, threads pinned (``--threads``, default 2):
+Five measurements, random weights, 8 s windows, threads pinned (``--threads``, default 2):
 
 1. ``encoder``: one backbone forward pass of Base+ (batch 1) and Base+ s80 (batch 1 and 8) with the
    eval-mode savings off (``plain``), with the kept relative position bias only (``bias``) and
@@ -50,6 +50,8 @@ from slimdiar.models import WavLM
 from slimdiar.models.wavlm.components import FeedForward, PositionalConv
 
 SEGMENTATION_MODEL = "wavlm-base-plus-s80"
+#: The measurements, in the order they run (``--only`` picks some).
+MEASUREMENTS = ("encoder", "positional_conv", "ffn_padding", "batch_size", "layouts")
 BATCH_SIZES = (1, 4, 8, 16, 32)
 PAD_MULTIPLES = (8, 16, 32)
 
@@ -455,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["encoder", "positional_conv", "ffn_padding", "batch_size", "layouts"],
+        choices=MEASUREMENTS,
         help="run only these measurements (the others are kept from --out)",
     )
     parser.add_argument("--child-batch", type=int, help=argparse.SUPPRESS)
@@ -464,9 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(batch_child(args.child_batch, args.seconds, args.repeats, args.threads)))
         return 0
     torch.set_num_threads(args.threads)
-    chosen = set(
-        args.only or ["encoder", "positional_conv", "ffn_padding", "batch_size", "layouts"]
-    )
+    chosen = set(args.only or MEASUREMENTS)
     result = json.loads(args.out.read_text()) if args.only and args.out.is_file() else {}
     started = time.perf_counter()
     if "encoder" in chosen:

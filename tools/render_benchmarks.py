@@ -132,14 +132,14 @@ def _environment(data: dict) -> str:
     return ", ".join(parts)
 
 
-def _cpu(data: dict) -> str:
+def _cpu(data: dict, separator: str = ", ") -> str:
     """``", CPU capability X, native bfloat16: yes (amx_bf16, ...)"`` where the result says."""
     if "cpu_capability" not in data:
         return ""
     native = "yes" if data.get("cpu_native_bf16") else "no"
     if data.get("cpu_bf16_flags"):
         native += f" ({', '.join(data['cpu_bf16_flags'])})"
-    return f", CPU capability {data['cpu_capability']}, native bfloat16: {native}"
+    return f"{separator}CPU capability {data['cpu_capability']}, native bfloat16: {native}"
 
 
 def render_backbones(path: Path, data: dict) -> list[str]:
@@ -323,7 +323,7 @@ def render_precisions(path: Path, data: dict) -> list[str]:
         f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs "
         f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}"
         + (f"; lower precisions applied by {mode}" if mode else "")
-        + _cpu(data).replace(", CPU", "; CPU", 1)
+        + _cpu(data, separator="; ")
         + ".",
         "",
     ]

@@ -40,7 +40,7 @@ SEGMENTATION_SOURCES = ("model", "oracle")
 #: ``windows.batch_size`` when no settings layer gives one, by the kind of device the models run
 #: on. On a 2-thread CPU, Base+ s80 + ResNet34 run as fast at batch 4 as at 16 or 32 (the
 #: ResNet trunk faster: its feature maps stay in cache) in about half the peak memory
-#: (``docs/results/batch/``); a GPU keeps 32.
+#: (``docs/results/pipeline-s80-resnet34-120s-b*.json``); a GPU keeps 32.
 DEFAULT_BATCH_SIZES = {"cpu": 4, "cuda": 32}
 
 

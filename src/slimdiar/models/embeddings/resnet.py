@@ -251,8 +251,8 @@ class ResNet(nn.Module):
         """
         x = fbank.transpose(1, 2)[:, None].to(self.conv1.weight.dtype)
         # (batch, 1, num_mel_bins, num_fbank_frames), channels last: every convolution then runs
-        # in oneDNN's native layout, 1.2x (float32) to 1.5x (bfloat16) faster on a CPU, the
-        # same values to float32 rounding
+        # in oneDNN's native layout, 1.05-1.3x (float32) and 1.7-2x (bfloat16) faster on a
+        # CPU, the same values to float32 rounding (docs/results/call-costs-layouts.json)
         x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))

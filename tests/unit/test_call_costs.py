@@ -6,6 +6,8 @@ bounded, stay out of checkpoints and never serve values of weights that have sin
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -41,6 +43,10 @@ def bias_cache(model: WavLM) -> dict:
 
 def spectrum_cache(model: WavLM) -> dict:
     return model.encoder.pos_conv.__dict__.get("_spectrum_cache", {})
+
+
+def weight_cache(model: WavLM) -> dict:
+    return model.encoder.pos_conv.__dict__.get("_weight_cache", {})
 
 
 def assert_close_outputs(actual, expected, atol: float) -> None:
@@ -110,6 +116,7 @@ def test_neither_cache_is_used_in_training_or_under_autograd():
     model.eval()
     outputs = model(waveforms)  # eval, but autograd on
     assert not bias_cache(model) and not spectrum_cache(model)
+    assert not weight_cache(model)
     outputs[-1].sum().backward()
     assert model.encoder.rel_attn_embed.weight.grad.abs().sum() > 0
     assert model.encoder.pos_conv.weight_v.grad.abs().sum() > 0
@@ -226,3 +233,79 @@ def test_the_measured_alternatives_compute_the_same_function():
             padded = tool._padded(ffn, multiple)
             assert padded.num_units % multiple == 0 and padded.num_units >= 53
             assert (padded(h) - ffn(h)).abs().max() <= 1e-6
+
+
+def test_the_direct_path_keeps_the_normalised_kernel_and_sees_its_changes():
+    model = tiny()
+    conv = model.encoder.pos_conv
+    conv.use_fft = False
+    x = torch.randn(2, 9, 64)
+    with torch.no_grad():
+        first = conv(x)
+        (key,) = weight_cache(model)
+        kept = weight_cache(model)[key][1]
+        assert torch.equal(kept, conv.weight())
+        assert torch.equal(conv(x), first) and weight_cache(model)[key][1] is kept
+        conv.weight_g.mul_(0.5)  # in place, as an optimizer step
+        edited = conv(x)
+    assert torch.equal(weight_cache(model)[key][1], conv.weight())
+    assert (edited - first).abs().max() > 1e-3
+    with torch.enable_grad():
+        assert torch.equal(conv(x).detach(), edited)  # the fresh kernel, the same values
+
+
+def gated_tiny(extractor_mode: str, output_scale: bool) -> WavLM:
+    from dataclasses import replace
+
+    from slimdiar.models.wavlm.config import wavlm_tiny
+
+    torch.manual_seed(3)
+    model = WavLM(replace(wavlm_tiny(), extractor_mode=extractor_mode))
+    model.enable_pruning(conv_output_scale=output_scale)
+    with torch.no_grad():  # gates and norms away from their initial values
+        for name, param in model.feature_extractor.named_parameters():
+            if "norm" in name or "log_alpha" in name:
+                param.add_(torch.randn_like(param))
+    return model
+
+
+@pytest.mark.parametrize("mode,output_scale", [("group_norm", True), ("layer_norm", False)])
+def test_the_channels_last_extractor_is_the_same_function(mode, output_scale):
+    """Values and gradients (gates included) of the CPU layout equal the channels-first one."""
+    model = gated_tiny(mode, output_scale).eval()
+    waveforms = torch.randn(2, 4000)
+    results = []
+    for channels_last in (True, False):
+        model.feature_extractor.channels_last = channels_last
+        model.zero_grad()
+        features = model.feature_extractor(waveforms)  # (B, C, T)
+        (features.square().sum() + model.project(waveforms).sum()).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((features.detach(), grads))
+    (fast, fast_grads), (plain, plain_grads) = results
+    assert fast.shape == plain.shape and fast.transpose(1, 2).is_contiguous()
+    assert (fast - plain).abs().max() <= 1e-5 * plain.abs().max()
+    assert fast_grads.keys() == plain_grads.keys()
+    assert any("log_alpha" in name for name in plain_grads)
+    for name, grad in plain_grads.items():
+        assert (fast_grads[name] - grad).abs().max() <= 1e-4 * grad.abs().max(), name
+
+
+def test_the_channels_last_extractor_in_bfloat16():
+    """Under CPU autocast and with bfloat16 weights it follows the channels-first path."""
+    model = gated_tiny("group_norm", True).eval()
+    waveforms = torch.randn(2, 4000)
+    outputs = {}
+    with torch.no_grad():
+        for channels_last in (True, False):
+            model.feature_extractor.channels_last = channels_last
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outputs["autocast", channels_last] = model.feature_extractor(waveforms)
+            cast = copy.deepcopy(model).to(torch.bfloat16)
+            cast.feature_extractor.channels_last = channels_last
+            outputs["weights", channels_last] = cast.feature_extractor(waveforms.bfloat16())
+    assert outputs["weights", True].dtype == torch.bfloat16
+    for mode in ("autocast", "weights"):
+        fast, plain = outputs[mode, True], outputs[mode, False]
+        assert fast.dtype == plain.dtype
+        assert (fast.float() - plain.float()).abs().max() <= 0.02 * plain.float().abs().max()

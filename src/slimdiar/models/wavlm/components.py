@@ -159,6 +159,31 @@ class ConvLayer(Gated):
             x = x * self.gate()[None, :, None]
         return x
 
+    def forward_frames(self, x: torch.Tensor, apply_gate: bool = True) -> torch.Tensor:
+        """:meth:`forward` on ``(batch, time, in_channels)`` -> ``(batch, time', out_channels)``.
+
+        Both contiguous (the channels-last layout).
+
+        A first layer (one input channel) is a matmul over the strided windows of the waveform;
+        any other is a 2-D convolution of height 1 on a channels-last view, which oneDNN runs in
+        its native layout for any channel count (the pruned counts are odd, and the
+        channels-first layout cost reorders around every convolution).
+        """
+        weight = self.conv.weight  # (out, in, kernel)
+        if self.conv.in_channels == 1:
+            windows = x[..., 0].unfold(1, self.kernel_size, self.stride)  # (B, T', kernel)
+            x = windows @ weight[:, 0, :].t()
+        else:
+            x = _height_one(F.conv2d)(x, weight[:, :, None, :], stride=(1, self.stride))
+        if isinstance(self.norm, nn.GroupNorm):
+            x = _height_one(self.norm)(x)  # its channels-last kernel, no reorder
+        elif isinstance(self.norm, nn.LayerNorm):
+            x = self.norm(x)
+        x = F.gelu(x)
+        if apply_gate and self.gate is not None:
+            x = x * self.gate()
+        return x
+
     def expected_out_channels(self):
         """Expected number of kept output channels (a tensor when gated, else an int)."""
         return self.gate.expected_num_open() if self.gate is not None else self.out_channels
@@ -213,8 +238,26 @@ class ConvLayer(Gated):
         self.drop_gates()
 
 
+def _height_one(function):
+    """``function`` of an ``NCHW`` tensor, applied to ``(batch, time, channels)`` frames.
+
+    The frames are handed over as a channels-last ``(batch, channels, 1, time)`` view and the
+    result, channels-last too, comes back as contiguous ``(batch, time', channels')`` frames.
+    """
+
+    def apply(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = function(x.transpose(1, 2)[:, :, None, :], *args, **kwargs)
+        return y[:, :, 0, :].transpose(1, 2).contiguous()  # a no-op when y is channels-last
+
+    return apply
+
+
 class FeatureExtractor(Counted):
     """The stack of conv layers that turns a waveform into 20 ms frames."""
+
+    #: Whether a CPU computes the stack on the channels-last layout (not while traced or
+    #: exported, whose graphs keep the plain convolutions); the same function either way.
+    channels_last = True
 
     def __init__(self, config: WavLMConfig):
         super().__init__()
@@ -243,8 +286,17 @@ class FeatureExtractor(Counted):
         Without one, the gate of the last conv layer is applied by :class:`FeatureProjection`,
         after its LayerNorm, so that it folds into the projection when pruned.
         """
-        x = waveforms[:, None, :]
         last = len(self.conv_layers) - 1
+        if self.channels_last and waveforms.device.type == "cpu" and not _exporting():
+            # The same function on the channels-last layout (see ConvLayer.forward_frames); the
+            # result is returned as a (B, C, T) view of (B, T, C) frames.
+            x = waveforms[:, :, None]
+            for i, layer in enumerate(self.conv_layers):
+                x = layer.forward_frames(x, apply_gate=i != last or self.output_scale is not None)
+            if self.output_scale is not None:
+                x = x * self.output_scale
+            return x.transpose(1, 2)
+        x = waveforms[:, None, :]
         for i, layer in enumerate(self.conv_layers):
             x = layer(x, apply_gate=i != last or self.output_scale is not None)
         if self.output_scale is not None:
@@ -695,19 +747,18 @@ class EncoderLayer(Counted):
                 self.final_layer_norm = None
 
 
+def _exporting() -> bool:
+    """Whether the forward pass is being traced, exported to ONNX or compiled."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+
+
 def _plain_inference(module: nn.Module) -> bool:
     """Whether ``module`` runs eagerly in eval mode without autograd.
 
     Not traced, exported or compiled either: only there may kept tensors and the FFT path stand
     in for the plain computation.
     """
-    return not (
-        module.training
-        or torch.is_grad_enabled()
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-    )
+    return not (module.training or torch.is_grad_enabled() or _exporting())
 
 
 def _stamp(*params: torch.Tensor) -> tuple | None:
@@ -809,7 +860,7 @@ class PositionalConv(Counted):
         if spectrum is None:
             y = F.conv1d(
                 x.transpose(1, 2),
-                self.weight().to(x.dtype),
+                self._direct_weight(x.dtype),
                 self.bias.to(x.dtype),
                 padding=self.kernel_size // 2,
                 groups=self.groups,
@@ -823,6 +874,23 @@ class PositionalConv(Counted):
     def weight(self) -> torch.Tensor:
         """The kernel: ``weight_v`` normalised over dims 0 and 1, times ``weight_g``."""
         return self.weight_g * self.weight_v / self.weight_v.norm(dim=(0, 1), keepdim=True)
+
+    def _direct_weight(self, dtype: torch.dtype) -> torch.Tensor:
+        """:meth:`weight` in ``dtype``, kept while the weights are unchanged.
+
+        Kept in eval mode without autograd only: its norm over a strided axis cost as much as
+        the convolution of a pruned model at batch 1 in bfloat16.
+        """
+        stamp = _stamp(self.weight_v, self.weight_g) if _plain_inference(self) else None
+        if stamp is None:
+            return self.weight().to(dtype)
+        key = (self.weight_v.device, dtype)
+        cache = self.__dict__.setdefault("_weight_cache", {})
+        hit = cache.get(key)
+        if hit is None or not _unchanged(hit[0], stamp):
+            cache.clear()
+            hit = cache[key] = (stamp, self.weight().to(dtype))
+        return hit[1]
 
     def conv_fft(self, x: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
         """The grouped convolution (bias added, before the GELU) through the FFT.

@@ -309,3 +309,31 @@ def test_the_channels_last_extractor_in_bfloat16():
         fast, plain = outputs[mode, True], outputs[mode, False]
         assert fast.dtype == plain.dtype
         assert (fast.float() - plain.float()).abs().max() <= 0.02 * plain.float().abs().max()
+
+
+@pytest.mark.parametrize(
+    "embed_dim,kernel,groups,frames",
+    [
+        (768, 128, 16, 399),  # Base+ at 8 s: 4 blocks of 129 outputs, the last one partial
+        (64, 7, 4, 50),  # an odd kernel
+        (64, 8, 8, 10),  # one frame more than a block
+    ],
+)
+def test_one_window_goes_through_the_blockwise_fft(embed_dim, kernel, groups, frames):
+    torch.manual_seed(4)
+    conv = PositionalConv(embed_dim, kernel, groups).eval()
+    with torch.no_grad():
+        conv.bias.normal_()
+    x = torch.randn(1, frames, embed_dim)
+    direct = conv(x)  # autograd on: the direct path
+    with torch.no_grad():
+        assert conv._blockwise(x) and not conv._blockwise(x.expand(2, -1, -1))
+        fast = conv(x)
+        (key,) = conv.__dict__["_spectrum_cache"]
+        assert key[0] == conv.block_fft_size and conv.block_fft_size >= 2 * kernel
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # computed in float32, then cast
+            low = conv(x.bfloat16())
+    assert (fast - direct).abs().max().item() <= FFT_TOLERANCE
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - direct).abs().max().item() <= 0.01 * direct.abs().max().item()
+    assert not conv._blockwise(x[:, : conv.block_fft_size - kernel + 1])  # a single block

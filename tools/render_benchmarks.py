@@ -653,6 +653,7 @@ TARGET_FILES = {
     ],
     "backbones": [
         "backbone-targets-base-plus-precision.json",
+        "backbone-targets-base-plus-weights.json",
         "onnx/targets-base-plus-engines.json",
         "backbone-targets-base-plus-precision-epyc.json",
         "onnx/targets-base-plus-engines-epyc.json",
@@ -712,9 +713,11 @@ def render_targets(results_dir: Path) -> list[str]:
             if FULL in same and PRUNED in same:
                 b1 = same[FULL]["latency_s"] / same[PRUNED]["latency_s"]
                 bn = same[FULL]["latency_batch_s"] / same[PRUNED]["latency_batch_s"]
+                mode = same[PRUNED].get("precision_mode")
+                path = f"{engine} {dtype}" + (f", {mode}" if mode else "")
                 rows.append(
                     [
-                        f"backbone Base+ s80 vs Base+, same engine ({engine} {dtype}): ≥ 6×",
+                        f"backbone Base+ s80 vs Base+, same engine ({path}): ≥ 6×",
                         f"{b1:.2f}× b=1, {bn:.2f}× b={data['batch_size']}",
                         _verdict(min(b1, bn), 6.0, at_most=False),
                         machine(data),
@@ -734,7 +737,10 @@ def render_targets(results_dir: Path) -> list[str]:
             b1 = eager[0]["latency_s"] / fastest["latency_s"]
             fastest_n = min(pruned, key=lambda m: m["latency_batch_s"])
             bn = eager[0]["latency_batch_s"] / fastest_n["latency_batch_s"]
-            label = lambda m: f"{m.get('engine') or 'torch'} {m['dtype']}"  # noqa: E731
+            label = lambda m: " ".join(  # noqa: E731
+                [m.get("engine") or "torch", m["dtype"]]
+                + ([f"({m['precision_mode']})"] if m.get("precision_mode") else [])
+            )
             rows.append(
                 [
                     "fastest Base+ s80 path vs Base+ float32 eager: ≥ 10×",

@@ -277,19 +277,15 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "pretraining.json")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "pretraining.md")
-    parser.add_argument("--render-only", action="store_true")
-    args = parser.parse_args()
-    from slimdiar.fileio import write_section_atomic, write_text_atomic
+    from slimdiar.fileio import add_publish_arguments, publish_measurement
 
-    if args.render_only:
-        data = json.loads(args.json.read_text())
-    else:
-        data = measure(args)
-        write_text_atomic(args.json, json.dumps(data, indent=1) + "\n")
-    write_section_atomic(args.out, render(data), BEGIN, END)
-    print(render(data))
+    add_publish_arguments(
+        parser, ROOT / "docs" / "pretraining.json", ROOT / "docs" / "pretraining.md"
+    )
+    args = parser.parse_args()
+
+    run = None if args.render_only else lambda: measure(args)
+    print(publish_measurement(args.json, args.out, render, BEGIN, END, run))
     return 0
 
 

@@ -45,6 +45,13 @@ def parse_variant(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"not a learning rate: {lr!r}") from None
 
 
+def test_rates(run: Path) -> dict:
+    """DER and its parts, as fractions of the reference speech, from the run's ``der.json``."""
+    total = json.loads((run / "der.json").read_text())["total"]
+    rates = {k: total[k] / total["total"] for k in ("missed", "false_alarm", "confusion")}
+    return {"der": total["der"], **rates}
+
+
 def run_one(base, seed: int, init: str, lr: float, say) -> dict:
     """Fine-tune one variant with one seed and score it as the demo does (kept in result.json)."""
     from slimdiar.demo.run import Demo
@@ -54,15 +61,15 @@ def run_one(base, seed: int, init: str, lr: float, say) -> dict:
     name = f"{init}-lr{lr:g}"
     result_file = out / name / "result.json"
     if result_file.exists():
-        return json.loads(result_file.read_text())
+        return {**json.loads(result_file.read_text()), "test": test_rates(out / name)}
     demo = Demo(out, seed=seed, shared=base, say=say)
-    demo.settings.lr_backbone = lr
+    demo.settings.lr_backbone = demo.settings.lr_backbone_pretrained = lr
     start = time.perf_counter()
     demo.finetune(
         name, demo.settings.finetune_epochs, None if init == "random" else base.ssl_backbone
     )
     train_s = time.perf_counter() - start
-    test = demo.diarize_and_score(name)
+    demo.diarize_and_score(name)
     threshold = json.loads((out / name / "threshold.json").read_text())
     result = {
         "seed": seed,
@@ -74,7 +81,7 @@ def run_one(base, seed: int, init: str, lr: float, say) -> dict:
         "threshold": threshold["threshold"],
         "dev_der": min(threshold["dev_der"].values()),
         "dev_der_per_threshold": threshold["dev_der"],
-        "test": {k: test["total"][k] for k in ("der", "missed", "false_alarm", "confusion")},
+        "test": test_rates(out / name),
     }
     write_json_atomic(result_file, result)
     return result
@@ -211,19 +218,13 @@ def main() -> int:
         help="INIT:LR_BACKBONE pairs, INIT random or ssl (default: random:1e-3 ssl:2e-4)",
     )
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=ROOT / "docs" / "ssl-init.json")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "pretraining.md")
-    parser.add_argument("--render-only", action="store_true")
-    args = parser.parse_args()
-    from slimdiar.fileio import write_section_atomic, write_text_atomic
+    from slimdiar.fileio import add_publish_arguments, publish_measurement
 
-    if args.render_only:
-        data = json.loads(args.json.read_text())
-    else:
-        data = measure(args)
-        write_text_atomic(args.json, json.dumps(data, indent=1) + "\n")
-    write_section_atomic(args.out, render(data), BEGIN, END)
-    print(render(data))
+    add_publish_arguments(parser, ROOT / "docs" / "ssl-init.json", ROOT / "docs" / "pretraining.md")
+    args = parser.parse_args()
+
+    run = None if args.render_only else lambda: measure(args)
+    print(publish_measurement(args.json, args.out, render, BEGIN, END, run))
     return 0
 
 

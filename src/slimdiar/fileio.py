@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -107,3 +108,40 @@ def write_section_atomic(path: str | Path, section: str, begin: str, end: str) -
     else:
         text = text.rstrip("\n") + "\n\n" + section
     write_text_atomic(path, text)
+
+
+def publish_measurement(
+    json_path: str | Path,
+    markdown_path: str | Path,
+    render: Callable[[dict], str],
+    begin: str,
+    end: str,
+    measure: Callable[[], dict] | None = None,
+) -> str:
+    """A measurement tool's last step: the JSON, then the Markdown section rendered from it.
+
+    With ``measure`` its result is written to ``json_path`` first; without, the JSON there is
+    read (a tool's ``--render-only``). Returns the section, which replaces the one between
+    ``begin`` and ``end`` in ``markdown_path``.
+    """
+    if measure is None:
+        data = json.loads(Path(json_path).read_text())
+    else:
+        data = measure()
+        write_text_atomic(json_path, json.dumps(data, indent=1) + "\n")
+    section = render(data)
+    write_section_atomic(markdown_path, section, begin, end)
+    return section
+
+
+def add_publish_arguments(parser, json_path: Path, markdown_path: Path) -> None:
+    """The options of :func:`publish_measurement` on a tool's ``argparse`` parser.
+
+    ``--json`` and ``--out`` (defaults ``json_path`` and ``markdown_path``) and
+    ``--render-only``.
+    """
+    parser.add_argument("--json", type=Path, default=json_path, help="the measurement's JSON")
+    parser.add_argument("--out", type=Path, default=markdown_path, help="the page it renders into")
+    parser.add_argument(
+        "--render-only", action="store_true", help="render the existing JSON, measure nothing"
+    )

@@ -84,6 +84,15 @@ def test_kept_bias_is_bit_identical_to_a_fresh_one():
         assert torch.equal(kept[:, query, key], table[buckets[key - query + 36]])
 
 
+def biased_conv(embed_dim: int, kernel: int, groups: int, seed: int) -> PositionalConv:
+    """An eval-mode positional conv with a random bias."""
+    torch.manual_seed(seed)
+    conv = PositionalConv(embed_dim, kernel, groups).eval()
+    with torch.no_grad():
+        conv.bias.normal_()
+    return conv
+
+
 @pytest.mark.parametrize(
     "embed_dim,kernel,groups,frames",
     [
@@ -93,10 +102,7 @@ def test_kept_bias_is_bit_identical_to_a_fresh_one():
     ],
 )
 def test_fft_positional_conv_matches_the_direct_convolution(embed_dim, kernel, groups, frames):
-    torch.manual_seed(1)
-    conv = PositionalConv(embed_dim, kernel, groups).eval()
-    with torch.no_grad():
-        conv.bias.normal_()
+    conv = biased_conv(embed_dim, kernel, groups, seed=1)
     x = torch.randn(3, frames, embed_dim)
     direct = conv(x)  # autograd on: the direct path
     assert direct.requires_grad
@@ -320,10 +326,7 @@ def test_the_channels_last_extractor_in_bfloat16():
     ],
 )
 def test_one_window_goes_through_the_blockwise_fft(embed_dim, kernel, groups, frames):
-    torch.manual_seed(4)
-    conv = PositionalConv(embed_dim, kernel, groups).eval()
-    with torch.no_grad():
-        conv.bias.normal_()
+    conv = biased_conv(embed_dim, kernel, groups, seed=4)
     x = torch.randn(1, frames, embed_dim)
     direct = conv(x)  # autograd on: the direct path
     with torch.no_grad():

@@ -161,3 +161,19 @@ def test_a_generated_section_is_replaced_in_place_or_appended(tmp_path):
     page.write_text(page.read_text() + "\nafter\n")
     write_section_atomic(page, "<!-- b -->\ntwo\n<!-- e -->\n", "<!-- b -->", "<!-- e -->")
     assert page.read_text() == "# Title\n\nby hand\n\n<!-- b -->\ntwo\n<!-- e -->\n\nafter\n"
+
+
+def test_a_trained_backbone_is_fine_tuned_at_the_pretrained_learning_rate(tmp_path, monkeypatch):
+    import slimdiar.stages.finetune as finetune_stage
+
+    seen = {}
+    monkeypatch.setattr(
+        finetune_stage, "run", lambda config, *a, **k: seen.setdefault(k["backbone"], config)
+    )
+    demo = Demo(tmp_path / "demo", say=lambda line: None)
+    demo.settings.lr_backbone, demo.settings.lr_backbone_pretrained = 1e-3, 2e-4
+    demo.finetune("finetune-random", 1, "wavlm-demo")
+    demo.finetune("finetune", 1, bundled_dir())
+    assert seen["wavlm-demo"].optim.lr_backbone == 1e-3
+    assert seen[str(bundled_dir())].optim.lr_backbone == 2e-4
+    assert seen[str(bundled_dir())].optim.lr_head == demo.settings.lr_head

@@ -80,7 +80,10 @@ def build_report(out: Path, quick: bool) -> dict:
         f"{s.finetune_pruned_epochs}; PBF prunes the pretrained WavLM ({s.prune_epochs}, "
         f"distilling the pretrained WavLM), distils {s.distill_epochs} and fine-tunes "
         f"{s.pbf_finetune_epochs}. Pruning and distillation use the conversations' audio, not "
-        "their labels."
+        "their labels. Fine-tuning learning rates: the head "
+        f"{s.lr_head:g}; the WavLM {s.lr_backbone:g} from random initialisation and "
+        f"{s.lr_backbone_pretrained:g} from a trained one (the SSL WavLM, or the pruned and "
+        "distilled ones)."
     )
     return {
         "budget": budget,

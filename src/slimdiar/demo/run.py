@@ -185,7 +185,7 @@ class Demo:
             choice |= record
         write_json_atomic(self.pretrained_record, choice)
 
-    def _finetune_config(self, epochs: int):
+    def _finetune_config(self, epochs: int, lr_backbone: float):
         from slimdiar.stages.common import DataSection
         from slimdiar.stages.finetune import FinetuneConfig, ModelSection, OptimSection
         from slimdiar.train.trainer import TrainerConfig
@@ -199,7 +199,7 @@ class Demo:
                 val_chunk_duration_s=s.chunk_duration_s,
                 val_shift_s=s.chunk_duration_s,
             ),
-            optim=OptimSection(lr_backbone=s.lr_backbone, lr_head=s.lr_head, weight_decay=0.0),
+            optim=OptimSection(lr_backbone=lr_backbone, lr_head=s.lr_head, weight_decay=0.0),
             trainer=self._trainer(TrainerConfig, epochs, patience=0, average_best=3),
         )
 
@@ -216,13 +216,19 @@ class Demo:
         )
 
     def finetune(self, name: str, epochs: int, backbone: str | Path | None) -> None:
-        """Fine-tune a diarization model into ``out/name`` (a preset or a WavLM checkpoint)."""
+        """Fine-tune a diarization model into ``out/name`` (a preset or a WavLM checkpoint).
+
+        A random preset's WavLM learns at ``lr_backbone``, a trained one (a checkpoint) at
+        ``lr_backbone_pretrained``.
+        """
         from slimdiar.stages.finetune import run as finetune
 
+        s = self.settings
+        trained = backbone is not None and is_checkpoint_dir(Path(backbone))
         exp = self.out / name
         shutil.rmtree(exp, ignore_errors=True)
         finetune(
-            self._finetune_config(epochs),
+            self._finetune_config(epochs, s.lr_backbone_pretrained if trained else s.lr_backbone),
             self.data / "train",
             self.data / "dev",
             exp,

@@ -47,7 +47,7 @@ class DemoSettings:
     #: The backbone's learning rate when it starts from a trained WavLM (the SSL one, or a
     #: pruned and distilled one), as the reference recipe fine-tunes a pretrained WavLM more
     #: slowly than the rest (``docs/pretraining.md``, "SSL initialisation against random").
-    lr_backbone_pretrained: float = 1e-3
+    lr_backbone_pretrained: float = 2e-4
     lr_head: float = 2e-3
     lr_gates: float = 0.1
     lr_lambda: float = 0.1

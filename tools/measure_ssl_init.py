@@ -179,26 +179,20 @@ def render(data: dict) -> str:
             + " |"
         )
     lines.append("")
-    random_rows = [v for v in variants if v[0] == "random"]
-    if random_rows:
-        reference = random_rows[0]
 
-        def per_seed(variant):
-            return {
-                r["seed"]: r["dev_der"] for r in runs if (r["init"], r["lr_backbone"]) == variant
-            }
+    def per_seed(variant):
+        return {r["seed"]: r["dev_der"] for r in runs if (r["init"], r["lr_backbone"]) == variant}
 
-        ref = per_seed(reference)
-        for variant in variants:
-            if variant[0] != "ssl":
-                continue
-            mine = per_seed(variant)
+    for ssl in (v for v in variants if v[0] == "ssl"):
+        for reference in (v for v in variants if v[0] == "random"):
+            ref, mine = per_seed(reference), per_seed(ssl)
             common = sorted(set(ref) & set(mine))
             lower = sum(mine[s] < ref[s] for s in common)
             gap = statistics.mean(100 * (ref[s] - mine[s]) for s in common) if common else 0.0
+            same = " (the same learning rate)" if ssl[1] == reference[1] else ""
             lines.append(
-                f"- SSL init at backbone lr {variant[1]:g} against random init at "
-                f"{reference[1]:g}: dev DER lower on {lower} of {len(common)} seeds, "
+                f"- SSL init at backbone lr {ssl[1]:g} against random init at "
+                f"{reference[1]:g}{same}: dev DER lower on {lower} of {len(common)} seeds, "
                 f"{abs(gap):.1f} points {'lower' if gap > 0 else 'higher'} on average."
             )
     lines.append(END)

@@ -45,11 +45,18 @@ def parse_variant(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"not a learning rate: {lr!r}") from None
 
 
-def test_rates(run: Path) -> dict:
-    """DER and its parts, as fractions of the reference speech, from the run's ``der.json``."""
-    total = json.loads((run / "der.json").read_text())["total"]
-    rates = {k: total[k] / total["total"] for k in ("missed", "false_alarm", "confusion")}
-    return {"der": total["der"], **rates}
+def scores(run: Path) -> dict:
+    """The run's dev DER, tuned threshold (with the dev DER at each) and test scores."""
+    from slimdiar.demo.report import system_scores
+
+    tuned = json.loads((run / "threshold.json").read_text())
+    scored = system_scores(run)
+    return {
+        "threshold": tuned["threshold"],
+        "dev_der": scored.pop("dev_der"),
+        "dev_der_per_threshold": tuned["dev_der"],
+        "test": scored,
+    }
 
 
 def run_one(base, seed: int, init: str, lr: float, say) -> dict:
@@ -61,7 +68,7 @@ def run_one(base, seed: int, init: str, lr: float, say) -> dict:
     name = f"{init}-lr{lr:g}"
     result_file = out / name / "result.json"
     if result_file.exists():
-        return {**json.loads(result_file.read_text()), "test": test_rates(out / name)}
+        return {**json.loads(result_file.read_text()), **scores(out / name)}
     demo = Demo(out, seed=seed, shared=base, say=say)
     demo.settings.lr_backbone = demo.settings.lr_backbone_pretrained = lr
     start = time.perf_counter()
@@ -70,7 +77,6 @@ def run_one(base, seed: int, init: str, lr: float, say) -> dict:
     )
     train_s = time.perf_counter() - start
     demo.diarize_and_score(name)
-    threshold = json.loads((out / name / "threshold.json").read_text())
     result = {
         "seed": seed,
         "init": init,
@@ -78,10 +84,7 @@ def run_one(base, seed: int, init: str, lr: float, say) -> dict:
         "lr_head": demo.settings.lr_head,
         "epochs": demo.settings.finetune_epochs,
         "finetune_seconds": train_s,
-        "threshold": threshold["threshold"],
-        "dev_der": min(threshold["dev_der"].values()),
-        "dev_der_per_threshold": threshold["dev_der"],
-        "test": test_rates(out / name),
+        **scores(out / name),
     }
     write_json_atomic(result_file, result)
     return result
@@ -95,7 +98,7 @@ def measure(args) -> dict:
 
     torch.set_num_threads(args.threads)
     base = Demo(args.work, seed=0, say=print)
-    if not (base.data / "test").exists():
+    if not (base.data / "test" / "wav.scp").exists():  # as the demo's simulate stage checks
         base.simulate()
     if not base.pretrained_record.exists():
         base.pretrain()

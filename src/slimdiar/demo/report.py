@@ -113,34 +113,33 @@ def build_comparison(runs: dict[int, Path], systems: list[tuple[str, str]]) -> d
     ``runs`` maps a seed to its output directory; ``systems`` are (directory, label) pairs.
     The standard deviation is the sample one (n - 1), 0 for one seed.
     """
-    keys = ("der", "missed", "false_alarm", "confusion")
     rows = []
     for name, label in systems:
-        scores = {
-            seed: json.loads((out / name / "der.json").read_text())["total"]
-            for seed, out in runs.items()
-        }
-        row: dict = {"system": label, "name": name, "per_seed": {}}
-        for key in keys:
-            values = [
-                score[key] if key == "der" else score[key] / (score["total"] or float("nan"))
-                for score in scores.values()
-            ]
+        scores = {seed: system_scores(out / name) for seed, out in runs.items()}
+        row: dict = {"system": label, "name": name}
+        for key in ("der", "missed", "false_alarm", "confusion", "dev_der"):
+            values = [score[key] for score in scores.values()]
             row[key] = {
                 "mean": statistics.fmean(values),
                 "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             }
-        dev = []
-        for out in runs.values():
-            tuned = json.loads((out / name / "threshold.json").read_text())
-            dev.append(tuned["dev_der"][str(tuned["threshold"])])
-        row["dev_der"] = {
-            "mean": statistics.fmean(dev),
-            "std": statistics.stdev(dev) if len(dev) > 1 else 0.0,
-        }
         row["per_seed"] = {str(seed): score["der"] for seed, score in scores.items()}
         rows.append(row)
     return {"seeds": sorted(runs), "rows": rows}
+
+
+def system_scores(directory: Path) -> dict:
+    """A scored system's test DER, its parts and its dev DER at the tuned threshold.
+
+    ``directory`` holds the ``der.json`` and ``threshold.json`` of
+    :meth:`~slimdiar.demo.run.Demo.diarize_and_score`; missed, false alarm and confusion are
+    fractions of the reference speech.
+    """
+    score = json.loads((directory / "der.json").read_text())["total"]
+    tuned = json.loads((directory / "threshold.json").read_text())
+    total = score["total"] or float("nan")
+    parts = {key: score[key] / total for key in ("missed", "false_alarm", "confusion")}
+    return {"der": score["der"], **parts, "dev_der": tuned["dev_der"][str(tuned["threshold"])]}
 
 
 def render_comparison(comparison: dict) -> list[str]:

@@ -286,22 +286,17 @@ class FeatureExtractor(Counted):
         Without one, the gate of the last conv layer is applied by :class:`FeatureProjection`,
         after its LayerNorm, so that it folds into the projection when pruned.
         """
+        # On a CPU the same function runs on the channels-last layout (ConvLayer.forward_frames)
+        # and the result is a (B, C, T) view of (B, T, C) frames.
+        frames = self.channels_last and waveforms.device.type == "cpu" and not _exporting()
+        x = waveforms[:, :, None] if frames else waveforms[:, None, :]
         last = len(self.conv_layers) - 1
-        if self.channels_last and waveforms.device.type == "cpu" and not _exporting():
-            # The same function on the channels-last layout (see ConvLayer.forward_frames); the
-            # result is returned as a (B, C, T) view of (B, T, C) frames.
-            x = waveforms[:, :, None]
-            for i, layer in enumerate(self.conv_layers):
-                x = layer.forward_frames(x, apply_gate=i != last or self.output_scale is not None)
-            if self.output_scale is not None:
-                x = x * self.output_scale
-            return x.transpose(1, 2)
-        x = waveforms[:, None, :]
         for i, layer in enumerate(self.conv_layers):
-            x = layer(x, apply_gate=i != last or self.output_scale is not None)
+            step = layer.forward_frames if frames else layer
+            x = step(x, apply_gate=i != last or self.output_scale is not None)
         if self.output_scale is not None:
-            x = x * self.output_scale[None, :, None]
-        return x
+            x = x * (self.output_scale if frames else self.output_scale[None, :, None])
+        return x.transpose(1, 2) if frames else x
 
     def add_output_scale(self) -> None:
         """Give the stack an output scale of ones (the model computes the same)."""

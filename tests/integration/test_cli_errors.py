@@ -151,6 +151,33 @@ def test_ctrl_c_while_the_commands_are_imported_is_not_a_traceback():
     assert "Traceback" not in done.stderr and "slimdiar: interrupted" in done.stderr
 
 
+def test_a_real_ctrl_c_while_torch_loads_waits_for_the_loading_to_finish():
+    """A SIGINT during torch's import is held until the import is done, then ends the command.
+
+    Raised inside the import, Python's KeyboardInterrupt can land in a callback run by torch's
+    C++ initialisation, which then aborts the process with a core dump (status -6).
+    """
+    code = (
+        "import builtins, runpy, signal, sys\n"
+        "real = builtins.__import__\n"
+        "def hook(name, *args, **kwargs):\n"
+        "    if name == 'torch' and 'torch' not in sys.modules:\n"
+        "        signal.raise_signal(signal.SIGINT)\n"
+        "        module = real(name, *args, **kwargs)\n"
+        "        print('torch finished loading', file=sys.stderr)\n"
+        "        return module\n"
+        "    return real(name, *args, **kwargs)\n"
+        "builtins.__import__ = hook\n"
+        "sys.argv = ['slimdiar', 'score', '--help']\n"
+        "runpy.run_module('slimdiar', run_name='__main__')\n"
+    )
+    done = _run_module(code=code)
+    assert done.returncode == 130, done.stderr
+    assert "torch finished loading" in done.stderr
+    assert "Traceback" not in done.stderr and "slimdiar: interrupted" in done.stderr
+    assert "usage:" not in done.stdout  # the command did not go on after the Ctrl-C
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("delay_s", [0.3, 1.0, 2.0])
 def test_a_real_sigint_at_any_moment_leaves_no_traceback_and_no_file(tmp_path, delay_s):

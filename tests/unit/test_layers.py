@@ -2,8 +2,9 @@
 
 The paper's stages (:mod:`slimdiar.stages`) stand on the one training loop (:mod:`slimdiar.train`),
 which stands on :mod:`slimdiar.models` and :mod:`slimdiar.data`; the loop knows no stage.
-``frames`` (the sample rate and the frame grid), ``errors``, ``fileio`` and ``config`` are the
-floor that every part may import; ``data`` stands on ``frames``, ``errors`` and ``fileio`` alone.
+``frames`` (the sample rate and the frame grid), ``errors``, ``fileio``, ``config`` and
+``interrupts`` (Ctrl-C held while extensions load) are the floor that every part may import;
+``data`` stands on ``frames``, ``errors`` and ``fileio`` alone.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "slimdiar"
-BASE = {"errors", "fileio", "config", "frames"}
+BASE = {"errors", "fileio", "config", "frames", "interrupts"}
 # What each part of slimdiar may import from slimdiar (besides itself and BASE).
 ALLOWED = {
     "errors": set(),
     "fileio": set(),
     "config": set(),
     "frames": set(),
+    "interrupts": set(),
     "models": set(),
     "data": set(),
     "train": {"models", "data"},

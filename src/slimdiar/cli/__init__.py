@@ -16,6 +16,7 @@ import traceback
 
 from slimdiar import __version__
 from slimdiar.errors import SlimdiarError
+from slimdiar.interrupts import interrupts_held
 
 # Module names under slimdiar.cli, in the order ``slimdiar --help`` lists them.
 COMMANDS: list[str] = [
@@ -91,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     """
     debug = _debug_wanted(argv)
     try:
-        parser = build_parser()
+        with interrupts_held():  # the commands import torch, whose loading Ctrl-C would abort
+            parser = build_parser()
         try:
             args = parser.parse_args(argv)
         except SystemExit as exit:  # --help, --version or a usage error, already printed

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from slimdiar.errors import AudioError, CheckpointError, ConfigError
+from slimdiar.interrupts import interrupts_held
 from slimdiar.models.embeddings.fbank import FbankConfig
 from slimdiar.models.embeddings.registry import DEFAULT_THRESHOLDS
 from slimdiar.models.embeddings.resnet import ResNetConfig, input_features, resample_weights
@@ -140,7 +141,8 @@ def weights_fingerprint(module) -> str:
 def require_onnxruntime():
     """The ``onnxruntime`` module, or a one-line :class:`ConfigError` saying how to install it."""
     try:
-        import onnxruntime
+        with interrupts_held():  # a pybind11 extension: Ctrl-C inside its loading aborts
+            import onnxruntime
     except ImportError:
         raise ConfigError(
             "the ONNX engine needs onnxruntime: pip install 'slimdiar[onnx]' "

@@ -35,6 +35,7 @@ from torch import nn
 from slimdiar.errors import ConfigError
 from slimdiar.fileio import current_umask, write_json_atomic
 from slimdiar.frames import SAMPLE_RATE
+from slimdiar.interrupts import interrupts_held
 from slimdiar.models.eend import EEND
 from slimdiar.models.embeddings.resnet import ResNet, ResNetEmbedding, statistics_pooling
 from slimdiar.models.wavlm import WavLM, WavLMConfig
@@ -190,7 +191,8 @@ def write_model(proto, path: str | Path, info: dict) -> None:
     The model goes to a temporary file beside ``path``, then the sidecar, then the rename: an
     error leaves neither a partial ``.onnx`` nor a sidecar without its model.
     """
-    import onnx
+    with interrupts_held():  # a pybind11 extension: Ctrl-C inside its loading aborts
+        import onnx
 
     path = Path(path)
     _metadata_props(proto, {k: v for k, v in info.items() if k != "mapping"})

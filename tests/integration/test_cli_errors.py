@@ -133,20 +133,25 @@ def _run_module(*argv, code=None, env=None, cwd=None):
     )
 
 
-def test_ctrl_c_while_the_commands_are_imported_is_not_a_traceback():
-    """Ctrl-C arrives while torch is being imported (the first second of any command)."""
-    code = (
-        "import builtins, runpy, sys\n"
+def _on_torch_import(body: str) -> str:
+    """A program running ``slimdiar score --help`` with ``body`` hooked into every import."""
+    return (
+        "import builtins, runpy, signal, sys\n"
         "real = builtins.__import__\n"
         "def hook(name, *args, **kwargs):\n"
-        "    if name == 'torch':\n"
-        "        raise KeyboardInterrupt\n"
+        f"{body}"
         "    return real(name, *args, **kwargs)\n"
         "builtins.__import__ = hook\n"
         "sys.argv = ['slimdiar', 'score', '--help']\n"
         "runpy.run_module('slimdiar', run_name='__main__')\n"
     )
-    done = _run_module(code=code)
+
+
+def test_ctrl_c_while_the_commands_are_imported_is_not_a_traceback():
+    """Ctrl-C arrives while torch is being imported (the first second of any command)."""
+    done = _run_module(
+        code=_on_torch_import("    if name == 'torch':\n        raise KeyboardInterrupt\n")
+    )
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr and "slimdiar: interrupted" in done.stderr
 
@@ -157,21 +162,15 @@ def test_a_real_ctrl_c_while_torch_loads_waits_for_the_loading_to_finish():
     Raised inside the import, Python's KeyboardInterrupt can land in a callback run by torch's
     C++ initialisation, which then aborts the process with a core dump (status -6).
     """
-    code = (
-        "import builtins, runpy, signal, sys\n"
-        "real = builtins.__import__\n"
-        "def hook(name, *args, **kwargs):\n"
-        "    if name == 'torch' and 'torch' not in sys.modules:\n"
-        "        signal.raise_signal(signal.SIGINT)\n"
-        "        module = real(name, *args, **kwargs)\n"
-        "        print('torch finished loading', file=sys.stderr)\n"
-        "        return module\n"
-        "    return real(name, *args, **kwargs)\n"
-        "builtins.__import__ = hook\n"
-        "sys.argv = ['slimdiar', 'score', '--help']\n"
-        "runpy.run_module('slimdiar', run_name='__main__')\n"
+    done = _run_module(
+        code=_on_torch_import(
+            "    if name == 'torch' and 'torch' not in sys.modules:\n"
+            "        signal.raise_signal(signal.SIGINT)\n"
+            "        module = real(name, *args, **kwargs)\n"
+            "        print('torch finished loading', file=sys.stderr)\n"
+            "        return module\n"
+        )
     )
-    done = _run_module(code=code)
     assert done.returncode == 130, done.stderr
     assert "torch finished loading" in done.stderr
     assert "Traceback" not in done.stderr and "slimdiar: interrupted" in done.stderr

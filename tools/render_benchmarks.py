@@ -47,6 +47,7 @@ import argparse
 import json
 import re
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -182,8 +183,7 @@ def render_backbones(path: Path, data: dict) -> list[str]:
     lines = [
         f"### {path.name}",
         "",
-        f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs "
-        f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}{_cpu(data)}.",
+        f"{seconds:g} s of audio per input; {_timing(data)}; {_environment(data)}{_cpu(data)}.",
         "",
     ]
     return lines + _table(header, rows) + [""]
@@ -250,8 +250,7 @@ def render_engines(path: Path, data: dict, results_dir: Path) -> list[str]:
     ]
     environment = _environment(data) + _cpu(data)
     sentences = [
-        f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs after "
-        f"{data.get('warmup', '?')} warm-up runs; {environment}.",
+        f"{seconds:g} s of audio per input; {_timing(data)}; {environment}.",
         "The torch runs come first, then the ONNX Runtime runs (each model exported to a "
         "temporary file first); the speed-up vs torch is the torch float32 latency of the same "
         "model over this one, the speed-up vs first model the latency of the engine's first "
@@ -320,8 +319,7 @@ def render_precisions(path: Path, data: dict) -> list[str]:
         f"### {path.name}",
         "",
         f"Latency per forward pass in each precision, side by side in one process; "
-        f"{seconds:g} s of audio per input; medians of {data.get('repeats', '?')} runs "
-        f"after {data.get('warmup', '?')} warm-up runs; {_environment(data)}"
+        f"{seconds:g} s of audio per input; {_timing(data)}; {_environment(data)}"
         + (f"; lower precisions applied by {mode}" if mode else "")
         + _cpu(data, separator="; ")
         + ".",
@@ -662,6 +660,30 @@ TARGET_FILES = {
 FULL, PRUNED = "wavlm-base-plus", "wavlm-base-plus-s80"
 
 
+def _timing(data: dict) -> str:
+    """How a backbone file was timed: rounds in turns (files with ``times_s``) or runs."""
+    repeats, warmup = data.get("repeats", "?"), data.get("warmup", "?")
+    if data.get("models") and all(m.get("times_s") for m in data["models"]):
+        return (
+            f"medians of {repeats} rounds after {warmup} warm-up rounds, every model once per "
+            "round in turns (speed-ups: medians of the per-round ratios)"
+        )
+    return f"medians of {repeats} runs after {warmup} warm-up runs"
+
+
+def _speedup(slower: dict, faster: dict, batch: bool) -> float:
+    """``slower``'s time over ``faster``'s, at batch 1 or at the file's batch size.
+
+    The median of the per-round ratios where both models were timed in the same rounds (files
+    that keep ``times_s``), else the ratio of the medians.
+    """
+    times, latency = ("times_batch_s", "latency_batch_s") if batch else ("times_s", "latency_s")
+    a, b = slower.get(times), faster.get(times)
+    if a and b and len(a) == len(b):
+        return statistics.median(x / y for x, y in zip(a, b, strict=True))
+    return slower[latency] / faster[latency]
+
+
 def _verdict(value: float, limit: float, at_most: bool) -> str:
     return "met" if (value <= limit if at_most else value >= limit) else "missed"
 
@@ -711,8 +733,8 @@ def render_targets(results_dir: Path) -> list[str]:
                 if (m.get("engine") or "torch", m["dtype"]) == (engine, dtype)
             }
             if FULL in same and PRUNED in same:
-                b1 = same[FULL]["latency_s"] / same[PRUNED]["latency_s"]
-                bn = same[FULL]["latency_batch_s"] / same[PRUNED]["latency_batch_s"]
+                b1 = _speedup(same[FULL], same[PRUNED], batch=False)
+                bn = _speedup(same[FULL], same[PRUNED], batch=True)
                 mode = same[PRUNED].get("precision_mode")
                 path = f"{engine} {dtype}" + (f", {mode}" if mode else "")
                 rows.append(
@@ -733,10 +755,10 @@ def render_targets(results_dir: Path) -> list[str]:
         ]
         pruned = [m for m in models if m["name"] == PRUNED]
         if eager and pruned:
-            fastest = min(pruned, key=lambda m: m["latency_s"])
-            b1 = eager[0]["latency_s"] / fastest["latency_s"]
-            fastest_n = min(pruned, key=lambda m: m["latency_batch_s"])
-            bn = eager[0]["latency_batch_s"] / fastest_n["latency_batch_s"]
+            fastest = max(pruned, key=lambda m: _speedup(eager[0], m, batch=False))
+            b1 = _speedup(eager[0], fastest, batch=False)
+            fastest_n = max(pruned, key=lambda m: _speedup(eager[0], m, batch=True))
+            bn = _speedup(eager[0], fastest_n, batch=True)
             label = lambda m: " ".join(  # noqa: E731
                 [m.get("engine") or "torch", m["dtype"]]
                 + ([f"({m['precision_mode']})"] if m.get("precision_mode") else [])

@@ -677,3 +677,26 @@ def test_the_targets_name_the_cpu_and_check_the_hour(renderer, tmp_path):
         "| AVX512 (amx_bf16, avx512_bf16) | `pipeline-s80-resnet34-3600s-bf16.json` |"
     ) in text
     assert "not measured on 1 h" not in text
+
+
+def test_the_targets_take_per_round_ratios_where_a_file_keeps_the_rounds(renderer, tmp_path):
+    def model(name, times, batch_times):
+        return {
+            "name": name,
+            "dtype": "float32",
+            "engine": "torch",
+            "latency_s": sorted(times)[1],
+            "latency_batch_s": sorted(batch_times)[1],
+            "times_s": times,
+            "times_batch_s": batch_times,
+        }
+
+    # Per round at b=1: 6x, 7x, 4x (median 6x); the ratio of the medians would be 7x.
+    full = model("wavlm-base-plus", [0.75, 1.75, 1.0], [30.0, 30.0, 30.0])
+    pruned = model("wavlm-base-plus-s80", [0.125, 0.25, 0.25], [5.0, 4.0, 6.0])
+    (tmp_path / "backbone-targets-base-plus-precision.json").write_text(
+        json.dumps({"batch_size": 32, "models": [full, pruned]})
+    )
+    text = "\n".join(renderer.render_targets(tmp_path))
+    assert "(torch float32): ≥ 6× | 6.00× b=1, 6.00× b=32 | met |" in text
+    assert "| 6.00× b=1 (torch float32), 6.00× b=32 (torch float32) | missed |" in text

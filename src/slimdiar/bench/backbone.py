@@ -1,9 +1,10 @@
 """Size and speed of WavLM backbones, side by side.
 
-Every model is timed in the same process on the same input: warm-up runs first, then the median
-of repeated runs, at batch 1 and at a chosen batch size. Random weights are fine for speed, so
-preset names and architecture JSON files (such as the published pruned shapes) can be compared
-with real checkpoints.
+Every model is timed in the same process on the same input, at batch 1 and at a chosen batch
+size: all of them loaded at once, then warm-up rounds and timed rounds that run each model once in
+turns, so that the speed-ups (medians of per-round ratios) compare runs made moments apart.
+Random weights are fine for speed, so preset names and architecture JSON files (such as the
+published pruned shapes) can be compared with real checkpoints.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -62,6 +63,11 @@ class BackboneResult:
         model exported first; its intra-op threads are torch's thread count).
     speedup_vs_torch, speedup_batch_vs_torch
         For ONNX Runtime: the same model's float32 torch latency divided by this one's.
+    times_s, times_batch_s
+        The timed runs at batch 1 and at ``batch_size``, one per round. All models (every
+        precision and engine) are timed in turns, round by round, and every speed-up above is
+        the median of the per-round ratios (:func:`paired_ratio`), not the ratio of the
+        medians.
     """
 
     name: str
@@ -80,6 +86,8 @@ class BackboneResult:
     engine: str = "torch"
     speedup_vs_torch: float | None = None
     speedup_batch_vs_torch: float | None = None
+    times_s: list[float] = field(default_factory=list)
+    times_batch_s: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """The fields as a JSON-ready dict."""
@@ -101,17 +109,41 @@ def load_backbone_for_bench(spec: str) -> WavLM:
     )
 
 
-def _median_latency(run: Callable[[], None], warmup: int, repeats: int, sync) -> float:
+def _interleaved_latencies(
+    runs: list[Callable[[], None]], warmup: int, repeats: int, sync
+) -> list[list[float]]:
+    """Seconds of each run of ``runs``, timed in turns: ``times[i][r]`` is run ``i`` in round ``r``.
+
+    Every round times each callable once, starting one further along the list each round, so a
+    change of the machine's load (or of its clock) during the measurement reaches every model
+    alike, and no model always follows the same other one. The warm-up runs are taken in turns
+    too.
+    """
     for _ in range(warmup):
-        run()
+        for run in runs:
+            run()
     sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: list[list[float]] = [[] for _ in runs]
+    for round_index in range(repeats):
+        for offset in range(len(runs)):
+            i = (round_index + offset) % len(runs)
+            start = time.perf_counter()
+            runs[i]()
+            sync()
+            times[i].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(slower: list[float], faster: list[float]) -> float:
+    """Median over rounds of ``slower[r] / faster[r]``: a speed-up measured in turns.
+
+    Per-round ratios cancel the load of the moment both runs of a round shared; their median
+    is steadier than the ratio of two medians taken from different moments. With one round it is
+    the plain ratio.
+    """
+    if len(slower) != len(faster) or not slower:
+        raise ValueError("paired times need the same, non-zero number of rounds")
+    return statistics.median(a / b for a, b in zip(slower, faster, strict=True))
 
 
 def benchmark_backbones(
@@ -140,10 +172,12 @@ def benchmark_backbones(
     device
         ``"cpu"`` or ``"cuda"``.
     warmup, repeats
-        Untimed and timed runs per measurement.
+        Untimed and timed rounds per batch size; a round runs every model once, in turns
+        (:func:`_interleaved_latencies`).
     dtype
         Precision, or several precisions measured side by side: every model in each of them,
-        one model after the other (results ordered by precision, then model).
+        all loaded at once and timed in the same rounds (results ordered by precision, then
+        model).
     progress
         Called with a short status line before each measurement.
     precision_mode
@@ -151,7 +185,7 @@ def benchmark_backbones(
         input, :func:`torch.autocast`) or ``"weights"`` (weights and input cast).
     engines
         ``"torch"`` and/or ``"onnx"``: with ``"onnx"``, every model is also exported to ONNX
-        (a temporary file) and timed in ONNX Runtime, float32 only, after the torch runs.
+        (a temporary file) and timed in ONNX Runtime, float32 only, in the same rounds.
     """
     if not specs:
         raise ConfigError("give at least one model to benchmark")
@@ -174,81 +208,105 @@ def benchmark_backbones(
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    results = []
+    variants: list[_Variant] = []
     for precision in dtypes if "torch" in engines else []:
         lower = precision != torch.float32
         input_dtype = precision if lower and precision_mode == "weights" else torch.float32
         for spec in specs:
+            if progress:
+                progress(f"{spec} ({dtype_name(precision)}): loading")
             model = load_backbone_for_bench(spec).to(device=device).eval()
             if num_samples < model.config.receptive_field_samples:
                 raise ConfigError(f"{seconds} s is shorter than one frame of {spec}")
-            params, macs = model.num_params(), model.macs(1.0)
             run = with_precision(model, precision, precision_mode)
-            generator = torch.Generator().manual_seed(0)
-            single = torch.randn(1, num_samples, generator=generator).to(device, input_dtype)
-            batch = torch.randn(batch_size, num_samples, generator=generator).to(
-                device, input_dtype
-            )
-            label = f"{spec} ({dtype_name(precision)})"
-            with torch.inference_mode():
-                if progress:
-                    progress(f"{label}: batch 1")
-                latency = _median_latency(functools.partial(run, single), warmup, repeats, sync)
-                if progress:
-                    progress(f"{label}: batch {batch_size}")
-                latency_batch = _median_latency(
-                    functools.partial(run, batch), warmup, repeats, sync
-                )
-            results.append(
-                BackboneResult(
-                    name=spec,
-                    params=params,
-                    macs_per_second=macs,
-                    latency_s=latency,
-                    latency_batch_s=latency_batch,
-                    rtf=latency / seconds,
-                    rtf_batch=latency_batch / (seconds * batch_size),
-                    dtype=dtype_name(precision),
-                    precision_mode=precision_mode if lower else None,
+            variants.append(
+                _Variant(
+                    BackboneResult(
+                        name=spec,
+                        params=model.num_params(),
+                        macs_per_second=model.macs(1.0),
+                        latency_s=0.0,
+                        latency_batch_s=0.0,
+                        rtf=0.0,
+                        rtf_batch=0.0,
+                        dtype=dtype_name(precision),
+                        precision_mode=precision_mode if lower else None,
+                    ),
+                    functools.partial(_torch_call, run),
+                    input_dtype,
                 )
             )
-            del model, run, single, batch
     if "onnx" in engines:
-        results += _benchmark_onnx(specs, seconds, batch_size, warmup, repeats, progress)
+        variants += _onnx_variants(specs, progress)
+    generator = torch.Generator().manual_seed(0)
+    single = torch.randn(1, num_samples, generator=generator)
+    batch = torch.randn(batch_size, num_samples, generator=generator)
+    for at_batch, (size, waveforms) in enumerate(((1, single), (batch_size, batch))):
+        if progress:
+            progress(f"{len(variants)} models in turns: batch {size}")
+        runs = [variant.bind(waveforms, device) for variant in variants]
+        with torch.inference_mode():
+            times = _interleaved_latencies(runs, warmup, repeats, sync)
+        del runs
+        for variant, measured in zip(variants, times, strict=True):
+            latency = statistics.median(measured)
+            result = variant.result
+            if not at_batch:
+                result.times_s, result.latency_s = measured, latency
+                result.rtf = latency / seconds
+            else:
+                result.times_batch_s, result.latency_batch_s = measured, latency
+                result.rtf_batch = latency / (seconds * batch_size)
+    results = [variant.result for variant in variants]
+    del variants
     for group in {(r.dtype, r.engine) for r in results}:
         same = [r for r in results if (r.dtype, r.engine) == group]
         first = same[0]
         for result in same:
-            result.speedup_vs_first = first.latency_s / result.latency_s
-            result.speedup_batch_vs_first = first.latency_batch_s / result.latency_batch_s
+            result.speedup_vs_first = paired_ratio(first.times_s, result.times_s)
+            result.speedup_batch_vs_first = paired_ratio(first.times_batch_s, result.times_batch_s)
     float32 = {r.name: r for r in results if r.dtype == "float32" and r.engine == "torch"}
     for result in results:
-        if result.engine == "onnx" and result.name in float32:
-            result.speedup_vs_torch = float32[result.name].latency_s / result.latency_s
-            result.speedup_batch_vs_torch = (
-                float32[result.name].latency_batch_s / result.latency_batch_s
-            )
-        elif result.name in float32:
-            result.speedup_vs_float32 = float32[result.name].latency_s / result.latency_s
-            result.speedup_batch_vs_float32 = (
-                float32[result.name].latency_batch_s / result.latency_batch_s
-            )
+        if result.name not in float32:
+            continue
+        reference = float32[result.name]
+        speedup = paired_ratio(reference.times_s, result.times_s)
+        speedup_batch = paired_ratio(reference.times_batch_s, result.times_batch_s)
+        if result.engine == "onnx":
+            result.speedup_vs_torch, result.speedup_batch_vs_torch = speedup, speedup_batch
+        else:
+            result.speedup_vs_float32, result.speedup_batch_vs_float32 = speedup, speedup_batch
     return results
 
 
-def _benchmark_onnx(specs, seconds, batch_size, warmup, repeats, progress):
-    """Export each backbone to a temporary ONNX file and time it in ONNX Runtime."""
-    import tempfile
+def _torch_call(model, waveforms: torch.Tensor) -> None:
+    model(waveforms)
 
-    import numpy as np
+
+@dataclass
+class _Variant:
+    """One model in one precision and engine, waiting for its input."""
+
+    result: BackboneResult
+    call: Callable
+    input_dtype: torch.dtype | None  # None: a numpy float32 array (ONNX Runtime)
+
+    def bind(self, waveforms: torch.Tensor, device: str) -> Callable[[], None]:
+        if self.input_dtype is None:
+            return functools.partial(self.call, waveforms.numpy())
+        return functools.partial(self.call, waveforms.to(device, self.input_dtype))
+
+
+def _onnx_variants(specs, progress) -> list[_Variant]:
+    """Export each backbone to a temporary ONNX file and open it in ONNX Runtime."""
+    import tempfile
 
     from slimdiar.pipeline.engines import make_session, require_onnxruntime
     from slimdiar.pipeline.export import export_backbone, require_exporter
 
     require_onnxruntime()
     require_exporter()
-    num_samples = int(round(seconds * SAMPLE_RATE))
-    results = []
+    variants = []
     for spec in specs:
         model = load_backbone_for_bench(spec).eval()
         params, macs = model.num_params(), model.macs(1.0)
@@ -258,35 +316,27 @@ def _benchmark_onnx(specs, seconds, batch_size, warmup, repeats, progress):
             path = export_backbone(model, Path(directory) / "backbone.onnx", spec)
             del model
             session = make_session(path, torch.get_num_threads())
-        generator = np.random.default_rng(0)
-        single = generator.standard_normal((1, num_samples), dtype=np.float32)
-        batch = generator.standard_normal((batch_size, num_samples), dtype=np.float32)
 
         def run(x, session=session):
             session.run(None, {"waveforms": x})
 
-        if progress:
-            progress(f"{spec} (onnx): batch 1")
-        latency = _median_latency(functools.partial(run, single), warmup, repeats, lambda: None)
-        if progress:
-            progress(f"{spec} (onnx): batch {batch_size}")
-        latency_batch = _median_latency(
-            functools.partial(run, batch), warmup, repeats, lambda: None
-        )
-        results.append(
-            BackboneResult(
-                name=spec,
-                params=params,
-                macs_per_second=macs,
-                latency_s=latency,
-                latency_batch_s=latency_batch,
-                rtf=latency / seconds,
-                rtf_batch=latency_batch / (seconds * batch_size),
-                engine="onnx",
+        variants.append(
+            _Variant(
+                BackboneResult(
+                    name=spec,
+                    params=params,
+                    macs_per_second=macs,
+                    latency_s=0.0,
+                    latency_batch_s=0.0,
+                    rtf=0.0,
+                    rtf_batch=0.0,
+                    engine="onnx",
+                ),
+                run,
+                None,
             )
         )
-        del session
-    return results
+    return variants
 
 
 def environment(device: str, dtype: torch.dtype | list[torch.dtype]) -> dict:

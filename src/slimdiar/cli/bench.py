@@ -23,7 +23,9 @@ PIPELINE_SECONDS = 600.0
 EPILOG = f"""\
 MODEL is a preset ({", ".join(sorted(PRESETS))}), an architecture JSON file
 (e.g. the published pruned shapes; random weights are fine for speed) or a checkpoint directory.
-The first MODEL is the reference of the speed-up columns.
+The first MODEL is the reference of the speed-up columns. All MODELs (in every --dtype and
+--engine) are loaded at once and timed in turns: each round runs every one of them once, so the
+machine's load of the moment reaches all alike; a speed-up is the median of the per-round ratios.
 
 With --pipeline CKPT, the whole diarization pipeline (EEND checkpoint CKPT + embedding model)
 runs instead on --seconds of synthetic multi-speaker audio (default: {PIPELINE_SECONDS:g}) or on
@@ -103,13 +105,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "torch.autocast; the default) or weights (weights and input cast)",
     )
     parser.add_argument(
-        "--warmup", type=non_negative_int, default=2, help="untimed runs (default: %(default)s)"
+        "--warmup",
+        type=non_negative_int,
+        default=2,
+        help="untimed rounds (each runs every model once) (default: %(default)s)",
     )
     parser.add_argument(
         "--repeats",
         type=positive_int,
         default=5,
-        help="timed runs; the median is reported (default: %(default)s)",
+        help="timed rounds, at batch 1 and at --batch-size; the median time of each model "
+        "and the median of the per-round speed-ups are reported (default: %(default)s)",
     )
     parser.add_argument(
         "--json", type=output_file, metavar="FILE", help="also write the results as JSON"

@@ -60,6 +60,7 @@ ENGINE_FOLDER = "onnx"
 STAGE_ORDER = ("segmentation", "speaker_counting", "embeddings", "clustering", "reconstruction")
 #: A line of the notes replaced by a profile table, and the labels of that table.
 PROFILE_MARKER = re.compile(r"^<!-- backbone-profile: (\S+) -->$", re.MULTILINE)
+OP_PROFILE_MARKER = re.compile(r"^<!-- op-profile: (\S+) -->$", re.MULTILINE)
 PROFILE_PARTS = {
     "conv layer 0": "conv layer 0",
     "conv layers 1-6": "conv layers 1-6",
@@ -628,10 +629,58 @@ def render_profile(path: Path) -> list[str]:
     ]
 
 
+def render_op_profile(path: Path) -> list[str]:
+    """Markdown lines for one ``tools/profile_ops.py`` file: milliseconds per kind of operation.
+
+    One column pair per batch size (the first model, the second, and their ratio): the ratio of a
+    kind against the MAC ratio shows what pruning shrinks less than its MACs.
+    """
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
+    runs = _field(path, data, "runs")
+    sizes = list(dict.fromkeys(run["batch_size"] for run in runs))
+    models = list(dict.fromkeys(run["model"] for run in runs))
+    if len(models) != 2:
+        raise ResultError(f"{path}: the op profile compares two models, it has {len(models)}")
+    by = {(run["model"], run["batch_size"]): run for run in runs}
+    full, pruned = (MODEL_LABELS.get(name, name) for name in models)
+    header = ["kind of operation"]
+    for size in sizes:
+        header += [f"{full} b={size} ms", f"{pruned} b={size} ms", f"ratio b={size}"]
+    kinds = list(by[(models[0], sizes[0])]["kinds_ms"])
+
+    def cells(key) -> list[str]:
+        row = []
+        for size in sizes:
+            a, b = (key(by[(model, size)]) for model in models)
+            row += [f"{a:.0f}", f"{b:.0f}", f"{a / b:.1f}×" if b > 0 else ""]
+        return row
+
+    rows = [[kind, *cells(lambda run, kind=kind: run["kinds_ms"][kind])] for kind in kinds]
+    rows.append(["all (profiled)", *cells(lambda run: run["profiled_ms"])])
+    rows.append(["all (unprofiled pass)", *cells(lambda run: run["wall_ms"])])
+    first = by[(models[0], sizes[0])]
+    second = by[(models[1], sizes[0])]
+    macs = first["macs_per_second"] / second["macs_per_second"]
+    return _table(header, rows) + [
+        "",
+        f"Self time of the operators of one profiled forward pass of "
+        f"{_field(path, data, 'seconds'):g} s per input, summed by kind, after a warm-up; the "
+        f"last row is a pass without the profiler. MAC ratio {full} / {pruned}: {macs:.1f}×. "
+        f"{data.get('threads', '?')} threads, torch {data.get('torch', '?')}{_cpu(data)} "
+        f"(`{path.name}`; `{data.get('command', '?')}`).",
+    ]
+
+
 def fill_profiles(text: str, results_dir: Path) -> str:
-    """``text`` with each ``<!-- backbone-profile: FILE -->`` line replaced by its table."""
-    return PROFILE_MARKER.sub(
+    """``text`` with each ``<!-- backbone-profile: FILE -->`` or ``op-profile`` line as its table."""
+    text = PROFILE_MARKER.sub(
         lambda match: "\n".join(render_profile(results_dir / match.group(1))), text
+    )
+    return OP_PROFILE_MARKER.sub(
+        lambda match: "\n".join(render_op_profile(results_dir / match.group(1))), text
     )
 
 
@@ -641,6 +690,8 @@ TARGET_FILES = {
         "pipeline-s80-resnet34-600s.json",
         "pipeline-s80-resnet34-600s-bf16.json",
         "pipeline-s80-resnet34-600s-onnx.json",
+        "pipeline-s80-resnet34-600s-avx2.json",
+        "pipeline-s80-resnet34-600s-onnx-avx2.json",
         "pipeline-s80-resnet34-600s-epyc.json",
         "pipeline-s80-resnet34-600s-bf16-epyc.json",
     ],
@@ -653,6 +704,7 @@ TARGET_FILES = {
         "backbone-targets-base-plus-precision.json",
         "backbone-targets-base-plus-weights.json",
         "onnx/targets-base-plus-engines.json",
+        "onnx/targets-base-plus-engines-avx2.json",
         "backbone-targets-base-plus-precision-epyc.json",
         "onnx/targets-base-plus-engines-epyc.json",
     ],
@@ -808,7 +860,9 @@ def render_targets(results_dir: Path) -> list[str]:
         "processor's native bfloat16 flags (AMX or AVX-512-BF16) of the machine that measured it; "
         "files ending in `-epyc` come from an earlier machine (AMD EPYC, AVX-512-BF16 without "
         "AMX, which recorded no flags) and an earlier version of the pipeline (batch 16, before "
-        "the layout changes of the notes).",
+        "the layout changes of the notes); files ending in `-avx2` from an AMD EPYC on which "
+        "torch reports AVX2 and no native bfloat16, timed with the models in turns (the "
+        "ratios are medians of per-round ratios).",
         "",
         *_table(["target", "measured", "", "CPU", "file"], rows, left=(0, 1, 2, 3, 4)),
         "",

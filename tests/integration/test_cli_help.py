@@ -99,6 +99,6 @@ def test_simulate_bench_and_training_help_quote_their_defaults(capsys):
     )
     bench = help_text(capsys, "bench")
     assert "one input (default: 8)" in bench and "synthetic recording (default: 600)" in bench
-    assert "untimed runs (default: 2)" in bench
+    assert "untimed rounds (each runs every model once) (default: 2)" in bench
     finetune = help_text(capsys, "finetune")
     assert "a TOML file or the name of a bundled one (" + ", ".join(bundled_configs()) in finetune

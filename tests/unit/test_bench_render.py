@@ -700,3 +700,48 @@ def test_the_targets_take_per_round_ratios_where_a_file_keeps_the_rounds(rendere
     text = "\n".join(renderer.render_targets(tmp_path))
     assert "(torch float32): ≥ 6× | 6.00× b=1, 6.00× b=32 | met |" in text
     assert "| 6.00× b=1 (torch float32), 6.00× b=32 (torch float32) | missed |" in text
+
+
+def test_an_op_profile_marker_becomes_a_table_of_kinds_with_ratios(renderer, tmp_path):
+    def run(model, batch, linear, copies, macs):
+        kinds = {"linear layers": linear, "copies (bias broadcast, layouts)": copies}
+        return {
+            "model": model,
+            "batch_size": batch,
+            "macs_per_second": macs,
+            "wall_ms": 1.5 * (linear + copies),
+            "profiled_ms": linear + copies,
+            "kinds_ms": kinds,
+        }
+
+    data = {
+        "seconds": 8.0,
+        "threads": 2,
+        "torch": "2.13.0",
+        "command": "python tools/profile_ops.py --out x.json",
+        "runs": [
+            run("wavlm-base-plus", 1, 600.0, 30.0, 6e9),
+            run("wavlm-base-plus-s80", 1, 100.0, 30.0, 1e9),
+            run("wavlm-base-plus", 32, 19200.0, 960.0, 6e9),
+            run("wavlm-base-plus-s80", 32, 3200.0, 800.0, 1e9),
+        ],
+    }
+    folder = tmp_path / "results"
+    (folder / "profiles").mkdir(parents=True)
+    (folder / "profiles" / "ops.json").write_text(json.dumps(data))
+    notes = tmp_path / "notes.md"
+    notes.write_text("## Notes\n\n<!-- op-profile: profiles/ops.json -->\n")
+    text, _ = renderer.render(folder, notes)
+    assert "op-profile" not in text
+    assert (
+        "| kind of operation | Base+ b=1 ms | Base+ s80 b=1 ms | ratio b=1 | Base+ b=32 ms" in text
+    )
+    # linear layers shrink with the MACs (6x), the copies do not (1.0x and 1.2x)
+    assert "| linear layers | 600 | 100 | 6.0× | 19200 | 3200 | 6.0× |" in text
+    assert "| copies (bias broadcast, layouts) | 30 | 30 | 1.0× | 960 | 800 | 1.2× |" in text
+    assert "| all (profiled) | 630 | 130 | 4.8× | 20160 | 4000 | 5.0× |" in text
+    assert "MAC ratio Base+ / Base+ s80: 6.0×" in text
+    data["runs"].append(run("wavlm-large", 1, 1.0, 1.0, 1.0))
+    (folder / "profiles" / "ops.json").write_text(json.dumps(data))
+    with pytest.raises(renderer.ResultError, match="compares two models, it has 3"):
+        renderer.render(folder, notes)

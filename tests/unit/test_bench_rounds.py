@@ -24,3 +24,19 @@ def test_paired_ratio_is_the_median_of_per_round_ratios():
         paired_ratio([1.0, 2.0], [1.0])
     with pytest.raises(ValueError):
         paired_ratio([], [])
+
+
+def test_the_op_profile_sorts_operators_into_kinds():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "profile_ops.py"
+    spec = importlib.util.spec_from_file_location("profile_ops", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.kind_of("aten::addmm") == "linear layers"  # before the prefix aten::add
+    assert module.kind_of("aten::add") == "element-wise add, mul"
+    assert module.kind_of("aten::copy_") == "copies (bias broadcast, layouts)"
+    assert module.kind_of("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert module.kind_of("aten::native_layer_norm") == "normalisations"
+    assert module.kind_of("aten::relu") == "other"

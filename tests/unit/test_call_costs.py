@@ -340,3 +340,32 @@ def test_one_window_goes_through_the_blockwise_fft(embed_dim, kernel, groups, fr
     assert low.dtype == torch.bfloat16
     assert (low.float() - direct).abs().max().item() <= 0.01 * direct.abs().max().item()
     assert not conv._blockwise(x[:, : conv.block_fft_size - kernel + 1])  # a single block
+
+
+@pytest.mark.parametrize("name", ["wavlm-tiny", "wavlm-base-plus-s80"])
+def test_a_large_cpu_batch_in_slices_computes_what_one_pass_computes(name):
+    model = tiny(name=name)
+    waveforms = torch.randn(9, 8000, generator=torch.Generator().manual_seed(1))
+    calls = []
+    model.encoder.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    with torch.inference_mode():
+        sliced = model(waveforms)
+        model.cpu_batch_slice = None
+        whole = model(waveforms)
+    assert calls == [4, 4, 1, 9]  # slices of 4 (the last one short), then one pass
+    assert len(sliced) == len(whole)
+    for a, b in zip(sliced, whole, strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, rtol=0, atol=FFT_TOLERANCE)
+
+
+def test_batch_slices_are_not_used_in_training_or_under_autograd():
+    model = tiny()
+    calls = []
+    model.encoder.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    waveforms = torch.randn(6, 4000)
+    model(waveforms)  # eval, autograd on
+    model.train()
+    with torch.no_grad():
+        model(waveforms)
+    assert calls == [6, 6]

@@ -747,7 +747,7 @@ def _exporting() -> bool:
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
 
-def _plain_inference(module: nn.Module) -> bool:
+def plain_inference(module: nn.Module) -> bool:
     """Whether ``module`` runs eagerly in eval mode without autograd.
 
     Not traced, exported or compiled either: only there may kept tensors and the FFT path stand
@@ -850,7 +850,7 @@ class PositionalConv(Counted):
             self.use_fft
             and x.shape[0] == 1
             and x.shape[1] > size - self.kernel_size + 1
-            and _plain_inference(self)
+            and plain_inference(self)
         )
 
     @property
@@ -873,7 +873,7 @@ class PositionalConv(Counted):
         if (
             self.use_fft
             and x.device.type == "cpu"
-            and _plain_inference(self)
+            and plain_inference(self)
             and x.dtype in (torch.float32, torch.float64)
         ):
             if self._blockwise(x):
@@ -907,7 +907,7 @@ class PositionalConv(Counted):
         Kept in eval mode without autograd only: its norm over a strided axis cost as much as
         the convolution of a pruned model at batch 1 in bfloat16.
         """
-        stamp = _stamp(self.weight_v, self.weight_g) if _plain_inference(self) else None
+        stamp = _stamp(self.weight_v, self.weight_g) if plain_inference(self) else None
         if stamp is None:
             return self.weight().to(dtype)
         key = (self.weight_v.device, dtype)
@@ -1024,7 +1024,7 @@ class Encoder(Counted):
         :data:`BIAS_CACHE_BYTES`); in training or under autograd it is built on every call. The
         cache is not part of the state dict.
         """
-        if not self.cache_position_bias or not _plain_inference(self):
+        if not self.cache_position_bias or not plain_inference(self):
             return self._build_position_bias(num_frames)
         weight = self.rel_attn_embed.weight
         key = (num_frames, weight.device, weight.dtype)

@@ -30,6 +30,7 @@ from slimdiar.models.wavlm.components import (
     FeatureProjection,
     Gated,
     add_up,
+    plain_inference,
 )
 from slimdiar.models.wavlm.config import DROPOUT_KEYS, WavLMConfig, preset
 from slimdiar.models.wavlm.convert import read_wavlm
@@ -87,6 +88,14 @@ class WavLM(nn.Module):
     >>> len(hs), tuple(hs[0].shape)
     (3, (2, 49, 64))
     """
+
+    #: On a CPU, in eval without autograd, a larger batch runs through the network this many
+    #: inputs at a time (``None``: all at once). Every input is computed on its own, so the
+    #: results are those of one pass; but a pass over 32 windows of 8 s streams every activation
+    #: through memory (the first conv layer's output alone is 32 x 25 599 frames x its
+    #: channels), where slices of 4 stay in cache: on a 2-core AVX2 CPU Base+ s80 took 131 ms
+    #: per input at 4 and 235 ms at 32 (see docs/benchmarks.md).
+    cpu_batch_slice: int | None = 4
 
     def __init__(self, config: WavLMConfig):
         super().__init__()
@@ -220,7 +229,17 @@ class WavLM(nn.Module):
             ``num_layers + 1`` tensors of shape ``(batch, num_frames, embed_dim)``: the
             transformer input, then the output of each layer.
         """
-        return self.encoder(self.project(waveforms))
+        size = self.cpu_batch_slice
+        if (
+            size is None
+            or waveforms.dim() != 2
+            or waveforms.shape[0] <= size
+            or waveforms.device.type != "cpu"
+            or not plain_inference(self)
+        ):
+            return self.encoder(self.project(waveforms))
+        slices = [self.encoder(self.project(part)) for part in waveforms.split(size)]
+        return [torch.cat(layer) for layer in zip(*slices, strict=True)]
 
     def project(self, waveforms: torch.Tensor) -> torch.Tensor:
         """The transformer's input: ``(batch, num_samples)`` -> ``(batch, num_frames, E)``.

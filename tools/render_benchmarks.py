@@ -705,6 +705,7 @@ TARGET_FILES = {
         "backbone-targets-base-plus-weights.json",
         "onnx/targets-base-plus-engines.json",
         "onnx/targets-base-plus-engines-avx2.json",
+        "onnx/targets-base-plus-engines-avx2-unsliced.json",
         "backbone-targets-base-plus-precision-epyc.json",
         "onnx/targets-base-plus-engines-epyc.json",
     ],
@@ -862,7 +863,8 @@ def render_targets(results_dir: Path) -> list[str]:
         "AMX, which recorded no flags) and an earlier version of the pipeline (batch 16, before "
         "the layout changes of the notes); files ending in `-avx2` from an AMD EPYC on which "
         "torch reports AVX2 and no native bfloat16, timed with the models in turns (the "
-        "ratios are medians of per-round ratios).",
+        "ratios are medians of per-round ratios); `-unsliced` before WavLM ran large CPU "
+        "batches in slices of 4.",
         "",
         *_table(["target", "measured", "", "CPU", "file"], rows, left=(0, 1, 2, 3, 4)),
         "",

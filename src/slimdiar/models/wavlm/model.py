@@ -93,8 +93,8 @@ class WavLM(nn.Module):
     #: inputs at a time (``None``: all at once). Every input is computed on its own, so the
     #: results are those of one pass; but a pass over 32 windows of 8 s streams every activation
     #: through memory (the first conv layer's output alone is 32 x 25 599 frames x its
-    #: channels), where slices of 4 stay in cache: on a 2-core AVX2 CPU Base+ s80 took 131 ms
-    #: per input at 4 and 235 ms at 32 (see docs/benchmarks.md).
+    #: channels), where slices of 4 stay in cache: on a 2-core AVX2 CPU Base+ s80 took 235 ms
+    #: per input at 32 in one pass and 136 ms in slices (docs/benchmarks.md, op profiles).
     cpu_batch_slice: int | None = 4
 
     def __init__(self, config: WavLMConfig):

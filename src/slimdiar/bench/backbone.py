@@ -221,18 +221,14 @@ def benchmark_backbones(
             run = with_precision(model, precision, precision_mode)
             variants.append(
                 _Variant(
-                    BackboneResult(
+                    dict(
                         name=spec,
                         params=model.num_params(),
                         macs_per_second=model.macs(1.0),
-                        latency_s=0.0,
-                        latency_batch_s=0.0,
-                        rtf=0.0,
-                        rtf_batch=0.0,
                         dtype=dtype_name(precision),
                         precision_mode=precision_mode if lower else None,
                     ),
-                    functools.partial(_torch_call, run),
+                    run,
                     input_dtype,
                 )
             )
@@ -241,23 +237,28 @@ def benchmark_backbones(
     generator = torch.Generator().manual_seed(0)
     single = torch.randn(1, num_samples, generator=generator)
     batch = torch.randn(batch_size, num_samples, generator=generator)
-    for at_batch, (size, waveforms) in enumerate(((1, single), (batch_size, batch))):
+    times = []  # per phase (batch 1, then batch_size): per variant, per round
+    for size, waveforms in ((1, single), (batch_size, batch)):
         if progress:
             progress(f"{len(variants)} models in turns: batch {size}")
         runs = [variant.bind(waveforms, device) for variant in variants]
         with torch.inference_mode():
-            times = _interleaved_latencies(runs, warmup, repeats, sync)
+            times.append(_interleaved_latencies(runs, warmup, repeats, sync))
         del runs
-        for variant, measured in zip(variants, times, strict=True):
-            latency = statistics.median(measured)
-            result = variant.result
-            if not at_batch:
-                result.times_s, result.latency_s = measured, latency
-                result.rtf = latency / seconds
-            else:
-                result.times_batch_s, result.latency_batch_s = measured, latency
-                result.rtf_batch = latency / (seconds * batch_size)
-    results = [variant.result for variant in variants]
+    results = []
+    for variant, single_times, batch_times in zip(variants, *times, strict=True):
+        latency, latency_batch = statistics.median(single_times), statistics.median(batch_times)
+        results.append(
+            BackboneResult(
+                **variant.fields,
+                latency_s=latency,
+                latency_batch_s=latency_batch,
+                rtf=latency / seconds,
+                rtf_batch=latency_batch / (seconds * batch_size),
+                times_s=single_times,
+                times_batch_s=batch_times,
+            )
+        )
     del variants
     for group in {(r.dtype, r.engine) for r in results}:
         same = [r for r in results if (r.dtype, r.engine) == group]
@@ -279,19 +280,15 @@ def benchmark_backbones(
     return results
 
 
-def _torch_call(model, waveforms: torch.Tensor) -> None:
-    model(waveforms)
-
-
 @dataclass
 class _Variant:
     """One model in one precision and engine, waiting for its input."""
 
-    result: BackboneResult
+    fields: dict  # the BackboneResult fields known before timing
     call: Callable
     input_dtype: torch.dtype | None  # None: a numpy float32 array (ONNX Runtime)
 
-    def bind(self, waveforms: torch.Tensor, device: str) -> Callable[[], None]:
+    def bind(self, waveforms: torch.Tensor, device: str) -> Callable[[], object]:
         if self.input_dtype is None:
             return functools.partial(self.call, waveforms.numpy())
         return functools.partial(self.call, waveforms.to(device, self.input_dtype))
@@ -328,20 +325,7 @@ def _onnx_variants(specs, progress) -> list[_Variant]:
             session.run(None, {"waveforms": x}, shrink)
 
         variants.append(
-            _Variant(
-                BackboneResult(
-                    name=spec,
-                    params=params,
-                    macs_per_second=macs,
-                    latency_s=0.0,
-                    latency_batch_s=0.0,
-                    rtf=0.0,
-                    rtf_batch=0.0,
-                    engine="onnx",
-                ),
-                run,
-                None,
-            )
+            _Variant(dict(name=spec, params=params, macs_per_second=macs, engine="onnx"), run, None)
         )
     return variants
 

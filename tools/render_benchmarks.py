@@ -82,6 +82,14 @@ class ResultError(ValueError):
     """A result file cannot be read or lacks a field."""
 
 
+def _read_json(path: Path):
+    """The JSON value of ``path``; a :class:`ResultError` when it cannot be read as JSON."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
+
+
 def load_results(
     results_dir: Path,
 ) -> tuple[list[tuple[Path, dict]], list[tuple[Path, dict]], list[str]]:
@@ -93,10 +101,7 @@ def load_results(
     backbones, pipelines, skipped = [], [], []
     paths = sorted(results_dir.glob("*.json")) + sorted(results_dir.glob(f"{ENGINE_FOLDER}/*.json"))
     for path in paths:
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
+        data = _read_json(path)
         if isinstance(data, dict) and data.get("mode") in (
             "pipeline",
             "embeddings",
@@ -252,10 +257,18 @@ def render_engines(path: Path, data: dict, results_dir: Path) -> list[str]:
     environment = _environment(data) + _cpu(data)
     sentences = [
         f"{seconds:g} s of audio per input; {_timing(data)}; {environment}.",
-        "The torch runs come first, then the ONNX Runtime runs (each model exported to a "
-        "temporary file first); the speed-up vs torch is the torch float32 latency of the same "
-        "model over this one, the speed-up vs first model the latency of the engine's first "
-        f"model ({', '.join(f'{e}: `{n}`' for e, n in first.items())}) over this one.",
+        (
+            "Every model is exported to a temporary ONNX file first, then all of them, in both "
+            "engines, are timed in the same rounds; the speed-up vs torch is the median of the "
+            "per-round ratios of the torch float32 time of the same model to this one's, the "
+            "speed-up vs first model that of the engine's first model"
+            if _in_turns(data)
+            else "The torch runs come first, then the ONNX Runtime runs (each model exported to "
+            "a temporary file first); the speed-up vs torch is the torch float32 latency of the "
+            "same model over this one, the speed-up vs first model the latency of the engine's "
+            "first model"
+        )
+        + f" ({', '.join(f'{e}: `{n}`' for e, n in first.items())}) over this one.",
     ]
     if again:
         sentences.append(
@@ -609,10 +622,7 @@ def render_demo_engines(path: Path, data: dict) -> list[str]:
 
 def render_profile(path: Path) -> list[str]:
     """Markdown lines for one ``tools/profile_backbones.py`` file: milliseconds per model part."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
+    data = _read_json(path)
     models = _field(path, data, "models")
     header = ["part", *[f"{MODEL_LABELS.get(name, name)} ms" for name in models]]
     rows = []
@@ -635,10 +645,7 @@ def render_op_profile(path: Path) -> list[str]:
     One column pair per batch size (the first model, the second, and their ratio): the ratio of a
     kind against the MAC ratio shows what pruning shrinks less than its MACs.
     """
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ResultError(f"{path}: cannot read it as JSON: {error}") from error
+    data = _read_json(path)
     runs = _field(path, data, "runs")
     sizes = list(dict.fromkeys(run["batch_size"] for run in runs))
     models = list(dict.fromkeys(run["model"] for run in runs))
@@ -713,10 +720,15 @@ TARGET_FILES = {
 FULL, PRUNED = "wavlm-base-plus", "wavlm-base-plus-s80"
 
 
+def _in_turns(data: dict) -> bool:
+    """Whether a backbone file timed its models in turns (every model keeps its rounds)."""
+    return bool(data.get("models")) and all(m.get("times_s") for m in data["models"])
+
+
 def _timing(data: dict) -> str:
     """How a backbone file was timed: rounds in turns (files with ``times_s``) or runs."""
     repeats, warmup = data.get("repeats", "?"), data.get("warmup", "?")
-    if data.get("models") and all(m.get("times_s") for m in data["models"]):
+    if _in_turns(data):
         return (
             f"medians of {repeats} rounds after {warmup} warm-up rounds, every model once per "
             "round in turns (speed-ups: medians of the per-round ratios)"

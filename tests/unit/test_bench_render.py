@@ -745,3 +745,23 @@ def test_an_op_profile_marker_becomes_a_table_of_kinds_with_ratios(renderer, tmp
     (folder / "profiles" / "ops.json").write_text(json.dumps(data))
     with pytest.raises(renderer.ResultError, match="compares two models, it has 3"):
         renderer.render(folder, notes)
+
+
+def test_an_engine_file_timed_in_turns_says_so(renderer, tmp_path):
+    folder = tmp_path / "results"
+    (folder / "onnx").mkdir(parents=True)
+    data = engine_result(4)
+    for m in data["models"]:
+        m["times_s"], m["times_batch_s"] = [m["latency_s"]] * 5, [m["latency_batch_s"]] * 5
+    (folder / "onnx" / "turns.json").write_text(json.dumps(data))
+    (folder / "onnx" / "before.json").write_text(json.dumps(engine_result(4)))
+    text, _ = renderer.render(folder, None)
+    turns = text.split("### onnx/turns.json")[1]
+    before = text.split("### onnx/turns.json")[0].split("### onnx/before.json")[1]
+    assert (
+        "medians of 5 rounds after 1 warm-up rounds, every model once per round in turns" in turns
+    )
+    assert "all of them, in both engines, are timed in the same rounds" in turns
+    assert "The torch runs come first" not in turns
+    assert "The torch runs come first, then the ONNX Runtime runs" in before
+    assert "medians of 5 runs after 1 warm-up runs" in before
